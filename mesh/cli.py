@@ -1,0 +1,107 @@
+"""The `mesh` command line: one subcommand per process.
+
+    mesh pod --models ./models --port 8085
+
+Flags override MESH_<COMPONENT>_* environment variables, which override defaults; the settings
+are validated before anything starts, and a bad value exits with status 2 and a clear message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from mesh import __version__, logs
+from mesh.errors import MeshError
+
+
+def _pod_parser(sub: Any) -> None:
+    p = sub.add_parser("pod", help="run a serving pod", description="Run a serving pod.")
+    p.add_argument("--models", type=Path, help="serve every model under DIR by name")
+    p.add_argument("--host", help="address to listen on (default 0.0.0.0)")
+    p.add_argument("--port", type=int, help="gRPC port (default 8085; 0 picks a free one)")
+    p.add_argument("--metrics-port", type=int, help="Prometheus port (default 2112)")
+    p.add_argument("--no-metrics", action="store_true", help="serve no /metrics endpoint")
+    p.add_argument(
+        "--capacity",
+        help="bytes of models to hold, e.g. 4Gi (default: from the "
+        "container's memory limit, or the GPU's memory, less --reserve)",
+    )
+    p.add_argument("--reserve", help="memory kept back from the default capacity (512Mi)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where models run")
+    p.add_argument("--device-index", type=int, help="GPU index (default 0)")
+    p.add_argument("--workers", type=int, help="inference threads (default 4)")
+    p.add_argument("--load-concurrency", type=int, help="loads at once (default 2)")
+    p.add_argument("--load-timeout", type=float, help="seconds a load may take (default 300)")
+    p.add_argument(
+        "--min-model-age",
+        type=float,
+        help="never evict a model used within this many seconds (default 0)",
+    )
+    p.add_argument(
+        "--failure-ttl", type=float, help="seconds a failed load is remembered (default 60)"
+    )
+    p.add_argument("--max-message-bytes", help="largest request or response (default 64Mi)")
+    p.add_argument(
+        "--drain-timeout",
+        type=float,
+        help="seconds SIGTERM waits for requests in flight (default 30)",
+    )
+    p.add_argument(
+        "--per-model-metrics",
+        action="store_true",
+        default=None,
+        help="label inference metrics by model (high cardinality)",
+    )
+    p.add_argument("--runtimes", help="comma-separated runtimes to enable (default: all installed)")
+    p.add_argument("--log-level", help="DEBUG, INFO, WARNING (default INFO)")
+    p.add_argument("--log-json", action="store_true", default=None, help="log JSON lines")
+
+
+def _run_pod(args: argparse.Namespace) -> int:
+    from mesh.pod.server import serve
+    from mesh.pod.settings import PodSettings
+
+    overrides: dict[str, Any] = {
+        k: v
+        for k, v in vars(args).items()
+        if v is not None and k not in ("command", "no_metrics", "runtimes")
+    }
+    if args.runtimes:
+        overrides["runtimes"] = [r.strip() for r in args.runtimes.split(",") if r.strip()]
+    if args.no_metrics:
+        overrides["metrics_port"] = None
+    try:
+        settings = PodSettings(**overrides)
+    except ValidationError as exc:
+        print(f"mesh pod: invalid settings:\n{exc}", file=sys.stderr)
+        return 2
+    logs.configure(settings.log_level, settings.log_json)
+    try:
+        asyncio.run(serve(settings))
+    except MeshError as exc:
+        print(f"mesh pod: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mesh", description="A multi-model serving mesh.")
+    parser.add_argument("--version", action="version", version=f"mesh {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _pod_parser(sub)
+    args = parser.parse_args(argv)
+    if args.command == "pod":
+        return _run_pod(args)
+    parser.error(f"unknown command {args.command}")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

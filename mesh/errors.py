@@ -1,0 +1,85 @@
+"""The one exception tree of mesh, each class carrying the gRPC status a client sees.
+
+    MeshError             INTERNAL
+    ├── InvalidRequest    INVALID_ARGUMENT     bad tensor, shape, datatype, size or option
+    ├── ModelNotFound     NOT_FOUND            no such model here
+    ├── ModelLoadFailed   FAILED_PRECONDITION  the model's load failed (error in the message)
+    ├── ModelNotReady     UNAVAILABLE          being unloaded or evicted; retry later
+    ├── CapacityExhausted RESOURCE_EXHAUSTED   no room, and nothing can be evicted
+    ├── DeadlineExceeded  DEADLINE_EXCEEDED    a load or a request ran out of time
+    ├── Unavailable       UNAVAILABLE          the server is draining, or a dependency is down
+    └── RuntimeFailure    INTERNAL             the framework raised during inference
+
+Third-party errors are translated where they enter (`raise RuntimeFailure(...) from exc`); the
+gRPC layer maps the tree in one interceptor (mesh.grpcutil.ErrorInterceptor). Messages are shown
+to clients: they name the model and tensor concerned and never carry credentials.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+
+class MeshError(Exception):
+    """Base of every error mesh raises on purpose."""
+
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+
+
+class InvalidRequest(MeshError):
+    """The request is malformed: a tensor's name, datatype, shape or size, or an option."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class ModelNotFound(MeshError):
+    """No model of that name is registered or available here."""
+
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class ModelLoadFailed(MeshError):
+    """Loading the model failed; the message carries the load error."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class ModelNotReady(MeshError):
+    """The model exists but cannot serve right now (being unloaded); a retry may succeed."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class CapacityExhausted(MeshError):
+    """The model does not fit, even after evicting every model that may be evicted."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class DeadlineExceeded(MeshError):
+    """A load or a request ran out of time."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class Unavailable(MeshError):
+    """The server is draining, or something it depends on is unreachable."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class RuntimeFailure(MeshError):
+    """The framework raised while running the model."""
+
+    code = grpc.StatusCode.INTERNAL
+
+
+def all_error_classes() -> list[type[MeshError]]:
+    """Every class of the tree, the root included."""
+    found: list[type[MeshError]] = []
+    pending: list[type[MeshError]] = [MeshError]
+    while pending:
+        cls = pending.pop()
+        found.append(cls)
+        pending.extend(cls.__subclasses__())
+    return found

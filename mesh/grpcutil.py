@@ -1,0 +1,85 @@
+"""gRPC plumbing shared by every mesh server: method tables and the error interceptor.
+
+Services are registered from plain tables of coroutines instead of the generated servicer
+base classes, so every handler is typed and the router can later register byte-for-byte
+pass-through methods the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import grpc
+from grpc import aio
+
+from mesh.errors import MeshError
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Any, aio.ServicerContext[Any, Any]], Awaitable[Any]]
+MethodHandler = grpc.RpcMethodHandler[Any, Any]
+
+
+def service_handler(
+    service: str, methods: Mapping[str, tuple[Handler, type[Any], type[Any]]]
+) -> grpc.GenericRpcHandler:
+    """Register `{method: (coroutine, request type, response type)}` as `service`."""
+    handlers = {
+        name: grpc.unary_unary_rpc_method_handler(
+            handler,
+            request_deserializer=request_type.FromString,
+            response_serializer=response_type.SerializeToString,
+        )
+        for name, (handler, request_type, response_type) in methods.items()
+    }
+    return grpc.method_handlers_generic_handler(service, handlers)
+
+
+class ErrorInterceptor(aio.ServerInterceptor):
+    """Map MeshError to its gRPC status and anything unexpected to INTERNAL, for every method.
+
+    Wrapped handlers are cached per method, so a call costs one dict lookup beyond the handler.
+    """
+
+    def __init__(self) -> None:
+        self._wrapped: dict[str, MethodHandler | None] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[MethodHandler | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> MethodHandler | None:
+        method = handler_call_details.method
+        try:
+            return self._wrapped[method]
+        except KeyError:
+            pass
+        handler = await continuation(handler_call_details)
+        wrapped = _wrap(handler, method) if handler is not None else None
+        self._wrapped[method] = wrapped
+        return wrapped
+
+
+def _wrap(handler: MethodHandler, method: str) -> MethodHandler:
+    behavior: Any = handler.unary_unary
+    if behavior is None:  # only unary methods are served today
+        return handler
+
+    async def mapped(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+        try:
+            return await behavior(request, context)
+        except MeshError as exc:
+            await context.abort(exc.code, str(exc))
+        except aio.AbortError:
+            raise
+        except Exception as exc:
+            log.exception("%s failed", method)
+            await context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+
+    return grpc.unary_unary_rpc_method_handler(
+        mapped,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )

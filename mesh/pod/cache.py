@@ -1,0 +1,667 @@
+"""The model cache: models in memory within a byte capacity, least recently used evicted first.
+
+All bookkeeping happens on the event loop thread, so it needs no locks: a request takes a model
+with `acquire` (counting it in flight and marking it used) and gives it back with `release`, both
+synchronous. Loads and unloads run in worker threads.
+
+- A load is charged its estimate (file size times a per-format factor learned from past loads)
+  while it runs, then what it was measured to cost: the process RSS delta (or the GPU's, on a
+  GPU pod) when no other load or unload overlapped it, else the framework's own count or the
+  estimate.
+- A load that does not fit chooses its victims as one complete set before unloading any: least
+  recently used first, never a model with requests in flight, never one used within
+  `min_model_age`. If even that set cannot make room, the load fails with CapacityExhausted and
+  nothing is unloaded.
+- Concurrent loads of one model share it. Loads of different models run in parallel, at most
+  `load_concurrency` at once. A load that outlives `load_timeout` fails; its thread cannot be
+  stopped, so its slot and its bytes stay charged until the thread ends, then are freed.
+- A failed load frees what it took and is remembered for `failure_ttl` seconds: requests for the
+  model fail fast with the load error, until an explicit load retries it.
+- An unload waits for the model's requests in flight, then closes it, collects garbage and trims
+  the heap so that the memory really goes back to the system.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mesh.errors import (
+    CapacityExhausted,
+    DeadlineExceeded,
+    InvalidRequest,
+    MeshError,
+    ModelLoadFailed,
+    ModelNotFound,
+)
+from mesh.pod.memory import release_memory, rss_bytes
+from mesh.pod.metrics import PodMetrics
+from mesh.runtimes.base import Device, LoadedModel, LoadRequest, ModelConfig, Runtime
+from mesh.runtimes.registry import RuntimeRegistry
+
+log = logging.getLogger(__name__)
+
+_MIN_SIZE = 4096
+_FACTOR_WEIGHT = 0.3  # weight of the newest measurement in the learned per-format factor
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSource:
+    """Where a model's files are and how to load them."""
+
+    model_id: str
+    format: str
+    file: Path
+    config: ModelConfig = field(default_factory=ModelConfig)
+    options: Mapping[str, str] = field(default_factory=dict)
+
+    def disk_bytes(self) -> int:
+        try:
+            return self.file.stat().st_size
+        except OSError:
+            return 0
+
+
+class State(enum.Enum):
+    LOADING = "loading"
+    LOADED = "loaded"
+    UNLOADING = "unloading"
+
+
+class CachedModel:
+    """One model's place in the cache. Mutated only on the event loop."""
+
+    __slots__ = (
+        "error",
+        "estimated",
+        "gone",
+        "idle",
+        "in_flight",
+        "last_used",
+        "last_used_wall",
+        "loaded_at",
+        "measured",
+        "model",
+        "model_id",
+        "settled",
+        "size",
+        "source",
+        "state",
+    )
+
+    def __init__(self, source: ModelSource, estimated: int, now: float) -> None:
+        self.model_id = source.model_id
+        self.source = source
+        self.state = State.LOADING
+        self.model: LoadedModel | None = None
+        self.size = estimated
+        self.estimated = estimated
+        self.measured: int | None = None
+        self.last_used = now
+        self.last_used_wall = 0.0
+        self.loaded_at = 0.0
+        self.in_flight = 0
+        self.error: MeshError | None = None
+        self.settled = asyncio.Event()  # the load ended, either way
+        self.gone = asyncio.Event()  # the model left the cache
+        self.idle: asyncio.Event | None = None  # set when in_flight drops to 0, while unloading
+
+
+@dataclass(frozen=True, slots=True)
+class LoadOutcome:
+    model_id: str
+    size: int
+    measured: int | None
+    estimated: int
+    seconds: float
+    already_loaded: bool
+    evicted: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    model_id: str
+    format: str
+    error: str
+    kind: type[MeshError]
+    at: float  # monotonic
+    at_wall: float
+
+
+@dataclass(frozen=True, slots=True)
+class ModelView:
+    model_id: str
+    format: str
+    state: str
+    size: int
+    measured: int | None
+    estimated: int
+    last_used: float  # unix seconds, 0 if never used
+    in_flight: int
+    loaded_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class CacheView:
+    capacity: int
+    used: int
+    loading: int
+    models: tuple[ModelView, ...]  # most recently used first
+    failures: tuple[Failure, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """What eviction planning needs to know of a loaded model."""
+
+    model_id: str
+    size: int
+    last_used: float
+    in_flight: int
+
+
+def choose_victims(
+    candidates: Sequence[Candidate], need: int, now: float, min_age: float
+) -> list[str] | None:
+    """The least recently used models whose sizes add up to `need`, or None if none do.
+
+    Skips models in flight and models used within `min_age`. The set is minimal: after taking
+    victims oldest first, any victim the others can spare is put back, newest first.
+    """
+    if need <= 0:
+        return []
+    eligible = sorted(
+        (c for c in candidates if c.in_flight == 0 and now - c.last_used >= min_age),
+        key=lambda c: c.last_used,
+    )
+    chosen: list[Candidate] = []
+    freed = 0
+    for candidate in eligible:
+        if freed >= need:
+            break
+        chosen.append(candidate)
+        freed += candidate.size
+    if freed < need:
+        return None
+    for candidate in reversed(chosen[:-1]):
+        if freed - candidate.size >= need:
+            chosen.remove(candidate)
+            freed -= candidate.size
+    return [c.model_id for c in chosen]
+
+
+class _Activity:
+    """A load or unload in a worker thread; overlapping ones spoil each other's RSS delta."""
+
+    __slots__ = ("exclusive",)
+
+    def __init__(self) -> None:
+        self.exclusive = True
+
+
+class ModelCache:
+    """Loaded models within `capacity` bytes.
+
+    >>> cache = ModelCache(capacity=2**30, runtimes=RuntimeRegistry.discover())
+    >>> outcome = await cache.load(ModelSource("mlp", "onnx", Path("models/mlp/model.onnx")))
+    >>> entry = cache.acquire("mlp")  # None if not loaded
+    >>> try: ...  # entry.model.predict(...)
+    ... finally: cache.release(entry)
+    """
+
+    def __init__(
+        self,
+        *,
+        capacity: int,
+        runtimes: RuntimeRegistry,
+        device: Device | None = None,
+        load_concurrency: int = 2,
+        load_timeout: float = 300.0,
+        min_model_age: float = 0.0,
+        failure_ttl: float = 60.0,
+        metrics: PodMetrics | None = None,
+        meter: Callable[[], int | None] = rss_bytes,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.capacity = capacity
+        self._runtimes = runtimes
+        self._device = device or Device()
+        self._load_timeout = load_timeout
+        self._min_age = min_model_age
+        self._failure_ttl = failure_ttl
+        self._metrics = metrics
+        self._meter = meter
+        self._clock = clock
+        self._entries: dict[str, CachedModel] = {}
+        self._failures: dict[str, Failure] = {}
+        self._factors: dict[str, float] = {}
+        self._orphaned = 0  # bytes held by timed-out loads whose threads still run
+        self._load_slots = asyncio.Semaphore(load_concurrency)
+        self._load_pool = ThreadPoolExecutor(load_concurrency, thread_name_prefix="mesh-load")
+        self._unload_pool = ThreadPoolExecutor(1, thread_name_prefix="mesh-unload")
+        self._activities: set[_Activity] = set()
+        self._activities_lock = threading.Lock()
+        if metrics is not None:
+            metrics.capacity.set(capacity)
+
+    # -- the request path: synchronous, on the loop ------------------------------------------
+
+    def acquire(self, model_id: str) -> CachedModel | None:
+        """Take a loaded model for one request, or None if it is not loaded and serving."""
+        entry = self._entries.get(model_id)
+        if entry is None or entry.state is not State.LOADED:
+            return None
+        entry.in_flight += 1
+        entry.last_used = self._clock()
+        entry.last_used_wall = time.time()
+        return entry
+
+    def release(self, entry: CachedModel) -> None:
+        entry.in_flight -= 1
+        if entry.in_flight == 0 and entry.idle is not None:
+            entry.idle.set()
+
+    def is_loaded(self, model_id: str) -> bool:
+        entry = self._entries.get(model_id)
+        return entry is not None and entry.state is State.LOADED
+
+    def failure(self, model_id: str) -> Failure | None:
+        failure = self._failures.get(model_id)
+        if failure is not None and self._clock() - failure.at > self._failure_ttl:
+            del self._failures[model_id]
+            return None
+        return failure
+
+    @property
+    def used(self) -> int:
+        return sum(e.size for e in self._entries.values()) + self._orphaned
+
+    # -- loading -------------------------------------------------------------------------------
+
+    async def load(self, source: ModelSource, *, retry_failed: bool = False) -> LoadOutcome:
+        """Load `source` unless it is loaded; share a load already running."""
+        model_id = source.model_id
+        while (entry := self._entries.get(model_id)) is not None:
+            if entry.state is State.LOADED:
+                return LoadOutcome(model_id, entry.size, entry.measured, entry.estimated, 0.0, True)
+            if entry.state is State.LOADING:
+                await entry.settled.wait()
+                if entry.error is not None:
+                    raise type(entry.error)(str(entry.error))
+            else:
+                await entry.gone.wait()
+        failure = self.failure(model_id)
+        if failure is not None:
+            if not retry_failed:
+                ago = self._clock() - failure.at
+                raise failure.kind(
+                    f"model {model_id!r} failed to load {ago:.0f}s ago: {failure.error}"
+                )
+            del self._failures[model_id]
+        # Claim the load synchronously, so that a concurrent caller finds the entry; then run it
+        # in its own task, so that a caller who gives up does not cancel it for the others.
+        entry, victims, runtime, options = self._claim(source)
+        task = asyncio.create_task(self._complete(entry, victims, runtime.load, options))
+        task.add_done_callback(_consume)
+        return await asyncio.shield(task)
+
+    def estimate(self, source: ModelSource) -> int:
+        runtime = self._runtimes.get(source.format)
+        factor = self._factors.get(source.format, runtime.size_factor)
+        return max(int(source.disk_bytes() * factor), _MIN_SIZE)
+
+    def _claim(
+        self, source: ModelSource
+    ) -> tuple[CachedModel, list[CachedModel], Runtime, dict[str, str]]:
+        model_id = source.model_id
+        runtime = self._runtimes.get(source.format)
+        options = {**source.config.options, **source.options}
+        unknown = set(options) - runtime.option_keys
+        if unknown:
+            raise InvalidRequest(
+                f"model {model_id!r}: runtime {runtime.name} has no options {sorted(unknown)}; "
+                f"it takes {sorted(runtime.option_keys)}"
+            )
+        if not source.file.is_file():
+            raise ModelNotFound(f"model {model_id!r}: no model file at {source.file}")
+        estimated = self.estimate(source)
+        victims = self._plan(model_id, estimated)
+
+        now = self._clock()
+        entry = CachedModel(source, estimated, now)
+        self._entries[model_id] = entry
+        for victim in victims:
+            victim.state = State.UNLOADING
+        self._update_gauges()
+        return entry, victims, runtime, options
+
+    async def _complete(
+        self,
+        entry: CachedModel,
+        victims: list[CachedModel],
+        load: Callable[[LoadRequest], LoadedModel],
+        options: dict[str, str],
+    ) -> LoadOutcome:
+        source, model_id, estimated = entry.source, entry.model_id, entry.estimated
+        started = time.perf_counter()
+        try:
+            evicted = [v.model_id for v in victims]
+            await asyncio.gather(*(self._unload(v, "capacity") for v in victims))
+            request = LoadRequest(model_id, source.file, source.config, options, self._device)
+            model, measured = await self._run_load(entry, load, request)
+            entry.model = model
+            entry.measured = measured
+            hint = _safe_hint(model)
+            entry.size = max(
+                measured if measured is not None else max(hint, estimated), hint, _MIN_SIZE
+            )
+            if measured is not None:
+                self._learn(source, measured)
+            evicted += await self._fit_after_load(entry)
+        except BaseException as exc:
+            self._fail(entry, exc)
+            if entry.error is None or entry.error is exc or isinstance(exc, asyncio.CancelledError):
+                raise
+            raise entry.error from exc
+        seconds = time.perf_counter() - started
+        entry.state = State.LOADED
+        entry.loaded_at = time.time()
+        entry.last_used = self._clock()
+        entry.settled.set()
+        if self._metrics is not None:
+            self._metrics.load_seconds.observe(seconds)
+        self._update_gauges()
+        log.info(
+            "loaded %s (%s): %d bytes (measured %s, estimated %d) in %.3fs%s",
+            model_id,
+            source.format,
+            entry.size,
+            measured,
+            estimated,
+            seconds,
+            f", evicted {evicted}" if evicted else "",
+        )
+        return LoadOutcome(
+            model_id, entry.size, measured, estimated, seconds, False, tuple(evicted)
+        )
+
+    def _plan(
+        self, model_id: str, need_bytes: int, exclude: str | None = None
+    ) -> list[CachedModel]:
+        """Victims to unload so that `need_bytes` more fit; CapacityExhausted if none do."""
+        if need_bytes > self.capacity:
+            raise CapacityExhausted(
+                f"model {model_id!r} needs {need_bytes} bytes, more than the pod's whole "
+                f"capacity of {self.capacity}"
+            )
+        used = self.used
+        need = used + need_bytes - self.capacity
+        if need <= 0:
+            return []
+        loaded = [
+            e for e in self._entries.values() if e.state is State.LOADED and e.model_id != exclude
+        ]
+        candidates = [Candidate(e.model_id, e.size, e.last_used, e.in_flight) for e in loaded]
+        now = self._clock()
+        chosen = choose_victims(candidates, need, now, self._min_age)
+        if chosen is None:
+            busy = sum(1 for e in loaded if e.in_flight)
+            guarded = sum(
+                1 for e in loaded if not e.in_flight and now - e.last_used < self._min_age
+            )
+            evictable = sum(
+                e.size for e in loaded if not e.in_flight and now - e.last_used >= self._min_age
+            )
+            raise CapacityExhausted(
+                f"model {model_id!r} needs {need_bytes} bytes: capacity {self.capacity}, used "
+                f"{used}, evictable {evictable} ({busy} models in flight, {guarded} used within "
+                f"{self._min_age:g}s cannot be evicted)"
+            )
+        by_id = {e.model_id: e for e in loaded}
+        return [by_id[m] for m in chosen]
+
+    async def _fit_after_load(self, entry: CachedModel) -> list[str]:
+        """The measured size may exceed the estimate: evict more, or give the model up."""
+        overshoot = self.used - self.capacity
+        if overshoot <= 0:
+            return []
+        victims = self._plan(entry.model_id, overshoot, exclude=entry.model_id)
+        for victim in victims:
+            victim.state = State.UNLOADING
+        await asyncio.gather(*(self._unload(v, "capacity") for v in victims))
+        return [v.model_id for v in victims]
+
+    async def _run_load(
+        self, entry: CachedModel, load: Callable[[LoadRequest], LoadedModel], request: LoadRequest
+    ) -> tuple[LoadedModel, int | None]:
+        loop = asyncio.get_running_loop()
+        await self._load_slots.acquire()
+        future = loop.run_in_executor(self._load_pool, self._measured, load, request)
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), self._load_timeout)
+        except TimeoutError:
+            self._orphan(future, entry.size)
+            raise DeadlineExceeded(
+                f"model {entry.model_id!r} did not load within {self._load_timeout:g}s"
+            ) from None
+        except BaseException:
+            if not future.done():
+                self._orphan(future, entry.size)
+                raise
+            self._load_slots.release()
+            raise
+        else:
+            self._load_slots.release()
+
+    def _orphan(self, future: asyncio.Future[tuple[LoadedModel, int | None]], size: int) -> None:
+        """A load we stopped waiting for: free its slot and bytes when its thread ends."""
+        self._orphaned += size
+
+        def done(f: asyncio.Future[tuple[LoadedModel, int | None]]) -> None:
+            self._orphaned -= size
+            self._load_slots.release()
+            if not f.cancelled() and f.exception() is None:
+                model, _ = f.result()
+                self._unload_pool.submit(_close, model)
+            self._update_gauges()
+
+        future.add_done_callback(done)
+
+    def _measured(
+        self, load: Callable[[LoadRequest], LoadedModel], request: LoadRequest
+    ) -> tuple[LoadedModel, int | None]:
+        """Run a load in this worker thread; the meter's delta, if nothing else overlapped."""
+        with self._activity() as activity:
+            before = self._meter()
+            model = load(request)
+            after = self._meter()
+        if before is None or after is None or not activity.exclusive:
+            return model, None
+        return model, max(after - before, 0)
+
+    def _learn(self, source: ModelSource, measured: int) -> None:
+        disk = source.disk_bytes()
+        if disk <= 0:
+            return
+        runtime = self._runtimes.get(source.format)
+        old = self._factors.get(source.format, runtime.size_factor)
+        ratio = max(measured, _MIN_SIZE) / disk
+        self._factors[source.format] = (1 - _FACTOR_WEIGHT) * old + _FACTOR_WEIGHT * ratio
+
+    def _fail(self, entry: CachedModel, exc: BaseException) -> None:
+        error: MeshError
+        if isinstance(exc, MeshError):
+            error = exc
+        elif isinstance(exc, asyncio.CancelledError):
+            error = ModelLoadFailed(f"load of model {entry.model_id!r} was cancelled")
+        else:
+            error = ModelLoadFailed(
+                f"model {entry.model_id!r} ({entry.source.format}) failed to load: "
+                f"{type(exc).__name__}: {exc}"
+            )
+        entry.error = error
+        self._entries.pop(entry.model_id, None)
+        if not isinstance(error, CapacityExhausted) and not isinstance(exc, asyncio.CancelledError):
+            self._failures[entry.model_id] = Failure(
+                entry.model_id,
+                entry.source.format,
+                str(error),
+                type(error),
+                self._clock(),
+                time.time(),
+            )
+        if entry.model is not None:
+            self._unload_pool.submit(_close, entry.model)
+            entry.model = None
+        entry.settled.set()
+        entry.gone.set()
+        if self._metrics is not None:
+            reason = {
+                CapacityExhausted: "capacity",
+                DeadlineExceeded: "timeout",
+                InvalidRequest: "invalid",
+            }.get(type(error), "error")
+            self._metrics.load_failures.labels(reason).inc()
+        self._update_gauges()
+        log.warning("load of %s failed: %s", entry.model_id, error)
+
+    # -- unloading -----------------------------------------------------------------------------
+
+    async def unload(self, model_id: str) -> int | None:
+        """Unload a model once its requests in flight end; the bytes freed, None if absent."""
+        while (entry := self._entries.get(model_id)) is not None:
+            if entry.state is State.LOADING:
+                await entry.settled.wait()
+            elif entry.state is State.UNLOADING:
+                await entry.gone.wait()
+                return None
+            else:
+                entry.state = State.UNLOADING
+                size = entry.size
+                await self._unload(entry, "request")
+                return size
+        return None
+
+    async def _unload(self, entry: CachedModel, reason: str) -> None:
+        started = time.perf_counter()
+        if entry.in_flight:
+            entry.idle = asyncio.Event()
+            await entry.idle.wait()
+        model, entry.model = entry.model, None
+        loop = asyncio.get_running_loop()
+        try:
+            if model is not None:
+                await loop.run_in_executor(self._unload_pool, self._closed, model)
+        finally:
+            self._entries.pop(entry.model_id, None)
+            entry.gone.set()
+            if self._metrics is not None:
+                self._metrics.unload_seconds.observe(time.perf_counter() - started)
+                if reason != "request":
+                    self._metrics.evictions.labels(reason).inc()
+            self._update_gauges()
+        log.info("unloaded %s (%s), freed %d bytes", entry.model_id, reason, entry.size)
+
+    def _closed(self, model: LoadedModel) -> None:
+        with self._activity():
+            _close(model)
+
+    def _activity(self) -> _ActivityScope:
+        return _ActivityScope(self._activities, self._activities_lock)
+
+    # -- status and lifecycle ------------------------------------------------------------------
+
+    def view(self) -> CacheView:
+        entries = sorted(self._entries.values(), key=lambda e: e.last_used, reverse=True)
+        models = tuple(
+            ModelView(
+                e.model_id,
+                e.source.format,
+                e.state.value,
+                e.size,
+                e.measured,
+                e.estimated,
+                e.last_used_wall,
+                e.in_flight,
+                e.loaded_at,
+            )
+            for e in entries
+        )
+        for model_id in list(self._failures):
+            self.failure(model_id)  # drops expired records
+        return CacheView(
+            self.capacity,
+            self.used,
+            sum(1 for e in entries if e.state is State.LOADING),
+            models,
+            tuple(self._failures.values()),
+        )
+
+    def loaded_ids(self) -> list[str]:
+        return [m for m, e in self._entries.items() if e.state is State.LOADED]
+
+    def _update_gauges(self) -> None:
+        if self._metrics is None:
+            return
+        self._metrics.used.set(self.used)
+        states = [e.state for e in self._entries.values()]
+        self._metrics.models_loaded.set(states.count(State.LOADED))
+        self._metrics.loading.set(states.count(State.LOADING))
+
+    async def aclose(self) -> None:
+        """Unload every model and stop the worker threads."""
+        await asyncio.gather(*(self.unload(m) for m in list(self._entries)), return_exceptions=True)
+        self._load_pool.shutdown(wait=False, cancel_futures=True)
+        self._unload_pool.shutdown(wait=True)
+
+
+class _ActivityScope:
+    def __init__(self, activities: set[_Activity], lock: threading.Lock) -> None:
+        self._activities = activities
+        self._lock = lock
+        self._activity = _Activity()
+
+    def __enter__(self) -> _Activity:
+        with self._lock:
+            if self._activities:
+                self._activity.exclusive = False
+                for other in self._activities:
+                    other.exclusive = False
+            self._activities.add(self._activity)
+        return self._activity
+
+    def __exit__(self, *exc: Any) -> None:
+        with self._lock:
+            self._activities.discard(self._activity)
+
+
+def _consume(task: asyncio.Task[LoadOutcome]) -> None:
+    # The load's own callers see its error; this keeps asyncio from logging it again when they
+    # have all gone away.
+    if not task.cancelled():
+        task.exception()
+
+
+def _safe_hint(model: LoadedModel) -> int:
+    try:
+        return model.size_hint() or 0
+    except Exception:
+        log.debug("size_hint failed", exc_info=True)
+        return 0
+
+
+def _close(model: LoadedModel) -> None:
+    try:
+        model.close()
+    except Exception:
+        log.exception("closing a model failed")
+    del model
+    release_memory()

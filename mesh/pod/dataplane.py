@@ -1,0 +1,202 @@
+"""The pod's core: v2 inference and model control over the cache, with no gRPC in it.
+
+The gRPC servicers (mesh.pod.service) convert and call; everything a request does happens here.
+Decoding, the framework call and encoding run together in one worker thread of a bounded pool,
+so the event loop only accounts (acquire, release) and the GIL-free parts of the frameworks run
+in parallel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc  # only for status names in metrics
+
+from mesh import __version__
+from mesh.errors import MeshError, ModelNotFound, ModelNotReady, RuntimeFailure, Unavailable
+from mesh.gen import grpc_predict_v2_pb2 as pb
+from mesh.pod.cache import CachedModel, CacheView, LoadOutcome, ModelCache, ModelSource
+from mesh.pod.codec import decode_request, encode_response
+from mesh.pod.metrics import PodMetrics
+from mesh.pod.repository import ModelRepository, check_model_id, source_for
+from mesh.runtimes.base import Device, LoadedModel
+from mesh.runtimes.registry import RuntimeRegistry
+from mesh.tensors import Signature
+
+log = logging.getLogger(__name__)
+
+SERVER_NAME = "mesh"
+# Attempts to get a model loaded and acquired: a just-loaded model can be evicted by another
+# load before this request takes it, when every other model is busy.
+_ACQUIRE_ATTEMPTS = 3
+
+
+class ServerState(enum.Enum):
+    STARTING = "starting"
+    READY = "ready"
+    DRAINING = "draining"
+
+
+class DataPlane:
+    def __init__(
+        self,
+        cache: ModelCache,
+        runtimes: RuntimeRegistry,
+        *,
+        repository: ModelRepository | None = None,
+        workers: int = 4,
+        device: Device | None = None,
+        metrics: PodMetrics | None = None,
+    ) -> None:
+        self.cache = cache
+        self.runtimes = runtimes
+        self.repository = repository
+        self.device = device or Device()
+        self.state = ServerState.STARTING
+        self._metrics = metrics
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="mesh-infer")
+
+    # -- server --------------------------------------------------------------------------------
+
+    def live(self) -> bool:
+        return True
+
+    def ready(self) -> bool:
+        return self.state is ServerState.READY
+
+    def server_metadata(self) -> tuple[str, str, list[str]]:
+        return SERVER_NAME, __version__, []
+
+    def mark_ready(self) -> None:
+        self.state = ServerState.READY
+
+    def drain(self) -> None:
+        """Readiness turns false and no new model is loaded; loaded models keep serving."""
+        self.state = ServerState.DRAINING
+
+    # -- models --------------------------------------------------------------------------------
+
+    async def model_ready(self, name: str) -> bool:
+        check_model_id(name)
+        if self.cache.is_loaded(name):
+            return True
+        if self._resolve(name) is None:  # the repository raises NOT_FOUND for unknown names
+            raise ModelNotFound(f"model {name!r} is not loaded on this pod")
+        return False
+
+    async def model_metadata(self, name: str) -> tuple[Signature, str]:
+        entry = await self._acquire(name)
+        try:
+            model = _model_of(entry)
+            return model.signature, model.platform
+        finally:
+            self.cache.release(entry)
+
+    async def infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+        name = request.model_name
+        started = time.perf_counter()
+        status = "OK"
+        self._enter()
+        try:
+            entry = await self._acquire(name)
+            try:
+                loop = asyncio.get_running_loop()
+                return await loop.run_in_executor(
+                    self._pool, _infer, _model_of(entry), name, request
+                )
+            finally:
+                self.cache.release(entry)
+        except MeshError as exc:
+            status = exc.code.name
+            raise
+        except asyncio.CancelledError:
+            status = grpc.StatusCode.CANCELLED.name
+            raise
+        finally:
+            self._leave()
+            if self._metrics is not None:
+                elapsed = time.perf_counter() - started if status == "OK" else None
+                self._metrics.observe_request(name, status, elapsed)
+
+    async def load(
+        self, model_id: str, path: str, format: str = "", options: dict[str, str] | None = None
+    ) -> LoadOutcome:
+        self._refuse_if_draining()
+        source = source_for(model_id, Path(path), self.runtimes, format, options)
+        return await self.cache.load(source, retry_failed=True)
+
+    async def unload(self, model_id: str) -> int | None:
+        check_model_id(model_id)
+        return await self.cache.unload(model_id)
+
+    def status(self) -> CacheView:
+        return self.cache.view()
+
+    async def aclose(self) -> None:
+        await self.cache.aclose()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    # -- internals -----------------------------------------------------------------------------
+
+    async def _acquire(self, name: str) -> CachedModel:
+        entry = self.cache.acquire(name)
+        if entry is not None:
+            return entry
+        check_model_id(name)
+        self._refuse_if_draining()
+        for _ in range(_ACQUIRE_ATTEMPTS):
+            source = self._resolve(name)
+            if source is None:
+                # Not in the repository: only the control API can load it, and it has not.
+                failure = self.cache.failure(name)
+                if failure is not None:
+                    raise failure.kind(failure.error)
+                raise ModelNotFound(f"model {name!r} is not loaded on this pod")
+            await self.cache.load(source)
+            entry = self.cache.acquire(name)
+            if entry is not None:
+                return entry
+        raise ModelNotReady(f"model {name!r} was evicted as soon as it loaded; retry")
+
+    def _resolve(self, name: str) -> ModelSource | None:
+        """The repository's source for `name`; None without a repository (control API only)."""
+        return None if self.repository is None else self.repository.resolve(name)
+
+    def _refuse_if_draining(self) -> None:
+        if self.state is ServerState.DRAINING:
+            raise Unavailable("the pod is draining and takes no new models")
+
+    def _enter(self) -> None:
+        if self._metrics is not None:
+            self._metrics.in_flight.inc()
+
+    def _leave(self) -> None:
+        if self._metrics is not None:
+            self._metrics.in_flight.dec()
+
+
+def _model_of(entry: CachedModel) -> LoadedModel:
+    model = entry.model
+    if model is None:  # cannot happen while the entry is acquired; a clear error if it does
+        raise ModelNotReady(f"model {entry.model_id!r} is not loaded")
+    return model
+
+
+def _infer(model: LoadedModel, name: str, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+    """Decode, predict and encode, in a worker thread."""
+    decoded = decode_request(request, model.signature)
+    try:
+        results = model.predict(decoded.inputs, decoded.outputs)
+    except MeshError:
+        raise
+    except Exception as exc:
+        raise RuntimeFailure(f"model {name!r} failed: {type(exc).__name__}: {exc}") from exc
+    missing = [o for o in decoded.outputs if o not in results]
+    if missing:
+        raise RuntimeFailure(f"model {name!r} returned no outputs {missing}")
+    return encode_response(request, name, results, decoded.outputs)

@@ -1,0 +1,87 @@
+"""The pod's Prometheus metrics, on a registry passed in (never the global one).
+
+Inference metrics carry a `model` label only when per-model labels are asked for: a pod cycles
+through thousands of models, and a series per model would swamp Prometheus.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+_LOAD_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+
+
+class PodMetrics:
+    def __init__(self, registry: CollectorRegistry, per_model: bool = False) -> None:
+        self.per_model = per_model
+        labels = ["model", "status"] if per_model else ["status"]
+        self.requests = Counter(
+            "mesh_pod_inference_requests",
+            "Inference requests by gRPC status",
+            labels,
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "mesh_pod_inference_seconds",
+            "Inference latency in the pod, decode to encode",
+            ["model"] if per_model else [],
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.load_seconds = Histogram(
+            "mesh_pod_load_seconds", "Model load time", buckets=_LOAD_BUCKETS, registry=registry
+        )
+        self.unload_seconds = Histogram(
+            "mesh_pod_unload_seconds",
+            "Model unload time",
+            buckets=_LOAD_BUCKETS,
+            registry=registry,
+        )
+        self.load_failures = Counter(
+            "mesh_pod_load_failures",
+            "Failed model loads by reason",
+            ["reason"],
+            registry=registry,
+        )
+        self.evictions = Counter(
+            "mesh_pod_evictions", "Models evicted by reason", ["reason"], registry=registry
+        )
+        self.capacity = Gauge(
+            "mesh_pod_capacity_bytes", "Bytes of models the pod may hold", registry=registry
+        )
+        self.used = Gauge(
+            "mesh_pod_used_bytes", "Bytes held by loaded and loading models", registry=registry
+        )
+        self.models_loaded = Gauge(
+            "mesh_pod_models_loaded", "Models loaded and ready", registry=registry
+        )
+        self.loading = Gauge("mesh_pod_models_loading", "Loads in progress", registry=registry)
+        self.in_flight = Gauge(
+            "mesh_pod_inference_in_flight", "Inference requests in flight", registry=registry
+        )
+
+    def observe_request(self, model: str, status: str, seconds: float | None) -> None:
+        if self.per_model:
+            self.requests.labels(model, status).inc()
+            if seconds is not None:
+                self.latency.labels(model).observe(seconds)
+        else:
+            self.requests.labels(status).inc()
+            if seconds is not None:
+                self.latency.observe(seconds)

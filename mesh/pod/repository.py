@@ -1,0 +1,115 @@
+"""Turn a model id and a local path into a ModelSource, and serve a directory of models by name.
+
+A model is a single file (`mlp.onnx`) or a directory holding one model file and, optionally,
+`mesh.json` (docs/model-layout.md). The format comes from mesh.json's `format`, else from the
+model file's suffix.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+from mesh.errors import InvalidRequest, ModelNotFound
+from mesh.pod.cache import ModelSource
+from mesh.runtimes.base import CONFIG_NAME, ModelConfig
+from mesh.runtimes.registry import RuntimeRegistry
+
+MAX_ID_LENGTH = 256
+_DIR_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
+
+
+def check_model_id(model_id: str) -> None:
+    if not model_id:
+        raise InvalidRequest("model name is empty")
+    if len(model_id) > MAX_ID_LENGTH:
+        raise InvalidRequest(f"model name is longer than {MAX_ID_LENGTH} characters")
+    if not model_id.isprintable():
+        raise InvalidRequest(f"model name {model_id!r} has non-printable characters")
+
+
+def source_for(
+    model_id: str,
+    path: Path,
+    runtimes: RuntimeRegistry,
+    format: str = "",
+    options: Mapping[str, str] | None = None,
+) -> ModelSource:
+    """Where `path` (a model file or a directory holding one) keeps its model, and its format."""
+    check_model_id(model_id)
+    if path.is_dir():
+        config = ModelConfig.read(path)
+        file = _model_file(model_id, path, config, runtimes)
+    elif path.is_file():
+        config = ModelConfig.read(path.parent) if path.name != CONFIG_NAME else ModelConfig()
+        file = path
+    else:
+        raise ModelNotFound(f"model {model_id!r}: nothing at {path}")
+    fmt = format or config.format or runtimes.format_of(file)
+    if fmt is None:
+        raise InvalidRequest(
+            f"model {model_id!r}: cannot tell the format of {file.name}; set format in "
+            f"{CONFIG_NAME} (known suffixes: {sorted(runtimes.suffixes())})"
+        )
+    runtimes.get(fmt)  # refuses a format no runtime here loads
+    return ModelSource(model_id, fmt, file, config, dict(options or {}))
+
+
+def _model_file(
+    model_id: str, directory: Path, config: ModelConfig, runtimes: RuntimeRegistry
+) -> Path:
+    if config.file is not None:
+        file = (directory / config.file).resolve()
+        if not file.is_relative_to(directory.resolve()) or not file.is_file():
+            raise InvalidRequest(
+                f"model {model_id!r}: {CONFIG_NAME} names file {config.file!r}, which is not a "
+                "file inside the model directory"
+            )
+        return file
+    files = sorted(
+        p
+        for p in directory.iterdir()
+        if p.is_file() and p.name != CONFIG_NAME and runtimes.format_of(p) is not None
+    )
+    if len(files) != 1:
+        found = [p.name for p in files]
+        raise InvalidRequest(
+            f"model {model_id!r}: expected one model file in {directory.name}/, found {found}; "
+            f"name it with 'file' in {CONFIG_NAME}"
+        )
+    return files[0]
+
+
+class ModelRepository:
+    """Every model under a directory, by name, resolved when first asked for.
+
+    >>> repo = ModelRepository(Path("models"), RuntimeRegistry.discover())
+    >>> repo.resolve("mlp").format
+    'onnx'
+    """
+
+    def __init__(self, root: Path, runtimes: RuntimeRegistry) -> None:
+        self.root = root
+        self._runtimes = runtimes
+
+    def resolve(self, model_id: str) -> ModelSource:
+        check_model_id(model_id)
+        if not _DIR_NAME.fullmatch(model_id) or model_id in (".", ".."):
+            raise ModelNotFound(f"model {model_id!r} not found")
+        directory = self.root / model_id
+        if directory.is_dir():
+            return source_for(model_id, directory, self._runtimes)
+        for file in sorted(self.root.glob(f"{model_id}.*")):
+            if file.is_file() and file.stem == model_id and self._runtimes.format_of(file):
+                return source_for(model_id, file, self._runtimes)
+        raise ModelNotFound(f"model {model_id!r} not found in {self.root}")
+
+    def names(self) -> list[str]:
+        names = set()
+        for p in self.root.iterdir():
+            if p.is_dir() and _DIR_NAME.fullmatch(p.name):
+                names.add(p.name)
+            elif p.is_file() and self._runtimes.format_of(p) and p.name != CONFIG_NAME:
+                names.add(p.stem)
+        return sorted(names)

@@ -1,0 +1,161 @@
+"""The pod's composition root: settings in, a listening gRPC server and metrics endpoint out.
+
+    async with PodServer(PodSettings(models=Path("models"), port=0)) as pod:
+        print(pod.port)          # the bound port
+        await pod.wait_for_termination()
+
+`start()` returns once listening; `aclose()` turns readiness false, refuses new calls, lets
+those in flight finish (up to drain_timeout), then unloads every model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from types import TracebackType
+from typing import Any
+
+from grpc import aio
+from prometheus_client import CollectorRegistry, start_http_server
+
+from mesh.errors import InvalidRequest
+from mesh.grpcutil import ErrorInterceptor
+from mesh.pod.cache import ModelCache
+from mesh.pod.capacity import choose_device, default_capacity
+from mesh.pod.dataplane import DataPlane
+from mesh.pod.memory import CudaMeter, rss_bytes
+from mesh.pod.metrics import PodMetrics
+from mesh.pod.repository import ModelRepository
+from mesh.pod.service import InferenceService, RuntimeService
+from mesh.pod.settings import PodSettings
+from mesh.runtimes.registry import RuntimeRegistry
+
+log = logging.getLogger(__name__)
+
+
+class PodServer:
+    def __init__(
+        self,
+        settings: PodSettings,
+        *,
+        runtimes: RuntimeRegistry | None = None,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.settings = settings
+        self._runtimes = runtimes
+        self.registry = registry or CollectorRegistry()
+        self.plane: DataPlane | None = None
+        self.port = 0
+        self.metrics_port: int | None = None
+        self._server: aio.Server | None = None
+        self._metrics_http: Any = None
+        self._stopped = asyncio.Event()
+
+    async def start(self) -> None:
+        s = self.settings
+        runtimes = self._runtimes or RuntimeRegistry.discover(s.runtimes)
+        if not runtimes.names:
+            raise InvalidRequest(
+                "no runtime is available: install mesh[onnx], [xgboost] or [torch]"
+            )
+        device = choose_device(s.device, s.device_index)
+        capacity = s.capacity or default_capacity(device, s.reserve)
+        metrics = PodMetrics(self.registry, per_model=s.per_model_metrics)
+        meter = CudaMeter(device.index).used_bytes if device.is_cuda else rss_bytes
+        cache = ModelCache(
+            capacity=capacity,
+            runtimes=runtimes,
+            device=device,
+            load_concurrency=s.load_concurrency,
+            load_timeout=s.load_timeout,
+            min_model_age=s.min_model_age,
+            failure_ttl=s.failure_ttl,
+            metrics=metrics,
+            meter=meter,
+        )
+        repository = None
+        if s.models is not None:
+            if not s.models.is_dir():
+                raise InvalidRequest(f"--models {s.models}: not a directory")
+            repository = ModelRepository(s.models, runtimes)
+        self.plane = DataPlane(
+            cache,
+            runtimes,
+            repository=repository,
+            workers=s.workers,
+            device=device,
+            metrics=metrics,
+        )
+        options = [
+            ("grpc.max_receive_message_length", s.max_message_bytes),
+            ("grpc.max_send_message_length", s.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ]
+        server = aio.server(interceptors=[ErrorInterceptor()], options=options)
+        server.add_generic_rpc_handlers(
+            (InferenceService(self.plane).handler(), RuntimeService(self.plane).handler())
+        )
+        self.port = server.add_insecure_port(f"{s.host}:{s.port}")
+        if self.port == 0:
+            raise InvalidRequest(f"cannot listen on {s.host}:{s.port}")
+        await server.start()
+        self._server = server
+        if s.metrics_port is not None:
+            httpd, _ = start_http_server(s.metrics_port, addr=s.host, registry=self.registry)
+            self._metrics_http = httpd
+            self.metrics_port = httpd.server_address[1]
+        self.plane.mark_ready()
+        log.info(
+            "pod listening on %s:%d (metrics %s), device %s, capacity %d bytes, runtimes %s%s",
+            s.host,
+            self.port,
+            self.metrics_port,
+            device,
+            capacity,
+            runtimes.names,
+            f", models from {s.models}" if s.models else "",
+        )
+
+    async def aclose(self) -> None:
+        """Drain: readiness turns false at once, requests in flight finish, then stop."""
+        if self._server is None or self.plane is None:
+            return
+        server, self._server = self._server, None
+        self.plane.drain()
+        # Refuses new calls at once and waits for those in flight, up to the grace period.
+        await server.stop(grace=self.settings.drain_timeout)
+        await self.plane.aclose()
+        if self._metrics_http is not None:
+            self._metrics_http.shutdown()
+            self._metrics_http.server_close()
+        self._stopped.set()
+        log.info("pod stopped")
+
+    async def wait_for_termination(self) -> None:
+        await self._stopped.wait()
+
+    async def __aenter__(self) -> PodServer:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+async def serve(settings: PodSettings) -> None:
+    """Run a pod until SIGTERM or SIGINT, then drain and exit."""
+    pod = PodServer(settings)
+    await pod.start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("signal received: draining")
+    await pod.aclose()

@@ -1,0 +1,162 @@
+"""The pod's gRPC transport: the KServe v2 service and the runtime control service.
+
+Convert, call the data plane, convert back; errors are mapped by mesh.grpcutil.ErrorInterceptor.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+from grpc import aio
+
+from mesh.gen import grpc_predict_v2_pb2 as pb
+from mesh.gen import runtime_pb2 as rpb
+from mesh.grpcutil import service_handler
+from mesh.pod.dataplane import DataPlane, ServerState
+from mesh.tensors import TensorSpec
+
+V2_SERVICE = "inference.GRPCInferenceService"
+RUNTIME_SERVICE = "mesh.runtime.v1.Runtime"
+
+Context = aio.ServicerContext[Any, Any]
+
+_MODEL_STATE = {
+    "loading": rpb.ModelStatus.LOADING,
+    "loaded": rpb.ModelStatus.LOADED,
+    "unloading": rpb.ModelStatus.LOADED,
+}
+_SERVER_STATE = {
+    ServerState.STARTING: rpb.RuntimeStatusResponse.STARTING,
+    ServerState.READY: rpb.RuntimeStatusResponse.READY,
+    ServerState.DRAINING: rpb.RuntimeStatusResponse.DRAINING,
+}
+
+
+def _tensor_metadata(
+    specs: tuple[TensorSpec, ...],
+) -> list[pb.ModelMetadataResponse.TensorMetadata]:
+    return [
+        pb.ModelMetadataResponse.TensorMetadata(name=s.name, datatype=s.datatype, shape=s.shape)
+        for s in specs
+    ]
+
+
+class InferenceService:
+    def __init__(self, plane: DataPlane) -> None:
+        self._plane = plane
+
+    async def server_live(self, request: pb.ServerLiveRequest, context: Context) -> Any:
+        return pb.ServerLiveResponse(live=self._plane.live())
+
+    async def server_ready(self, request: pb.ServerReadyRequest, context: Context) -> Any:
+        return pb.ServerReadyResponse(ready=self._plane.ready())
+
+    async def server_metadata(self, request: pb.ServerMetadataRequest, context: Context) -> Any:
+        name, version, extensions = self._plane.server_metadata()
+        return pb.ServerMetadataResponse(name=name, version=version, extensions=extensions)
+
+    async def model_ready(self, request: pb.ModelReadyRequest, context: Context) -> Any:
+        return pb.ModelReadyResponse(ready=await self._plane.model_ready(request.name))
+
+    async def model_metadata(self, request: pb.ModelMetadataRequest, context: Context) -> Any:
+        signature, platform = await self._plane.model_metadata(request.name)
+        return pb.ModelMetadataResponse(
+            name=request.name,
+            platform=platform,
+            inputs=_tensor_metadata(signature.inputs),
+            outputs=_tensor_metadata(signature.outputs),
+        )
+
+    async def model_infer(self, request: pb.ModelInferRequest, context: Context) -> Any:
+        return await self._plane.infer(request)
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        return service_handler(
+            V2_SERVICE,
+            {
+                "ServerLive": (self.server_live, pb.ServerLiveRequest, pb.ServerLiveResponse),
+                "ServerReady": (self.server_ready, pb.ServerReadyRequest, pb.ServerReadyResponse),
+                "ServerMetadata": (
+                    self.server_metadata,
+                    pb.ServerMetadataRequest,
+                    pb.ServerMetadataResponse,
+                ),
+                "ModelReady": (self.model_ready, pb.ModelReadyRequest, pb.ModelReadyResponse),
+                "ModelMetadata": (
+                    self.model_metadata,
+                    pb.ModelMetadataRequest,
+                    pb.ModelMetadataResponse,
+                ),
+                "ModelInfer": (self.model_infer, pb.ModelInferRequest, pb.ModelInferResponse),
+            },
+        )
+
+
+class RuntimeService:
+    def __init__(self, plane: DataPlane) -> None:
+        self._plane = plane
+
+    async def load_model(self, request: rpb.LoadModelRequest, context: Context) -> Any:
+        outcome = await self._plane.load(
+            request.model_id, request.path, request.format, dict(request.options)
+        )
+        return rpb.LoadModelResponse(
+            model_id=outcome.model_id,
+            size_bytes=outcome.size,
+            measured_bytes=outcome.measured or 0,
+            estimated_bytes=outcome.estimated,
+            load_seconds=outcome.seconds,
+            already_loaded=outcome.already_loaded,
+            evicted=outcome.evicted,
+        )
+
+    async def unload_model(self, request: rpb.UnloadModelRequest, context: Context) -> Any:
+        freed = await self._plane.unload(request.model_id)
+        return rpb.UnloadModelResponse(was_loaded=freed is not None, freed_bytes=freed or 0)
+
+    async def runtime_status(self, request: rpb.RuntimeStatusRequest, context: Context) -> Any:
+        view = self._plane.status()
+        response = rpb.RuntimeStatusResponse(
+            state=_SERVER_STATE[self._plane.state],
+            capacity_bytes=view.capacity,
+            used_bytes=view.used,
+            loading_count=view.loading,
+            runtimes=self._plane.runtimes.names,
+            device=str(self._plane.device),
+        )
+        for m in view.models:
+            response.models.add(
+                model_id=m.model_id,
+                format=m.format,
+                state=_MODEL_STATE[m.state],
+                size_bytes=m.size,
+                measured_bytes=m.measured or 0,
+                estimated_bytes=m.estimated,
+                last_used=m.last_used,
+                in_flight=m.in_flight,
+                loaded_at=m.loaded_at,
+            )
+        for f in view.failures:
+            response.models.add(
+                model_id=f.model_id,
+                format=f.format,
+                state=rpb.ModelStatus.FAILED,
+                error=f.error,
+                failed_at=f.at_wall,
+            )
+        return response
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        return service_handler(
+            RUNTIME_SERVICE,
+            {
+                "LoadModel": (self.load_model, rpb.LoadModelRequest, rpb.LoadModelResponse),
+                "UnloadModel": (self.unload_model, rpb.UnloadModelRequest, rpb.UnloadModelResponse),
+                "RuntimeStatus": (
+                    self.runtime_status,
+                    rpb.RuntimeStatusRequest,
+                    rpb.RuntimeStatusResponse,
+                ),
+            },
+        )

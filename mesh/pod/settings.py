@@ -1,0 +1,70 @@
+"""The pod's settings, from flags and MESH_POD_* environment variables, validated at start."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BeforeValidator, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_UNITS = {
+    "": 1,
+    "k": 10**3,
+    "m": 10**6,
+    "g": 10**9,
+    "t": 10**12,
+    "ki": 2**10,
+    "mi": 2**20,
+    "gi": 2**30,
+    "ti": 2**40,
+}
+
+
+def parse_bytes(value: object) -> object:
+    """Accept 1073741824, "1Gi", "512MiB", "2G", "1.5 GiB"."""
+    if not isinstance(value, str):
+        return value
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmgt]i?)?b?\s*", value.lower())
+    if not match:
+        raise ValueError(f"not a byte size: {value!r} (try 512Mi, 2Gi, 1000000)")
+    return int(float(match.group(1)) * _UNITS[match.group(2) or ""])
+
+
+ByteSize = Annotated[int, BeforeValidator(parse_bytes)]
+
+
+class PodSettings(BaseSettings):
+    """Every knob of `mesh pod`; durations in seconds."""
+
+    model_config = SettingsConfigDict(env_prefix="MESH_POD_", extra="forbid")
+
+    host: str = "0.0.0.0"
+    port: int = Field(8085, ge=0, le=65535)
+    metrics_port: int | None = Field(2112, ge=0, le=65535)
+    # Serve every model directory under this path by name, loading it on first request.
+    models: Path | None = None
+    # Bytes the cache may hold; default: the container's memory limit (or the GPU's memory)
+    # less `reserve`.
+    capacity: ByteSize | None = Field(None, gt=0)
+    reserve: ByteSize = Field(512 * 2**20, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device_index: int = Field(0, ge=0)
+    # Threads running inference; requests beyond them queue.
+    workers: int = Field(4, ge=1)
+    # Loads running at once, each in its own thread.
+    load_concurrency: int = Field(2, ge=1)
+    load_timeout: float = Field(300.0, gt=0)
+    # A model used more recently than this is never evicted (churn guard).
+    min_model_age: float = Field(0.0, ge=0)
+    # How long a failed load is remembered (and requests for it fail fast).
+    failure_ttl: float = Field(60.0, ge=0)
+    max_message_bytes: ByteSize = Field(64 * 2**20, gt=0)
+    # Seconds SIGTERM waits for requests in flight.
+    drain_timeout: float = Field(30.0, ge=0)
+    # Label inference metrics by model (cardinality grows with the number of models).
+    per_model_metrics: bool = False
+    runtimes: list[str] | None = None
+    log_level: str = "INFO"
+    log_json: bool = False

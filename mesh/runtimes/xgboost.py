@@ -1,0 +1,67 @@
+"""XGBoost boosters (.json or .ubj) served with inplace_predict.
+
+A booster carries no tensor names, so the signature comes from mesh.json when there is one, and
+otherwise is one FP32 input `input__0` of shape [-1, num_features] and one FP32 output
+`output__0` of shape [-1] ([-1, num_class] for multi-class probability models).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+
+from mesh.errors import InvalidRequest
+from mesh.runtimes.base import LoadRequest, int_option
+from mesh.tensors import Signature, TensorSpec
+
+
+class XGBoostModel:
+    platform = "xgboost"
+
+    def __init__(self, booster: Any, signature: Signature) -> None:
+        self._booster = booster
+        self.signature = signature
+        if len(signature.inputs) != 1 or len(signature.outputs) != 1:
+            raise InvalidRequest("an XGBoost model has exactly one input and one output")
+        self._input = signature.inputs[0].name
+        self._output = signature.outputs[0].name
+
+    def predict(
+        self, inputs: Mapping[str, np.ndarray[Any, Any]], outputs: Sequence[str]
+    ) -> Mapping[str, np.ndarray[Any, Any]]:
+        result = self._booster.inplace_predict(inputs[self._input], validate_features=False)
+        return {self._output: np.asarray(result, dtype=np.float32)}
+
+    def size_hint(self) -> int | None:
+        return None
+
+    def close(self) -> None:
+        self._booster = None
+
+
+class XGBoostRuntime:
+    name: ClassVar[str] = "xgboost"
+    suffixes: ClassVar[tuple[str, ...]] = (".ubj", ".json")
+    option_keys: ClassVar[frozenset[str]] = frozenset({"nthread"})
+    size_factor: ClassVar[float] = 3.0
+    requires: ClassVar[tuple[str, ...]] = ("xgboost",)
+
+    def load(self, request: LoadRequest) -> XGBoostModel:
+        import xgboost as xgb
+
+        nthread = int_option(request.options, "nthread", 1, 1)
+        booster = xgb.Booster(params={"nthread": nthread}, model_file=str(request.file))
+        inputs = request.config.inputs or (
+            TensorSpec("input__0", "FP32", (-1, booster.num_features())),
+        )
+        outputs = request.config.outputs
+        if outputs is None:
+            learner = json.loads(booster.save_config())["learner"]
+            num_class = int(learner["learner_model_param"].get("num_class", "0"))
+            objective = learner["objective"]["name"]
+            shape = (-1, num_class) if objective == "multi:softprob" and num_class > 1 else (-1,)
+            outputs = (TensorSpec("output__0", "FP32", shape),)
+        return XGBoostModel(booster, Signature.of(inputs, outputs))
