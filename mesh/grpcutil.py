@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
 from grpc import aio
@@ -19,7 +19,10 @@ from mesh.errors import MeshError
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Any, aio.ServicerContext[Any, Any]], Awaitable[Any]]
-MethodHandler = grpc.RpcMethodHandler[Any, Any]
+if TYPE_CHECKING:
+    MethodHandler: TypeAlias = grpc.RpcMethodHandler[Any, Any]  # generic only in the stubs
+else:
+    MethodHandler = grpc.RpcMethodHandler
 
 
 def service_handler(

@@ -57,8 +57,7 @@ class OnnxModel:
     ) -> Mapping[str, np.ndarray[Any, Any]]:
         feed: dict[str, np.ndarray[Any, Any]] = dict(inputs)
         for name in self._bytes_inputs:
-            # onnxruntime takes strings as str; v2 BYTES arrive as bytes.
-            feed[name] = np.vectorize(_to_str, otypes=[object])(feed[name])
+            feed[name] = _to_strings(name, feed[name])
         results = self._session.run(list(outputs), feed)
         return dict(zip(outputs, results, strict=True))
 
@@ -69,8 +68,18 @@ class OnnxModel:
         self._session = None
 
 
-def _to_str(value: bytes) -> str:
-    return value.decode("utf-8", errors="surrogateescape")
+def _to_strings(name: str, array: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """ONNX string tensors hold UTF-8 text; v2 BYTES arrive as bytes."""
+    out = np.empty(array.shape, dtype=object)
+    flat = out.reshape(-1)
+    for i, value in enumerate(array.reshape(-1)):
+        try:
+            flat[i] = value.decode("utf-8") if isinstance(value, bytes) else str(value)
+        except UnicodeDecodeError:
+            raise InvalidRequest(
+                f"input {name!r}: element {i} is not UTF-8, and ONNX string tensors hold text"
+            ) from None
+    return out
 
 
 class OnnxRuntime:

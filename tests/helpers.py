@@ -1,0 +1,106 @@
+"""Test helpers: a real pod on a free loopback port, run on an event loop in its own thread."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from collections.abc import Coroutine, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import grpc
+
+from mesh.gen import grpc_predict_v2_pb2 as pb
+from mesh.gen import grpc_predict_v2_pb2_grpc as pb_grpc
+from mesh.gen import runtime_pb2_grpc
+from mesh.pod.server import PodServer
+from mesh.pod.settings import PodSettings
+from mesh.runtimes.registry import RuntimeRegistry
+
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RunningPod:
+    """A PodServer on a private loop thread, with sync clients for the tests."""
+
+    def __init__(self, server: PodServer, loop: asyncio.AbstractEventLoop) -> None:
+        self.server = server
+        self.loop = loop
+        self.address = f"127.0.0.1:{server.port}"
+        options = [
+            ("grpc.max_receive_message_length", 256 * 2**20),
+            ("grpc.max_send_message_length", 256 * 2**20),
+        ]
+        self.channel = grpc.insecure_channel(self.address, options=options)
+        self.v2 = pb_grpc.GRPCInferenceServiceStub(self.channel)
+        self.control = runtime_pb2_grpc.RuntimeStub(self.channel)
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 60) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    @property
+    def plane(self) -> Any:
+        return self.server.plane
+
+    def metrics_text(self) -> str:
+        from prometheus_client import generate_latest
+
+        return generate_latest(self.server.registry).decode()
+
+
+@contextmanager
+def running_pod(runtimes: RuntimeRegistry | None = None, **settings: Any) -> Iterator[RunningPod]:
+    settings.setdefault("host", "127.0.0.1")
+    settings.setdefault("port", 0)
+    settings.setdefault("metrics_port", None)
+    settings.setdefault("capacity", 2**30)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="test-pod-loop", daemon=True)
+    thread.start()
+    server = PodServer(PodSettings(**settings), runtimes=runtimes)
+    asyncio.run_coroutine_threadsafe(server.start(), loop).result(30)
+    pod = RunningPod(server, loop)
+    try:
+        yield pod
+    finally:
+        pod.channel.close()
+        asyncio.run_coroutine_threadsafe(server.aclose(), loop).result(60)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
+def infer_request(model: str, **arrays: Any) -> pb.ModelInferRequest:
+    """A raw-contents request from numpy arrays, named by keyword."""
+    import numpy as np
+
+    from mesh.tensors import datatype_of
+
+    request = pb.ModelInferRequest(model_name=model)
+    for name, array in arrays.items():
+        array = np.asarray(array)
+        tensor = request.inputs.add(name=name, datatype=datatype_of(array.dtype))
+        tensor.shape.extend(array.shape)
+        request.raw_input_contents.append(array.tobytes())
+    return request
+
+
+def output_array(response: pb.ModelInferResponse, name: str) -> Any:
+    import numpy as np
+
+    from mesh.tensors import DATATYPES
+
+    for i, tensor in enumerate(response.outputs):
+        if tensor.name == name:
+            dtype = DATATYPES[tensor.datatype]
+            return np.frombuffer(response.raw_output_contents[i], dtype=dtype).reshape(
+                tuple(tensor.shape)
+            )
+    raise KeyError(name)
