@@ -393,21 +393,23 @@ class ModelCache:
             model_id, entry.size, measured, estimated, seconds, False, tuple(evicted)
         )
 
-    def _plan(
-        self, model_id: str, need_bytes: int, exclude: str | None = None
-    ) -> list[CachedModel]:
-        """Victims to unload so that `need_bytes` more fit; CapacityExhausted if none do."""
+    def _plan(self, model_id: str, need_bytes: int, *, charged: bool = False) -> list[CachedModel]:
+        """Victims to unload so that a model of `need_bytes` fits; CapacityExhausted if none do.
+
+        `charged`: the model is already counted in `used` (a load measured larger than its
+        estimate), so only the excess must go, and the model itself is no candidate.
+        """
         if need_bytes > self.capacity:
             raise CapacityExhausted(
                 f"model {model_id!r} needs {need_bytes} bytes, more than the pod's whole "
                 f"capacity of {self.capacity}"
             )
         used = self.used
-        need = used + need_bytes - self.capacity
+        need = used + (0 if charged else need_bytes) - self.capacity
         if need <= 0:
             return []
         loaded = [
-            e for e in self._entries.values() if e.state is State.LOADED and e.model_id != exclude
+            e for e in self._entries.values() if e.state is State.LOADED and e.model_id != model_id
         ]
         candidates = [Candidate(e.model_id, e.size, e.last_used, e.in_flight) for e in loaded]
         now = self._clock()
@@ -430,10 +432,9 @@ class ModelCache:
 
     async def _fit_after_load(self, entry: CachedModel) -> list[str]:
         """The measured size may exceed the estimate: evict more, or give the model up."""
-        overshoot = self.used - self.capacity
-        if overshoot <= 0:
+        if self.used <= self.capacity:
             return []
-        victims = self._plan(entry.model_id, overshoot, exclude=entry.model_id)
+        victims = self._plan(entry.model_id, entry.size, charged=True)
         for victim in victims:
             victim.state = State.UNLOADING
         await asyncio.gather(*(self._unload(v, "capacity") for v in victims))
@@ -446,20 +447,20 @@ class ModelCache:
         await self._load_slots.acquire()
         future = loop.run_in_executor(self._load_pool, self._measured, load, request)
         try:
-            return await asyncio.wait_for(asyncio.shield(future), self._load_timeout)
+            result = await asyncio.wait_for(asyncio.shield(future), self._load_timeout)
         except TimeoutError:
             self._orphan(future, entry.size)
             raise DeadlineExceeded(
                 f"model {entry.model_id!r} did not load within {self._load_timeout:g}s"
             ) from None
         except BaseException:
-            if not future.done():
+            if future.done():
+                self._load_slots.release()
+            else:
                 self._orphan(future, entry.size)
-                raise
-            self._load_slots.release()
             raise
-        else:
-            self._load_slots.release()
+        self._load_slots.release()
+        return result
 
     def _orphan(self, future: asyncio.Future[tuple[LoadedModel, int | None]], size: int) -> None:
         """A load we stopped waiting for: free its slot and bytes when its thread ends."""
