@@ -59,6 +59,9 @@ class PodServer:
             raise InvalidRequest(
                 "no runtime is available: install mesh[onnx], [xgboost] or [torch]"
             )
+        loop = asyncio.get_running_loop()
+        for name in runtimes.names:
+            await loop.run_in_executor(None, runtimes.warm_up, name)
         device = choose_device(s.device, s.device_index)
         capacity = s.capacity or default_capacity(device, s.reserve)
         metrics = PodMetrics(self.registry, per_model=s.per_model_metrics)
@@ -148,9 +151,9 @@ class PodServer:
         await self.aclose()
 
 
-async def serve(settings: PodSettings) -> None:
+async def serve(settings: PodSettings, runtimes: RuntimeRegistry | None = None) -> None:
     """Run a pod until SIGTERM or SIGINT, then drain and exit."""
-    pod = PodServer(settings)
+    pod = PodServer(settings, runtimes=runtimes)
     await pod.start()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

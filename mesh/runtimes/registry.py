@@ -60,6 +60,19 @@ class RuntimeRegistry:
         except KeyError:
             raise InvalidRequest(f"no runtime {name!r} in this pod; it has {self.names}") from None
 
+    def warm_up(self, name: str) -> None:
+        """Run a runtime's warm-up; a runtime whose warm-up fails stays usable."""
+        runtime = self._runtimes[name]
+        warm_up = getattr(runtime, "warm_up", None)
+        if warm_up is None:
+            return
+        try:
+            warm_up()
+        except Exception:
+            log.warning(
+                "warm-up of runtime %s failed; its first load will be slower", name, exc_info=True
+            )
+
     def suffixes(self) -> Mapping[str, str]:
         """File suffix -> runtime name, for inferring a model's format."""
         return {s: r.name for r in self._runtimes.values() for s in r.suffixes}

@@ -106,6 +106,20 @@ class TorchRuntime:
     size_factor: ClassVar[float] = 1.5
     requires: ClassVar[tuple[str, ...]] = ("torch",)
 
+    def warm_up(self) -> None:
+        import importlib
+
+        import torch
+
+        # torch.export.load pulls in its serialiser (and sympy) on first use: ~70 MB.
+        for module in ("torch.export", "torch._export.serde.serialize"):
+            try:
+                importlib.import_module(module)
+            except ImportError:
+                pass
+        with torch.inference_mode():
+            torch.nn.Linear(2, 2)(torch.zeros(1, 2))
+
     def load(self, request: LoadRequest) -> TorchModel:
         import torch
 

@@ -49,6 +49,15 @@ class XGBoostRuntime:
     size_factor: ClassVar[float] = 3.0
     requires: ClassVar[tuple[str, ...]] = ("xgboost",)
 
+    def warm_up(self) -> None:
+        import xgboost as xgb
+
+        x = np.array([[0.0, 1.0], [1.0, 0.0]], np.float32)
+        booster = xgb.train(
+            {"max_depth": 1, "nthread": 1}, xgb.DMatrix(x, label=[0, 1]), num_boost_round=1
+        )
+        booster.inplace_predict(x)
+
     def load(self, request: LoadRequest) -> XGBoostModel:
         import xgboost as xgb
 

@@ -1,0 +1,56 @@
+# One entry point for people and CI. Every target installs what it needs first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PROTO_VENV := .venv-proto
+# On this project's machines torch 2.13.0 is a CPU build on local disk; elsewhere pick the build
+# you want, e.g. TORCH_SPEC='torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu'.
+TORCH_SPEC ?= torch==2.13.0
+# grpcio-tools 1.64 emits protobuf 5.26 gencode: the stubs then run on protobuf 5.26 to 6.x.
+GRPC_TOOLS := grpcio-tools==1.64.3
+PYTEST_ARGS ?=
+
+.PHONY: install test test-quick lint proto proto-env demo bench clean
+
+install: $(BIN)/.installed
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH_SPEC)
+	$(BIN)/pip install -q -e '.[all,test]'
+	touch $@
+
+proto-env: $(PROTO_VENV)/.installed
+
+$(PROTO_VENV)/.installed:
+	$(PYTHON) -m venv $(PROTO_VENV)
+	$(PROTO_VENV)/bin/pip install -q '$(GRPC_TOOLS)'
+	touch $@
+
+# Regenerate mesh/gen/ from proto/ (commit the result; tests fail on stale stubs).
+proto: proto-env
+	$(PROTO_VENV)/bin/python scripts/gen_proto.py
+
+lint: install
+	$(BIN)/ruff check mesh tests bench scripts
+	$(BIN)/ruff format --check mesh tests bench scripts
+	$(BIN)/mypy
+
+# The whole suite, lint and types included.
+test: install proto-env lint
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# The quick subset: no end-to-end processes, no large payloads.
+test-quick: install proto-env
+	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+# Start a pod with example models, query it with tritonclient, print what it holds.
+demo: install
+	$(BIN)/python scripts/demo.py
+
+bench: install
+	$(BIN)/python bench/pod.py
+
+clean:
+	rm -rf $(VENV) $(PROTO_VENV) .mypy_cache .pytest_cache .ruff_cache demo-models
