@@ -7,6 +7,7 @@ seeded generator, so a model is the same on every machine; nothing is downloaded
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,13 +28,12 @@ ALL_DATATYPES = tuple(DATATYPES)
 
 def onnx_mlp(directory: Path, sizes: Sequence[int] = (64, 256, 256, 10), seed: int = 0) -> Path:
     """An FP32 MLP (MatMul, Add, Relu) with input "input" [-1, sizes[0]] and output "output"."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(seed)
     nodes, inits = [], []
     current = "input"
-    for i, (fan_in, fan_out) in enumerate(zip(sizes, sizes[1:], strict=False)):
+    for i, (fan_in, fan_out) in enumerate(itertools.pairwise(sizes)):
         w = (rng.standard_normal((fan_in, fan_out)) / np.sqrt(fan_in)).astype(np.float32)
         b = (rng.standard_normal(fan_out) * 0.1).astype(np.float32)
         inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(b, f"b{i}")]

@@ -8,6 +8,7 @@ Inference runs under torch.inference_mode.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
@@ -113,10 +114,8 @@ class TorchRuntime:
 
         # torch.export.load pulls in its serialiser (and sympy) on first use: ~70 MB.
         for module in ("torch.export", "torch._export.serde.serialize"):
-            try:
+            with contextlib.suppress(ImportError):
                 importlib.import_module(module)
-            except ImportError:
-                pass
         with torch.inference_mode():
             torch.nn.Linear(2, 2)(torch.zeros(1, 2))
 

@@ -15,7 +15,11 @@ from tests.fakes import FakeRuntime
 if __name__ == "__main__":
     logs.configure("INFO")
     settings = PodSettings(
-        host="127.0.0.1", port=int(sys.argv[2]), metrics_port=None, capacity=2**30,
-        models=Path(sys.argv[1]), drain_timeout=20,
+        host="127.0.0.1",
+        port=int(sys.argv[2]),
+        metrics_port=None,
+        capacity=2**30,
+        models=Path(sys.argv[1]),
+        drain_timeout=20,
     )
     asyncio.run(serve(settings, RuntimeRegistry([FakeRuntime()])))

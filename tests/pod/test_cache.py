@@ -188,7 +188,7 @@ async def test_failed_load_frees_everything_and_is_remembered(
     with pytest.raises(ModelLoadFailed, match="weights are garbage"):
         await cache.load(bad)
     assert cache.used == 0
-    with pytest.raises(ModelLoadFailed, match="failed to load .* weights are garbage"):
+    with pytest.raises(ModelLoadFailed, match=r"failed to load .* weights are garbage"):
         await cache.load(bad)
     assert runtime.loads == ["bad"]  # remembered: no second attempt
     assert [f.model_id for f in cache.view().failures] == ["bad"]
@@ -205,7 +205,7 @@ async def test_load_timeout_keeps_bytes_until_the_thread_ends(
 ) -> None:
     cache = make_cache(runtime, clock, load_timeout=0.2, load_concurrency=1)
     gate = runtime.gates["slow"] = threading.Event()
-    with pytest.raises(DeadlineExceeded, match="0.2s"):
+    with pytest.raises(DeadlineExceeded, match=r"0\.2s"):
         await cache.load(fake_source(tmp_path, "slow", 3 * KB))
     assert not cache.is_loaded("slow")
     assert cache.used == 3 * KB  # the stuck thread still holds its estimate

@@ -33,7 +33,9 @@ def _wait_ready(address: str, proc: subprocess.Popen[bytes], timeout: float = 60
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise AssertionError(f"pod exited with {proc.returncode}: {proc.stderr.read().decode()}")  # type: ignore[union-attr]
+            raise AssertionError(
+                f"pod exited with {proc.returncode}: {proc.stderr.read().decode()}"
+            )  # type: ignore[union-attr]
         try:
             if stub.ServerReady(pb.ServerReadyRequest(), timeout=1).ready:
                 return
