@@ -42,7 +42,7 @@ from mesh.errors import (
     ModelLoadFailed,
     ModelNotFound,
 )
-from mesh.pod.memory import release_memory, rss_bytes
+from mesh.pod.memory import MemoryReleaser, rss_bytes
 from mesh.pod.metrics import PodMetrics
 from mesh.runtimes.base import Device, LoadedModel, LoadRequest, ModelConfig, Runtime
 from mesh.runtimes.registry import RuntimeRegistry
@@ -230,6 +230,7 @@ class ModelCache:
         metrics: PodMetrics | None = None,
         meter: Callable[[], int | None] = rss_bytes,
         clock: Callable[[], float] = time.monotonic,
+        releaser: MemoryReleaser | None = None,
     ) -> None:
         self.capacity = capacity
         self._runtimes = runtimes
@@ -249,6 +250,7 @@ class ModelCache:
         self._unload_pool = ThreadPoolExecutor(1, thread_name_prefix="mesh-unload")
         self._activities: set[_Activity] = set()
         self._activities_lock = threading.Lock()
+        self._releaser = releaser or MemoryReleaser()
         if metrics is not None:
             metrics.capacity.set(capacity)
 
@@ -471,7 +473,7 @@ class ModelCache:
             self._load_slots.release()
             if not f.cancelled() and f.exception() is None:
                 model, _ = f.result()
-                self._unload_pool.submit(_close, model)
+                self._unload_pool.submit(self._closed, model, size)
             self._update_gauges()
 
         future.add_done_callback(done)
@@ -520,7 +522,7 @@ class ModelCache:
                 time.time(),
             )
         if entry.model is not None:
-            self._unload_pool.submit(_close, entry.model)
+            self._unload_pool.submit(self._closed, entry.model, entry.size)
             entry.model = None
         entry.settled.set()
         entry.gone.set()
@@ -560,7 +562,7 @@ class ModelCache:
         loop = asyncio.get_running_loop()
         try:
             if model is not None:
-                await loop.run_in_executor(self._unload_pool, self._closed, model)
+                await loop.run_in_executor(self._unload_pool, self._closed, model, entry.size)
         finally:
             self._entries.pop(entry.model_id, None)
             entry.gone.set()
@@ -571,9 +573,9 @@ class ModelCache:
             self._update_gauges()
         log.info("unloaded %s (%s), freed %d bytes", entry.model_id, reason, entry.size)
 
-    def _closed(self, model: LoadedModel) -> None:
+    def _closed(self, model: LoadedModel, size: int) -> None:
         with self._activity():
-            _close(model)
+            _close(model, self._releaser, size)
 
     def _activity(self) -> _ActivityScope:
         return _ActivityScope(self._activities, self._activities_lock)
@@ -659,10 +661,10 @@ def _safe_hint(model: LoadedModel) -> int:
         return 0
 
 
-def _close(model: LoadedModel) -> None:
+def _close(model: LoadedModel, releaser: MemoryReleaser, size: int) -> None:
     try:
         model.close()
     except Exception:
         log.exception("closing a model failed")
     del model
-    release_memory()
+    releaser.release(size)

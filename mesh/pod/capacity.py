@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Collection
 from pathlib import Path
 
 from mesh.runtimes.base import Device
@@ -48,26 +49,35 @@ def gpu_memory(index: int) -> int | None:
     return int(torch.cuda.get_device_properties(index).total_memory)
 
 
-def cuda_available(index: int) -> bool:
-    try:
-        import torch
+def cuda_available(index: int, runtimes: Collection[str]) -> bool:
+    """Whether a GPU is usable, asking only the frameworks of the pod's runtimes.
 
-        if torch.cuda.is_available() and index < torch.cuda.device_count():
-            return True
-    except ImportError:
-        pass
-    try:
-        import onnxruntime
+    Importing torch just to look for a GPU would cost an ONNX-only pod some 250 MB.
+    """
+    if "torch" in runtimes:
+        try:
+            import torch
 
-        return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
-    except ImportError:
-        return False
+            if torch.cuda.is_available() and index < torch.cuda.device_count():
+                return True
+        except ImportError:
+            pass
+    if "onnx" in runtimes:
+        try:
+            import onnxruntime
+
+            return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+        except ImportError:
+            return False
+    return False
 
 
-def choose_device(setting: str, index: int) -> Device:
+def choose_device(
+    setting: str, index: int, runtimes: Collection[str] = ("torch", "onnx")
+) -> Device:
     if setting == "cpu":
         return Device()
-    if setting == "cuda" or cuda_available(index):
+    if setting == "cuda" or cuda_available(index, runtimes):
         return Device("cuda", index)
     return Device()
 

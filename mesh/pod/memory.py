@@ -4,6 +4,10 @@ RSS comes from /proc/self/statm (Linux); on other systems it reads as None and t
 back to the framework's count or the estimate. After a model is unloaded, glibc's malloc_trim
 returns freed heap pages that the allocator would otherwise keep for reuse: without it RSS never
 shrinks after unloading, and a pod's idea of its free memory drifts from the kernel's.
+
+The pod freezes the objects alive after its start-up (gc.freeze), so the collection run on
+each unload looks only at what models created: with torch imported a full collection walks
+~320,000 objects and took 166 ms here.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import ctypes
 import ctypes.util
 import gc
 import os
+import threading
 from functools import cache
 from pathlib import Path
 
@@ -38,12 +43,34 @@ def _libc() -> ctypes.CDLL | None:
     return libc if hasattr(libc, "malloc_trim") else None
 
 
-def release_memory() -> None:
-    """Collect garbage and hand free heap pages back to the kernel (glibc only)."""
-    gc.collect()
+def trim_heap() -> None:
+    """Hand free heap pages back to the kernel (glibc only; elsewhere a no-op)."""
     libc = _libc()
     if libc is not None:
         libc.malloc_trim(0)
+
+
+class MemoryReleaser:
+    """After each unload: collect garbage; once enough bytes were freed, trim the heap.
+
+    Trimming after every unload would make the next load fault all its pages back in (a 34 MB
+    model loaded in 72 ms instead of 34 ms here), so the heap is trimmed once `trim_after`
+    bytes have been freed since the last trim: RSS still comes back, in steps.
+    """
+
+    def __init__(self, trim_after: int = 32 * 2**20) -> None:
+        self._trim_after = trim_after
+        self._pending = 0
+        self._lock = threading.Lock()
+
+    def release(self, freed_bytes: int) -> None:
+        gc.collect()
+        with self._lock:
+            self._pending += freed_bytes
+            if self._pending < self._trim_after:
+                return
+            self._pending = 0
+        trim_heap()
 
 
 class CudaMeter:

@@ -11,6 +11,7 @@ those in flight finish (up to drain_timeout), then unloads every model.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from types import TracebackType
@@ -62,7 +63,11 @@ class PodServer:
         loop = asyncio.get_running_loop()
         for name in runtimes.names:
             await loop.run_in_executor(None, runtimes.warm_up, name)
-        device = choose_device(s.device, s.device_index)
+        # What is alive now lives as long as the process: keep it out of every collection, so
+        # the collection after each unload walks only what models left behind.
+        gc.collect()
+        gc.freeze()
+        device = choose_device(s.device, s.device_index, runtimes.names)
         capacity = s.capacity or default_capacity(device, s.reserve)
         metrics = PodMetrics(self.registry, per_model=s.per_model_metrics)
         meter = CudaMeter(device.index).used_bytes if device.is_cuda else rss_bytes
