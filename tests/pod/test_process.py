@@ -152,5 +152,4 @@ def test_memory_comes_back_after_200_load_unload_cycles(model_dir: Path) -> None
         growth = rss_of(proc.pid) - baseline
         status = control.RuntimeStatus(rpb.RuntimeStatusRequest())
         assert status.used_bytes == 0
-        print(f"RSS {baseline / 2**20:.1f} MiB after 20 cycles, grew {growth / 2**20:.2f} MiB in 180 more")
         assert growth < RSS_GROWTH_BOUND, f"RSS grew {growth / 2**20:.1f} MiB over 180 cycles"
