@@ -28,7 +28,7 @@ import enum
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +42,7 @@ from mesh.errors import (
     ModelLoadFailed,
     ModelNotFound,
 )
+from mesh.placement.eviction import Candidate, choose_victims
 from mesh.pod.memory import MemoryReleaser, rss_bytes
 from mesh.pod.metrics import PodMetrics
 from mesh.runtimes.base import Device, LoadedModel, LoadRequest, ModelConfig, Runtime
@@ -156,46 +157,6 @@ class CacheView:
     loading: int
     models: tuple[ModelView, ...]  # most recently used first
     failures: tuple[Failure, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Candidate:
-    """What eviction planning needs to know of a loaded model."""
-
-    model_id: str
-    size: int
-    last_used: float
-    in_flight: int
-
-
-def choose_victims(
-    candidates: Sequence[Candidate], need: int, now: float, min_age: float
-) -> list[str] | None:
-    """The least recently used models whose sizes add up to `need`, or None if none do.
-
-    Skips models in flight and models used within `min_age`. The set is minimal: after taking
-    victims oldest first, any victim the others can spare is put back, newest first.
-    """
-    if need <= 0:
-        return []
-    eligible = sorted(
-        (c for c in candidates if c.in_flight == 0 and now - c.last_used >= min_age),
-        key=lambda c: c.last_used,
-    )
-    chosen: list[Candidate] = []
-    freed = 0
-    for candidate in eligible:
-        if freed >= need:
-            break
-        chosen.append(candidate)
-        freed += candidate.size
-    if freed < need:
-        return None
-    for candidate in reversed(chosen[:-1]):
-        if freed - candidate.size >= need:
-            chosen.remove(candidate)
-            freed -= candidate.size
-    return [c.model_id for c in chosen]
 
 
 class _Activity:

@@ -11,7 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mesh.errors import CapacityExhausted, DeadlineExceeded, ModelLoadFailed
-from mesh.pod.cache import Candidate, ModelCache, choose_victims
+from mesh.placement.eviction import Candidate, choose_victims
+from mesh.pod.cache import ModelCache
 from mesh.runtimes.registry import RuntimeRegistry
 from tests.fakes import FakeRuntime, fake_source
 

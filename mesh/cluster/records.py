@@ -1,0 +1,99 @@
+"""The records the mesh keeps in its store: frozen, versioned, serialised to JSON by codec.py.
+
+| key under the root prefix       | record          | lifetime                    |
+|---------------------------------|-----------------|-----------------------------|
+| models/{model_id}               | ModelRecord     | until unregistered          |
+| vmodels/{vmodel_id}             | VModelRecord    | until deleted               |
+| instances/{pod_id}              | InstanceRecord  | the pod's lease             |
+| placements/{model_id}/{pod_id}  | PlacementRecord | the pod's lease             |
+
+Times are unix seconds (floats); sizes are bytes.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRecord:
+    """A registered model: what it is, where its files are, and how it may be placed."""
+
+    model_id: str
+    format: str
+    storage_key: str = ""
+    storage_path: str = ""
+    # Bytes the model is expected to take once loaded; 0 when unknown (placement then uses
+    # its default).
+    size_estimate: int = 0
+    # Copies the mesh keeps loaded even when idle (0: loaded on demand only).
+    min_copies: int = 0
+    # Upper bound on copies (0: no bound beyond the number of pods).
+    max_copies: int = 0
+    # Pods this model may only be placed on (empty: any pod).
+    pinned_pods: tuple[str, ...] = ()
+    # Labels a pod must carry to take this model.
+    required_labels: Mapping[str, str] = field(default_factory=dict)
+    # Runtime options passed to LoadModel.
+    options: Mapping[str, str] = field(default_factory=dict)
+    registered_at: float = 0.0
+    version: int = SCHEMA_VERSION
+
+
+@dataclass(frozen=True, slots=True)
+class VModelRecord:
+    """An alias: clients name the vmodel, the mesh serves its active target model."""
+
+    vmodel_id: str
+    target: str
+    # The model served while `target` loads (a transition); empty when none runs.
+    previous: str = ""
+    version: int = SCHEMA_VERSION
+
+    @property
+    def active(self) -> str:
+        return self.previous or self.target
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceRecord:
+    """A pod, as it publishes itself under its lease."""
+
+    pod_id: str
+    address: str
+    capacity: int
+    used: int = 0
+    model_count: int = 0
+    # Last use of the pod's least recently used model (0: the pod holds none).
+    lru_time: float = 0.0
+    loading_count: int = 0
+    in_flight: int = 0
+    draining: bool = False
+    runtimes: tuple[str, ...] = ()
+    labels: Mapping[str, str] = field(default_factory=dict)
+    updated_at: float = 0.0
+    version: int = SCHEMA_VERSION
+
+
+class PlacementState(enum.StrEnum):
+    LOADING = "loading"
+    LOADED = "loaded"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class PlacementRecord:
+    """One copy of a model on one pod (or one failed attempt at it)."""
+
+    model_id: str
+    pod_id: str
+    state: PlacementState
+    since: float
+    size: int = 0
+    error: str = ""
+    last_used: float = 0.0
+    version: int = SCHEMA_VERSION
