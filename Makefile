@@ -10,9 +10,16 @@ TORCH_SPEC ?= torch==2.13.0
 GRPC_TOOLS := grpcio-tools==1.64.3
 PYTEST_ARGS ?=
 
-.PHONY: install test test-quick lint proto proto-env demo bench clean
+.PHONY: install test test-quick lint proto proto-env etcd demo bench clean
 
 install: $(BIN)/.installed
+
+# Debian's etcd-server, for the cluster tests (installed when missing and we are root).
+etcd:
+	@command -v etcd >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server; \
+	  else echo "etcd is missing: install Debian's etcd-server (or an etcd 3.4+ binary on PATH)"; exit 1; fi; }
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,11 +45,11 @@ lint: install
 	$(BIN)/mypy
 
 # The whole suite, lint and types included.
-test: install proto-env lint
+test: install proto-env etcd lint
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 # The quick subset: no end-to-end processes, no large payloads.
-test-quick: install proto-env
+test-quick: install proto-env etcd
 	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 # Start a pod with example models, query it with tritonclient, print what it holds.

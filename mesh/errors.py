@@ -8,7 +8,11 @@
     ├── CapacityExhausted RESOURCE_EXHAUSTED   no room, and nothing can be evicted
     ├── DeadlineExceeded  DEADLINE_EXCEEDED    a load or a request ran out of time
     ├── Unavailable       UNAVAILABLE          the server is draining, or a dependency is down
-    └── RuntimeFailure    INTERNAL             the framework raised during inference
+    │   └── StoreUnavailable                   the cluster store (etcd) cannot be reached
+    ├── RuntimeFailure    INTERNAL             the framework raised during inference
+    └── StoreError        INTERNAL             the cluster store refused an operation
+        ├── Compacted     OUT_OF_RANGE         a watch asked for history etcd has compacted
+        └── LeaseNotFound FAILED_PRECONDITION  the lease expired or was revoked
 
 Third-party errors are translated where they enter (`raise RuntimeFailure(...) from exc`); the
 gRPC layer maps the tree in one interceptor (mesh.grpcutil.ErrorInterceptor). Messages are shown
@@ -83,3 +87,27 @@ def all_error_classes() -> list[type[MeshError]]:
         found.append(cls)
         pending.extend(cls.__subclasses__())
     return found
+
+
+class StoreUnavailable(Unavailable):
+    """The cluster store cannot be reached (connection refused, timed out, no leader)."""
+
+
+class StoreError(MeshError):
+    """The cluster store refused an operation."""
+
+
+class Compacted(StoreError):
+    """A watch or read asked for a revision the store has compacted away."""
+
+    code = grpc.StatusCode.OUT_OF_RANGE
+
+    def __init__(self, message: str, compact_revision: int = 0) -> None:
+        super().__init__(message)
+        self.compact_revision = compact_revision
+
+
+class LeaseNotFound(StoreError):
+    """The lease expired or was revoked: everything attached to it is gone."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION

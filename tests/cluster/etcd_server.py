@@ -1,0 +1,98 @@
+"""A real etcd server (Debian's etcd-server) on free loopback ports, with fault helpers."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import grpc
+from aetcd import rpc
+
+from tests.helpers import free_port
+
+
+class EtcdServer:
+    """etcd on 127.0.0.1 with a temporary data directory; stop() and start() keep the data."""
+
+    def __init__(self, data_dir: Path) -> None:
+        binary = shutil.which("etcd")
+        if binary is None:
+            raise RuntimeError("no etcd on PATH: install Debian's etcd-server (make test does)")
+        self.binary = binary
+        self.data_dir = data_dir
+        self.client_port = free_port()
+        self.peer_port = free_port()
+        self.url = f"http://127.0.0.1:{self.client_port}"
+        self.log = data_dir.parent / f"etcd-{self.client_port}.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        peer = f"http://127.0.0.1:{self.peer_port}"
+        log = self.log.open("ab")
+        self._proc = subprocess.Popen(
+            [
+                self.binary,
+                "--name",
+                "mesh-test",
+                "--data-dir",
+                str(self.data_dir),
+                "--listen-client-urls",
+                self.url,
+                "--advertise-client-urls",
+                self.url,
+                "--listen-peer-urls",
+                peer,
+                "--initial-advertise-peer-urls",
+                peer,
+                "--initial-cluster",
+                f"mesh-test={peer}",
+                "--log-level",
+                "warn",
+            ],  # fmt: skip
+            stdout=log,
+            stderr=log,
+        )
+        log.close()
+        self._wait_ready()
+
+    def _wait_ready(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        channel = grpc.insecure_channel(f"127.0.0.1:{self.client_port}")
+        stub = rpc_sync_kv(channel)
+        try:
+            while time.monotonic() < deadline:
+                if self._proc is not None and self._proc.poll() is not None:
+                    raise RuntimeError(f"etcd exited: {self.log.read_text()[-2000:]}")
+                try:
+                    stub(rpc.RangeRequest(key=b"\0", count_only=True), timeout=1)
+                    return
+                except grpc.RpcError:
+                    time.sleep(0.1)
+            raise RuntimeError(f"etcd did not start: {self.log.read_text()[-2000:]}")
+        finally:
+            channel.close()
+
+    def stop(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait(10)
+        self._proc = None
+
+    def restart(self, down_for: float = 0.0) -> None:
+        self.stop()
+        time.sleep(down_for)
+        self.start()
+
+
+def rpc_sync_kv(channel: grpc.Channel) -> grpc.UnaryUnaryMultiCallable:  # type: ignore[type-arg]
+    return channel.unary_unary(
+        "/etcdserverpb.KV/Range",
+        request_serializer=rpc.RangeRequest.SerializeToString,
+        response_deserializer=rpc.RangeResponse.FromString,
+    )
