@@ -60,6 +60,25 @@ def _pod_parser(sub: Any) -> None:
         help="label inference metrics by model (high cardinality)",
     )
     p.add_argument("--runtimes", help="comma-separated runtimes to enable (default: all installed)")
+    g = p.add_argument_group("cluster membership")
+    g.add_argument(
+        "--etcd",
+        help="etcd endpoints, e.g. http://etcd-0:2379,http://etcd-1:2379 "
+        "(MESH_POD_ETCD); without it the pod runs standalone",
+    )
+    g.add_argument("--etcd-prefix", help="root key prefix of this mesh (default /mesh/)")
+    g.add_argument("--etcd-ca", type=Path, help="CA certificate for etcd's TLS")
+    g.add_argument("--etcd-cert", type=Path, help="client certificate for etcd")
+    g.add_argument("--etcd-key", type=Path, help="client key for etcd")
+    g.add_argument("--pod-id", help="this pod's name in the mesh (default: host name)")
+    g.add_argument("--advertise", help="host:port routers use to reach this pod")
+    g.add_argument("--lease-ttl", type=int, help="seconds a dead pod stays visible (default 10)")
+    g.add_argument(
+        "--label",
+        action="append",
+        metavar="KEY=VALUE",
+        help="a label placement can require (repeatable)",
+    )
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING (default INFO)")
     p.add_argument("--log-json", action="store_true", default=None, help="log JSON lines")
 
@@ -71,8 +90,14 @@ def _run_pod(args: argparse.Namespace) -> int:
     overrides: dict[str, Any] = {
         k: v
         for k, v in vars(args).items()
-        if v is not None and k not in ("command", "no_metrics", "runtimes")
+        if v is not None and k not in ("command", "no_metrics", "runtimes", "label")
     }
+    if args.label:
+        try:
+            overrides["labels"] = dict(item.split("=", 1) for item in args.label)
+        except ValueError:
+            print(f"mesh pod: --label takes KEY=VALUE, got {args.label}", file=sys.stderr)
+            return 2
     if args.runtimes:
         overrides["runtimes"] = [r.strip() for r in args.runtimes.split(",") if r.strip()]
     if args.no_metrics:

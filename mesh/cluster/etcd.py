@@ -156,6 +156,10 @@ class EtcdStore:
         self._watch = rpc.WatchStub(self._channel)
         self._timeout = config.timeout
 
+    def reconnect(self) -> EtcdStore:
+        """A new store on its own channel, for another thread's event loop."""
+        return EtcdStore(self.config)
+
     async def _call(self, what: str, method: Any, request: Any) -> Any:
         try:
             return await method(request, timeout=self._timeout)

@@ -212,6 +212,7 @@ class ModelCache:
         self._activities: set[_Activity] = set()
         self._activities_lock = threading.Lock()
         self._releaser = releaser or MemoryReleaser()
+        self._listeners: list[Callable[[], None]] = []
         if metrics is not None:
             metrics.capacity.set(capacity)
 
@@ -303,7 +304,7 @@ class ModelCache:
         self._entries[model_id] = entry
         for victim in victims:
             victim.state = State.UNLOADING
-        self._update_gauges()
+        self._state_changed()
         return entry, victims, runtime, options
 
     async def _complete(
@@ -341,7 +342,7 @@ class ModelCache:
         entry.settled.set()
         if self._metrics is not None:
             self._metrics.load_seconds.observe(seconds)
-        self._update_gauges()
+        self._state_changed()
         log.info(
             "loaded %s (%s): %d bytes (measured %s, estimated %d) in %.3fs%s",
             model_id,
@@ -435,7 +436,7 @@ class ModelCache:
             if not f.cancelled() and f.exception() is None:
                 model, _ = f.result()
                 self._unload_pool.submit(self._closed, model, size)
-            self._update_gauges()
+            self._state_changed()
 
         future.add_done_callback(done)
 
@@ -494,7 +495,7 @@ class ModelCache:
                 InvalidRequest: "invalid",
             }.get(type(error), "error")
             self._metrics.load_failures.labels(reason).inc()
-        self._update_gauges()
+        self._state_changed()
         log.warning("load of %s failed: %s", entry.model_id, error)
 
     # -- unloading -----------------------------------------------------------------------------
@@ -531,7 +532,7 @@ class ModelCache:
                 self._metrics.unload_seconds.observe(time.perf_counter() - started)
                 if reason != "request":
                     self._metrics.evictions.labels(reason).inc()
-            self._update_gauges()
+            self._state_changed()
         log.info("unloaded %s (%s), freed %d bytes", entry.model_id, reason, entry.size)
 
     def _closed(self, model: LoadedModel, size: int) -> None:
@@ -572,7 +573,13 @@ class ModelCache:
     def loaded_ids(self) -> list[str]:
         return [m for m, e in self._entries.items() if e.state is State.LOADED]
 
-    def _update_gauges(self) -> None:
+    def subscribe(self, listener: Callable[[], None]) -> None:
+        """Call `listener` (on the loop) after every change of a model's state."""
+        self._listeners.append(listener)
+
+    def _state_changed(self) -> None:
+        for listener in self._listeners:
+            listener()
         if self._metrics is None:
             return
         self._metrics.used.set(self.used)

@@ -20,11 +20,14 @@ from typing import Any
 from grpc import aio
 from prometheus_client import CollectorRegistry, start_http_server
 
+from mesh.cluster.etcd import EtcdStore
+from mesh.cluster.registration import PodRegistration
 from mesh.errors import InvalidRequest
 from mesh.grpcutil import ErrorInterceptor
 from mesh.pod.cache import ModelCache
 from mesh.pod.capacity import choose_device, default_capacity
 from mesh.pod.dataplane import DataPlane
+from mesh.pod.membership import join
 from mesh.pod.memory import CudaMeter, rss_bytes
 from mesh.pod.metrics import PodMetrics
 from mesh.pod.repository import ModelRepository
@@ -52,6 +55,8 @@ class PodServer:
         self._server: aio.Server | None = None
         self._metrics_http: Any = None
         self._stopped = asyncio.Event()
+        self._store: EtcdStore | None = None
+        self.registration: PodRegistration | None = None
 
     async def start(self) -> None:
         s = self.settings
@@ -113,6 +118,9 @@ class PodServer:
             httpd, _ = start_http_server(s.metrics_port, addr=s.host, registry=self.registry)
             self._metrics_http = httpd
             self.metrics_port = httpd.server_address[1]
+        if s.etcd:
+            self._store, self.registration = join(s, self.plane, self.port)
+            await self.registration.start()
         self.plane.mark_ready()
         log.info(
             "pod listening on %s:%d (metrics %s), device %s, capacity %d bytes, runtimes %s%s",
@@ -131,9 +139,15 @@ class PodServer:
             return
         server, self._server = self._server, None
         self.plane.drain()
+        if self.registration is not None:
+            self.registration.notify()  # the mesh learns at once that this pod drains
         # Refuses new calls at once and waits for those in flight, up to the grace period.
         await server.stop(grace=self.settings.drain_timeout)
         await self.plane.aclose()
+        if self.registration is not None:
+            await self.registration.aclose(revoke=True)
+        if self._store is not None:
+            await self._store.aclose()
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
             self._metrics_http.server_close()

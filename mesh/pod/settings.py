@@ -66,5 +66,17 @@ class PodSettings(BaseSettings):
     # Label inference metrics by model (cardinality grows with the number of models).
     per_model_metrics: bool = False
     runtimes: list[str] | None = None
+    # Cluster membership: etcd endpoints ("http://a:2379,http://b:2379"); none: standalone.
+    etcd: str | None = None
+    etcd_prefix: str = "/mesh/"
+    etcd_ca: Path | None = None
+    etcd_cert: Path | None = None
+    etcd_key: Path | None = None
+    # This pod's name in the cluster (default: the host name) and the address routers use
+    # (default: host name and port).
+    pod_id: str | None = None
+    advertise: str | None = None
+    lease_ttl: int = Field(10, ge=2, le=300)
+    labels: dict[str, str] = Field(default_factory=dict)
     log_level: str = "INFO"
     log_json: bool = False

@@ -50,7 +50,7 @@ class EtcdServer:
                 f"mesh-test={peer}",
                 "--log-level",
                 "warn",
-            ],  # fmt: skip
+            ],
             stdout=log,
             stderr=log,
         )

@@ -131,8 +131,10 @@ async def test_watch_from_a_compacted_revision_fails_clearly(
     await store.put(prefix + "a", b"2")
     now = await store.put(prefix + "a", b"3")
     await store.compact(now)
-    stream = store.watch(prefix, old)
+
+    async def follow() -> None:
+        async for _ in store.watch(prefix, old):
+            pass
+
     with pytest.raises(Compacted):
-        async with asyncio.timeout(10):
-            async for _ in stream:
-                pass
+        await asyncio.wait_for(follow(), 10)

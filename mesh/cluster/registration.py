@@ -1,0 +1,193 @@
+"""Leased registration: a pod's instance record and placement records, kept under its lease.
+
+The pod describes itself with a `state()` function; the registration publishes that state
+into the store, coalesced: a change the mesh must know at once (a load starts, ends or fails,
+a model goes, the pod drains) is written within `min_interval`; last-use times and in-flight
+counts travel at most every `max_interval`, with whatever else is written; nothing is written
+per request. Writes go in transactions of at most 100 operations.
+
+Failures: the lease is kept alive from its own thread (mesh.cluster.lease). If the lease is
+lost (expired while etcd was away, or revoked), the pod registers again under a new lease and
+republishes everything it holds. While etcd is unreachable the pod keeps serving; the
+registration retries with backoff and catches up when etcd returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from mesh.cluster.codec import Keys, encode
+from mesh.cluster.lease import LeaseKeeper
+from mesh.cluster.records import InstanceRecord, PlacementRecord
+from mesh.cluster.store import Delete, KeyValueStore, Operation, Put
+from mesh.errors import LeaseNotFound, MeshError
+from mesh.retry import Backoff
+
+log = logging.getLogger(__name__)
+
+_TXN_OPS = 100  # etcd refuses transactions of more than 128 operations by default
+
+
+@dataclass(frozen=True, slots=True)
+class PodState:
+    instance: InstanceRecord
+    placements: tuple[PlacementRecord, ...]
+
+
+def _significant(record: InstanceRecord) -> InstanceRecord:
+    """The instance fields whose change is published at once."""
+    return replace(record, lru_time=0.0, in_flight=0, updated_at=0.0, used=record.used >> 20)
+
+
+class PodRegistration:
+    """>>> registration = PodRegistration(store, Keys(), pod_state)
+    >>> await registration.start(); registration.notify()  # after each state change"""
+
+    def __init__(
+        self,
+        store: KeyValueStore,
+        keys: Keys,
+        state: Callable[[], PodState],
+        *,
+        ttl: int = 10,
+        min_interval: float = 0.2,
+        max_interval: float = 3.0,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self._store = store
+        self._keys = keys
+        self._state = state
+        self._ttl = ttl
+        self._min_interval = min_interval
+        self._max_interval = max_interval
+        self._backoff = backoff or Backoff(0.2, 3.0)
+        self.lease = 0
+        self._keeper: LeaseKeeper | None = None
+        self._published_instance: InstanceRecord | None = None
+        self._instance_written = 0.0
+        self._published: dict[str, PlacementRecord] = {}
+        self._wake = asyncio.Event()
+        self._registered = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.registrations = 0
+        self.writes = 0
+
+    async def start(self) -> None:
+        """Start publishing; returns at once (etcd may be away: the pod serves regardless)."""
+        self._task = asyncio.create_task(self._run(), name="mesh-registration")
+
+    async def wait_registered(self, timeout: float = 30) -> None:
+        await asyncio.wait_for(self._registered.wait(), timeout)
+
+    def notify(self) -> None:
+        """Something the mesh should know changed: publish soon."""
+        self._wake.set()
+
+    async def aclose(self, revoke: bool = True) -> None:
+        """Stop publishing; with `revoke`, the pod's records disappear at once."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._stop_keeper()
+        if revoke and self.lease:
+            try:
+                await asyncio.wait_for(self._store.revoke(self.lease), 5)
+            except (MeshError, TimeoutError) as exc:
+                log.warning("could not revoke lease %x: %s", self.lease, exc)
+            self.lease = 0
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        delays = None
+        while True:
+            try:
+                if not self.lease:
+                    await self._register()
+                await self._publish()
+                delays = None
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self._max_interval)
+                await asyncio.sleep(self._min_interval)  # let a burst of changes coalesce
+                self._wake.clear()
+            except asyncio.CancelledError:
+                raise
+            except LeaseNotFound:
+                log.warning("pod lease %x is gone: registering again", self.lease)
+                self._lost(self.lease)
+            except MeshError as exc:
+                delays = delays or self._backoff.delays()
+                delay = next(delays)
+                log.warning("registration: %s; retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+
+    async def _register(self) -> None:
+        self._stop_keeper()
+        lease = await self._store.grant(self._ttl)
+        self.lease = lease
+        self._published_instance = None
+        self._published = {}
+        loop = asyncio.get_running_loop()
+
+        def on_lost(lost: int) -> None:  # called from the keeper's thread
+            loop.call_soon_threadsafe(self._lost, lost)
+
+        reconnect = getattr(self._store, "reconnect", None)
+        self._keeper = LeaseKeeper(
+            reconnect if reconnect is not None else (lambda: self._store),
+            lease,
+            self._ttl,
+            on_lost,
+            owns_store=reconnect is not None,
+        )
+        self._keeper.start()
+        self.registrations += 1
+        log.info("registered under lease %x (ttl %ds)", lease, self._ttl)
+
+    def _lost(self, lease: int) -> None:
+        if lease == self.lease:
+            self.lease = 0
+            self._registered.clear()
+            self._wake.set()
+
+    def _stop_keeper(self) -> None:
+        if self._keeper is not None:
+            self._keeper.stop()
+            self._keeper = None
+
+    async def _publish(self) -> None:
+        state = self._state()
+        now = time.time()
+        ops: list[Operation] = []
+        instance = state.instance
+        stale = now - self._instance_written >= self._max_interval
+        previous = self._published_instance
+        if (
+            previous is None
+            or _significant(previous) != _significant(instance)
+            or (stale and previous != replace(instance, updated_at=previous.updated_at))
+        ):
+            instance = replace(instance, updated_at=now)
+            ops.append(Put(self._keys.instance(instance.pod_id), encode(instance), self.lease))
+        wanted = {self._keys.placement(p.model_id, p.pod_id): p for p in state.placements}
+        for key, record in wanted.items():
+            old = self._published.get(key)
+            if old is None or replace(old, last_used=0.0) != replace(record, last_used=0.0):
+                ops.append(Put(key, encode(record), self.lease))
+        ops += [Delete(key) for key in self._published if key not in wanted]
+        for start in range(0, len(ops), _TXN_OPS):
+            await self._store.txn((), ops[start : start + _TXN_OPS])
+        self.writes += len(ops)
+        if any(
+            isinstance(op, Put) and op.key == self._keys.instance(instance.pod_id) for op in ops
+        ):
+            self._published_instance = instance
+            self._instance_written = now
+        self._published = wanted
+        self._registered.set()

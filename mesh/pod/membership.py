@@ -1,0 +1,81 @@
+"""The pod as a member of a mesh: its cache's state as records, published under its lease."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+from mesh.cluster.codec import Keys
+from mesh.cluster.etcd import EtcdConfig, EtcdStore
+from mesh.cluster.records import InstanceRecord, PlacementRecord, PlacementState
+from mesh.cluster.registration import PodRegistration, PodState
+from mesh.pod.dataplane import DataPlane, ServerState
+from mesh.pod.settings import PodSettings
+
+_STATES = {"loading": PlacementState.LOADING, "loaded": PlacementState.LOADED}
+
+
+def pod_state(plane: DataPlane, pod_id: str, address: str, labels: dict[str, str]) -> PodState:
+    view = plane.status()
+    loaded = [m for m in view.models if m.state == "loaded"]
+    lru = min((m.last_used or m.loaded_at for m in loaded), default=0.0)
+    instance = InstanceRecord(
+        pod_id=pod_id,
+        address=address,
+        capacity=view.capacity,
+        used=view.used,
+        model_count=len(loaded),
+        lru_time=lru,
+        loading_count=view.loading,
+        in_flight=sum(m.in_flight for m in view.models),
+        draining=plane.state is ServerState.DRAINING,
+        runtimes=tuple(plane.runtimes.names),
+        labels=dict(labels),
+        updated_at=time.time(),
+    )
+    placements = [
+        PlacementRecord(
+            m.model_id,
+            pod_id,
+            _STATES[m.state],
+            m.loaded_at or time.time(),
+            m.size,
+            last_used=m.last_used,
+        )
+        for m in view.models
+        if m.state in _STATES
+    ]
+    placements += [
+        PlacementRecord(f.model_id, pod_id, PlacementState.FAILED, f.at_wall, error=f.error)
+        for f in view.failures
+    ]
+    return PodState(instance, tuple(placements))
+
+
+def advertised_address(settings: PodSettings, port: int) -> str:
+    if settings.advertise:
+        return settings.advertise
+    host = settings.host
+    if host in ("0.0.0.0", "::", ""):
+        host = socket.gethostname()
+    return f"{host}:{port}"
+
+
+def join(settings: PodSettings, plane: DataPlane, port: int) -> tuple[EtcdStore, PodRegistration]:
+    """The store and registration of a pod started with --etcd (not yet started)."""
+    assert settings.etcd is not None
+    config = EtcdConfig.parse(
+        settings.etcd, settings.etcd_ca, settings.etcd_cert, settings.etcd_key
+    )
+    store = EtcdStore(config)
+    pod_id = settings.pod_id or socket.gethostname()
+    address = advertised_address(settings, port)
+    labels = dict(settings.labels)
+    registration = PodRegistration(
+        store,
+        Keys(settings.etcd_prefix),
+        lambda: pod_state(plane, pod_id, address, labels),
+        ttl=settings.lease_ttl,
+    )
+    plane.cache.subscribe(registration.notify)
+    return store, registration
