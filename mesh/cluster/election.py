@@ -90,7 +90,8 @@ class LeaderElection:
             loop = asyncio.get_running_loop()
 
             def on_lost(lease: int) -> None:  # from the keeper's thread
-                loop.call_soon_threadsafe(self._on_lost, lease)
+                with contextlib.suppress(RuntimeError):  # the loop has closed: nobody to tell
+                    loop.call_soon_threadsafe(self._on_lost, lease)
 
             reconnect = getattr(self._store, "reconnect", None)
             self._keeper = LeaseKeeper(

@@ -136,7 +136,8 @@ class PodRegistration:
         loop = asyncio.get_running_loop()
 
         def on_lost(lost: int) -> None:  # called from the keeper's thread
-            loop.call_soon_threadsafe(self._lost, lost)
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody to tell
+                loop.call_soon_threadsafe(self._lost, lost)
 
         reconnect = getattr(self._store, "reconnect", None)
         self._keeper = LeaseKeeper(

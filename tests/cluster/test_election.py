@@ -38,7 +38,7 @@ async def test_one_leader_then_another_when_it_resigns(store: KeyValueStore, pre
             await e.aclose()
 
 
-async def test_a_leader_whose_lease_is_revoked_steps_down_and_another_takes_over(
+async def test_a_revoked_lease_ends_that_leadership_and_one_leader_follows(
     store: KeyValueStore, prefix: str
 ) -> None:
     key = prefix + "leader"
@@ -52,9 +52,36 @@ async def test_a_leader_whose_lease_is_revoked_steps_down_and_another_takes_over
         assert not b.is_leader
         entry = await store.get(key)
         assert entry is not None
-        await store.revoke(entry.lease)  # fault: a's lease is gone (as if it had died)
-        await _until(lambda: b.is_leader and not a.is_leader)
+        await store.revoke(entry.lease)  # fault: the leader's lease is gone
+        await _until(lambda: a.is_leader + b.is_leader == 1 and a._lease != entry.lease)
+        now = await store.get(key)
+        assert now is not None
+        assert now.lease != entry.lease
+        assert now.value.decode() == ("a" if a.is_leader else "b")
+    finally:
+        await a.aclose()
+        await b.aclose()
+
+
+async def test_a_crashed_leader_is_replaced_once_its_lease_expires(
+    store: KeyValueStore, prefix: str
+) -> None:
+    key = prefix + "leader"
+    a = LeaderElection(store, key, "a", ttl=2, backoff=FAST)
+    await a.start()
+    await _until(lambda: a.is_leader)
+    b = LeaderElection(store, key, "b", ttl=2, backoff=FAST)
+    await b.start()
+    try:
+        # A crash, as far as the store can tell: campaigning and keep-alives stop, nothing is
+        # revoked.
+        assert a._task is not None
+        assert a._keeper is not None
+        a._task.cancel()
+        a._keeper.stop()
+        await _until(lambda: b.is_leader, timeout=10)
         assert await b.leader() == "b"
     finally:
+        a._lease = 0  # crashed: nothing to resign
         await a.aclose()
         await b.aclose()
