@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Iterable as _Iterable, Mapping as _Map
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class LoadModelRequest(_message.Message):
-    __slots__ = ("model_id", "format", "path", "options")
+    __slots__ = ("model_id", "format", "path", "options", "storage_key", "storage_path")
     class OptionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -19,11 +19,15 @@ class LoadModelRequest(_message.Message):
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    STORAGE_KEY_FIELD_NUMBER: _ClassVar[int]
+    STORAGE_PATH_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     format: str
     path: str
     options: _containers.ScalarMap[str, str]
-    def __init__(self, model_id: _Optional[str] = ..., format: _Optional[str] = ..., path: _Optional[str] = ..., options: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    storage_key: str
+    storage_path: str
+    def __init__(self, model_id: _Optional[str] = ..., format: _Optional[str] = ..., path: _Optional[str] = ..., options: _Optional[_Mapping[str, str]] = ..., storage_key: _Optional[str] = ..., storage_path: _Optional[str] = ...) -> None: ...
 
 class LoadModelResponse(_message.Message):
     __slots__ = ("model_id", "size_bytes", "measured_bytes", "estimated_bytes", "load_seconds", "already_loaded", "evicted")

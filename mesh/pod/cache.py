@@ -213,6 +213,7 @@ class ModelCache:
         self._activities_lock = threading.Lock()
         self._releaser = releaser or MemoryReleaser()
         self._listeners: list[Callable[[], None]] = []
+        self._gone_callbacks: list[Callable[[str], None]] = []
         if metrics is not None:
             metrics.capacity.set(capacity)
 
@@ -236,6 +237,13 @@ class ModelCache:
     def is_loaded(self, model_id: str) -> bool:
         entry = self._entries.get(model_id)
         return entry is not None and entry.state is State.LOADED
+
+    def source_of(self, model_id: str) -> ModelSource | None:
+        """The source of a model loaded or loading (not one being unloaded)."""
+        entry = self._entries.get(model_id)
+        if entry is None or entry.state is State.UNLOADING:
+            return None
+        return entry.source
 
     def failure(self, model_id: str) -> Failure | None:
         failure = self._failures.get(model_id)
@@ -488,6 +496,7 @@ class ModelCache:
             entry.model = None
         entry.settled.set()
         entry.gone.set()
+        self._gone(entry.model_id)
         if self._metrics is not None:
             reason = {
                 CapacityExhausted: "capacity",
@@ -528,6 +537,7 @@ class ModelCache:
         finally:
             self._entries.pop(entry.model_id, None)
             entry.gone.set()
+            self._gone(entry.model_id)
             if self._metrics is not None:
                 self._metrics.unload_seconds.observe(time.perf_counter() - started)
                 if reason != "request":
@@ -572,6 +582,17 @@ class ModelCache:
 
     def loaded_ids(self) -> list[str]:
         return [m for m, e in self._entries.items() if e.state is State.LOADED]
+
+    def on_gone(self, callback: Callable[[str], None]) -> None:
+        """Call `callback(model_id)` (on the loop) when a model leaves the cache, for any reason."""
+        self._gone_callbacks.append(callback)
+
+    def _gone(self, model_id: str) -> None:
+        for callback in self._gone_callbacks:
+            try:
+                callback(model_id)
+            except Exception:
+                log.exception("on_gone callback failed for %s", model_id)
 
     def subscribe(self, listener: Callable[[], None]) -> None:
         """Call `listener` (on the loop) after every change of a model's state."""

@@ -14,11 +14,19 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Protocol
 
 import grpc  # only for status names in metrics
 
 from mesh import __version__
-from mesh.errors import MeshError, ModelNotFound, ModelNotReady, RuntimeFailure, Unavailable
+from mesh.errors import (
+    InvalidRequest,
+    MeshError,
+    ModelNotFound,
+    ModelNotReady,
+    RuntimeFailure,
+    Unavailable,
+)
 from mesh.gen import grpc_predict_v2_pb2 as pb
 from mesh.pod.cache import CachedModel, CacheView, LoadOutcome, ModelCache, ModelSource
 from mesh.pod.codec import decode_request, encode_response
@@ -34,6 +42,18 @@ SERVER_NAME = "mesh"
 # Attempts to get a model loaded and acquired: a just-loaded model can be evicted by another
 # load before this request takes it, when every other model is busy.
 _ACQUIRE_ATTEMPTS = 3
+
+
+class ArtifactSource(Protocol):
+    """Where a pod gets model files it does not have: its puller (mesh.puller.client)."""
+
+    async def pull(self, model_id: str, storage_key: str, path: str) -> str:
+        """Fetch the model; the local path of its file or directory."""
+        ...
+
+    async def release(self, model_id: str) -> None:
+        """The model is unloaded: its files may be evicted from the disk cache."""
+        ...
 
 
 class ServerState(enum.Enum):
@@ -52,8 +72,13 @@ class DataPlane:
         workers: int = 4,
         device: Device | None = None,
         metrics: PodMetrics | None = None,
+        artifacts: ArtifactSource | None = None,
     ) -> None:
         self.cache = cache
+        self.artifacts = artifacts
+        self._pulled: set[str] = set()
+        self._releases: set[asyncio.Task[None]] = set()
+        cache.on_gone(self._release)
         self.runtimes = runtimes
         self.repository = repository
         self.device = device or Device()
@@ -124,11 +149,53 @@ class DataPlane:
                 self._metrics.observe_request(name, status, elapsed)
 
     async def load(
-        self, model_id: str, path: str, format: str = "", options: dict[str, str] | None = None
+        self,
+        model_id: str,
+        path: str,
+        format: str = "",
+        options: dict[str, str] | None = None,
+        storage_key: str = "",
+        storage_path: str = "",
     ) -> LoadOutcome:
+        """Load from a local path, or from storage through the pod's puller."""
         self._refuse_if_draining()
-        source = source_for(model_id, Path(path), self.runtimes, format, options)
-        return await self.cache.load(source, retry_failed=True)
+        check_model_id(model_id)
+        present = self.cache.source_of(model_id)
+        if present is not None:  # loaded or loading: share it, pull nothing
+            return await self.cache.load(present, retry_failed=True)
+        if path:
+            source = source_for(model_id, Path(path), self.runtimes, format, options)
+            return await self.cache.load(source, retry_failed=True)
+        if not storage_path:
+            raise InvalidRequest(f"model {model_id!r}: give a path or a storage_path")
+        if self.artifacts is None:
+            raise InvalidRequest(
+                f"model {model_id!r}: this pod has no puller (--puller) to fetch "
+                f"{storage_key or 'default'}:{storage_path}"
+            )
+        local = await self.artifacts.pull(model_id, storage_key, storage_path)
+        self._pulled.add(model_id)
+        try:
+            source = source_for(model_id, Path(local), self.runtimes, format, options)
+            return await self.cache.load(source, retry_failed=True)
+        except BaseException:
+            if self.cache.source_of(model_id) is None:
+                self._release(model_id)
+            raise
+
+    def _release(self, model_id: str) -> None:
+        """The model left the cache: its artifact may go from the puller's disk cache."""
+        if model_id in self._pulled and self.artifacts is not None:
+            self._pulled.discard(model_id)
+            task = asyncio.create_task(self._release_quietly(model_id))
+            self._releases.add(task)
+            task.add_done_callback(self._releases.discard)
+
+    async def _release_quietly(self, model_id: str) -> None:
+        try:
+            await self.artifacts.release(model_id)  # type: ignore[union-attr]
+        except Exception as exc:
+            log.warning("could not release the artifact of %s: %s", model_id, exc)
 
     async def unload(self, model_id: str) -> int | None:
         check_model_id(model_id)

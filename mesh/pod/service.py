@@ -99,7 +99,12 @@ class RuntimeService:
 
     async def load_model(self, request: rpb.LoadModelRequest, context: Context) -> Any:
         outcome = await self._plane.load(
-            request.model_id, request.path, request.format, dict(request.options)
+            request.model_id,
+            request.path,
+            request.format,
+            dict(request.options),
+            request.storage_key,
+            request.storage_path,
         )
         return rpb.LoadModelResponse(
             model_id=outcome.model_id,
