@@ -56,7 +56,9 @@ class RunningPod:
 
 
 @contextmanager
-def running_pod(runtimes: RuntimeRegistry | None = None, **settings: Any) -> Iterator[RunningPod]:
+def running_pod(
+    runtimes: RuntimeRegistry | None = None, artifacts: Any = None, **settings: Any
+) -> Iterator[RunningPod]:
     settings.setdefault("host", "127.0.0.1")
     settings.setdefault("port", 0)
     settings.setdefault("metrics_port", None)
@@ -64,7 +66,7 @@ def running_pod(runtimes: RuntimeRegistry | None = None, **settings: Any) -> Ite
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="test-pod-loop", daemon=True)
     thread.start()
-    server = PodServer(PodSettings(**settings), runtimes=runtimes)
+    server = PodServer(PodSettings(**settings), runtimes=runtimes, artifacts=artifacts)
     asyncio.run_coroutine_threadsafe(server.start(), loop).result(30)
     pod = RunningPod(server, loop)
     try:
@@ -104,3 +106,44 @@ def output_array(response: pb.ModelInferResponse, name: str) -> Any:
                 tuple(tensor.shape)
             )
     raise KeyError(name)
+
+
+class RunningRouter:
+    """A RouterServer on a private loop thread, with sync stubs."""
+
+    def __init__(self, server: Any, loop: asyncio.AbstractEventLoop) -> None:
+        from mesh.gen import management_pb2_grpc
+
+        self.server = server
+        self.loop = loop
+        self.address = f"127.0.0.1:{server.port}"
+        self.channel = grpc.insecure_channel(self.address)
+        self.v2 = pb_grpc.GRPCInferenceServiceStub(self.channel)
+        self.management = management_pb2_grpc.ManagementStub(self.channel)
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 60) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+
+@contextmanager
+def running_router(**settings: Any) -> Iterator[RunningRouter]:
+    from mesh.router.server import RouterServer
+    from mesh.router.settings import RouterSettings
+
+    settings.setdefault("host", "127.0.0.1")
+    settings.setdefault("port", 0)
+    settings.setdefault("metrics_port", None)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="test-router-loop", daemon=True)
+    thread.start()
+    server = RouterServer(RouterSettings(**settings))
+    asyncio.run_coroutine_threadsafe(server.start(), loop).result(30)
+    router = RunningRouter(server, loop)
+    try:
+        yield router
+    finally:
+        router.channel.close()
+        asyncio.run_coroutine_threadsafe(server.aclose(), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()

@@ -40,6 +40,7 @@ class Keys:
         self.vmodels = root + "vmodels/"
         self.instances = root + "instances/"
         self.placements = root + "placements/"
+        self.claims = root + "claims/"
         self.leader = root + "leader"
 
     def model(self, model_id: str) -> str:
@@ -53,6 +54,10 @@ class Keys:
 
     def placement(self, model_id: str, pod_id: str) -> str:
         return f"{self.placements}{model_id}/{pod_id}"
+
+    def claim(self, model_id: str) -> str:
+        """Held by the router that is loading the model somewhere: one load per mesh."""
+        return self.claims + model_id
 
     def placement_ids(self, key: str) -> tuple[str, str]:
         """(model_id, pod_id) of a placement key; pod ids hold no '/'."""

@@ -122,8 +122,11 @@ class DataPlane:
         finally:
             self.cache.release(entry)
 
-    async def infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
-        name = request.model_name
+    async def infer(
+        self, request: pb.ModelInferRequest, name: str | None = None
+    ) -> pb.ModelInferResponse:
+        """Run `request` on its model (`name`, when given, overrides request.model_name)."""
+        name = name or request.model_name
         started = time.perf_counter()
         status = "OK"
         self._enter()

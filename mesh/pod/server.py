@@ -26,7 +26,7 @@ from mesh.errors import InvalidRequest
 from mesh.grpcutil import ErrorInterceptor
 from mesh.pod.cache import ModelCache
 from mesh.pod.capacity import choose_device, default_capacity
-from mesh.pod.dataplane import DataPlane
+from mesh.pod.dataplane import ArtifactSource, DataPlane
 from mesh.pod.membership import join
 from mesh.pod.memory import CudaMeter, rss_bytes
 from mesh.pod.metrics import PodMetrics
@@ -45,9 +45,11 @@ class PodServer:
         *,
         runtimes: RuntimeRegistry | None = None,
         registry: CollectorRegistry | None = None,
+        artifacts: ArtifactSource | None = None,
     ) -> None:
         self.settings = settings
         self._runtimes = runtimes
+        self._artifacts = artifacts
         self.registry = registry or CollectorRegistry()
         self.plane: DataPlane | None = None
         self.port = 0
@@ -99,6 +101,7 @@ class PodServer:
             workers=s.workers,
             device=device,
             metrics=metrics,
+            artifacts=self._artifacts,
         )
         options = [
             ("grpc.max_receive_message_length", s.max_message_bytes),

@@ -69,6 +69,11 @@ class InferenceService:
         )
 
     async def model_infer(self, request: pb.ModelInferRequest, context: Context) -> Any:
+        # A router resolves vmodels and names the model it chose in mm-model-id.
+        for key, value in context.invocation_metadata() or ():
+            if key == "mm-model-id" and value:
+                name = value.decode() if isinstance(value, bytes) else value
+                return await self._plane.infer(request, name)
         return await self._plane.infer(request)
 
     def handler(self) -> grpc.GenericRpcHandler:

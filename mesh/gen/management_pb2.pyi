@@ -1,0 +1,162 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from typing import ClassVar as _ClassVar, Iterable as _Iterable, Mapping as _Mapping, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ModelOptions(_message.Message):
+    __slots__ = ("min_copies", "max_copies", "pinned_pods", "required_labels", "runtime_options", "size_estimate")
+    class RequiredLabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class RuntimeOptionsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    MIN_COPIES_FIELD_NUMBER: _ClassVar[int]
+    MAX_COPIES_FIELD_NUMBER: _ClassVar[int]
+    PINNED_PODS_FIELD_NUMBER: _ClassVar[int]
+    REQUIRED_LABELS_FIELD_NUMBER: _ClassVar[int]
+    RUNTIME_OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    SIZE_ESTIMATE_FIELD_NUMBER: _ClassVar[int]
+    min_copies: int
+    max_copies: int
+    pinned_pods: _containers.RepeatedScalarFieldContainer[str]
+    required_labels: _containers.ScalarMap[str, str]
+    runtime_options: _containers.ScalarMap[str, str]
+    size_estimate: int
+    def __init__(self, min_copies: _Optional[int] = ..., max_copies: _Optional[int] = ..., pinned_pods: _Optional[_Iterable[str]] = ..., required_labels: _Optional[_Mapping[str, str]] = ..., runtime_options: _Optional[_Mapping[str, str]] = ..., size_estimate: _Optional[int] = ...) -> None: ...
+
+class RegisterModelRequest(_message.Message):
+    __slots__ = ("model_id", "format", "storage_key", "storage_path", "options", "load_now")
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    STORAGE_KEY_FIELD_NUMBER: _ClassVar[int]
+    STORAGE_PATH_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    LOAD_NOW_FIELD_NUMBER: _ClassVar[int]
+    model_id: str
+    format: str
+    storage_key: str
+    storage_path: str
+    options: ModelOptions
+    load_now: bool
+    def __init__(self, model_id: _Optional[str] = ..., format: _Optional[str] = ..., storage_key: _Optional[str] = ..., storage_path: _Optional[str] = ..., options: _Optional[_Union[ModelOptions, _Mapping]] = ..., load_now: bool = ...) -> None: ...
+
+class UnregisterModelRequest(_message.Message):
+    __slots__ = ("model_id",)
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    model_id: str
+    def __init__(self, model_id: _Optional[str] = ...) -> None: ...
+
+class UnregisterModelResponse(_message.Message):
+    __slots__ = ("existed",)
+    EXISTED_FIELD_NUMBER: _ClassVar[int]
+    existed: bool
+    def __init__(self, existed: bool = ...) -> None: ...
+
+class GetModelStatusRequest(_message.Message):
+    __slots__ = ("model_id",)
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    model_id: str
+    def __init__(self, model_id: _Optional[str] = ...) -> None: ...
+
+class EnsureLoadedRequest(_message.Message):
+    __slots__ = ("model_id",)
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    model_id: str
+    def __init__(self, model_id: _Optional[str] = ...) -> None: ...
+
+class CopyStatus(_message.Message):
+    __slots__ = ("pod_id", "state", "size_bytes", "since", "error")
+    POD_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    pod_id: str
+    state: str
+    size_bytes: int
+    since: float
+    error: str
+    def __init__(self, pod_id: _Optional[str] = ..., state: _Optional[str] = ..., size_bytes: _Optional[int] = ..., since: _Optional[float] = ..., error: _Optional[str] = ...) -> None: ...
+
+class ModelStatusResponse(_message.Message):
+    __slots__ = ("model_id", "format", "storage_key", "storage_path", "options", "copies", "last_failure", "state")
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    STORAGE_KEY_FIELD_NUMBER: _ClassVar[int]
+    STORAGE_PATH_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    COPIES_FIELD_NUMBER: _ClassVar[int]
+    LAST_FAILURE_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    model_id: str
+    format: str
+    storage_key: str
+    storage_path: str
+    options: ModelOptions
+    copies: _containers.RepeatedCompositeFieldContainer[CopyStatus]
+    last_failure: str
+    state: str
+    def __init__(self, model_id: _Optional[str] = ..., format: _Optional[str] = ..., storage_key: _Optional[str] = ..., storage_path: _Optional[str] = ..., options: _Optional[_Union[ModelOptions, _Mapping]] = ..., copies: _Optional[_Iterable[_Union[CopyStatus, _Mapping]]] = ..., last_failure: _Optional[str] = ..., state: _Optional[str] = ...) -> None: ...
+
+class ListModelsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListModelsResponse(_message.Message):
+    __slots__ = ("models",)
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[ModelStatusResponse]
+    def __init__(self, models: _Optional[_Iterable[_Union[ModelStatusResponse, _Mapping]]] = ...) -> None: ...
+
+class SetVModelRequest(_message.Message):
+    __slots__ = ("vmodel_id", "target_model_id", "wait")
+    VMODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    TARGET_MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    WAIT_FIELD_NUMBER: _ClassVar[int]
+    vmodel_id: str
+    target_model_id: str
+    wait: bool
+    def __init__(self, vmodel_id: _Optional[str] = ..., target_model_id: _Optional[str] = ..., wait: bool = ...) -> None: ...
+
+class DeleteVModelRequest(_message.Message):
+    __slots__ = ("vmodel_id",)
+    VMODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    vmodel_id: str
+    def __init__(self, vmodel_id: _Optional[str] = ...) -> None: ...
+
+class DeleteVModelResponse(_message.Message):
+    __slots__ = ("existed",)
+    EXISTED_FIELD_NUMBER: _ClassVar[int]
+    existed: bool
+    def __init__(self, existed: bool = ...) -> None: ...
+
+class GetVModelStatusRequest(_message.Message):
+    __slots__ = ("vmodel_id",)
+    VMODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    vmodel_id: str
+    def __init__(self, vmodel_id: _Optional[str] = ...) -> None: ...
+
+class VModelStatusResponse(_message.Message):
+    __slots__ = ("vmodel_id", "active_model_id", "target_model_id", "transition", "last_failure")
+    VMODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    TARGET_MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    TRANSITION_FIELD_NUMBER: _ClassVar[int]
+    LAST_FAILURE_FIELD_NUMBER: _ClassVar[int]
+    vmodel_id: str
+    active_model_id: str
+    target_model_id: str
+    transition: str
+    last_failure: str
+    def __init__(self, vmodel_id: _Optional[str] = ..., active_model_id: _Optional[str] = ..., target_model_id: _Optional[str] = ..., transition: _Optional[str] = ..., last_failure: _Optional[str] = ...) -> None: ...

@@ -1,0 +1,373 @@
+"""The router's core: resolve a name, forward to a copy, and on a miss get one loaded.
+
+The request path reads only the mirror. A hit costs a dict lookup, a choice between copies
+(power of two choices) and one forward of the request's bytes. A miss is where etcd is
+written, once per load:
+
+1. single-flight in this router: concurrent misses for a model share one attempt;
+2. the placement engine chooses a pod from a snapshot of the mirror;
+3. the load is claimed in one transaction: `claims/{model}` created only if absent, with a
+   `loading` placement record, both under the router's lease (a router that dies mid-load
+   lets its claim expire). A router that loses the claim waits on the mirror for the copy
+   another router is loading;
+4. the chosen pod is told to load (LoadModel with the storage reference, for its puller);
+   a failed load is remembered and the next pod tried, a bounded number of times, then the
+   request fails with FAILED_PRECONDITION and the load's error.
+
+A forward that fails with NOT_FOUND or UNAVAILABLE (a stale mirror, a dead pod) is retried on
+another copy or a fresh placement, with an exclude list and a bounded number of attempts.
+Every wait is bounded by the client's deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from grpc import aio
+
+from mesh.cluster.codec import Keys, encode
+from mesh.cluster.mirror import Mirror
+from mesh.cluster.records import PlacementRecord, PlacementState
+from mesh.cluster.store import Compare, Delete, KeyValueStore, Put
+from mesh.errors import (
+    DeadlineExceeded,
+    MeshError,
+    ModelLoadFailed,
+    ModelNotFound,
+    StoreUnavailable,
+    Unavailable,
+)
+from mesh.gen import runtime_pb2 as rpb
+from mesh.placement.choose import NoPod, choose_pod
+from mesh.placement.failures import FailureLog
+from mesh.placement.snapshot import Snapshot
+from mesh.router.pods import PodClient, PodPool
+
+log = logging.getLogger(__name__)
+
+_RETRYABLE = {grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAVAILABLE}
+# How long a copy this router loaded counts as loaded before the mirror shows it.
+_FRESH_FOR = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class RouterPolicy:
+    forward_attempts: int = 3
+    load_attempts: int = 3
+    # Longest a miss may take when the client sets no deadline.
+    load_timeout: float = 120.0
+    # How often a router waiting on another's claim checks that the claim still stands.
+    claim_check: float = 1.0
+
+
+class PodAnswer(Exception):
+    """A pod's gRPC error, to hand to the client unchanged."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+
+
+class Router:
+    def __init__(
+        self,
+        store: KeyValueStore,
+        mirror: Mirror,
+        keys: Keys,
+        pool: PodPool,
+        *,
+        router_id: str,
+        lease: Any,
+        policy: RouterPolicy | None = None,
+        rng: random.Random | None = None,
+        metrics: Any = None,
+    ) -> None:
+        self._store = store
+        self.mirror = mirror
+        self._keys = keys
+        self._pool = pool
+        self.router_id = router_id
+        self._lease = lease  # an object with .id (the router's lease, renewed elsewhere)
+        self.policy = policy or RouterPolicy()
+        self._rng = rng or random.Random()
+        self._metrics = metrics
+        self.failures = FailureLog()
+        self._loads: dict[str, asyncio.Future[str]] = {}
+        self._fresh: dict[str, dict[str, float]] = {}
+        self.loads_started = 0
+
+    # -- names ---------------------------------------------------------------------------------
+
+    def resolve(self, name: str) -> str:
+        """The model a name stands for: a vmodel's active model, or the model itself."""
+        vmodel = self.mirror.vmodels.get(name)
+        if vmodel is not None:
+            return vmodel.active
+        if name in self.mirror.models:
+            return name
+        raise ModelNotFound(f"model {name!r} is not registered in this mesh")
+
+    # -- the request path ----------------------------------------------------------------------
+
+    def pod_client(self, pod_id: str, address: str) -> PodClient:
+        return self._pool.client(pod_id, address)
+
+    def holders(self, model_id: str, exclude: Sequence[str] = ()) -> list[PodClient]:
+        """Pods serving a loaded copy, not draining, not excluded.
+
+        A copy this router has just loaded counts before the pod's own record of it reaches
+        the mirror (the pod publishes within a fraction of a second; requests come sooner).
+        """
+        copies = self.mirror.placements.get(model_id, {})
+        pod_ids = [p for p, rec in copies.items() if rec.state is PlacementState.LOADED]
+        fresh = self._fresh.get(model_id)
+        if fresh:
+            now = time.monotonic()
+            for pod_id, at in list(fresh.items()):
+                if now - at > _FRESH_FOR or pod_id in pod_ids:
+                    del fresh[pod_id]
+                else:
+                    pod_ids.append(pod_id)
+        found = []
+        for pod_id in pod_ids:
+            if pod_id in exclude:
+                continue
+            instance = self.mirror.instances.get(pod_id)
+            if instance is None or instance.draining:
+                continue
+            found.append(self._pool.client(pod_id, instance.address))
+        return found
+
+    def known_copies(self, model_id: str) -> set[str]:
+        """Pods that hold, load or just loaded the model, as far as this router knows."""
+        return set(self.mirror.placements.get(model_id, {})) | set(self._fresh.get(model_id, {}))
+
+    def loading_elsewhere(self, model_id: str, exclude: Sequence[str] = ()) -> bool:
+        """Whether a live pod is loading the model now (another router's claim, or a copy)."""
+        for pod_id, rec in self.mirror.placements.get(model_id, {}).items():
+            if (
+                rec.state is PlacementState.LOADING
+                and pod_id not in exclude
+                and pod_id in self.mirror.instances
+            ):
+                return True
+        return False
+
+    async def infer(self, data: bytes, model_id: str, timeout: float | None) -> bytes:
+        deadline = time.monotonic() + (timeout if timeout is not None else self.policy.load_timeout)
+        exclude: list[str] = []
+        last: PodAnswer | None = None
+        for _ in range(self.policy.forward_attempts):
+            copies = self.holders(model_id, exclude)
+            if copies:
+                pod = self._pool.pick(copies)
+            else:
+                pod_id = await self.ensure_loaded(model_id, exclude, deadline)
+                instance = self.mirror.instances.get(pod_id)
+                if instance is None:
+                    exclude.append(pod_id)
+                    continue
+                pod = self._pool.client(pod_id, instance.address)
+            try:
+                return await self._forward(pod, data, model_id, deadline)
+            except PodAnswer as answer:
+                if answer.code not in _RETRYABLE:
+                    raise
+                log.info(
+                    "pod %s answered %s for %s; trying another copy",
+                    pod.pod_id,
+                    answer.code.name,
+                    model_id,
+                )
+                exclude.append(pod.pod_id)
+                last = answer
+        if last is not None:
+            raise last
+        raise Unavailable(f"model {model_id!r}: no copy answered")
+
+    async def _forward(self, pod: PodClient, data: bytes, model_id: str, deadline: float) -> bytes:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise DeadlineExceeded(f"model {model_id!r}: deadline passed before forwarding")
+        pod.outstanding += 1
+        try:
+            response: bytes = await pod.infer(
+                data, timeout=remaining, metadata=(("mm-model-id", model_id),)
+            )
+            return response
+        except aio.AioRpcError as exc:
+            raise PodAnswer(exc.code(), exc.details() or "") from None
+        finally:
+            pod.outstanding -= 1
+
+    # -- cache misses --------------------------------------------------------------------------
+
+    async def ensure_loaded(
+        self, model_id: str, exclude: Sequence[str] = (), deadline: float | None = None
+    ) -> str:
+        """A pod holding a loaded copy of `model_id`, loading one if there is none."""
+        deadline = deadline or time.monotonic() + self.policy.load_timeout
+        copies = self.holders(model_id, exclude)
+        if copies:
+            return copies[0].pod_id
+        future = self._loads.get(model_id)
+        if future is None:
+            future = asyncio.get_running_loop().create_future()
+            self._loads[model_id] = future
+            task = asyncio.create_task(self._load(model_id, list(exclude), deadline))
+            task.add_done_callback(lambda t: self._settle(model_id, future, t))
+        remaining = deadline - time.monotonic()
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), max(remaining, 0.001))
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"model {model_id!r} was not loaded within the deadline"
+            ) from None
+
+    def _settle(self, model_id: str, future: asyncio.Future[str], task: asyncio.Task[str]) -> None:
+        self._loads.pop(model_id, None)
+        if future.done():
+            return
+        if task.cancelled():
+            future.set_exception(Unavailable(f"load of {model_id!r} was cancelled"))
+        elif task.exception() is not None:
+            future.set_exception(task.exception())  # type: ignore[arg-type]
+        else:
+            future.set_result(task.result())
+            return
+        future.exception()  # marks it retrieved: callers that gave up need no warning
+
+    async def _load(self, model_id: str, exclude: list[str], deadline: float) -> str:
+        record = self.mirror.models.get(model_id)
+        if record is None:
+            raise ModelNotFound(f"model {model_id!r} is not registered in this mesh")
+        last_error = ""
+        for _ in range(self.policy.load_attempts):
+            copies = self.holders(model_id, exclude)
+            if copies:
+                return copies[0].pod_id
+            if self.loading_elsewhere(model_id, exclude):
+                # One load per mesh: wait for the copy on its way rather than start another.
+                pod_id = await self._wait_for_other(model_id, deadline)
+                if pod_id:
+                    return pod_id
+                continue
+            now = time.time()
+            snapshot = Snapshot.from_records(
+                self.mirror.instances.values(),
+                (p for pods in self.mirror.placements.values() for p in pods.values()),
+                (record,),
+            )
+            requirements = snapshot.requirements(model_id)
+            assert requirements is not None
+            decision = choose_pod(
+                snapshot, requirements, now, self._rng, exclude=exclude,
+                failures=self.failures.for_model(model_id, now),
+            )  # fmt: skip
+            if isinstance(decision, NoPod):
+                raise ModelLoadFailed(
+                    f"model {model_id!r}: no pod can load it: {decision.reason}"
+                    + (f"; last error: {last_error}" if last_error else "")
+                )
+            pod_id = decision.pod_id
+            claimed = await self._claim(model_id, pod_id)
+            if not claimed:
+                pod_id = await self._wait_for_other(model_id, deadline)
+                if pod_id:
+                    return pod_id
+                continue  # the other router's load failed or its claim expired: try again
+            try:
+                await self._tell_pod_to_load(pod_id, record, deadline)
+                self.failures.clear(model_id)
+                self._fresh.setdefault(model_id, {})[pod_id] = time.monotonic()
+                return pod_id
+            except ModelLoadFailed as exc:
+                last_error = str(exc)
+                self.failures.record(model_id, pod_id, time.time(), last_error)
+                exclude.append(pod_id)
+            finally:
+                await self._release_claim(model_id, pod_id, claimed)
+        raise ModelLoadFailed(f"model {model_id!r} failed to load: {last_error}")
+
+    async def _claim(self, model_id: str, pod_id: str) -> int:
+        """The claim's revision, or 0 if another router holds it."""
+        lease = self._lease.id
+        claim = self._keys.claim(model_id)
+        loading = PlacementRecord(model_id, pod_id, PlacementState.LOADING, time.time())
+        try:
+            result = await self._store.txn(
+                [Compare.absent(claim)],
+                [
+                    Put(claim, f"{self.router_id} {pod_id}".encode(), lease),
+                    Put(self._keys.placement(model_id, pod_id), encode(loading), lease),
+                ],
+            )
+        except StoreUnavailable as exc:
+            raise Unavailable(
+                f"model {model_id!r} is not loaded and etcd is unreachable: {exc}"
+            ) from exc
+        return result.revision if result.succeeded else 0
+
+    async def _release_claim(self, model_id: str, pod_id: str, revision: int) -> None:
+        """Drop the claim, and our `loading` record unless the pod has written its own."""
+        claim = self._keys.claim(model_id)
+        placement = self._keys.placement(model_id, pod_id)
+        try:
+            await self._store.txn([Compare.mod_revision_is(claim, revision)], [Delete(claim)])
+            await self._store.txn(
+                [Compare.mod_revision_is(placement, revision)], [Delete(placement)]
+            )
+        except MeshError as exc:
+            log.warning(
+                "could not release the claim on %s: %s (it expires with our lease)", model_id, exc
+            )
+
+    async def _wait_for_other(self, model_id: str, deadline: float) -> str:
+        """Another router claimed the load: the pod holding a copy once loaded, or "" if the
+        claim went away without one."""
+        claim = self._keys.claim(model_id)
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise DeadlineExceeded(f"model {model_id!r} was not loaded within the deadline")
+            try:
+                await self.mirror.wait_for(
+                    lambda m: bool(self.holders(model_id)),
+                    timeout=min(remaining, self.policy.claim_check),
+                )
+                return self.holders(model_id)[0].pod_id
+            except TimeoutError:
+                pass
+            if await self._store.get(claim) is None and not self.loading_elsewhere(model_id):
+                copies = self.holders(model_id)
+                return copies[0].pod_id if copies else ""
+
+    async def _tell_pod_to_load(self, pod_id: str, record: Any, deadline: float) -> None:
+        instance = self.mirror.instances.get(pod_id)
+        if instance is None:
+            raise ModelLoadFailed(f"pod {pod_id} left the mesh")
+        pod = self._pool.client(pod_id, instance.address)
+        request = rpb.LoadModelRequest(
+            model_id=record.model_id,
+            format=record.format,
+            storage_key=record.storage_key,
+            storage_path=record.storage_path,
+            options=dict(record.options),
+        )
+        self.loads_started += 1
+        try:
+            await pod.load(request, timeout=max(deadline - time.monotonic(), 0.001))
+        except aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise DeadlineExceeded(
+                    f"model {record.model_id!r}: load on {pod_id} outlived the deadline"
+                ) from None
+            raise ModelLoadFailed(f"{pod_id}: {exc.code().name}: {exc.details()}") from None

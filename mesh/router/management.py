@@ -1,0 +1,209 @@
+"""Model registration, status and vmodels: the management API's behaviour.
+
+Writes go to the store (registrations are not on the request path); reads come from the
+mirror. A vmodel transition loads the new target first and switches clients only once it is
+loaded; the old target keeps serving until then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from mesh.cluster.codec import Keys, encode
+from mesh.cluster.records import ModelRecord, PlacementState, VModelRecord
+from mesh.cluster.store import KeyValueStore
+from mesh.errors import InvalidRequest, MeshError, ModelNotFound
+from mesh.gen import management_pb2 as mpb
+from mesh.gen import runtime_pb2 as rpb
+from mesh.pod.repository import check_model_id
+from mesh.router.core import Router
+
+log = logging.getLogger(__name__)
+
+
+class Management:
+    def __init__(self, store: KeyValueStore, keys: Keys, router: Router) -> None:
+        self._store = store
+        self._keys = keys
+        self._router = router
+        self._transitions: dict[str, asyncio.Task[None]] = {}
+        self._transition_errors: dict[str, str] = {}
+
+    @property
+    def _mirror(self):  # type: ignore[no-untyped-def]
+        return self._router.mirror
+
+    # -- models --------------------------------------------------------------------------------
+
+    async def register(self, request: mpb.RegisterModelRequest) -> mpb.ModelStatusResponse:
+        check_model_id(request.model_id)
+        if not request.format:
+            raise InvalidRequest(f"model {request.model_id!r}: format is required")
+        if not request.storage_path:
+            raise InvalidRequest(f"model {request.model_id!r}: storage_path is required")
+        o = request.options
+        if o.min_copies < 0 or o.max_copies < 0 or (o.max_copies and o.min_copies > o.max_copies):
+            raise InvalidRequest(f"model {request.model_id!r}: copies must satisfy 0 <= min <= max")
+        record = ModelRecord(
+            model_id=request.model_id,
+            format=request.format,
+            storage_key=request.storage_key,
+            storage_path=request.storage_path,
+            size_estimate=o.size_estimate,
+            min_copies=o.min_copies,
+            max_copies=o.max_copies,
+            pinned_pods=tuple(o.pinned_pods),
+            required_labels=dict(o.required_labels),
+            options=dict(o.runtime_options),
+            registered_at=time.time(),
+        )
+        await self._store.put(self._keys.model(record.model_id), encode(record))
+        await self._mirror.wait_for(lambda m: m.models.get(record.model_id) == record)
+        if request.load_now:
+            await self._router.ensure_loaded(record.model_id)
+        return self._status(record.model_id)
+
+    async def unregister(self, request: mpb.UnregisterModelRequest) -> mpb.UnregisterModelResponse:
+        model_id = request.model_id
+        existed = await self._store.delete(self._keys.model(model_id))
+        copies = sorted(self._router.known_copies(model_id))
+        results = await asyncio.gather(
+            *(self._unload(model_id, pod_id) for pod_id in copies), return_exceptions=True
+        )
+        for pod_id, result in zip(copies, results, strict=True):
+            if isinstance(result, Exception):
+                log.warning("unregister %s: unload on %s failed: %s", model_id, pod_id, result)
+        return mpb.UnregisterModelResponse(existed=existed)
+
+    async def _unload(self, model_id: str, pod_id: str) -> None:
+        instance = self._mirror.instances.get(pod_id)
+        if instance is None:
+            return
+        pod = self._router.pod_client(pod_id, instance.address)
+        await pod.unload(rpb.UnloadModelRequest(model_id=model_id), timeout=60)
+
+    async def status(self, request: mpb.GetModelStatusRequest) -> mpb.ModelStatusResponse:
+        return self._status(request.model_id)
+
+    async def ensure_loaded(self, request: mpb.EnsureLoadedRequest) -> mpb.ModelStatusResponse:
+        if request.model_id not in self._mirror.models:
+            raise ModelNotFound(f"model {request.model_id!r} is not registered")
+        await self._router.ensure_loaded(request.model_id)
+        return self._status(request.model_id)
+
+    async def list(self, request: mpb.ListModelsRequest) -> mpb.ListModelsResponse:
+        return mpb.ListModelsResponse(models=[self._status(m) for m in sorted(self._mirror.models)])
+
+    def _status(self, model_id: str) -> mpb.ModelStatusResponse:
+        record = self._mirror.models.get(model_id)
+        if record is None:
+            raise ModelNotFound(f"model {model_id!r} is not registered")
+        response = mpb.ModelStatusResponse(
+            model_id=model_id,
+            format=record.format,
+            storage_key=record.storage_key,
+            storage_path=record.storage_path,
+            options=mpb.ModelOptions(
+                min_copies=record.min_copies,
+                max_copies=record.max_copies,
+                pinned_pods=record.pinned_pods,
+                required_labels=dict(record.required_labels),
+                runtime_options=dict(record.options),
+                size_estimate=record.size_estimate,
+            ),
+        )
+        states = set()
+        for pod_id, p in sorted(self._mirror.placements.get(model_id, {}).items()):
+            response.copies.add(
+                pod_id=pod_id, state=p.state.value, size_bytes=p.size, since=p.since, error=p.error
+            )
+            states.add(p.state)
+            if p.state is PlacementState.FAILED:
+                response.last_failure = f"{pod_id}: {p.error}"
+        failures = self._router.failures.for_model(model_id, time.time())
+        if failures is not None and not response.last_failure:
+            response.last_failure = failures.describe(time.time())
+        if PlacementState.LOADED in states:
+            response.state = "LOADED"
+        elif PlacementState.LOADING in states:
+            response.state = "LOADING"
+        elif response.last_failure:
+            response.state = "FAILED"
+        else:
+            response.state = "NOT_LOADED"
+        return response
+
+    # -- vmodels -------------------------------------------------------------------------------
+
+    async def set_vmodel(self, request: mpb.SetVModelRequest) -> mpb.VModelStatusResponse:
+        vmodel_id, target = request.vmodel_id, request.target_model_id
+        check_model_id(vmodel_id)
+        if target not in self._mirror.models:
+            raise ModelNotFound(f"vmodel {vmodel_id!r}: target model {target!r} is not registered")
+        current = self._mirror.vmodels.get(vmodel_id)
+        active = current.active if current is not None else ""
+        if not active or active == target:
+            record = VModelRecord(vmodel_id, target)
+            await self._store.put(self._keys.vmodel(vmodel_id), encode(record))
+        else:
+            # Load before switch: clients keep the old model until the new one is loaded.
+            record = VModelRecord(vmodel_id, target, previous=active)
+            await self._store.put(self._keys.vmodel(vmodel_id), encode(record))
+            old = self._transitions.pop(vmodel_id, None)
+            if old is not None:
+                old.cancel()
+            self._transition_errors.pop(vmodel_id, None)
+            task = asyncio.create_task(self._transition(vmodel_id, target))
+            self._transitions[vmodel_id] = task
+            if request.wait:
+                await asyncio.shield(task)
+        await self._mirror.wait_for(lambda m: m.vmodels.get(vmodel_id) is not None)
+        return self._vmodel_status(vmodel_id)
+
+    async def _transition(self, vmodel_id: str, target: str) -> None:
+        try:
+            await self._router.ensure_loaded(target)
+            current = self._mirror.vmodels.get(vmodel_id)
+            if current is not None and current.target == target:
+                await self._store.put(
+                    self._keys.vmodel(vmodel_id), encode(VModelRecord(vmodel_id, target))
+                )
+                await self._mirror.wait_for(
+                    lambda m: (v := m.vmodels.get(vmodel_id)) is not None and not v.previous
+                )
+        except MeshError as exc:
+            self._transition_errors[vmodel_id] = str(exc)
+            log.warning("vmodel %s: transition to %s blocked: %s", vmodel_id, target, exc)
+        finally:
+            self._transitions.pop(vmodel_id, None)
+
+    async def delete_vmodel(self, request: mpb.DeleteVModelRequest) -> mpb.DeleteVModelResponse:
+        task = self._transitions.pop(request.vmodel_id, None)
+        if task is not None:
+            task.cancel()
+        existed = await self._store.delete(self._keys.vmodel(request.vmodel_id))
+        return mpb.DeleteVModelResponse(existed=existed)
+
+    async def vmodel_status(self, request: mpb.GetVModelStatusRequest) -> mpb.VModelStatusResponse:
+        return self._vmodel_status(request.vmodel_id)
+
+    def _vmodel_status(self, vmodel_id: str) -> mpb.VModelStatusResponse:
+        record = self._mirror.vmodels.get(vmodel_id)
+        if record is None:
+            raise ModelNotFound(f"vmodel {vmodel_id!r} does not exist")
+        error = self._transition_errors.get(vmodel_id, "")
+        if not record.previous:
+            transition = "UP_TO_DATE"
+        elif error:
+            transition = "BLOCKED_BY_FAILED_LOAD"
+        else:
+            transition = "IN_PROGRESS"
+        return mpb.VModelStatusResponse(
+            vmodel_id=vmodel_id,
+            active_model_id=record.active,
+            target_model_id=record.target,
+            transition=transition,
+            last_failure=error,
+        )

@@ -1,0 +1,211 @@
+"""The router's composition root: settings in, a listening router out.
+
+async with RouterServer(RouterSettings(etcd="http://127.0.0.1:2379", port=0)) as router:
+    print(router.port)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+from types import TracebackType
+from typing import Any
+
+import grpc
+from grpc import aio
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+
+from mesh.cluster.codec import Keys
+from mesh.cluster.etcd import EtcdConfig, EtcdStore
+from mesh.cluster.lease import LeaseKeeper
+from mesh.cluster.mirror import Change, Mirror
+from mesh.cluster.store import KeyValueStore
+from mesh.errors import InvalidRequest, MeshError
+from mesh.grpcutil import ErrorInterceptor
+from mesh.retry import Backoff
+from mesh.router.core import Router, RouterPolicy
+from mesh.router.management import Management
+from mesh.router.pods import PodPool
+from mesh.router.service import ManagementService, RouterInference
+from mesh.router.settings import RouterSettings
+
+log = logging.getLogger(__name__)
+
+
+class RouterMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            "mesh_router_requests", "API requests by method and status", ["method", "status"],
+            registry=registry,
+        )  # fmt: skip
+        self.latency = Histogram(
+            "mesh_router_request_seconds", "API latency by method", ["method"], registry=registry
+        )
+
+    def observe(self, method: str, status: str, seconds: float) -> None:
+        self.requests.labels(method, status).inc()
+        self.latency.labels(method).observe(seconds)
+
+
+class RouterLease:
+    """The router's own lease, for its load claims: kept alive from a thread, renewed if lost."""
+
+    def __init__(self, store: KeyValueStore, ttl: int) -> None:
+        self._store = store
+        self._ttl = ttl
+        self.id = 0
+        self._keeper: LeaseKeeper | None = None
+        self._lost = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        delays = Backoff(0.2, 3.0).delays()
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                self.id = await self._store.grant(self._ttl)
+                self._lost.clear()
+
+                def lost(lease: int) -> None:
+                    with contextlib.suppress(RuntimeError):
+                        loop.call_soon_threadsafe(self._lost.set)
+
+                reconnect = getattr(self._store, "reconnect", None)
+                self._keeper = LeaseKeeper(
+                    reconnect if reconnect is not None else (lambda: self._store),
+                    self.id, self._ttl, lost, owns_store=reconnect is not None,
+                )  # fmt: skip
+                self._keeper.start()
+                delays = Backoff(0.2, 3.0).delays()
+                await self._lost.wait()
+                self._keeper.stop()
+            except MeshError as exc:
+                log.warning("router lease: %s", exc)
+                await asyncio.sleep(next(delays))
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._keeper is not None:
+            self._keeper.stop()
+        if self.id:
+            with contextlib.suppress(MeshError, TimeoutError):
+                await asyncio.wait_for(self._store.revoke(self.id), 5)
+
+
+class RouterServer:
+    def __init__(
+        self,
+        settings: RouterSettings,
+        *,
+        store: KeyValueStore | None = None,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.settings = settings
+        self._given_store = store
+        self.registry = registry or CollectorRegistry()
+        self.port = 0
+        self.metrics_port: int | None = None
+        self.router: Router | None = None
+        self._stopped = asyncio.Event()
+
+    async def start(self) -> None:
+        s = self.settings
+        self.store: KeyValueStore = self._given_store or EtcdStore(
+            EtcdConfig.parse(s.etcd, s.etcd_ca, s.etcd_cert, s.etcd_key)
+        )
+        keys = Keys(s.etcd_prefix)
+        self.mirror = Mirror(self.store, keys)
+        await self.mirror.start(timeout=60)
+        self.lease = RouterLease(self.store, s.lease_ttl)
+        await self.lease.start()
+        self.pool = PodPool(s.max_message_bytes)
+        metrics = RouterMetrics(self.registry)
+        self.router = Router(
+            self.store, self.mirror, keys, self.pool,
+            router_id=s.router_id or f"{socket.gethostname()}-{id(self):x}",
+            lease=self.lease,
+            policy=RouterPolicy(s.forward_attempts, s.load_attempts, s.load_timeout),
+            metrics=metrics,
+        )  # fmt: skip
+        self.mirror.subscribe(self._forget_gone_pods)
+        inference = RouterInference(self.router, metrics)
+        management = Management(self.store, keys, self.router)
+        options = [
+            ("grpc.max_receive_message_length", s.max_message_bytes),
+            ("grpc.max_send_message_length", s.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ]
+        server = aio.server(interceptors=[ErrorInterceptor()], options=options)
+        server.add_generic_rpc_handlers(
+            (inference.handler(), ManagementService(management, s.management_token).handler())
+        )
+        address = f"{s.host}:{s.port}"
+        if s.tls_cert is not None and s.tls_key is not None:
+            creds = grpc.ssl_server_credentials(
+                [(s.tls_key.read_bytes(), s.tls_cert.read_bytes())],
+                root_certificates=s.tls_ca.read_bytes() if s.tls_ca else None,
+                require_client_auth=s.tls_ca is not None,
+            )
+            self.port = server.add_secure_port(address, creds)
+        else:
+            self.port = server.add_insecure_port(address)
+        if self.port == 0:
+            raise InvalidRequest(f"cannot listen on {address}")
+        await server.start()
+        self._server = server
+        self._metrics_http: Any = None
+        if s.metrics_port is not None:
+            httpd, _ = start_http_server(s.metrics_port, addr=s.host, registry=self.registry)
+            self._metrics_http = httpd
+            self.metrics_port = httpd.server_address[1]
+        inference.ready = True
+        log.info(
+            "router listening on %s:%d, etcd %s prefix %s", s.host, self.port, s.etcd, s.etcd_prefix
+        )
+
+    def _forget_gone_pods(self, changes: list[Change]) -> None:
+        for change in changes:
+            if change.kind == "instance" and change.record is None:
+                self.pool.forget(change.key)
+
+    async def aclose(self) -> None:
+        await self._server.stop(grace=5)
+        await self.lease.aclose()
+        await self.mirror.aclose()
+        await self.pool.aclose()
+        if self._given_store is None:
+            await self.store.aclose()
+        if self._metrics_http is not None:
+            self._metrics_http.shutdown()
+            self._metrics_http.server_close()
+        self._stopped.set()
+
+    async def __aenter__(self) -> RouterServer:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:  # fmt: skip
+        await self.aclose()
+
+
+async def serve(settings: RouterSettings) -> None:
+    router = RouterServer(settings)
+    await router.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await router.aclose()

@@ -1,0 +1,160 @@
+"""The router's gRPC transport: the v2 service (ModelInfer passed through as bytes) and the
+management service."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import grpc
+from grpc import aio
+
+from mesh import __version__
+from mesh.errors import InvalidRequest, ModelNotFound
+from mesh.gen import grpc_predict_v2_pb2 as pb
+from mesh.gen import management_pb2 as mpb
+from mesh.grpcutil import Handler
+from mesh.router.core import PodAnswer, Router
+from mesh.router.management import Management
+from mesh.router.wire import model_name_of, name_from_headers
+
+V2_SERVICE = "inference.GRPCInferenceService"
+MANAGEMENT_SERVICE = "mesh.management.v1.Management"
+
+Context = aio.ServicerContext[Any, Any]
+
+
+def _timeout(context: Context) -> float | None:
+    remaining = context.time_remaining()
+    return remaining if remaining is not None and remaining < 1e8 else None
+
+
+class RouterInference:
+    def __init__(self, router: Router, metrics: Any = None) -> None:
+        self._router = router
+        self._metrics = metrics
+        self.ready = False
+
+    async def model_infer(self, data: bytes, context: Context) -> bytes:
+        started = time.perf_counter()
+        status = "OK"
+        try:
+            name, _ = name_from_headers(context.invocation_metadata())
+            name = name or model_name_of(data)
+            if not name:
+                raise InvalidRequest("the request names no model (model_name or mm-model-id)")
+            model_id = self._router.resolve(name)
+            try:
+                return await self._router.infer(data, model_id, _timeout(context))
+            except PodAnswer as answer:
+                status = answer.code.name
+                await context.abort(answer.code, answer.details)
+                raise  # not reached: abort raises
+        except Exception as exc:
+            if status == "OK":
+                status = getattr(getattr(exc, "code", None), "name", "INTERNAL")
+            raise
+        finally:
+            if self._metrics is not None:
+                self._metrics.observe("ModelInfer", status, time.perf_counter() - started)
+
+    async def server_live(self, request: pb.ServerLiveRequest, context: Context) -> Any:
+        return pb.ServerLiveResponse(live=True)
+
+    async def server_ready(self, request: pb.ServerReadyRequest, context: Context) -> Any:
+        return pb.ServerReadyResponse(ready=self.ready)
+
+    async def server_metadata(self, request: pb.ServerMetadataRequest, context: Context) -> Any:
+        return pb.ServerMetadataResponse(name="mesh", version=__version__)
+
+    async def model_ready(self, request: pb.ModelReadyRequest, context: Context) -> Any:
+        model_id = self._router.resolve(request.name)
+        return pb.ModelReadyResponse(ready=bool(self._router.holders(model_id)))
+
+    async def model_metadata(self, request: pb.ModelMetadataRequest, context: Context) -> Any:
+        model_id = self._router.resolve(request.name)
+        deadline = _timeout(context)
+        pod_id = await self._router.ensure_loaded(
+            model_id, deadline=time.monotonic() + deadline if deadline else None
+        )
+        instance = self._router.mirror.instances.get(pod_id)
+        if instance is None:
+            raise ModelNotFound(f"model {request.name!r}: its pod left the mesh")
+        pod = self._router.pod_client(pod_id, instance.address)
+        forwarded = pb.ModelMetadataRequest(name=model_id, version=request.version)
+        try:
+            raw = await pod.metadata(forwarded.SerializeToString(), timeout=deadline)
+        except aio.AioRpcError as exc:
+            await context.abort(exc.code(), exc.details() or "")
+        response = pb.ModelMetadataResponse.FromString(raw)
+        response.name = request.name
+        return response
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        def unary(fn: Handler, req: Any, resp: Any) -> Any:
+            return grpc.unary_unary_rpc_method_handler(
+                fn, request_deserializer=req.FromString, response_serializer=resp.SerializeToString
+            )
+
+        methods = {
+            # Bytes in, bytes out: no deserializer, no serializer.
+            "ModelInfer": grpc.unary_unary_rpc_method_handler(self.model_infer),
+            "ServerLive": unary(self.server_live, pb.ServerLiveRequest, pb.ServerLiveResponse),
+            "ServerReady": unary(self.server_ready, pb.ServerReadyRequest, pb.ServerReadyResponse),
+            "ServerMetadata": unary(
+                self.server_metadata, pb.ServerMetadataRequest, pb.ServerMetadataResponse
+            ),
+            "ModelReady": unary(self.model_ready, pb.ModelReadyRequest, pb.ModelReadyResponse),
+            "ModelMetadata": unary(
+                self.model_metadata, pb.ModelMetadataRequest, pb.ModelMetadataResponse
+            ),
+        }
+        return grpc.method_handlers_generic_handler(V2_SERVICE, methods)
+
+
+class ManagementService:
+    def __init__(self, management: Management, token: str | None = None) -> None:
+        self._m = management
+        self._token = token
+
+    async def _check(self, context: Context) -> None:
+        if self._token is None:
+            return
+        for key, value in context.invocation_metadata() or ():
+            if key == "authorization" and value == f"Bearer {self._token}":
+                return
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, "a bearer token is required")
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        m = self._m
+
+        def method(fn: Any, req: Any, resp: Any) -> Any:
+            async def call(request: Any, context: Context) -> Any:
+                await self._check(context)
+                return await fn(request)
+
+            return grpc.unary_unary_rpc_method_handler(
+                call,
+                request_deserializer=req.FromString,
+                response_serializer=resp.SerializeToString,
+            )
+
+        methods = {
+            "RegisterModel": method(m.register, mpb.RegisterModelRequest, mpb.ModelStatusResponse),
+            "UnregisterModel": method(
+                m.unregister, mpb.UnregisterModelRequest, mpb.UnregisterModelResponse
+            ),
+            "GetModelStatus": method(m.status, mpb.GetModelStatusRequest, mpb.ModelStatusResponse),
+            "EnsureLoaded": method(
+                m.ensure_loaded, mpb.EnsureLoadedRequest, mpb.ModelStatusResponse
+            ),
+            "ListModels": method(m.list, mpb.ListModelsRequest, mpb.ListModelsResponse),
+            "SetVModel": method(m.set_vmodel, mpb.SetVModelRequest, mpb.VModelStatusResponse),
+            "DeleteVModel": method(
+                m.delete_vmodel, mpb.DeleteVModelRequest, mpb.DeleteVModelResponse
+            ),
+            "GetVModelStatus": method(
+                m.vmodel_status, mpb.GetVModelStatusRequest, mpb.VModelStatusResponse
+            ),
+        }
+        return grpc.method_handlers_generic_handler(MANAGEMENT_SERVICE, methods)

@@ -1,0 +1,37 @@
+"""The router's settings, from flags and MESH_ROUTER_* environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from mesh.pod.settings import ByteSize
+
+
+class RouterSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MESH_ROUTER_", extra="forbid")
+
+    host: str = "0.0.0.0"
+    port: int = Field(8033, ge=0, le=65535)
+    metrics_port: int | None = Field(2112, ge=0, le=65535)
+    etcd: str = "http://127.0.0.1:2379"
+    etcd_prefix: str = "/mesh/"
+    etcd_ca: Path | None = None
+    etcd_cert: Path | None = None
+    etcd_key: Path | None = None
+    router_id: str | None = None
+    max_message_bytes: ByteSize = Field(64 * 2**20, gt=0)
+    forward_attempts: int = Field(3, ge=1)
+    load_attempts: int = Field(3, ge=1)
+    load_timeout: float = Field(120.0, gt=0)
+    lease_ttl: int = Field(10, ge=2)
+    # TLS on the client-facing port; with tls_ca, clients must present certificates (mTLS).
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
+    # Required as "authorization: Bearer <token>" on the management API when set.
+    management_token: str | None = None
+    log_level: str = "INFO"
+    log_json: bool = False

@@ -1,0 +1,167 @@
+"""The router over real pods and a real etcd: hits, misses, vmodels, failures, one load per mesh."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import grpc
+import numpy as np
+import onnxruntime as ort
+import pytest
+import tritonclient.grpc as triton
+from tritonclient.utils import InferenceServerException
+
+from mesh.gen import management_pb2 as mpb
+from mesh.gen import runtime_pb2 as rpb
+from tests.cluster.etcd_server import EtcdServer
+from tests.helpers import RunningPod, infer_request, output_array, running_router
+
+
+def _register(router, model_id: str, fmt: str, path: str, **kw) -> mpb.ModelStatusResponse:  # type: ignore[no-untyped-def]
+    return router.management.RegisterModel(
+        mpb.RegisterModelRequest(model_id=model_id, format=fmt, storage_path=path, **kw)
+    )
+
+
+def _settled(router, model_id: str) -> None:  # type: ignore[no-untyped-def]
+    from mesh.cluster.records import PlacementState
+
+    router.run(
+        router.server.mirror.wait_for(
+            lambda m: any(
+                p.state is PlacementState.LOADED for p in m.placements.get(model_id, {}).values()
+            )
+        )
+    )
+
+
+def _loads(pods: list[RunningPod]) -> float:
+    total = 0.0
+    for pod in pods:
+        for line in pod.metrics_text().splitlines():
+            if line.startswith("mesh_pod_load_seconds_count"):
+                total += float(line.split()[-1])
+    return total
+
+
+def test_miss_then_hits_through_the_router_with_tritonclient(
+    etcd: EtcdServer, prefix: str, pods: list[RunningPod], model_dir: Path
+) -> None:
+    with running_router(etcd=etcd.url, etcd_prefix=prefix) as router:
+        status = _register(router, "mlp", "onnx", "mlp")
+        assert status.state == "NOT_LOADED"
+        client = triton.InferenceServerClient(router.address)
+        assert client.is_server_live()
+        assert client.is_server_ready()
+        x = np.random.default_rng(0).standard_normal((4, 64)).astype(np.float32)
+        want = ort.InferenceSession(str(model_dir / "mlp" / "model.onnx")).run(None, {"input": x})[
+            0
+        ]
+        for _ in range(3):
+            inp = triton.InferInput("input", [4, 64], "FP32")
+            inp.set_data_from_numpy(x)
+            np.testing.assert_array_equal(client.infer("mlp", [inp]).as_numpy("output"), want)
+        assert client.is_model_ready("mlp")
+        meta = client.get_model_metadata("mlp")
+        assert [t.name for t in meta.inputs] == ["input"]
+        _settled(router, "mlp")  # the pod publishes its copy within a fraction of a second
+        status = router.management.GetModelStatus(mpb.GetModelStatusRequest(model_id="mlp"))
+        assert status.state == "LOADED"
+        assert [c.state for c in status.copies] == ["loaded"]
+        assert _loads(pods) == 1
+        with pytest.raises(InferenceServerException) as err:
+            client.infer("nope", [inp])
+        assert err.value.status() == "StatusCode.NOT_FOUND"
+        # A pod's own INVALID_ARGUMENT reaches the client unchanged.
+        bad = triton.InferInput("input", [4, 63], "FP32")
+        bad.set_data_from_numpy(x[:, :63].copy())
+        with pytest.raises(InferenceServerException) as err:
+            client.infer("mlp", [bad])
+        assert err.value.status() == "StatusCode.INVALID_ARGUMENT"
+        client.close()
+
+
+def test_two_routers_concurrent_first_requests_make_one_load(
+    etcd: EtcdServer, prefix: str, pods: list[RunningPod]
+) -> None:
+    with (
+        running_router(etcd=etcd.url, etcd_prefix=prefix) as a,
+        running_router(etcd=etcd.url, etcd_prefix=prefix) as b,
+    ):
+        _register(a, "xgb", "xgboost", "xgb")
+        b.run(b.server.mirror.wait_for(lambda m: "xgb" in m.models))
+        request = infer_request("xgb", input__0=np.ones((1, 64), np.float32))
+        errors: list[BaseException] = []
+        barrier = threading.Barrier(40)
+
+        def call(router) -> None:  # type: ignore[no-untyped-def]
+            try:
+                barrier.wait()
+                router.v2.ModelInfer(request, timeout=60)
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=call, args=((a, b)[i % 2],)) for i in range(40)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        assert _loads(pods) == 1
+
+
+def test_vmodel_switches_only_once_the_target_is_loaded(
+    etcd: EtcdServer, prefix: str, pods: list[RunningPod]
+) -> None:
+    with running_router(etcd=etcd.url, etcd_prefix=prefix) as router:
+        _register(router, "xgb-a", "xgboost", "xgb")
+        _register(router, "xgb-b", "xgboost", "xgb-json")
+        status = router.management.SetVModel(
+            mpb.SetVModelRequest(vmodel_id="fraud", target_model_id="xgb-a", wait=True)
+        )
+        assert (status.active_model_id, status.transition) == ("xgb-a", "UP_TO_DATE")
+        request = infer_request("fraud", input__0=np.ones((2, 64), np.float32))
+        assert output_array(router.v2.ModelInfer(request), "output__0").shape == (2,)
+        status = router.management.SetVModel(
+            mpb.SetVModelRequest(vmodel_id="fraud", target_model_id="xgb-b", wait=True)
+        )
+        assert (status.active_model_id, status.transition) == ("xgb-b", "UP_TO_DATE")
+        response = router.v2.ModelInfer(request)
+        assert response.model_name == "xgb-b"
+        with_header = router.v2.ModelInfer(
+            infer_request("ignored", input__0=np.ones((2, 64), np.float32)),
+            metadata=(("mm-vmodel-id", "fraud"),),
+        )
+        assert with_header.model_name == "xgb-b"
+
+
+def test_unregister_unloads_everywhere(
+    etcd: EtcdServer, prefix: str, pods: list[RunningPod]
+) -> None:
+    with running_router(etcd=etcd.url, etcd_prefix=prefix) as router:
+        _register(router, "mlp", "onnx", "mlp", load_now=True)
+        assert router.management.UnregisterModel(mpb.UnregisterModelRequest(model_id="mlp")).existed
+        for pod in pods:
+            status = pod.control.RuntimeStatus(rpb.RuntimeStatusRequest())
+            assert [m.model_id for m in status.models] == []
+        with pytest.raises(grpc.RpcError) as err:
+            router.v2.ModelInfer(infer_request("mlp", input=np.ones((1, 64), np.float32)))
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_a_failed_load_reports_its_reason_and_others_keep_serving(
+    etcd: EtcdServer, prefix: str, pods: list[RunningPod]
+) -> None:
+    with running_router(etcd=etcd.url, etcd_prefix=prefix) as router:
+        _register(router, "broken", "onnx", "corrupt")
+        _register(router, "mlp", "onnx", "mlp")
+        with pytest.raises(grpc.RpcError) as err:
+            router.v2.ModelInfer(infer_request("broken", input=np.ones((1, 64), np.float32)))
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "broken" in err.value.details()
+        status = router.management.GetModelStatus(mpb.GetModelStatusRequest(model_id="broken"))
+        assert status.state == "FAILED"
+        assert "failed to load" in status.last_failure
+        ok = router.v2.ModelInfer(infer_request("mlp", input=np.ones((1, 64), np.float32)))
+        assert output_array(ok, "output").shape == (1, 10)
