@@ -7,11 +7,8 @@ import threading
 from pathlib import Path
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from mesh.errors import CapacityExhausted, DeadlineExceeded, ModelLoadFailed
-from mesh.placement.eviction import Candidate, choose_victims
 from mesh.pod.cache import ModelCache
 from mesh.runtimes.registry import RuntimeRegistry
 from tests.fakes import FakeRuntime, fake_source
@@ -251,29 +248,3 @@ async def test_overlapping_loads_are_not_measured_by_rss(
     assert b.measured is None
     assert a.size == a.estimated
     await cache.aclose()
-
-
-@given(
-    st.lists(st.tuples(st.integers(1, 100), st.integers(0, 50), st.integers(0, 2)), max_size=12),
-    st.integers(1, 400),
-    st.integers(0, 20),
-)
-def test_victims_are_sufficient_minimal_and_safe(
-    models: list[tuple[int, int, int]], need: int, min_age: int
-) -> None:
-    now = 100.0
-    candidates = [
-        Candidate(f"m{i}", size, float(last), busy) for i, (size, last, busy) in enumerate(models)
-    ]
-    chosen = choose_victims(candidates, need, now, min_age)
-    by_id = {c.model_id: c for c in candidates}
-    eligible = [c for c in candidates if c.in_flight == 0 and now - c.last_used >= min_age]
-    if chosen is None:
-        assert sum(c.size for c in eligible) < need
-        return
-    victims = [by_id[m] for m in chosen]
-    assert all(v.in_flight == 0 and now - v.last_used >= min_age for v in victims)
-    freed = sum(v.size for v in victims)
-    assert freed >= need
-    assert all(freed - v.size < need for v in victims)  # none could be spared
-    assert len(set(chosen)) == len(chosen)

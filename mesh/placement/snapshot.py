@@ -1,0 +1,234 @@
+"""The cluster as placement sees it: frozen views of pods and models, taken at one moment.
+
+Placement decides from a Snapshot and nothing else. The router builds one from its etcd mirror
+with `Snapshot.from_records`; the simulator (bench/simulate.py) builds its own views directly.
+A snapshot is a picture, not the truth: records arrive late (instance records are coalesced a
+few seconds apart), so a decision taken from it is a good guess that the pod confirms or refuses
+(for example with RESOURCE_EXHAUSTED), and the caller retries elsewhere with an exclude list.
+
+Nothing here raises on odd records: a placement for a pod with no instance record is dropped
+(the pod's lease is gone), a failed placement is no copy (failures live in placement.failures),
+and a model registered without a size estimate is charged `default_size`.
+
+>>> pod = PodView("pod-a", capacity=8 << 30, used=2 << 30, runtimes=frozenset({"onnx"}))
+>>> snap = Snapshot(pods=(pod,))
+>>> snap.pod("pod-a").free
+6442450944
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from mesh.cluster.records import InstanceRecord, ModelRecord, PlacementRecord, PlacementState
+from mesh.placement.eviction import Candidate
+
+# What a model with no size estimate is assumed to take; the pod measures the truth after load.
+DEFAULT_SIZE = 256 << 20
+
+_LOADED = PlacementState.LOADED  # a module global: faster to reach than the enum's attribute
+_EMPTY: Mapping[str, str] = MappingProxyType({})
+_NO_SIZES: Mapping[str, int] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class HeldModel(Candidate):
+    """A model a pod holds: what eviction needs to know of it, and whether it is loaded yet.
+
+    A Candidate, so that a pod's models go to choose_victims without conversion. A LOADING copy
+    takes room but cannot be evicted.
+    """
+
+    state: PlacementState = PlacementState.LOADED
+
+
+@dataclass(frozen=True, slots=True)
+class PodView:
+    """One pod: its room, its age (the last use of its least recently used model), its load.
+
+    `models` maps model id to what the pod holds (loaded or loading); treat it as read-only.
+    """
+
+    pod_id: str
+    capacity: int
+    used: int = 0
+    # Last use of the pod's least recently used loaded model; 0 when it holds none.
+    lru_time: float = 0.0
+    loading_count: int = 0
+    in_flight: int = 0
+    draining: bool = False
+    alive: bool = True
+    runtimes: frozenset[str] = frozenset()
+    labels: Mapping[str, str] = field(default_factory=dict)
+    models: Mapping[str, HeldModel] = field(default_factory=dict)
+
+    @property
+    def free(self) -> int:
+        """Bytes not yet taken; negative when a load measured larger than its estimate."""
+        return self.capacity - self.used
+
+    def holds(self, model_id: str) -> bool:
+        """Whether the pod has the model loaded or loading."""
+        return model_id in self.models
+
+    def evictable(self) -> list[HeldModel]:
+        """Loaded models, the only ones eviction may consider (in flight or not)."""
+        loaded = _LOADED
+        return [m for m in self.models.values() if m.state is loaded]
+
+    @classmethod
+    def from_records(
+        cls,
+        instance: InstanceRecord,
+        placements: Iterable[PlacementRecord],
+        size_of: Mapping[str, int] = _NO_SIZES,
+        *,
+        default_size: int = DEFAULT_SIZE,
+        alive: bool = True,
+    ) -> PodView:
+        """The pod as its instance record and its placement records describe it.
+
+        Placement records arrive by watch as soon as they change, instance records only every
+        few seconds: `used` and `loading_count` are the larger of the two accounts, so a load
+        the router just started counts at once. A loading copy with no size yet is charged its
+        model's estimate (`size_of`, else `default_size`). Placements of other pods are ignored.
+        """
+        models: dict[str, HeldModel] = {}
+        held_bytes = 0
+        loading = 0
+        for p in placements:
+            if p.pod_id != instance.pod_id or p.state is PlacementState.FAILED:
+                continue
+            size = p.size or size_of.get(p.model_id, 0) or default_size
+            # A copy never used since its load last served at its load's start.
+            models[p.model_id] = HeldModel(p.model_id, size, p.last_used or p.since, 0, p.state)
+            held_bytes += size
+            loading += p.state is PlacementState.LOADING
+        lru_time = instance.lru_time
+        if lru_time <= 0:
+            loaded = [m.last_used for m in models.values() if m.state is PlacementState.LOADED]
+            lru_time = min(loaded, default=0.0)
+        return cls(
+            pod_id=instance.pod_id,
+            capacity=instance.capacity,
+            used=max(instance.used, held_bytes),
+            lru_time=lru_time,
+            loading_count=max(instance.loading_count, loading),
+            in_flight=instance.in_flight,
+            draining=instance.draining,
+            alive=alive,
+            runtimes=frozenset(instance.runtimes),
+            labels=MappingProxyType(dict(instance.labels)),
+            models=MappingProxyType(models),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRequirements:
+    """What a model needs of a pod, and how many copies of it the mesh keeps."""
+
+    model_id: str
+    # The runtime that loads the model's format; empty: any pod will do.
+    runtime: str = ""
+    size: int = DEFAULT_SIZE
+    required_labels: Mapping[str, str] = field(default_factory=dict)
+    # Pods the model may only go to; empty: any pod.
+    pinned_pods: tuple[str, ...] = ()
+    min_copies: int = 0
+    # 0: no bound beyond the number of pods that can take the model.
+    max_copies: int = 0
+
+    @classmethod
+    def from_record(
+        cls,
+        record: ModelRecord,
+        *,
+        default_size: int = DEFAULT_SIZE,
+        runtime_of: Mapping[str, str] = _EMPTY,
+    ) -> ModelRequirements:
+        """The record's requirements. Formats name runtimes ("onnx", "xgboost", "torch")
+        unless `runtime_of` maps a format to another runtime name."""
+        return cls(
+            model_id=record.model_id,
+            runtime=runtime_of.get(record.format, record.format),
+            size=record.size_estimate or default_size,
+            required_labels=MappingProxyType(dict(record.required_labels)),
+            pinned_pods=tuple(record.pinned_pods),
+            min_copies=record.min_copies,
+            max_copies=record.max_copies,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Every pod the router knows of, and the registered models' requirements.
+
+    >>> snap = Snapshot.from_records(
+    ...     [InstanceRecord("pod-a", "10.0.0.1:8085", capacity=1 << 30)],
+    ...     [PlacementRecord("m", "pod-a", PlacementState.LOADED, since=5.0, size=1 << 20)],
+    ...     [ModelRecord("m", "onnx")],
+    ... )
+    >>> [p.pod_id for p in snap.holders("m")]
+    ['pod-a']
+    """
+
+    pods: tuple[PodView, ...]
+    models: Mapping[str, ModelRequirements] = field(default_factory=dict)
+    # Built on first lookup by id; a cache, so not part of the snapshot's value.
+    _by_id: dict[str, PodView] | None = field(
+        default=None, init=False, repr=False, compare=False, hash=False
+    )
+
+    def pod(self, pod_id: str) -> PodView | None:
+        by_id = self._by_id
+        if by_id is None:
+            by_id = {p.pod_id: p for p in self.pods}
+            object.__setattr__(self, "_by_id", by_id)
+        return by_id.get(pod_id)
+
+    def holders(self, model_id: str) -> tuple[PodView, ...]:
+        """Pods that hold the model, loaded or loading."""
+        return tuple(p for p in self.pods if model_id in p.models)
+
+    def requirements(self, model_id: str) -> ModelRequirements | None:
+        return self.models.get(model_id)
+
+    @classmethod
+    def from_records(
+        cls,
+        instances: Iterable[InstanceRecord],
+        placements: Iterable[PlacementRecord],
+        models: Iterable[ModelRecord],
+        *,
+        default_size: int = DEFAULT_SIZE,
+        runtime_of: Mapping[str, str] = _EMPTY,
+        dead: Collection[str] = (),
+    ) -> Snapshot:
+        """The snapshot the router's mirror describes.
+
+        `dead`: pods whose records still stand but that the router found unreachable; they are
+        kept in the snapshot (their copies still count) and never chosen.
+        """
+        requirements = {
+            r.model_id: ModelRequirements.from_record(
+                r, default_size=default_size, runtime_of=runtime_of
+            )
+            for r in models
+        }
+        sizes = {m.model_id: m.size for m in requirements.values()}
+        by_pod: dict[str, list[PlacementRecord]] = {}
+        for p in placements:
+            by_pod.setdefault(p.pod_id, []).append(p)
+        pods = tuple(
+            PodView.from_records(
+                i,
+                by_pod.get(i.pod_id, ()),
+                sizes,
+                default_size=default_size,
+                alive=i.pod_id not in dead,
+            )
+            for i in sorted(instances, key=lambda i: i.pod_id)
+        )
+        return cls(pods=pods, models=MappingProxyType(requirements))

@@ -1,0 +1,128 @@
+"""Snapshots built from the cluster records, as the router's mirror holds them."""
+
+from __future__ import annotations
+
+import doctest
+import random
+
+import pytest
+
+import mesh.placement.choose
+import mesh.placement.copies
+import mesh.placement.eviction
+import mesh.placement.failures
+import mesh.placement.snapshot
+from mesh.cluster.records import InstanceRecord, ModelRecord, PlacementRecord, PlacementState
+from mesh.placement.choose import Placement, choose_pod
+from mesh.placement.snapshot import DEFAULT_SIZE, HeldModel, ModelRequirements, Snapshot
+
+GB = 1 << 30
+
+
+def records() -> tuple[list[InstanceRecord], list[PlacementRecord], list[ModelRecord]]:
+    instances = [
+        InstanceRecord(
+            "pod-b",
+            "10.0.0.2:8085",
+            capacity=16 * GB,
+            used=4 * GB,
+            lru_time=120.0,
+            loading_count=0,
+            in_flight=3,
+            runtimes=("onnx", "xgboost"),
+            labels={"zone": "a"},
+        ),
+        InstanceRecord("pod-a", "10.0.0.1:8085", capacity=8 * GB, draining=True),
+    ]
+    placements = [
+        PlacementRecord(
+            "resnet", "pod-b", PlacementState.LOADED, since=100.0, size=3 * GB, last_used=150.0
+        ),
+        PlacementRecord("bert", "pod-b", PlacementState.LOADING, since=160.0),
+        PlacementRecord("broken", "pod-b", PlacementState.FAILED, since=170.0, error="bad"),
+        PlacementRecord("resnet", "pod-gone", PlacementState.LOADED, since=1.0, size=GB),
+        PlacementRecord("tree", "pod-a", PlacementState.LOADED, since=90.0, size=GB),
+    ]
+    models = [
+        ModelRecord("resnet", "onnx", size_estimate=2 * GB),
+        ModelRecord(
+            "bert",
+            "pytorch",
+            size_estimate=2 * GB,
+            required_labels={"gpu": "1"},
+            pinned_pods=("pod-b",),
+            min_copies=1,
+            max_copies=3,
+        ),
+        ModelRecord("tree", "xgboost"),
+    ]
+    return instances, placements, models
+
+
+def test_from_records_gives_each_pod_its_copies_room_and_age() -> None:
+    snap = Snapshot.from_records(*records(), runtime_of={"pytorch": "torch"}, dead=["pod-a"])
+    assert [p.pod_id for p in snap.pods] == ["pod-a", "pod-b"]  # sorted: decisions repeat
+    b = snap.pod("pod-b")
+    assert b is not None
+    assert b.models == {
+        "resnet": HeldModel("resnet", 3 * GB, 150.0, 0, PlacementState.LOADED),
+        # A load in progress is charged its model's estimate until it reports a size.
+        "bert": HeldModel("bert", 2 * GB, 160.0, 0, PlacementState.LOADING),
+    }
+    # The instance record says 4 GB and no loads; the placements, newer, say 5 GB and one.
+    assert b.used == 5 * GB
+    assert b.loading_count == 1
+    assert b.lru_time == 120.0
+    assert b.in_flight == 3
+    assert b.runtimes == {"onnx", "xgboost"}
+    assert b.labels == {"zone": "a"}
+    assert b.alive and not b.draining
+    a = snap.pod("pod-a")
+    assert a is not None
+    assert not a.alive and a.draining
+    # No lru_time published: the oldest loaded copy's last use (its load, here) stands in.
+    assert a.lru_time == 90.0
+    assert [p.pod_id for p in snap.holders("resnet")] == ["pod-b"]  # pod-gone has no lease
+    assert snap.holders("broken") == ()
+    assert snap.pod("pod-gone") is None
+
+
+def test_requirements_come_from_the_model_records() -> None:
+    snap = Snapshot.from_records(*records(), runtime_of={"pytorch": "torch"})
+    assert snap.requirements("bert") == ModelRequirements(
+        "bert",
+        runtime="torch",
+        size=2 * GB,
+        required_labels={"gpu": "1"},
+        pinned_pods=("pod-b",),
+        min_copies=1,
+        max_copies=3,
+    )
+    tree = snap.requirements("tree")
+    assert tree is not None
+    assert tree.runtime == "xgboost"
+    assert tree.size == DEFAULT_SIZE
+    assert snap.requirements("nope") is None
+
+
+def test_a_snapshot_from_records_drives_a_decision() -> None:
+    snap = Snapshot.from_records(*records())
+    req = snap.requirements("tree")
+    assert req is not None
+    # pod-a is draining: the tree goes to pod-b, which has room.
+    assert choose_pod(snap, req, 200.0, random.Random(0)) == Placement("pod-b", 0, ())
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        mesh.placement.snapshot,
+        mesh.placement.choose,
+        mesh.placement.eviction,
+        mesh.placement.copies,
+        mesh.placement.failures,
+    ],
+)
+def test_the_usage_examples_in_the_docstrings_hold(module: object) -> None:
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)  # type: ignore[arg-type]
+    assert result.failed == 0
