@@ -53,7 +53,7 @@ test-quick: install proto-env etcd
 	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 # Start a pod with example models, query it with tritonclient, print what it holds.
-demo: install
+demo: install etcd
 	$(BIN)/python scripts/demo.py
 
 bench: install

@@ -79,6 +79,12 @@ def _pod_parser(sub: Any) -> None:
         metavar="KEY=VALUE",
         help="a label placement can require (repeatable)",
     )
+    g.add_argument(
+        "--storage-dir",
+        type=Path,
+        help="local directory that LoadModel storage paths point into, for a pod without a puller",
+    )
+    g.add_argument("--puller", help="the puller sidecar's address (host:port or unix:/path)")
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING (default INFO)")
     p.add_argument("--log-json", action="store_true", default=None, help="log JSON lines")
 
@@ -116,14 +122,97 @@ def _run_pod(args: argparse.Namespace) -> int:
     return 0
 
 
+def _puller_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "puller",
+        help="run a pod's puller sidecar",
+        description="Fetch model artifacts from object storage into a bounded disk cache.",
+    )
+    p.add_argument("--listen", help="port on loopback, host:port, or unix:/path (default 8086)")
+    p.add_argument("--metrics-port", type=int, help="Prometheus port (default 2113)")
+    p.add_argument("--metrics-host", help="address of the metrics endpoint (default 0.0.0.0)")
+    p.add_argument("--no-metrics", action="store_true", help="serve no /metrics endpoint")
+    p.add_argument(
+        "--cache-dir", type=Path, help="the disk cache, shared with the pod (default /models/cache)"
+    )
+    p.add_argument("--cache-bytes", help="the cache's budget, e.g. 20Gi (default 10Gi)")
+    p.add_argument(
+        "--storage-config",
+        type=Path,
+        help="the storage-config Secret's mount (a directory) or a JSON file "
+        "(default /storage-config)",
+    )
+    p.add_argument("--pvc-root", type=Path, help="where pvc claims are mounted (/pvc_mounts)")
+    p.add_argument("--concurrency", type=int, help="storage requests in flight (default 16)")
+    p.add_argument("--range-size", help="fetch larger objects in ranges of this size (16Mi)")
+    p.add_argument("--retries", type=int, help="attempts after a failure (default 5)")
+    p.add_argument("--retry-initial", type=float, help="first backoff in seconds (default 0.2)")
+    p.add_argument("--retry-max", type=float, help="longest backoff in seconds (default 5)")
+    p.add_argument("--connect-timeout", type=float, help="seconds to connect (default 5)")
+    p.add_argument("--request-timeout", type=float, help="seconds per request (default 300)")
+    p.add_argument("--stall-timeout", type=float, help="seconds without a byte (default 30)")
+    p.add_argument(
+        "--no-verify-checksums",
+        dest="verify_checksums",
+        action="store_false",
+        default=None,
+        help="do not check S3 ETags as MD5 digests",
+    )
+    p.add_argument("--archive-max-bytes", help="largest unpacked archive (default 16Gi)")
+    p.add_argument("--archive-max-members", type=int, help="most archive members (100000)")
+    p.add_argument(
+        "--drain-timeout", type=float, help="seconds SIGTERM waits for pulls (default 10)"
+    )
+    p.add_argument("--log-level", help="DEBUG, INFO, WARNING (default INFO)")
+    p.add_argument("--log-json", action="store_true", default=None, help="log JSON lines")
+
+
+def _run_puller(args: argparse.Namespace) -> int:
+    from mesh.puller.server import serve
+    from mesh.puller.settings import PullerSettings
+
+    overrides: dict[str, Any] = {
+        k: v for k, v in vars(args).items() if v is not None and k not in ("command", "no_metrics")
+    }
+    if args.no_metrics:
+        overrides["metrics_port"] = None
+    try:
+        settings = PullerSettings(**overrides)
+    except ValidationError as exc:
+        print(f"mesh puller: invalid settings:\n{exc}", file=sys.stderr)
+        return 2
+    logs.configure(settings.log_level, settings.log_json)
+    try:
+        asyncio.run(serve(settings))
+    except MeshError as exc:
+        print(f"mesh puller: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mesh", description="A multi-model serving mesh.")
     parser.add_argument("--version", action="version", version=f"mesh {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _pod_parser(sub)
+    _puller_parser(sub)
+    from mesh import admin
+    from mesh import up as local_mesh
+
+    admin.add_router_parser(sub)
+    admin.add_admin_parsers(sub)
+    local_mesh.add_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "pod":
         return _run_pod(args)
+    if args.command == "puller":
+        return _run_puller(args)
+    if args.command == "router":
+        return admin.run_router(args)
+    if args.command == "up":
+        return local_mesh.run(args)
+    if args.command in admin.COMMANDS:
+        return admin.run_admin(args)
     parser.error(f"unknown command {args.command}")
     return 2
 

@@ -1,16 +1,16 @@
-"""Start a pod with example models, send it v2 requests with tritonclient, show what it holds.
+"""Start a local mesh with example models, query it through the router, show what each pod holds.
 
-    make demo            # or: .venv/bin/python scripts/demo.py [--port 8085] [--once]
+    make demo            # or: .venv/bin/python scripts/demo.py [--port 8033] [--once]
 
-The models are made on the spot (an ONNX MLP, an XGBoost booster, a TorchScript and a
-torch.export MLP) in ./demo-models. The pod keeps running until Ctrl-C, unless --once.
+Builds an ONNX MLP, an XGBoost booster, a TorchScript and a torch.export MLP in ./demo-models,
+starts `mesh up` (etcd, a router, two pods), registers the models, sends each a v2 request with
+tritonclient through the router, and prints the answers and each pod's capacity, used bytes and
+models. It keeps running until Ctrl-C, unless --once.
 """
 
 from __future__ import annotations
 
 import argparse
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -20,108 +20,91 @@ import numpy as np
 import tritonclient.grpc as triton
 
 from mesh import examples
+from mesh.gen import management_pb2 as mpb
+from mesh.gen import management_pb2_grpc, runtime_pb2_grpc
 from mesh.gen import runtime_pb2 as rpb
-from mesh.gen import runtime_pb2_grpc
+from mesh.up import local_mesh
 
 ROOT = Path(__file__).resolve().parent.parent
 
-
-def build_models(root: Path) -> None:
-    makers = {
-        "mlp": lambda d: examples.onnx_mlp(d),
-        "fraud-xgb": lambda d: examples.xgboost_booster(d, n_trees=50),
-        "scripted": lambda d: examples.torchscript_mlp(d),
-        "exported": lambda d: examples.torch_export_mlp(d),
-    }
-    for name, make in makers.items():
-        if not (root / name).is_dir():
-            make(root / name)
-
-
-def wait_ready(client: triton.InferenceServerClient, pod: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if pod.poll() is not None:
-            sys.exit(f"the pod exited with status {pod.returncode}")
-        try:
-            if client.is_server_ready():
-                return
-        except Exception:
-            pass
-        time.sleep(0.2)
-    sys.exit("the pod did not become ready within 60s")
-
-
-def query(client: triton.InferenceServerClient) -> None:
-    rng = np.random.default_rng(0)
-    calls = [
-        ("mlp", "input", rng.standard_normal((2, 64)), "output"),
-        ("fraud-xgb", "input__0", rng.standard_normal((3, 64)), "output__0"),
-        ("scripted", "x", rng.standard_normal((2, 16)), "y"),
-        ("exported", "input", rng.standard_normal((2, 16)), "output__0"),
-    ]
-    for model, name, data, output in calls:
-        x = data.astype(np.float32)
-        tensor = triton.InferInput(name, list(x.shape), "FP32")
-        tensor.set_data_from_numpy(x)
-        started = time.perf_counter()
-        result = client.infer(model, [tensor]).as_numpy(output)
-        ms = (time.perf_counter() - started) * 1000
-        print(
-            f"  {model:<10} {name}{list(x.shape)} -> {output}{list(result.shape)} "
-            f"in {ms:6.1f} ms (first call loads): {np.round(result.reshape(-1)[:4], 3)}"
-        )
-
-
-def show_status(address: str) -> None:
-    stub = runtime_pb2_grpc.RuntimeStub(grpc.insecure_channel(address))
-    status = stub.RuntimeStatus(rpb.RuntimeStatusRequest())
-    print(
-        f"\npod {address}: capacity {status.capacity_bytes / 2**20:.0f} MiB, used "
-        f"{status.used_bytes / 2**20:.2f} MiB, device {status.device}, runtimes "
-        f"{list(status.runtimes)}"
-    )
-    for m in status.models:
-        print(
-            f"  {m.model_id:<10} {m.format:<8} {m.size_bytes / 2**20:8.2f} MiB "
-            f"(measured {m.measured_bytes / 2**20:.2f}, estimated {m.estimated_bytes / 2**20:.2f})"
-        )
+MODELS = {
+    # name: (format, maker, input name, input width, output name)
+    "mlp": ("onnx", lambda d: examples.onnx_mlp(d), "input", 64, "output"),
+    "fraud-xgb": ("xgboost", lambda d: examples.xgboost_booster(d, n_trees=50), "input__0", 64,
+                  "output__0"),
+    "scripted": ("torch", lambda d: examples.torchscript_mlp(d), "x", 16, "y"),
+    "exported": ("torch", lambda d: examples.torch_export_mlp(d), "input", 16, "output__0"),
+}  # fmt: skip
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--port", type=int, default=8085)
-    parser.add_argument("--metrics-port", type=int, default=2112)
+    parser.add_argument("--port", type=int, default=8033, help="the router's port")
     parser.add_argument("--models", type=Path, default=ROOT / "demo-models")
-    parser.add_argument("--once", action="store_true", help="stop the pod after the demo")
+    parser.add_argument("--pods", type=int, default=2)
+    parser.add_argument("--once", action="store_true", help="stop the mesh after the demo")
     args = parser.parse_args()
 
     print(f"building example models in {args.models} ...")
-    build_models(args.models)
-    address = f"127.0.0.1:{args.port}"
-    mesh = Path(sys.executable).parent / "mesh"
-    pod = subprocess.Popen([
-        str(mesh), "pod", "--models", str(args.models), "--host", "127.0.0.1",
-        "--port", str(args.port), "--metrics-port", str(args.metrics_port), "--capacity", "1Gi",
-    ])  # fmt: skip
-    try:
-        client = triton.InferenceServerClient(address)
-        wait_ready(client, pod)
-        print(f"\nv2 requests to {address} with tritonclient:")
-        query(client)
-        show_status(address)
+    for name, (_, make, *_rest) in MODELS.items():
+        if not (args.models / name).is_dir():
+            make(args.models / name)
+
+    up = argparse.Namespace(
+        storage=args.models, pods=args.pods, capacity="1Gi", port=args.port, host="127.0.0.1",
+        data_dir=None, prefix="/mesh/",
+    )  # fmt: skip
+    with local_mesh(up) as mesh:
+        router = mesh["router"]
+        print(f"\nmesh up: router {router}, etcd {mesh['etcd']}, pods {list(mesh['pods'])}")
+        management = management_pb2_grpc.ManagementStub(grpc.insecure_channel(router))
+        for name, (fmt, *_rest) in MODELS.items():
+            management.RegisterModel(
+                mpb.RegisterModelRequest(model_id=name, format=fmt, storage_path=name)
+            )
+        print(f"registered {list(MODELS)}")
+
+        print(f"\nv2 requests through the router {router} with tritonclient:")
+        client = triton.InferenceServerClient(router)
+        rng = np.random.default_rng(0)
+        for name, (_, _, input_name, width, output) in MODELS.items():
+            x = rng.standard_normal((2, width)).astype(np.float32)
+            tensor = triton.InferInput(input_name, list(x.shape), "FP32")
+            tensor.set_data_from_numpy(x)
+            for attempt in ("miss", "hit"):
+                started = time.perf_counter()
+                result = client.infer(name, [tensor]).as_numpy(output)
+                ms = (time.perf_counter() - started) * 1000
+                print(
+                    f"  {name:<10} {attempt}: {input_name}{list(x.shape)} -> {output}"
+                    f"{list(result.shape)} in {ms:7.1f} ms  {np.round(result.reshape(-1)[:3], 3)}"
+                )
+        time.sleep(1)  # pods publish their state a fraction of a second after a change
+
+        print("\npods:")
+        for pod_id, address in mesh["pods"].items():
+            stub = runtime_pb2_grpc.RuntimeStub(grpc.insecure_channel(address))
+            status = stub.RuntimeStatus(rpb.RuntimeStatusRequest())
+            models = (
+                ", ".join(f"{m.model_id} ({m.size_bytes / 2**20:.1f} MiB)" for m in status.models)
+                or "none"
+            )
+            print(
+                f"  {pod_id} {address}: capacity {status.capacity_bytes / 2**20:.0f} MiB, "
+                f"used {status.used_bytes / 2**20:.1f} MiB, models: {models}"
+            )
         if args.once:
             return 0
         print(
-            f"\nThe pod is serving on {address} (metrics: http://127.0.0.1:{args.metrics_port}"
-            "/metrics). Press Ctrl-C to stop it."
+            f"\nThe mesh is serving on {router}. Try: .venv/bin/mesh list --router {router}\n"
+            "Press Ctrl-C to stop it."
         )
-        signal.signal(signal.SIGINT, lambda *_: None)  # let the pod drain and exit on its own
-        return pod.wait()
-    finally:
-        if pod.poll() is None:
-            pod.send_signal(signal.SIGTERM)
-            pod.wait(30)
+        try:
+            while all(child.poll() is None for _, child in mesh["children"]):
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            print("\nstopping the mesh")
+    return 0
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from mesh.cluster.etcd import EtcdStore
 from mesh.cluster.registration import PodRegistration
 from mesh.errors import InvalidRequest
 from mesh.grpcutil import ErrorInterceptor
+from mesh.pod.artifacts import DirectoryArtifacts
 from mesh.pod.cache import ModelCache
 from mesh.pod.capacity import choose_device, default_capacity
 from mesh.pod.dataplane import ArtifactSource, DataPlane
@@ -50,6 +51,8 @@ class PodServer:
         self.settings = settings
         self._runtimes = runtimes
         self._artifacts = artifacts
+        if artifacts is None and settings.storage_dir is not None:
+            self._artifacts = DirectoryArtifacts(settings.storage_dir)
         self.registry = registry or CollectorRegistry()
         self.plane: DataPlane | None = None
         self.port = 0

@@ -78,5 +78,10 @@ class PodSettings(BaseSettings):
     advertise: str | None = None
     lease_ttl: int = Field(10, ge=2, le=300)
     labels: dict[str, str] = Field(default_factory=dict)
+    # Where LoadModel's storage paths point when the pod has no puller: a local directory
+    # (a mounted volume), as ModelMesh's pvc storage.
+    storage_dir: Path | None = None
+    # The puller sidecar's address (host:port or unix:/path).
+    puller: str | None = None
     log_level: str = "INFO"
     log_json: bool = False

@@ -1,0 +1,138 @@
+"""`mesh up`: a whole mesh on one machine, as child processes, stopped together on Ctrl-C.
+
+    mesh up --storage ./models --pods 3 --capacity 1Gi
+
+starts etcd (the `etcd` binary from PATH, data in a temporary directory unless --data-dir),
+one router on --port (8033) and N pods, each reading model files from --storage (the local
+storage type: what ModelMesh calls a pvc). Register models with `mesh register` against the
+router; they load on their first request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("up", help="run a local mesh: etcd, a router and pods",
+                       description=__doc__.splitlines()[0])  # fmt: skip
+    p.add_argument("--storage", type=Path, required=True, help="directory of model files")
+    p.add_argument("--pods", type=int, default=2)
+    p.add_argument("--capacity", default="1Gi", help="model bytes per pod")
+    p.add_argument("--port", type=int, default=8033, help="the router's port")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--data-dir", type=Path, help="etcd's data (default: a temporary directory)")
+    p.add_argument("--prefix", default="/mesh/", help="root key prefix in etcd")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"mesh up: {what} exited with status {proc.returncode}")
+        try:
+            grpc.channel_ready_future(grpc.insecure_channel(f"127.0.0.1:{port}")).result(0.5)
+            return
+        except grpc.FutureTimeoutError:
+            continue
+    raise SystemExit(f"mesh up: {what} did not start within {timeout:.0f}s")
+
+
+@contextlib.contextmanager
+def local_mesh(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
+    etcd = shutil.which("etcd")
+    if etcd is None:
+        raise SystemExit("mesh up: no etcd on PATH (Debian: apt-get install etcd-server)")
+    mesh = [sys.executable, "-m", "mesh"]
+    children: list[tuple[str, subprocess.Popen[bytes]]] = []
+    with tempfile.TemporaryDirectory(prefix="mesh-up-") as tmp:
+        data = args.data_dir or Path(tmp) / "etcd"
+        client, peer = free_port(), free_port()
+        url = f"http://127.0.0.1:{client}"
+        try:
+            proc = subprocess.Popen(
+                [etcd, "--data-dir", str(data), "--listen-client-urls", url,
+                 "--advertise-client-urls", url,
+                 "--listen-peer-urls", f"http://127.0.0.1:{peer}",
+                 "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
+                 "--initial-cluster", f"default=http://127.0.0.1:{peer}", "--log-level", "error"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+            children.append(("etcd", proc))
+            wait_port(client, proc, "etcd")
+            pods = []
+            for i in range(args.pods):
+                port = free_port()
+                proc = subprocess.Popen(
+                    [*mesh, "pod", "--etcd", url, "--etcd-prefix", args.prefix,
+                     "--pod-id", f"pod-{i}", "--host", args.host, "--port", str(port),
+                     "--metrics-port", str(free_port()), "--capacity", args.capacity,
+                     "--storage-dir", str(args.storage.resolve())],
+                )  # fmt: skip
+                children.append((f"pod-{i}", proc))
+                pods.append((f"pod-{i}", port, proc))
+            for name, port, proc in pods:
+                wait_port(port, proc, name)
+            router_metrics = free_port()
+            proc = subprocess.Popen(
+                [*mesh, "router", "--etcd", url, "--etcd-prefix", args.prefix,
+                 "--host", args.host, "--port", str(args.port),
+                 "--metrics-port", str(router_metrics)],
+            )  # fmt: skip
+            children.append(("router", proc))
+            wait_port(args.port, proc, "router")
+            yield {
+                "etcd": url,
+                "router": f"{args.host}:{args.port}",
+                "router_metrics": router_metrics,
+                "pods": {name: f"{args.host}:{port}" for name, port, _ in pods},
+                "children": children,
+            }
+        finally:
+            for _, child in reversed(children):
+                if child.poll() is None:
+                    child.send_signal(signal.SIGTERM)
+            for _, child in reversed(children):
+                try:
+                    child.wait(30)
+                except subprocess.TimeoutExpired:
+                    child.kill()
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def run(args: argparse.Namespace) -> int:
+    with local_mesh(args) as mesh:
+        print(f"mesh up: router {mesh['router']}, etcd {mesh['etcd']}, pods {mesh['pods']}")
+        print("Register models with `mesh register`; press Ctrl-C to stop everything.")
+        signal.signal(signal.SIGTERM, _interrupt)
+        try:
+            while all(child.poll() is None for _, child in mesh["children"]):
+                time.sleep(0.5)
+            dead = [name for name, child in mesh["children"] if child.poll() is not None]
+            print(f"mesh up: {', '.join(dead)} exited; stopping", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            print("\nmesh up: stopping")
+            return 0
