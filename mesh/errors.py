@@ -2,21 +2,34 @@
 
     MeshError             INTERNAL
     ├── InvalidRequest    INVALID_ARGUMENT     bad tensor, shape, datatype, size or option
+    │   └── UnsafePath                         a model id, storage path or archive member
+    │                                          that could write outside the puller's cache
     ├── ModelNotFound     NOT_FOUND            no such model here
+    │   └── ArtifactNotFound                   no such object, prefix or bucket in storage
     ├── ModelLoadFailed   FAILED_PRECONDITION  the model's load failed (error in the message)
     ├── ModelNotReady     UNAVAILABLE          being unloaded or evicted; retry later
     ├── CapacityExhausted RESOURCE_EXHAUSTED   no room, and nothing can be evicted
+    │   └── CacheFull                          the puller's disk cache cannot take the artifact
+    │       └── ArchiveTooLarge                an archive unpacks past the configured bound
     ├── DeadlineExceeded  DEADLINE_EXCEEDED    a load or a request ran out of time
     ├── Unavailable       UNAVAILABLE          the server is draining, or a dependency is down
-    │   └── StoreUnavailable                   the cluster store (etcd) cannot be reached
+    │   ├── StoreUnavailable                   the cluster store (etcd) cannot be reached
+    │   ├── StorageUnavailable                 object storage failed, and kept failing on retry
+    │   └── ArtifactChanged                    the object changed during every download attempt
     ├── RuntimeFailure    INTERNAL             the framework raised during inference
-    └── StoreError        INTERNAL             the cluster store refused an operation
-        ├── Compacted     OUT_OF_RANGE         a watch asked for history etcd has compacted
-        └── LeaseNotFound FAILED_PRECONDITION  the lease expired or was revoked
+    ├── StoreError        INTERNAL             the cluster store refused an operation
+    │   ├── Compacted     OUT_OF_RANGE         a watch asked for history etcd has compacted
+    │   └── LeaseNotFound FAILED_PRECONDITION  the lease expired or was revoked
+    ├── StorageConfigError FAILED_PRECONDITION no such storage key, or its entry is invalid
+    ├── StorageAccessDenied PERMISSION_DENIED  object storage refused the credentials
+    └── ArtifactCorrupt   DATA_LOSS            size or checksum wrong on every attempt, or an
+                                               archive that cannot be read
 
 Third-party errors are translated where they enter (`raise RuntimeFailure(...) from exc`); the
 gRPC layer maps the tree in one interceptor (mesh.grpcutil.ErrorInterceptor). Messages are shown
-to clients: they name the model and tensor concerned and never carry credentials.
+to clients: they name the model and tensor concerned and never carry credentials. The puller's
+errors name the storage key and path, never a credential: third-party messages are scrubbed of
+every configured secret before they are kept (mesh.puller.storage).
 """
 
 from __future__ import annotations
@@ -111,3 +124,51 @@ class LeaseNotFound(StoreError):
     """The lease expired or was revoked: everything attached to it is gone."""
 
     code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+# The puller's errors (mesh/puller/): each names the storage key and path concerned.
+
+
+class UnsafePath(InvalidRequest):
+    """A model id, storage path or archive member that is absolute, climbs with `..`, or is a
+    link: it could make the puller write outside its cache."""
+
+
+class ArtifactNotFound(ModelNotFound):
+    """No object, prefix, bucket or container at that storage path."""
+
+
+class CacheFull(CapacityExhausted):
+    """The puller's disk cache cannot take the artifact: larger than the whole budget, or the
+    rest is held by models that are still loaded."""
+
+
+class ArchiveTooLarge(CacheFull):
+    """An archive unpacks to more bytes or members than the configured bound."""
+
+
+class StorageUnavailable(Unavailable):
+    """Object storage failed (unreachable, 5xx, connection cut) and kept failing on retry."""
+
+
+class ArtifactChanged(Unavailable):
+    """The object was replaced while it downloaded, on every attempt."""
+
+
+class StorageConfigError(MeshError):
+    """The storage configuration has no such key, or that key's entry is invalid."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class StorageAccessDenied(MeshError):
+    """Object storage refused the configured credentials (wrong, expired or not allowed)."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class ArtifactCorrupt(MeshError):
+    """The downloaded bytes did not match the store's size or checksum on any attempt, or an
+    archive could not be read."""
+
+    code = grpc.StatusCode.DATA_LOSS
