@@ -165,3 +165,54 @@ def test_a_failed_load_reports_its_reason_and_others_keep_serving(
         assert "failed to load" in status.last_failure
         ok = router.v2.ModelInfer(infer_request("mlp", input=np.ones((1, 64), np.float32)))
         assert output_array(ok, "output").shape == (1, 10)
+
+
+@pytest.mark.slow
+def test_zipf_over_50_models_on_pods_with_room_for_10_evicts_and_never_fails(
+    etcd: EtcdServer, prefix: str, model_dir: Path
+) -> None:
+    from contextlib import ExitStack
+
+    from mesh.pod.artifacts import DirectoryArtifacts
+    from tests.helpers import running_pod
+
+    mib = 2**20
+    with ExitStack() as stack:
+        pods = [
+            stack.enter_context(
+                running_pod(
+                    artifacts=DirectoryArtifacts(model_dir),
+                    etcd=etcd.url,
+                    etcd_prefix=prefix,
+                    pod_id=f"zipf-{i}",
+                    lease_ttl=5,
+                    capacity=5 * mib,  # a copy of the MLP measures about 0.5 MiB
+                )
+            )
+            for i in range(3)
+        ]
+        router = stack.enter_context(running_router(etcd=etcd.url, etcd_prefix=prefix))
+        for i in range(50):
+            router.management.RegisterModel(
+                mpb.RegisterModelRequest(
+                    model_id=f"m{i}",
+                    format="onnx",
+                    storage_path="mlp",
+                    options=mpb.ModelOptions(size_estimate=mib // 2),
+                )
+            )
+        rng = np.random.default_rng(7)
+        weights = 1 / np.arange(1, 51) ** 1.1
+        picks = rng.choice(50, size=300, p=weights / weights.sum())
+        x = np.ones((1, 64), np.float32)
+        for i in picks:
+            response = router.v2.ModelInfer(infer_request(f"m{i}", input=x), timeout=30)
+            assert output_array(response, "output").shape == (1, 10)
+        evictions = 0.0
+        for pod in pods:
+            status = pod.control.RuntimeStatus(rpb.RuntimeStatusRequest())
+            assert status.used_bytes <= status.capacity_bytes
+            for line in pod.metrics_text().splitlines():
+                if line.startswith("mesh_pod_evictions_total"):
+                    evictions += float(line.split()[-1])
+        assert evictions > 0
