@@ -3,15 +3,16 @@
     mesh up --storage ./models --pods 3 --capacity 1Gi
 
 starts etcd (the `etcd` binary from PATH, data in a temporary directory unless --data-dir),
-one router on --port (8033) and N pods, each reading model files from --storage (the local
-storage type: what ModelMesh calls a pvc). Register models with `mesh register` against the
-router; they load on their first request.
+one router on --port (8033) and N pods, each with its puller, whose storage is --storage (a
+`file` store: `--storage-path fraud/v3` names ./models/fraud/v3). Register models with
+`mesh register` against the router; they load on their first request.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import shutil
 import signal
 import socket
@@ -79,14 +80,25 @@ def local_mesh(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
             )  # fmt: skip
             children.append(("etcd", proc))
             wait_port(client, proc, "etcd")
+            # Every pod gets its puller, reading the storage directory as a `file` store.
+            storage_config = Path(tmp) / "storage-config.json"
+            entry = {"type": "file", "root": str(args.storage.resolve())}
+            storage_config.write_text(json.dumps({"default": entry}))
             pods = []
             for i in range(args.pods):
+                socket_path = f"unix:{tmp}/puller-{i}.sock"
+                proc = subprocess.Popen(
+                    [*mesh, "puller", "--listen", socket_path, "--no-metrics",
+                     "--cache-dir", f"{tmp}/cache-{i}", "--cache-bytes", "4Gi",
+                     "--storage-config", str(storage_config), "--log-level", "WARNING"],
+                )  # fmt: skip
+                children.append((f"puller-{i}", proc))
                 port = free_port()
                 proc = subprocess.Popen(
                     [*mesh, "pod", "--etcd", url, "--etcd-prefix", args.prefix,
                      "--pod-id", f"pod-{i}", "--host", args.host, "--port", str(port),
                      "--metrics-port", str(free_port()), "--capacity", args.capacity,
-                     "--storage-dir", str(args.storage.resolve())],
+                     "--puller", socket_path],
                 )  # fmt: skip
                 children.append((f"pod-{i}", proc))
                 pods.append((f"pod-{i}", port, proc))

@@ -34,6 +34,7 @@ from mesh.pod.metrics import PodMetrics
 from mesh.pod.repository import ModelRepository
 from mesh.pod.service import InferenceService, RuntimeService
 from mesh.pod.settings import PodSettings
+from mesh.puller.client import PullerClient
 from mesh.runtimes.registry import RuntimeRegistry
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,10 @@ class PodServer:
         self.settings = settings
         self._runtimes = runtimes
         self._artifacts = artifacts
-        if artifacts is None and settings.storage_dir is not None:
+        self._puller: PullerClient | None = None
+        if artifacts is None and settings.puller:
+            self._artifacts = self._puller = PullerClient(settings.puller)
+        elif artifacts is None and settings.storage_dir is not None:
             self._artifacts = DirectoryArtifacts(settings.storage_dir)
         self.registry = registry or CollectorRegistry()
         self.plane: DataPlane | None = None
@@ -154,6 +158,8 @@ class PodServer:
             await self.registration.aclose(revoke=True)
         if self._store is not None:
             await self._store.aclose()
+        if self._puller is not None:
+            await self._puller.aclose()
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
             self._metrics_http.server_close()

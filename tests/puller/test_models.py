@@ -4,6 +4,7 @@ their frameworks from the path the puller returned."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -51,3 +52,45 @@ def check_loads(onnx_local: Path, onnx_file: Path, xgb_local: Path, xgb_file: Pa
     booster = xgboost.Booster(model_file=str(xgb_local))
     assert booster.num_boosted_rounds() == 5
     assert booster.inplace_predict(x).shape == (2,)
+
+
+@pytest.mark.slow
+async def test_a_pod_loads_models_from_s3_through_its_puller_and_releases_them(
+    tmp_path: Path, moto: MotoServer, bucket: str, serve_puller: Callable[..., Any]
+) -> None:
+    from mesh.gen import runtime_pb2 as rpb
+    from tests.helpers import infer_request, output_array, running_pod
+
+    examples.onnx_mlp(tmp_path / "src" / "mlp")
+    examples.xgboost_booster(tmp_path / "src" / "xgb", n_trees=5)
+    await asyncio.to_thread(upload_dir, moto, bucket, tmp_path / "src", "models")
+    served = await serve_puller({"default": s3_entry(moto, bucket)})
+
+    loop = asyncio.get_running_loop()
+
+    def held() -> dict[str, tuple[str, ...]]:
+        status = asyncio.run_coroutine_threadsafe(served.client.status(), loop).result(10)
+        return {a.source.rsplit("/", 1)[-1]: a.models for a in status.artifacts}
+
+    def scenario() -> None:
+        with running_pod(puller=served.server.address) as pod:
+            for model_id, fmt, path, name, out in (
+                ("mlp", "onnx", "models/mlp", "input", "output"),
+                ("xgb", "xgboost", "models/xgb", "input__0", "output__0"),
+            ):
+                loaded = pod.control.LoadModel(
+                    rpb.LoadModelRequest(model_id=model_id, format=fmt, storage_path=path)
+                )
+                assert loaded.size_bytes > 0
+                x = np.ones((3, 64), np.float32)
+                response = pod.v2.ModelInfer(infer_request(model_id, **{name: x}))
+                assert output_array(response, out).shape[0] == 3
+            assert held() == {"mlp": ("mlp",), "xgb": ("xgb",)}
+            pod.control.UnloadModel(rpb.UnloadModelRequest(model_id="mlp"))
+            for _ in range(100):  # the pod releases just after the unload
+                if held()["mlp"] == ():
+                    break
+                time.sleep(0.02)
+            assert held() == {"mlp": (), "xgb": ("xgb",)}
+
+    await asyncio.to_thread(scenario)
