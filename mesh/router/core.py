@@ -48,6 +48,7 @@ from mesh.gen import runtime_pb2 as rpb
 from mesh.placement.choose import NoPod, choose_pod
 from mesh.placement.failures import FailureLog
 from mesh.placement.snapshot import Snapshot
+from mesh.router.metrics import RouterMetrics
 from mesh.router.pods import PodClient, PodPool
 
 log = logging.getLogger(__name__)
@@ -88,7 +89,7 @@ class Router:
         lease: Any,
         policy: RouterPolicy | None = None,
         rng: random.Random | None = None,
-        metrics: Any = None,
+        metrics: RouterMetrics | None = None,
     ) -> None:
         self._store = store
         self.mirror = mirror
@@ -181,6 +182,8 @@ class Router:
             except PodAnswer as answer:
                 if answer.code not in _RETRYABLE:
                     raise
+                if self._metrics is not None:
+                    self._metrics.retries.labels(answer.code.name).inc()
                 log.info(
                     "pod %s answered %s for %s; trying another copy",
                     pod.pod_id,
@@ -198,10 +201,13 @@ class Router:
         if remaining <= 0:
             raise DeadlineExceeded(f"model {model_id!r}: deadline passed before forwarding")
         pod.outstanding += 1
+        started = time.perf_counter()
         try:
             response: bytes = await pod.infer(
                 data, timeout=remaining, metadata=(("mm-model-id", model_id),)
             )
+            if self._metrics is not None:
+                self._metrics.forward.observe(time.perf_counter() - started)
             return response
         except aio.AioRpcError as exc:
             raise PodAnswer(exc.code(), exc.details() or "") from None
@@ -220,10 +226,17 @@ class Router:
             return copies[0].pod_id
         future = self._loads.get(model_id)
         if future is None:
+            if self._metrics is not None:
+                miss = self._metrics.miss
+                started = time.perf_counter()
+            else:
+                miss = None
             future = asyncio.get_running_loop().create_future()
             self._loads[model_id] = future
             task = asyncio.create_task(self._load(model_id, list(exclude), deadline))
             task.add_done_callback(lambda t: self._settle(model_id, future, t))
+            if miss is not None:
+                task.add_done_callback(lambda t: miss.observe(time.perf_counter() - started))
         remaining = deadline - time.monotonic()
         try:
             return await asyncio.wait_for(asyncio.shield(future), max(remaining, 0.001))
@@ -245,16 +258,23 @@ class Router:
             return
         future.exception()  # marks it retrieved: callers that gave up need no warning
 
-    async def _load(self, model_id: str, exclude: list[str], deadline: float) -> str:
+    async def add_copy(self, model_id: str, exclude: Sequence[str]) -> str:
+        """Load another copy on a pod not in `exclude` (those holding one already)."""
+        deadline = time.monotonic() + self.policy.load_timeout
+        return await self._load(model_id, list(exclude), deadline, new_copy=True)
+
+    async def _load(
+        self, model_id: str, exclude: list[str], deadline: float, new_copy: bool = False
+    ) -> str:
         record = self.mirror.models.get(model_id)
         if record is None:
             raise ModelNotFound(f"model {model_id!r} is not registered in this mesh")
         last_error = ""
         for _ in range(self.policy.load_attempts):
             copies = self.holders(model_id, exclude)
-            if copies:
+            if copies and not new_copy:
                 return copies[0].pod_id
-            if self.loading_elsewhere(model_id, exclude):
+            if not new_copy and self.loading_elsewhere(model_id, exclude):
                 # One load per mesh: wait for the copy on its way rather than start another.
                 pod_id = await self._wait_for_other(model_id, deadline)
                 if pod_id:
@@ -363,11 +383,16 @@ class Router:
             options=dict(record.options),
         )
         self.loads_started += 1
+        outcome = "failed"
         try:
             await pod.load(request, timeout=max(deadline - time.monotonic(), 0.001))
+            outcome = "loaded"
         except aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                 raise DeadlineExceeded(
                     f"model {record.model_id!r}: load on {pod_id} outlived the deadline"
                 ) from None
             raise ModelLoadFailed(f"{pod_id}: {exc.code().name}: {exc.details()}") from None
+        finally:
+            if self._metrics is not None:
+                self._metrics.loads.labels(outcome).inc()

@@ -16,9 +16,10 @@ from typing import Any
 
 import grpc
 from grpc import aio
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, start_http_server
 
 from mesh.cluster.codec import Keys
+from mesh.cluster.election import LeaderElection
 from mesh.cluster.etcd import EtcdConfig, EtcdStore
 from mesh.cluster.lease import LeaseKeeper
 from mesh.cluster.mirror import Change, Mirror
@@ -26,28 +27,15 @@ from mesh.cluster.store import KeyValueStore
 from mesh.errors import InvalidRequest, MeshError
 from mesh.grpcutil import ErrorInterceptor
 from mesh.retry import Backoff
+from mesh.router.background import LeaderWork
 from mesh.router.core import Router, RouterPolicy
 from mesh.router.management import Management
+from mesh.router.metrics import RouterMetrics
 from mesh.router.pods import PodPool
 from mesh.router.service import ManagementService, RouterInference
 from mesh.router.settings import RouterSettings
 
 log = logging.getLogger(__name__)
-
-
-class RouterMetrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.requests = Counter(
-            "mesh_router_requests", "API requests by method and status", ["method", "status"],
-            registry=registry,
-        )  # fmt: skip
-        self.latency = Histogram(
-            "mesh_router_request_seconds", "API latency by method", ["method"], registry=registry
-        )
-
-    def observe(self, method: str, status: str, seconds: float) -> None:
-        self.requests.labels(method, status).inc()
-        self.latency.labels(method).observe(seconds)
 
 
 class RouterLease:
@@ -137,6 +125,9 @@ class RouterServer:
             metrics=metrics,
         )  # fmt: skip
         self.mirror.subscribe(self._forget_gone_pods)
+        election = LeaderElection(self.store, keys.leader, self.router.router_id, ttl=s.lease_ttl)
+        self.leader_work = LeaderWork(self.router, election, metrics, s.leader_interval)
+        await self.leader_work.start()
         inference = RouterInference(self.router, metrics)
         management = Management(self.store, keys, self.router)
         options = [
@@ -179,6 +170,7 @@ class RouterServer:
 
     async def aclose(self) -> None:
         await self._server.stop(grace=5)
+        await self.leader_work.aclose()
         await self.lease.aclose()
         await self.mirror.aclose()
         await self.pool.aclose()

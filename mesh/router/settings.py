@@ -27,6 +27,8 @@ class RouterSettings(BaseSettings):
     load_attempts: int = Field(3, ge=1)
     load_timeout: float = Field(120.0, gt=0)
     lease_ttl: int = Field(10, ge=2)
+    # How often the elected router keeps min_copies loaded and publishes cluster totals.
+    leader_interval: float = Field(5.0, gt=0)
     # TLS on the client-facing port; with tls_ca, clients must present certificates (mTLS).
     tls_cert: Path | None = None
     tls_key: Path | None = None

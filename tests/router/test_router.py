@@ -216,3 +216,29 @@ def test_zipf_over_50_models_on_pods_with_room_for_10_evicts_and_never_fails(
                 if line.startswith("mesh_pod_evictions_total"):
                     evictions += float(line.split()[-1])
         assert evictions > 0
+
+
+def test_the_leader_keeps_min_copies_loaded_and_publishes_totals(
+    etcd: EtcdServer, prefix: str, pods: list[RunningPod]
+) -> None:
+    from prometheus_client import generate_latest
+
+    with running_router(etcd=etcd.url, etcd_prefix=prefix, leader_interval=0.3) as router:
+        _register(router, "mlp", "onnx", "mlp", options=mpb.ModelOptions(min_copies=2))
+
+        def copies() -> list[str]:
+            status = router.management.GetModelStatus(mpb.GetModelStatusRequest(model_id="mlp"))
+            return sorted(c.pod_id for c in status.copies if c.state == "loaded")
+
+        import time
+
+        deadline = time.monotonic() + 20
+        while copies() != ["pod-0", "pod-1"] and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert copies() == ["pod-0", "pod-1"]  # loaded with no request at all
+        time.sleep(0.7)
+        text = generate_latest(router.server.registry).decode()
+        assert "mesh_router_leader 1.0" in text
+        assert "mesh_cluster_models_registered 1.0" in text
+        assert "mesh_cluster_copies 2.0" in text
+        assert "mesh_cluster_pods 2.0" in text

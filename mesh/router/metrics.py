@@ -1,0 +1,58 @@
+"""The router's Prometheus metrics, on a registry passed in.
+
+Cluster totals (models registered and loaded, pods, capacity and used bytes) are set only by
+the elected leader, so that a dashboard summing over routers counts each once.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class RouterMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            "mesh_router_requests", "API requests by method and gRPC status",
+            ["method", "status"], registry=registry,
+        )  # fmt: skip
+        self.latency = Histogram(
+            "mesh_router_request_seconds", "API latency by method", ["method"],
+            buckets=_BUCKETS, registry=registry,
+        )  # fmt: skip
+        self.forward = Histogram(
+            "mesh_router_forward_seconds", "Time a pod took to answer a forwarded request",
+            buckets=_BUCKETS, registry=registry,
+        )  # fmt: skip
+        self.miss = Histogram(
+            "mesh_router_cache_miss_seconds", "Time to get a copy loaded on a cache miss",
+            buckets=_BUCKETS, registry=registry,
+        )  # fmt: skip
+        self.retries = Counter(
+            "mesh_router_retries", "Forwards retried on another copy", ["reason"],
+            registry=registry,
+        )  # fmt: skip
+        self.loads = Counter(
+            "mesh_router_loads", "Loads this router asked a pod for, by outcome", ["outcome"],
+            registry=registry,
+        )  # fmt: skip
+        self.leader = Gauge("mesh_router_leader", "1 on the elected leader", registry=registry)
+        self.models_registered = Gauge(
+            "mesh_cluster_models_registered", "Registered models (leader only)", registry=registry
+        )
+        self.models_loaded = Gauge(
+            "mesh_cluster_models_loaded", "Models with a loaded copy (leader only)",
+            registry=registry,
+        )  # fmt: skip
+        self.copies = Gauge("mesh_cluster_copies", "Loaded copies (leader only)", registry=registry)
+        self.pods = Gauge("mesh_cluster_pods", "Live pods (leader only)", registry=registry)
+        self.capacity = Gauge(
+            "mesh_cluster_capacity_bytes", "Pods' capacity (leader only)", registry=registry
+        )
+        self.used = Gauge("mesh_cluster_used_bytes", "Pods' used bytes (leader only)",
+                          registry=registry)  # fmt: skip
+
+    def observe(self, method: str, status: str, seconds: float) -> None:
+        self.requests.labels(method, status).inc()
+        self.latency.labels(method).observe(seconds)
