@@ -242,3 +242,46 @@ def test_the_leader_keeps_min_copies_loaded_and_publishes_totals(
         assert "mesh_cluster_models_registered 1.0" in text
         assert "mesh_cluster_copies 2.0" in text
         assert "mesh_cluster_pods 2.0" in text
+
+
+_KSERVE_CLIENT = """
+import asyncio, json, sys
+import numpy as np
+from kserve import InferenceGRPCClient, InferInput, InferRequest
+
+async def main():
+    client = InferenceGRPCClient(sys.argv[1], timeout=30)
+    assert await client.is_server_ready()
+    x = np.array(json.loads(sys.argv[2]), dtype=np.float32)
+    tensor = InferInput("input", list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x, binary_data=True)
+    response = await client.infer(InferRequest(model_name="mlp", infer_inputs=[tensor]))
+    print(json.dumps(response.outputs[0].as_numpy().tolist()))
+    await client.close()
+
+asyncio.run(main())
+"""
+
+
+def test_kserve_sdk_grpc_client_through_the_router(
+    etcd: EtcdServer, prefix: str, pods: list[RunningPod], model_dir: Path, tmp_path: Path
+) -> None:
+    """kserve's InferenceGRPCClient, unchanged (in its own process: kserve and tritonclient
+    register the same protobuf names and cannot share one)."""
+    import json
+    import subprocess
+    import sys
+
+    with running_router(etcd=etcd.url, etcd_prefix=prefix) as router:
+        _register(router, "mlp", "onnx", "mlp")
+        x = np.random.default_rng(3).standard_normal((2, 64)).astype(np.float32)
+        script = tmp_path / "kserve_client.py"
+        script.write_text(_KSERVE_CLIENT)
+        done = subprocess.run(
+            [sys.executable, str(script), router.address, json.dumps(x.tolist())],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-2000:]
+        got = np.array(json.loads(done.stdout.strip().splitlines()[-1]), dtype=np.float32)
+        session = ort.InferenceSession(str(model_dir / "mlp" / "model.onnx"))
+        np.testing.assert_allclose(got, session.run(None, {"input": x})[0], rtol=1e-6)
