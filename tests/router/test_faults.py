@@ -167,3 +167,36 @@ def test_etcd_gone_for_30_seconds_under_load(
             router.v2.ModelInfer(infer_request("cold", **x), timeout=20)
         assert load.failed["hot"] == []  # every hit succeeded while etcd was away
         assert hot_during > 100
+
+
+def test_a_vmodel_switch_under_load_fails_no_request(
+    etcd: EtcdServer, prefix: str, pods: list[RunningPod]
+) -> None:
+    with running_router(etcd=etcd.url, etcd_prefix=prefix) as router:
+        for model, path in (("fraud-a", "xgb"), ("fraud-b", "xgb-json")):
+            router.management.RegisterModel(
+                mpb.RegisterModelRequest(model_id=model, format="xgboost", storage_path=path)
+            )
+        router.management.SetVModel(
+            mpb.SetVModelRequest(vmodel_id="fraud", target_model_id="fraud-a", wait=True)
+        )
+        with Load(router, {"fraud": {"input__0": np.ones((1, 64), np.float32)}}) as load:
+            time.sleep(0.5)
+            status = router.management.SetVModel(
+                mpb.SetVModelRequest(vmodel_id="fraud", target_model_id="fraud-b")
+            )
+            assert status.active_model_id == "fraud-a"  # not switched before fraud-b loads
+            deadline = time.monotonic() + 20
+            while status.transition != "UP_TO_DATE" and time.monotonic() < deadline:
+                time.sleep(0.1)
+                status = router.management.GetVModelStatus(
+                    mpb.GetVModelStatusRequest(vmodel_id="fraud")
+                )
+            assert (status.active_model_id, status.transition) == ("fraud-b", "UP_TO_DATE")
+            time.sleep(0.5)
+        assert load.failed["fraud"] == []
+        assert load.ok["fraud"] > 20
+        response = router.v2.ModelInfer(
+            infer_request("fraud", input__0=np.ones((1, 64), np.float32))
+        )
+        assert response.model_name == "fraud-b"
