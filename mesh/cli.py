@@ -202,6 +202,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     admin.add_router_parser(sub)
     admin.add_admin_parsers(sub)
     local_mesh.add_parser(sub)
+    p = sub.add_parser(
+        "serve",
+        help="the whole mesh in one process (no etcd)",
+        description="Router, one pod and the models under DIR in one process.",
+    )
+    p.add_argument("--models", type=Path, required=True, help="directory of models")
+    p.add_argument("--port", type=int, default=8033)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--capacity", help="bytes of models to hold, e.g. 4Gi")
     args = parser.parse_args(argv)
     if args.command == "pod":
         return _run_pod(args)
@@ -211,6 +220,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return admin.run_router(args)
     if args.command == "up":
         return local_mesh.run(args)
+    if args.command == "serve":
+        from mesh import embedded
+
+        logs.configure("INFO")
+        asyncio.run(embedded.serve(args.models, args.port, args.host, args.capacity))
+        return 0
     if args.command in admin.COMMANDS:
         return admin.run_admin(args)
     parser.error(f"unknown command {args.command}")

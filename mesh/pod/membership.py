@@ -9,6 +9,7 @@ from mesh.cluster.codec import Keys
 from mesh.cluster.etcd import EtcdConfig, EtcdStore
 from mesh.cluster.records import InstanceRecord, PlacementRecord, PlacementState
 from mesh.cluster.registration import PodRegistration, PodState
+from mesh.cluster.store import KeyValueStore
 from mesh.pod.dataplane import DataPlane, ServerState
 from mesh.pod.settings import PodSettings
 
@@ -61,13 +62,17 @@ def advertised_address(settings: PodSettings, port: int) -> str:
     return f"{host}:{port}"
 
 
-def join(settings: PodSettings, plane: DataPlane, port: int) -> tuple[EtcdStore, PodRegistration]:
-    """The store and registration of a pod started with --etcd (not yet started)."""
-    assert settings.etcd is not None
-    config = EtcdConfig.parse(
-        settings.etcd, settings.etcd_ca, settings.etcd_cert, settings.etcd_key
-    )
-    store = EtcdStore(config)
+def join(
+    settings: PodSettings, plane: DataPlane, port: int, store: KeyValueStore | None = None
+) -> tuple[KeyValueStore, PodRegistration]:
+    """The store and registration of a pod in a mesh (not yet started): etcd from the
+    settings, or the store given (the embedded mode's in-memory store)."""
+    if store is None:
+        assert settings.etcd is not None
+        config = EtcdConfig.parse(
+            settings.etcd, settings.etcd_ca, settings.etcd_cert, settings.etcd_key
+        )
+        store = EtcdStore(config)
     pod_id = settings.pod_id or socket.gethostname()
     address = advertised_address(settings, port)
     labels = dict(settings.labels)

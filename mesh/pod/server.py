@@ -20,8 +20,8 @@ from typing import Any
 from grpc import aio
 from prometheus_client import CollectorRegistry, start_http_server
 
-from mesh.cluster.etcd import EtcdStore
 from mesh.cluster.registration import PodRegistration
+from mesh.cluster.store import KeyValueStore
 from mesh.errors import InvalidRequest
 from mesh.grpcutil import ErrorInterceptor
 from mesh.pod.artifacts import DirectoryArtifacts
@@ -48,8 +48,10 @@ class PodServer:
         runtimes: RuntimeRegistry | None = None,
         registry: CollectorRegistry | None = None,
         artifacts: ArtifactSource | None = None,
+        store: KeyValueStore | None = None,
     ) -> None:
         self.settings = settings
+        self._given_store = store
         self._runtimes = runtimes
         self._artifacts = artifacts
         self._puller: PullerClient | None = None
@@ -64,7 +66,7 @@ class PodServer:
         self._server: aio.Server | None = None
         self._metrics_http: Any = None
         self._stopped = asyncio.Event()
-        self._store: EtcdStore | None = None
+        self._store: KeyValueStore | None = None
         self.registration: PodRegistration | None = None
 
     async def start(self) -> None:
@@ -128,8 +130,10 @@ class PodServer:
             httpd, _ = start_http_server(s.metrics_port, addr=s.host, registry=self.registry)
             self._metrics_http = httpd
             self.metrics_port = httpd.server_address[1]
-        if s.etcd:
-            self._store, self.registration = join(s, self.plane, self.port)
+        if s.etcd or self._given_store is not None:
+            store, self.registration = join(s, self.plane, self.port, self._given_store)
+            if self._given_store is None:
+                self._store = store
             await self.registration.start()
         self.plane.mark_ready()
         log.info(

@@ -1,0 +1,75 @@
+"""`mesh serve --models DIR`: the whole mesh in one process, for a laptop or a single VM.
+
+A router, one pod and a local file store share one event loop and an in-memory cluster store:
+no etcd, no cluster. Every model under DIR is registered by its name (the directory or file
+name, as `mesh pod --models` serves them) and loads on its first request; the pod evicts the
+least recently used when its capacity is reached. The router's port speaks the whole v2 API and
+the management API, so `mesh register` adds models from elsewhere on the disk too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from mesh.cluster.codec import Keys, encode
+from mesh.cluster.memory import MemoryStore
+from mesh.cluster.records import ModelRecord
+from mesh.errors import MeshError
+from mesh.pod.artifacts import DirectoryArtifacts
+from mesh.pod.repository import ModelRepository
+from mesh.pod.server import PodServer
+from mesh.pod.settings import PodSettings
+from mesh.router.server import RouterServer
+from mesh.router.settings import RouterSettings
+from mesh.runtimes.registry import RuntimeRegistry
+
+log = logging.getLogger(__name__)
+
+
+async def register_directory(store: MemoryStore, keys: Keys, models: Path) -> list[str]:
+    """Register every model under `models` by name; the ones that cannot be read are skipped."""
+    runtimes = RuntimeRegistry.discover()
+    repository = ModelRepository(models, runtimes)
+    registered = []
+    for name in repository.names():
+        try:
+            source = repository.resolve(name)
+        except MeshError as exc:
+            log.warning("skipping %s: %s", name, exc)
+            continue
+        path = source.file.parent if source.file.parent != models else source.file
+        record = ModelRecord(
+            name, source.format, storage_path=str(path.relative_to(models)),
+            registered_at=time.time(),
+        )  # fmt: skip
+        await store.put(keys.model(name), encode(record))
+        registered.append(name)
+    return registered
+
+
+async def serve(models: Path, port: int, host: str, capacity: str | None) -> None:
+    store = MemoryStore()
+    keys = Keys()
+    names = await register_directory(store, keys, models)
+    overrides: dict[str, Any] = {"capacity": capacity} if capacity else {}
+    pod_settings = PodSettings(
+        host="127.0.0.1", port=0, metrics_port=None, pod_id="embedded", **overrides
+    )
+    pod = PodServer(pod_settings, artifacts=DirectoryArtifacts(models), store=store)
+    await pod.start()
+    router = RouterServer(RouterSettings(host=host, port=port), store=store)
+    await router.start()
+    log.info("mesh serve: %d models from %s on %s:%d", len(names), models, host, router.port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await router.aclose()
+    await pod.aclose()
+    await store.aclose()

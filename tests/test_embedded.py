@@ -1,0 +1,49 @@
+"""`mesh serve`: router, pod and local models in one process, no etcd."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as triton
+
+from tests.helpers import free_port
+
+
+@pytest.mark.slow
+def test_mesh_serve_answers_every_model_in_the_directory(model_dir: Path) -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mesh", "serve", "--models", str(model_dir), "--port", str(port),
+         "--capacity", "1Gi"],
+        stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        client = triton.InferenceServerClient(f"127.0.0.1:{port}")
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]  # type: ignore[union-attr]
+            try:
+                if client.is_server_ready():
+                    break
+            except Exception:
+                pass
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        x = np.ones((2, 64), np.float32)
+        for model, name, out in (("mlp", "input", "output"), ("xgb", "input__0", "output__0")):
+            tensor = triton.InferInput(name, [2, 64], "FP32")
+            tensor.set_data_from_numpy(x)
+            assert client.infer(model, [tensor]).as_numpy(out).shape[0] == 2
+        client.close()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
