@@ -93,7 +93,7 @@ def test_two_routers_concurrent_first_requests_make_one_load(
         b.run(b.server.mirror.wait_for(lambda m: "xgb" in m.models))
         request = infer_request("xgb", input__0=np.ones((1, 64), np.float32))
         errors: list[BaseException] = []
-        barrier = threading.Barrier(40)
+        barrier = threading.Barrier(200)
 
         def call(router) -> None:  # type: ignore[no-untyped-def]
             try:
@@ -102,7 +102,7 @@ def test_two_routers_concurrent_first_requests_make_one_load(
             except BaseException as exc:
                 errors.append(exc)
 
-        threads = [threading.Thread(target=call, args=((a, b)[i % 2],)) for i in range(40)]
+        threads = [threading.Thread(target=call, args=((a, b)[i % 2],)) for i in range(200)]
         for t in threads:
             t.start()
         for t in threads:
