@@ -1,8 +1,14 @@
-"""Work one router does for the whole mesh, as the elected leader: keep every model's
-`min_copies` loaded, and publish the cluster's totals for dashboards.
+"""Background work of the routers.
 
-Only the leader does it, so that two routers never race to add the same copy (the load claim
-would stop a double load, but not a double attempt), and so that totals are counted once.
+Every router adds a copy of a model whose load per copy stays high in the traffic it sees
+(mesh.placement.copies decides, with hysteresis; the load claim keeps two routers from loading
+the same copy twice). The elected leader alone removes idle extra copies, keeps every model's
+`min_copies` loaded, expires failure records and publishes the cluster's totals (counted once).
+
+A known limit: each router judges load from its own traffic, so with several routers a copy is
+added when one router's share is hot, and removed when the leader's share has been idle for
+`remove_after` (5 minutes by default), even if another router still uses it; it would then be
+loaded again on demand.
 """
 
 from __future__ import annotations
@@ -10,11 +16,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 
 from mesh.cluster.election import LeaderElection
 from mesh.cluster.records import PlacementState
 from mesh.errors import MeshError
+from mesh.gen import runtime_pb2 as rpb
+from mesh.placement.copies import (
+    DEFAULT_COPY_POLICY,
+    CopyAction,
+    CopyPolicy,
+    LoadState,
+    choose_copy_to_remove,
+    decide_copies,
+    observe,
+)
+from mesh.placement.snapshot import ModelRequirements, Snapshot
 from mesh.router.core import Router
 from mesh.router.metrics import RouterMetrics
 
@@ -28,11 +46,15 @@ class LeaderWork:
         election: LeaderElection,
         metrics: RouterMetrics | None,
         interval: float = 5.0,
+        copy_policy: CopyPolicy = DEFAULT_COPY_POLICY,
     ) -> None:
         self._router = router
         self._election = election
         self._metrics = metrics
         self._interval = interval
+        self._copy_policy = copy_policy
+        self._loads: dict[str, LoadState] = {}
+        self._rng = random.Random()
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -49,9 +71,16 @@ class LeaderWork:
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self._interval)
+            leader = self._election.is_leader
             if self._metrics is not None:
-                self._metrics.leader.set(1 if self._election.is_leader else 0)
-            if not self._election.is_leader:
+                self._metrics.leader.set(1 if leader else 0)
+            try:
+                await self.scale_copies(time.time(), leader)
+            except MeshError as exc:
+                log.warning("copy scaling: %s", exc)
+            except Exception:
+                log.exception("copy scaling failed")
+            if not leader:
                 continue
             try:
                 self.publish_totals()
@@ -99,3 +128,49 @@ class LeaderWork:
                 await self._router.add_copy(model_id, exclude=sorted(copies))
             except MeshError as exc:
                 log.warning("min_copies of %s: %s", model_id, exc)
+
+    async def scale_copies(self, now: float, leader: bool) -> None:
+        """Fold this router's traffic into each model's load; add or (leader) remove a copy."""
+        router, mirror = self._router, self._router.mirror
+        counts, router.requests = router.requests, type(router.requests)()
+        limit = len(mirror.instances)
+        for model_id in set(counts) | set(self._loads):
+            record = mirror.models.get(model_id)
+            if record is None:
+                self._loads.pop(model_id, None)
+                continue
+            copies = len(router.holders(model_id))
+            previous = self._loads.get(model_id) or LoadState(at=now, copies=copies)
+            state = observe(
+                previous, counts[model_id], router.in_flight[model_id], copies, now,
+                self._copy_policy,
+            )  # fmt: skip
+            self._loads[model_id] = state
+            requirements = ModelRequirements.from_record(record)
+            decision = decide_copies(
+                requirements, copies, state, now, self._copy_policy, limit=limit
+            )
+            if decision.action is CopyAction.ADD:
+                log.info("adding a copy of %s: %s", model_id, decision.reason)
+                await router.add_copy(model_id, exclude=sorted(router.known_copies(model_id)))
+            elif decision.action is CopyAction.REMOVE and leader:
+                await self._remove_copy(model_id, requirements, decision.reason)
+            elif state.rate < 1e-3 and not state.in_flight and copies <= 1:
+                del self._loads[model_id]  # forgotten until it sees traffic again
+
+    async def _remove_copy(
+        self, model_id: str, requirements: ModelRequirements, reason: str
+    ) -> None:
+        mirror = self._router.mirror
+        snapshot = Snapshot.from_records(
+            mirror.instances.values(),
+            (p for pods in mirror.placements.values() for p in pods.values()),
+            (mirror.models[model_id],),
+        )
+        pod_id = choose_copy_to_remove(snapshot, requirements, self._rng)
+        instance = mirror.instances.get(pod_id) if pod_id else None
+        if pod_id is None or instance is None:
+            return
+        log.info("removing the copy of %s on %s: %s", model_id, pod_id, reason)
+        pod = self._router.pod_client(pod_id, instance.address)
+        await pod.unload(rpb.UnloadModelRequest(model_id=model_id), timeout=60)

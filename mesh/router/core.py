@@ -22,6 +22,7 @@ Every wait is bounded by the client's deadline.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import random
 import time
@@ -103,6 +104,9 @@ class Router:
         self.failures = FailureLog()
         self._loads: dict[str, asyncio.Future[str]] = {}
         self._fresh: dict[str, dict[str, float]] = {}
+        # Requests and requests in flight per model, for copy scaling (mesh.router.background).
+        self.requests: collections.Counter[str] = collections.Counter()
+        self.in_flight: collections.Counter[str] = collections.Counter()
         self.loads_started = 0
 
     # -- names ---------------------------------------------------------------------------------
@@ -164,6 +168,16 @@ class Router:
 
     async def infer(self, data: bytes, model_id: str, timeout: float | None) -> bytes:
         deadline = time.monotonic() + (timeout if timeout is not None else self.policy.load_timeout)
+        self.requests[model_id] += 1
+        self.in_flight[model_id] += 1
+        try:
+            return await self._infer(data, model_id, deadline)
+        finally:
+            self.in_flight[model_id] -= 1
+            if not self.in_flight[model_id]:
+                del self.in_flight[model_id]
+
+    async def _infer(self, data: bytes, model_id: str, deadline: float) -> bytes:
         exclude: list[str] = []
         last: PodAnswer | None = None
         for _ in range(self.policy.forward_attempts):

@@ -26,6 +26,7 @@ from mesh.cluster.mirror import Change, Mirror
 from mesh.cluster.store import KeyValueStore
 from mesh.errors import InvalidRequest, MeshError
 from mesh.grpcutil import ErrorInterceptor
+from mesh.placement.copies import CopyPolicy
 from mesh.retry import Backoff
 from mesh.router.background import LeaderWork
 from mesh.router.core import Router, RouterPolicy
@@ -126,7 +127,16 @@ class RouterServer:
         )  # fmt: skip
         self.mirror.subscribe(self._forget_gone_pods)
         election = LeaderElection(self.store, keys.leader, self.router.router_id, ttl=s.lease_ttl)
-        self.leader_work = LeaderWork(self.router, election, metrics, s.leader_interval)
+        copy_policy = CopyPolicy(
+            add_rate=s.copy_add_rate,
+            add_after=s.copy_add_after,
+            remove_rate=s.copy_remove_rate,
+            remove_after=s.copy_remove_after,
+            half_life=s.copy_half_life,
+        )
+        self.leader_work = LeaderWork(
+            self.router, election, metrics, s.leader_interval, copy_policy
+        )
         await self.leader_work.start()
         inference = RouterInference(self.router, metrics)
         management = Management(self.store, keys, self.router)

@@ -29,6 +29,15 @@ class RouterSettings(BaseSettings):
     lease_ttl: int = Field(10, ge=2)
     # How often the elected router keeps min_copies loaded and publishes cluster totals.
     leader_interval: float = Field(5.0, gt=0)
+    # Copy scaling (docs/placement.md): a copy is added when a model's requests per second per
+    # copy stay above copy_add_rate for copy_add_after seconds, and an extra copy removed when
+    # they stay below copy_remove_rate for copy_remove_after seconds.
+    copy_add_rate: float = Field(50.0, gt=0)
+    copy_add_after: float = Field(30.0, ge=0)
+    copy_remove_rate: float = Field(5.0, ge=0)
+    copy_remove_after: float = Field(300.0, ge=0)
+    # Half-life in seconds of the request rate's moving average.
+    copy_half_life: float = Field(15.0, gt=0)
     # TLS on the client-facing port; with tls_ca, clients must present certificates (mTLS).
     tls_cert: Path | None = None
     tls_key: Path | None = None

@@ -285,3 +285,32 @@ def test_kserve_sdk_grpc_client_through_the_router(
         got = np.array(json.loads(done.stdout.strip().splitlines()[-1]), dtype=np.float32)
         session = ort.InferenceSession(str(model_dir / "mlp" / "model.onnx"))
         np.testing.assert_allclose(got, session.run(None, {"input": x})[0], rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_a_hot_model_gets_another_copy_and_loses_it_when_idle(
+    etcd: EtcdServer, prefix: str, pods: list[RunningPod]
+) -> None:
+    import time
+
+    settings = {
+        "leader_interval": 0.3, "copy_add_rate": 5.0, "copy_add_after": 1.0,
+        "copy_remove_rate": 1.0, "copy_remove_after": 1.0, "copy_half_life": 0.5,
+    }  # fmt: skip
+    with running_router(etcd=etcd.url, etcd_prefix=prefix, **settings) as router:
+        _register(router, "hot", "xgboost", "xgb")
+        request = infer_request("hot", input__0=np.ones((1, 64), np.float32))
+
+        def copies() -> int:
+            status = router.management.GetModelStatus(mpb.GetModelStatusRequest(model_id="hot"))
+            return sum(c.state == "loaded" for c in status.copies)
+
+        deadline = time.monotonic() + 20
+        while copies() < 2 and time.monotonic() < deadline:
+            for _ in range(20):  # ~40 requests a second, well above 5 per copy
+                router.v2.ModelInfer(request)
+        assert copies() == 2
+        deadline = time.monotonic() + 20
+        while copies() > 1 and time.monotonic() < deadline:  # idle now
+            time.sleep(0.2)
+        assert copies() == 1
