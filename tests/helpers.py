@@ -63,6 +63,7 @@ def running_pod(
     settings.setdefault("port", 0)
     settings.setdefault("metrics_port", None)
     settings.setdefault("capacity", 2**30)
+    settings.setdefault("drain_timeout", 5)
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="test-pod-loop", daemon=True)
     thread.start()

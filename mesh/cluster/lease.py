@@ -46,9 +46,11 @@ class LeaseKeeper:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop refreshing. Waits a moment for the thread (a daemon) rather than blocking the
+        caller's event loop until an in-flight keep-alive times out."""
         self._stop.set()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
-            self._thread.join(5)
+            self._thread.join(1)
 
     def _main(self) -> None:
         asyncio.run(self._run())
