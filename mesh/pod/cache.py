@@ -453,6 +453,7 @@ class ModelCache:
     ) -> tuple[LoadedModel, int | None]:
         """Run a load in this worker thread; the meter's delta, if nothing else overlapped."""
         with self._activity() as activity:
+            self._releaser.before_load()
             before = self._meter()
             model = load(request)
             after = self._meter()

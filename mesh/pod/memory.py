@@ -63,6 +63,19 @@ class MemoryReleaser:
         self._pending = 0
         self._lock = threading.Lock()
 
+    def before_load(self) -> None:
+        """Trim whatever was freed since the last trim, so that a load's RSS delta is its own.
+
+        Without it a load reuses freed heap and measures a few KiB: under churn the pod then
+        charged a quarter of what models really cost and overfilled its capacity. The price is
+        the page faults of a cold heap on loads that follow unloads.
+        """
+        with self._lock:
+            if self._pending == 0:
+                return
+            self._pending = 0
+        trim_heap()
+
     def release(self, freed_bytes: int) -> None:
         gc.collect()
         with self._lock:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import logging
 import random
 import time
@@ -295,13 +296,21 @@ class Router:
                     return pod_id
                 continue
             now = time.time()
+            # Every model's record, so that copies being loaded elsewhere are charged their
+            # own size, not the default: with only this model's, a pod with any load in
+            # flight looked full.
             snapshot = Snapshot.from_records(
                 self.mirror.instances.values(),
                 (p for pods in self.mirror.placements.values() for p in pods.values()),
-                (record,),
+                self.mirror.models.values(),
             )
             requirements = snapshot.requirements(model_id)
             assert requirements is not None
+            measured = max((p.size for p in self.mirror.placements.get(model_id, {}).values()),
+                           default=0)  # fmt: skip
+            if not record.size_estimate and measured:
+                # What a copy measured on a pod beats the default guess.
+                requirements = dataclasses.replace(requirements, size=measured)
             decision = choose_pod(
                 snapshot, requirements, now, self._rng, exclude=exclude,
                 failures=self.failures.for_model(model_id, now),
@@ -335,7 +344,9 @@ class Router:
         """The claim's revision, or 0 if another router holds it."""
         lease = self._lease.id
         claim = self._keys.claim(model_id)
-        loading = PlacementRecord(model_id, pod_id, PlacementState.LOADING, time.time())
+        record = self.mirror.models.get(model_id)
+        size = record.size_estimate if record is not None else 0
+        loading = PlacementRecord(model_id, pod_id, PlacementState.LOADING, time.time(), size)
         try:
             result = await self._store.txn(
                 [Compare.absent(claim)],

@@ -6,6 +6,8 @@ the elected leader, so that a dashboard summing over routers counts each once.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -13,6 +15,7 @@ _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 
 
 class RouterMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
+        self._children: dict[tuple[str, str], tuple[Any, Any]] = {}
         self.requests = Counter(
             "mesh_router_requests", "API requests by method and gRPC status",
             ["method", "status"], registry=registry,
@@ -54,5 +57,10 @@ class RouterMetrics:
                           registry=registry)  # fmt: skip
 
     def observe(self, method: str, status: str, seconds: float) -> None:
-        self.requests.labels(method, status).inc()
-        self.latency.labels(method).observe(seconds)
+        # labels() costs a lock and a dict build per call: keep the children (a hot path).
+        children = self._children.get((method, status))
+        if children is None:
+            children = (self.requests.labels(method, status), self.latency.labels(method))
+            self._children[(method, status)] = children
+        children[0].inc()
+        children[1].observe(seconds)

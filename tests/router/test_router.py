@@ -314,3 +314,47 @@ def test_a_hot_model_gets_another_copy_and_loses_it_when_idle(
         while copies() > 1 and time.monotonic() < deadline:  # idle now
             time.sleep(0.2)
         assert copies() == 1
+
+
+def test_loads_in_flight_elsewhere_are_charged_their_own_size(
+    etcd: EtcdServer, prefix: str, model_dir: Path
+) -> None:
+    """A copy being loaded is charged its model's size, not the default guess: with the
+    default (256 MiB) every small pod with a load in flight looked full."""
+    import time
+    from contextlib import ExitStack
+
+    from mesh.cluster.codec import Keys, encode
+    from mesh.cluster.records import PlacementRecord, PlacementState
+    from mesh.pod.artifacts import DirectoryArtifacts
+    from tests.helpers import running_pod
+
+    with ExitStack() as stack:
+        for i in range(2):
+            stack.enter_context(
+                running_pod(
+                    artifacts=DirectoryArtifacts(model_dir),
+                    etcd=etcd.url,
+                    etcd_prefix=prefix,
+                    pod_id=f"small-{i}",
+                    lease_ttl=5,
+                    capacity=64 * 2**20,
+                )
+            )
+        router = stack.enter_context(running_router(etcd=etcd.url, etcd_prefix=prefix))
+        small = mpb.ModelOptions(size_estimate=2**20)
+        _register(router, "busy", "onnx", "mlp", options=small)
+        _register(router, "mlp", "onnx", "mlp", options=small)
+        keys = Keys(prefix)
+
+        async def loading_everywhere() -> None:  # as if another router were loading "busy"
+            store = router.server.store
+            lease = await store.grant(30)
+            for i in range(2):
+                record = PlacementRecord("busy", f"small-{i}", PlacementState.LOADING, time.time())
+                await store.put(keys.placement("busy", f"small-{i}"), encode(record), lease)
+
+        router.run(loading_everywhere())
+        router.run(router.server.mirror.wait_for(lambda m: len(m.placements.get("busy", {})) == 2))
+        response = router.v2.ModelInfer(infer_request("mlp", input=np.ones((1, 64), np.float32)))
+        assert output_array(response, "output").shape == (1, 10)
