@@ -110,6 +110,13 @@ class Router:
         self.in_flight: collections.Counter[str] = collections.Counter()
         self.loads_started = 0
 
+    def _forget_fresh(self, model_id: str, pod_id: str) -> None:
+        fresh = self._fresh.get(model_id)
+        if fresh is not None:
+            fresh.pop(pod_id, None)
+            if not fresh:
+                del self._fresh[model_id]
+
     # -- names ---------------------------------------------------------------------------------
 
     def resolve(self, name: str) -> str:
@@ -187,6 +194,10 @@ class Router:
                 pod = self._pool.pick(copies)
             else:
                 pod_id = await self.ensure_loaded(model_id, exclude, deadline)
+                if pod_id in exclude:
+                    # A load shared with other requests went to a pod this request already
+                    # found without the model (evicted since, or dead): load elsewhere.
+                    pod_id = await self.add_copy_for(model_id, exclude, deadline)
                 instance = self.mirror.instances.get(pod_id)
                 if instance is None:
                     exclude.append(pod_id)
@@ -197,6 +208,8 @@ class Router:
             except PodAnswer as answer:
                 if answer.code not in _RETRYABLE:
                     raise
+                if answer.code is grpc.StatusCode.NOT_FOUND:
+                    self._forget_fresh(model_id, pod.pod_id)  # evicted since we loaded it
                 if self._metrics is not None:
                     self._metrics.retries.labels(answer.code.name).inc()
                 log.info(
@@ -272,6 +285,13 @@ class Router:
             future.set_result(task.result())
             return
         future.exception()  # marks it retrieved: callers that gave up need no warning
+
+    async def add_copy_for(self, model_id: str, exclude: Sequence[str], deadline: float) -> str:
+        """A loaded copy on a pod outside `exclude`, loading one if needed, by `deadline`."""
+        copies = self.holders(model_id, exclude)
+        if copies:
+            return copies[0].pod_id
+        return await self._load(model_id, list(exclude), deadline, new_copy=True)
 
     async def add_copy(self, model_id: str, exclude: Sequence[str]) -> str:
         """Load another copy on a pod not in `exclude` (those holding one already)."""
