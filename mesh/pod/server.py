@@ -14,16 +14,15 @@ import asyncio
 import gc
 import logging
 import signal
-from types import TracebackType
-from typing import Any
 
 from grpc import aio
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 
 from mesh.cluster.registration import PodRegistration
 from mesh.cluster.store import KeyValueStore
 from mesh.errors import InvalidRequest
 from mesh.grpcutil import ErrorInterceptor
+from mesh.lifecycle import MetricsEndpoint, Service
 from mesh.pod.artifacts import DirectoryArtifacts
 from mesh.pod.cache import ModelCache
 from mesh.pod.capacity import choose_device, default_capacity
@@ -40,7 +39,7 @@ from mesh.runtimes.registry import RuntimeRegistry
 log = logging.getLogger(__name__)
 
 
-class PodServer:
+class PodServer(Service):
     def __init__(
         self,
         settings: PodSettings,
@@ -59,13 +58,13 @@ class PodServer:
             self._artifacts = self._puller = PullerClient(settings.puller)
         elif artifacts is None and settings.storage_dir is not None:
             self._artifacts = DirectoryArtifacts(settings.storage_dir)
+        super().__init__()
         self.registry = registry or CollectorRegistry()
         self.plane: DataPlane | None = None
         self.port = 0
         self.metrics_port: int | None = None
         self._server: aio.Server | None = None
-        self._metrics_http: Any = None
-        self._stopped = asyncio.Event()
+        self._metrics = MetricsEndpoint()
         self._store: KeyValueStore | None = None
         self.registration: PodRegistration | None = None
 
@@ -127,9 +126,7 @@ class PodServer:
         await server.start()
         self._server = server
         if s.metrics_port is not None:
-            httpd, _ = start_http_server(s.metrics_port, addr=s.host, registry=self.registry)
-            self._metrics_http = httpd
-            self.metrics_port = httpd.server_address[1]
+            self.metrics_port = self._metrics.start(s.metrics_port, s.host, self.registry)
         if s.etcd or self._given_store is not None:
             store, self.registration = join(s, self.plane, self.port, self._given_store)
             if self._given_store is None:
@@ -164,26 +161,9 @@ class PodServer:
             await self._store.aclose()
         if self._puller is not None:
             await self._puller.aclose()
-        if self._metrics_http is not None:
-            self._metrics_http.shutdown()
-            self._metrics_http.server_close()
+        self._metrics.close()
         self._stopped.set()
         log.info("pod stopped")
-
-    async def wait_for_termination(self) -> None:
-        await self._stopped.wait()
-
-    async def __aenter__(self) -> PodServer:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
 
 async def serve(settings: PodSettings, runtimes: RuntimeRegistry | None = None) -> None:

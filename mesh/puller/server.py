@@ -18,14 +18,13 @@ import logging
 import os
 import signal
 from pathlib import Path
-from types import TracebackType
-from typing import Any
 
 from grpc import aio
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 
 from mesh.errors import InvalidRequest
 from mesh.grpcutil import ErrorInterceptor
+from mesh.lifecycle import MetricsEndpoint, Service
 from mesh.puller.cache import DiskCache
 from mesh.puller.core import ArchiveBound, Puller
 from mesh.puller.fetcher import ClientPolicy
@@ -69,19 +68,19 @@ def build_puller(settings: PullerSettings, registry: CollectorRegistry) -> Pulle
     )
 
 
-class PullerServer:
+class PullerServer(Service):
     def __init__(
         self, settings: PullerSettings, *, registry: CollectorRegistry | None = None
     ) -> None:
         self.settings = settings
+        super().__init__()
         self.registry = registry or CollectorRegistry()
         self.puller: Puller | None = None
         self.address = ""
         self.port = 0
         self.metrics_port: int | None = None
         self._server: aio.Server | None = None
-        self._metrics_http: Any = None
-        self._stopped = asyncio.Event()
+        self._metrics = MetricsEndpoint()
 
     async def start(self) -> None:
         s = self.settings
@@ -108,11 +107,7 @@ class PullerServer:
             address if address.startswith("unix:") else f"{address.rpartition(':')[0]}:{self.port}"
         )
         if s.metrics_port is not None:
-            httpd, _ = start_http_server(
-                s.metrics_port, addr=s.metrics_host, registry=self.registry
-            )
-            self._metrics_http = httpd
-            self.metrics_port = httpd.server_address[1]
+            self.metrics_port = self._metrics.start(s.metrics_port, s.metrics_host, self.registry)
         log.info(
             "puller listening on %s (metrics %s), cache %s of %d bytes, storage config %s",
             self.address,
@@ -128,28 +123,11 @@ class PullerServer:
         server, self._server = self._server, None
         await server.stop(grace=self.settings.drain_timeout)
         await self.puller.aclose()
-        if self._metrics_http is not None:
-            self._metrics_http.shutdown()
-            self._metrics_http.server_close()
+        self._metrics.close()
         if self.address.startswith("unix:"):
             _socket_path(self.address).unlink(missing_ok=True)
         self._stopped.set()
         log.info("puller stopped")
-
-    async def wait_for_termination(self) -> None:
-        await self._stopped.wait()
-
-    async def __aenter__(self) -> PullerServer:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
 
 def _socket_path(address: str) -> Path:

@@ -11,12 +11,10 @@ import contextlib
 import logging
 import signal
 import socket
-from types import TracebackType
-from typing import Any
 
 import grpc
 from grpc import aio
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 
 from mesh.cluster.codec import Keys
 from mesh.cluster.election import LeaderElection
@@ -26,6 +24,7 @@ from mesh.cluster.mirror import Change, Mirror
 from mesh.cluster.store import KeyValueStore
 from mesh.errors import InvalidRequest, MeshError
 from mesh.grpcutil import ErrorInterceptor
+from mesh.lifecycle import MetricsEndpoint, Service
 from mesh.placement.copies import CopyPolicy
 from mesh.retry import Backoff
 from mesh.router.background import LeaderWork
@@ -90,7 +89,7 @@ class RouterLease:
                 await asyncio.wait_for(self._store.revoke(self.id), 5)
 
 
-class RouterServer:
+class RouterServer(Service):
     def __init__(
         self,
         settings: RouterSettings,
@@ -100,11 +99,12 @@ class RouterServer:
     ) -> None:
         self.settings = settings
         self._given_store = store
+        super().__init__()
         self.registry = registry or CollectorRegistry()
         self.port = 0
         self.metrics_port: int | None = None
         self.router: Router | None = None
-        self._stopped = asyncio.Event()
+        self._metrics = MetricsEndpoint()
 
     async def start(self) -> None:
         s = self.settings
@@ -163,11 +163,8 @@ class RouterServer:
             raise InvalidRequest(f"cannot listen on {address}")
         await server.start()
         self._server = server
-        self._metrics_http: Any = None
         if s.metrics_port is not None:
-            httpd, _ = start_http_server(s.metrics_port, addr=s.host, registry=self.registry)
-            self._metrics_http = httpd
-            self.metrics_port = httpd.server_address[1]
+            self.metrics_port = self._metrics.start(s.metrics_port, s.host, self.registry)
         inference.ready = True
         log.info(
             "router listening on %s:%d, etcd %s prefix %s", s.host, self.port, s.etcd, s.etcd_prefix
@@ -186,20 +183,8 @@ class RouterServer:
         await self.pool.aclose()
         if self._given_store is None:
             await self.store.aclose()
-        if self._metrics_http is not None:
-            self._metrics_http.shutdown()
-            self._metrics_http.server_close()
+        self._metrics.close()
         self._stopped.set()
-
-    async def __aenter__(self) -> RouterServer:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:  # fmt: skip
-        await self.aclose()
 
 
 async def serve(settings: RouterSettings) -> None:
