@@ -265,5 +265,6 @@ async def test_churn_does_not_shrink_what_a_real_model_is_charged(model_dir: Pat
     weights = file.stat().st_size  # the graph's weights, which the session holds in memory
     # The median: RSS is the process's, and another thread freeing memory during one load
     # (a previous test's leftovers, say) can shrink that one measurement.
-    assert sorted(sizes)[len(sizes) // 2] >= 0.75 * weights, sizes
+    # Measured here at 0.6-1.2x the weights; the bug this guards against charged 4 KiB.
+    assert sorted(sizes)[len(sizes) // 2] >= 0.25 * weights, sizes
     await cache.aclose()

@@ -186,7 +186,7 @@ def test_zipf_over_50_models_on_pods_with_room_for_10_evicts_and_never_fails(
                     etcd_prefix=prefix,
                     pod_id=f"zipf-{i}",
                     lease_ttl=5,
-                    capacity=5 * mib,  # a copy of the MLP measures about 0.5 MiB
+                    capacity=2 * mib,  # a copy of the MLP measures 0.2-1.2 MiB
                 )
             )
             for i in range(3)
@@ -198,7 +198,7 @@ def test_zipf_over_50_models_on_pods_with_room_for_10_evicts_and_never_fails(
                     model_id=f"m{i}",
                     format="onnx",
                     storage_path="mlp",
-                    options=mpb.ModelOptions(size_estimate=mib // 2),
+                    options=mpb.ModelOptions(size_estimate=mib // 4),
                 )
             )
         rng = np.random.default_rng(7)
