@@ -55,6 +55,8 @@ class LeaderWork:
         self._copy_policy = copy_policy
         self._loads: dict[str, LoadState] = {}
         self._rng = random.Random()
+        # The last reason each model could not get its min_copies, logged once, not each round.
+        self._short: dict[str, str] = {}
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -123,11 +125,18 @@ class LeaderWork:
                 continue
             copies = self._router.known_copies(model_id)
             if len(copies) >= record.min_copies:
+                self._short.pop(model_id, None)
                 continue
             try:
                 await self._router.add_copy(model_id, exclude=sorted(copies))
             except MeshError as exc:
-                log.warning("min_copies of %s: %s", model_id, exc)
+                if self._short.get(model_id) != str(exc):
+                    log.warning("min_copies of %s: %s", model_id, exc)
+                self._short[model_id] = str(exc)
+            else:
+                self._short.pop(model_id, None)
+        for model_id in set(self._short) - set(mirror.models):
+            del self._short[model_id]
 
     async def scale_copies(self, now: float, leader: bool) -> None:
         """Fold this router's traffic into each model's load; add or (leader) remove a copy."""

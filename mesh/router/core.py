@@ -51,7 +51,7 @@ from mesh.placement.choose import NoPod, choose_pod
 from mesh.placement.failures import FailureLog
 from mesh.placement.snapshot import Snapshot
 from mesh.router.metrics import RouterMetrics
-from mesh.router.pods import PodClient, PodPool
+from mesh.router.pods import PodClient, PodPool, pod_left
 
 log = logging.getLogger(__name__)
 
@@ -239,6 +239,11 @@ class Router:
             return response
         except aio.AioRpcError as exc:
             raise PodAnswer(exc.code(), exc.details() or "") from None
+        except (asyncio.CancelledError, aio.UsageError):
+            left = pod_left(pod.pod_id)  # the pod left the mirror and its channel closed
+            if left is None:
+                raise
+            raise PodAnswer(left.code(), left.details() or "") from None
         finally:
             pod.outstanding -= 1
 

@@ -4,15 +4,21 @@ Each pod gets one grpc.aio channel (HTTP/2 multiplexes every request over it), c
 use and closed when the pod leaves the mirror. The router counts its own requests outstanding to
 each pod and picks among a model's copies by the power of two choices: two at random, the less
 busy one wins, which spreads load almost as well as a global minimum without its herding.
+
+Closing a channel (its pod left the mirror) ends the calls in flight on it not with a gRPC
+status but with `asyncio.CancelledError`, and calls begun after it with `UsageError`. Left as
+they are, the router's handler would be cancelled and its client left waiting for its deadline;
+`pod_left` turns both into UNAVAILABLE, which the router retries on another copy.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+import grpc
 from grpc import aio
 
 from mesh.gen import runtime_pb2 as rpb
@@ -33,23 +39,57 @@ class PodClient:
             ("grpc.keepalive_time_ms", 20_000),
         ]
         self.channel = aio.insecure_channel(address, options=options)
-        # Bytes in, bytes out: the router never decodes a tensor.
+        # Bytes in, bytes out: the router never decodes a tensor. `infer` is the hot path and
+        # is left unwrapped: the router's forward handles a closed channel itself.
         self.infer: Any = self.channel.unary_unary(INFER)
-        self.metadata: Any = self.channel.unary_unary(METADATA)
-        self.load: Any = self.channel.unary_unary(
-            LOAD,
-            request_serializer=rpb.LoadModelRequest.SerializeToString,
-            response_deserializer=rpb.LoadModelResponse.FromString,
+        self.metadata = self._guarded(self.channel.unary_unary(METADATA))
+        self.load = self._guarded(
+            self.channel.unary_unary(
+                LOAD,
+                request_serializer=rpb.LoadModelRequest.SerializeToString,
+                response_deserializer=rpb.LoadModelResponse.FromString,
+            )
         )
-        self.unload: Any = self.channel.unary_unary(
-            UNLOAD,
-            request_serializer=rpb.UnloadModelRequest.SerializeToString,
-            response_deserializer=rpb.UnloadModelResponse.FromString,
+        self.unload = self._guarded(
+            self.channel.unary_unary(
+                UNLOAD,
+                request_serializer=rpb.UnloadModelRequest.SerializeToString,
+                response_deserializer=rpb.UnloadModelResponse.FromString,
+            )
         )
         self.outstanding = 0
 
+    def _guarded(self, method: Any) -> Callable[..., Awaitable[Any]]:
+        async def call(request: Any, **kwargs: Any) -> Any:
+            try:
+                return await method(request, **kwargs)
+            except (asyncio.CancelledError, aio.UsageError):
+                error = pod_left(self.pod_id)
+                if error is None:
+                    raise
+                raise error from None
+
+        return call
+
     async def aclose(self) -> None:
         await self.channel.close()
+
+
+def pod_left(pod_id: str) -> aio.AioRpcError | None:
+    """What a call ended by its channel's closing becomes: UNAVAILABLE, to retry elsewhere.
+
+    None when the caller's own task is being cancelled: that is the client giving up, not the
+    pod going away, and the CancelledError must go on.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        return None
+    return aio.AioRpcError(
+        grpc.StatusCode.UNAVAILABLE,
+        aio.Metadata(),
+        aio.Metadata(),
+        f"pod {pod_id} left the mesh during the call (its channel closed)",
+    )
 
 
 class PodPool:

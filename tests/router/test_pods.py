@@ -1,0 +1,95 @@
+"""Channels to pods: a call cut short because its pod left the mesh is retryable at once."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+from grpc import aio
+
+from mesh.cluster.codec import Keys
+from mesh.gen import runtime_pb2 as rpb
+from mesh.router.core import PodAnswer, Router
+from mesh.router.pods import PodPool
+
+
+class HangingPod:
+    """A gRPC server that takes every call and never answers it."""
+
+    def __init__(self) -> None:
+        self.entered = asyncio.Event()
+        self.server = aio.server()
+
+        async def hang(request: bytes, context: aio.ServicerContext) -> bytes:
+            self.entered.set()
+            await asyncio.sleep(3600)
+            return b""
+
+        handler = grpc.unary_unary_rpc_method_handler(hang)
+        self.server.add_generic_rpc_handlers(
+            [grpc.method_handlers_generic_handler("inference.GRPCInferenceService",
+                                                  {"ModelInfer": handler}),
+             grpc.method_handlers_generic_handler("mesh.runtime.v1.Runtime",
+                                                  {"LoadModel": handler})]
+        )  # fmt: skip
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+
+
+@pytest.fixture
+async def hanging() -> AsyncIterator[HangingPod]:
+    pod = HangingPod()
+    await pod.server.start()
+    yield pod
+    await pod.server.stop(None)
+
+
+async def test_a_load_in_flight_when_its_pod_leaves_ends_unavailable_at_once(
+    hanging: HangingPod,
+) -> None:
+    pool = PodPool(2**20)
+    client = pool.client("gone", f"127.0.0.1:{hanging.port}")
+    call = asyncio.create_task(client.load(rpb.LoadModelRequest(model_id="m"), timeout=60))
+    await asyncio.wait_for(hanging.entered.wait(), 10)
+    pool.forget("gone")  # the pod left the mirror: its channel closes
+    with pytest.raises(aio.AioRpcError) as err:
+        await asyncio.wait_for(call, 5)  # not a wait until the call's own deadline
+    assert err.value.code() is grpc.StatusCode.UNAVAILABLE
+    assert "pod gone left the mesh" in (err.value.details() or "")
+    # A call begun on the closed channel by someone still holding the client: the same.
+    await asyncio.sleep(0.1)
+    with pytest.raises(aio.AioRpcError) as err:
+        await asyncio.wait_for(client.load(rpb.LoadModelRequest(model_id="m"), timeout=60), 5)
+    assert err.value.code() is grpc.StatusCode.UNAVAILABLE
+    await pool.aclose()
+
+
+async def test_a_forward_in_flight_when_its_pod_leaves_is_a_retryable_answer(
+    hanging: HangingPod,
+) -> None:
+    pool = PodPool(2**20)
+    router = Router(None, None, Keys("/t/"), pool, router_id="r", lease=None)  # type: ignore[arg-type]
+    client = pool.client("gone", f"127.0.0.1:{hanging.port}")
+    forward = asyncio.create_task(router._forward(client, b"", "m", time.monotonic() + 60))
+    await asyncio.wait_for(hanging.entered.wait(), 10)
+    pool.forget("gone")
+    with pytest.raises(PodAnswer) as answer:
+        await asyncio.wait_for(forward, 5)
+    assert answer.value.code is grpc.StatusCode.UNAVAILABLE  # _infer retries it on another copy
+    assert client.outstanding == 0
+    await pool.aclose()
+
+
+async def test_a_client_giving_up_still_cancels_the_forward(hanging: HangingPod) -> None:
+    pool = PodPool(2**20)
+    router = Router(None, None, Keys("/t/"), pool, router_id="r", lease=None)  # type: ignore[arg-type]
+    client = pool.client("slow", f"127.0.0.1:{hanging.port}")
+    forward = asyncio.create_task(router._forward(client, b"", "m", time.monotonic() + 60))
+    await asyncio.wait_for(hanging.entered.wait(), 10)
+    forward.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await forward
+    assert client.outstanding == 0
+    await pool.aclose()
