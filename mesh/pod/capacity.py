@@ -1,8 +1,10 @@
 """How many bytes of models the pod may hold, and which device it runs on.
 
-Capacity, unless set: on a GPU pod the device's memory, else the container's cgroup memory limit
-(v2 `memory.max`, or v1 `memory.limit_in_bytes`), else the machine's memory; less a reserve for
-the process itself and the requests in flight.
+Capacity, unless set: on a GPU pod the device's memory, else the container's memory limit as
+the Kubernetes downward API gives it (`memory_limit`, from `resourceFieldRef: limits.memory`),
+else the cgroup's (v2 `memory.max`, or v1 `memory.limit_in_bytes`), else the machine's memory;
+less a reserve for the process itself and the requests in flight. The downward API comes first
+because a cgroup read inside some runtimes shows the node's limit, not the container's.
 """
 
 from __future__ import annotations
@@ -83,12 +85,17 @@ def choose_device(
 
 
 def default_capacity(
-    device: Device, reserve: int, cgroup_root: Path = Path("/sys/fs/cgroup")
+    device: Device,
+    reserve: int,
+    cgroup_root: Path = Path("/sys/fs/cgroup"),
+    memory_limit: int | None = None,
 ) -> int:
     total: int | None = None
     source = ""
     if device.is_cuda:
         total, source = gpu_memory(device.index), f"{device} memory"
+    if total is None and memory_limit:
+        total, source = memory_limit, "container memory limit (downward API)"
     if total is None:
         total, source = cgroup_memory_limit(cgroup_root), "cgroup memory limit"
     if total is None:

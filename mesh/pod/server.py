@@ -83,7 +83,7 @@ class PodServer(Service):
         gc.collect()
         gc.freeze()
         device = choose_device(s.device, s.device_index, runtimes.names)
-        capacity = s.capacity or default_capacity(device, s.reserve)
+        capacity = s.capacity or default_capacity(device, s.reserve, memory_limit=s.memory_limit)
         metrics = PodMetrics(self.registry, per_model=s.per_model_metrics)
         meter = CudaMeter(device.index).used_bytes if device.is_cuda else rss_bytes
         cache = ModelCache(

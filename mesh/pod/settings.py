@@ -49,6 +49,9 @@ class PodSettings(BaseSettings):
     # less `reserve`.
     capacity: ByteSize | None = Field(None, gt=0)
     reserve: ByteSize = Field(512 * 2**20, ge=0)
+    # The container's memory limit from the downward API (MESH_POD_MEMORY_LIMIT from
+    # `resourceFieldRef: {resource: limits.memory}`); read before the cgroup's.
+    memory_limit: ByteSize | None = Field(None, gt=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     device_index: int = Field(0, ge=0)
     # Threads running inference; requests beyond them queue.

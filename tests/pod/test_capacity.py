@@ -42,6 +42,21 @@ def test_reserve_never_eats_the_whole_capacity(tmp_path: Path) -> None:
     assert default_capacity(Device(), 2**31, cgroup_root=tmp_path) == 2**30 // 10
 
 
+def test_the_downward_api_limit_comes_before_the_cgroup(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "memory.max").write_text(str(64 * 2**30))  # what some runtimes show: the node's
+    monkeypatch.setenv("MESH_POD_MEMORY_LIMIT", "4Gi")  # resourceFieldRef: limits.memory
+    limit = PodSettings().memory_limit
+    assert limit == 4 * 2**30
+    assert default_capacity(Device(), 2**30, tmp_path, memory_limit=limit) == 3 * 2**30
+    monkeypatch.setenv("MESH_POD_MEMORY_LIMIT", "4294967296")  # the downward API gives bytes
+    assert PodSettings().memory_limit == 4 * 2**30
+    monkeypatch.setenv("MESH_POD_MEMORY_LIMIT", "-1")
+    with pytest.raises(ValidationError):
+        PodSettings()
+
+
 def test_device_choice_on_a_cpu_machine() -> None:
     assert choose_device("cpu", 0) == Device()
     assert choose_device("auto", 0) == Device()  # no GPU here
