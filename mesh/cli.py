@@ -54,6 +54,11 @@ def _pod_parser(sub: Any) -> None:
         help="seconds SIGTERM waits for requests in flight (default 30)",
     )
     p.add_argument(
+        "--handoff-timeout",
+        type=float,
+        help="seconds SIGTERM waits for this pod's models to load on others (default 45)",
+    )
+    p.add_argument(
         "--per-model-metrics",
         action="store_true",
         default=None,

@@ -7,6 +7,7 @@ import time
 
 from mesh.cluster.codec import Keys
 from mesh.cluster.etcd import EtcdConfig, EtcdStore
+from mesh.cluster.mirror import Mirror
 from mesh.cluster.records import InstanceRecord, PlacementRecord, PlacementState
 from mesh.cluster.registration import PodRegistration, PodState
 from mesh.cluster.store import KeyValueStore
@@ -62,6 +63,29 @@ def advertised_address(settings: PodSettings, port: int) -> str:
     return f"{host}:{port}"
 
 
+def pod_id_of(settings: PodSettings) -> str:
+    return settings.pod_id or socket.gethostname()
+
+
+def not_yet_elsewhere(mirror: Mirror, pod_id: str, models: list[str]) -> list[str]:
+    """Of the registered `models`, those with no loaded copy on another live pod that is not
+    draining: what a draining pod still waits for before it may go."""
+    waiting = []
+    for model_id in models:
+        if model_id not in mirror.models:
+            continue  # unregistered meanwhile, or never registered: nobody will ask for it
+        copies = mirror.placements.get(model_id, {})
+        if not any(
+            other != pod_id
+            and rec.state is PlacementState.LOADED
+            and (instance := mirror.instances.get(other)) is not None
+            and not instance.draining
+            for other, rec in copies.items()
+        ):
+            waiting.append(model_id)
+    return waiting
+
+
 def join(
     settings: PodSettings, plane: DataPlane, port: int, store: KeyValueStore | None = None
 ) -> tuple[KeyValueStore, PodRegistration]:
@@ -73,7 +97,7 @@ def join(
             settings.etcd, settings.etcd_ca, settings.etcd_cert, settings.etcd_key
         )
         store = EtcdStore(config)
-    pod_id = settings.pod_id or socket.gethostname()
+    pod_id = pod_id_of(settings)
     address = advertised_address(settings, port)
     labels = dict(settings.labels)
     registration = PodRegistration(

@@ -4,8 +4,11 @@
         print(pod.port)          # the bound port
         await pod.wait_for_termination()
 
-`start()` returns once listening; `aclose()` turns readiness false, refuses new calls, lets
-those in flight finish (up to drain_timeout), then unloads every model.
+`start()` returns once listening; `aclose()` drains: readiness turns false, the pod is marked
+draining in the mesh (routers send it no new requests and their leader loads its models on
+other pods, most recently used first), it waits until its models are loaded elsewhere (up to
+`handoff_timeout`) while still serving what reaches it, then refuses new calls, lets those in
+flight finish (up to `drain_timeout`) and unloads every model.
 """
 
 from __future__ import annotations
@@ -14,20 +17,24 @@ import asyncio
 import gc
 import logging
 import signal
+import time
 
 from grpc import aio
 from prometheus_client import CollectorRegistry
 
+from mesh.cluster.codec import Keys
+from mesh.cluster.mirror import Mirror
 from mesh.cluster.registration import PodRegistration
 from mesh.cluster.store import KeyValueStore
-from mesh.errors import InvalidRequest
+from mesh.errors import InvalidRequest, MeshError
 from mesh.grpcutil import ErrorInterceptor
+from mesh.health import Health
 from mesh.lifecycle import MetricsEndpoint, Service
 from mesh.pod.artifacts import DirectoryArtifacts
 from mesh.pod.cache import ModelCache
 from mesh.pod.capacity import choose_device, default_capacity
 from mesh.pod.dataplane import ArtifactSource, DataPlane
-from mesh.pod.membership import join
+from mesh.pod.membership import join, not_yet_elsewhere, pod_id_of
 from mesh.pod.memory import CudaMeter, rss_bytes
 from mesh.pod.metrics import PodMetrics
 from mesh.pod.repository import ModelRepository
@@ -65,6 +72,7 @@ class PodServer(Service):
         self.metrics_port: int | None = None
         self._server: aio.Server | None = None
         self._metrics = MetricsEndpoint()
+        self.health = Health()
         self._store: KeyValueStore | None = None
         self.registration: PodRegistration | None = None
 
@@ -118,7 +126,11 @@ class PodServer(Service):
         ]
         server = aio.server(interceptors=[ErrorInterceptor()], options=options)
         server.add_generic_rpc_handlers(
-            (InferenceService(self.plane).handler(), RuntimeService(self.plane).handler())
+            (
+                InferenceService(self.plane).handler(),
+                RuntimeService(self.plane).handler(),
+                self.health.handler(),
+            )
         )
         self.port = server.add_insecure_port(f"{s.host}:{s.port}")
         if self.port == 0:
@@ -133,6 +145,7 @@ class PodServer(Service):
                 self._store = store
             await self.registration.start()
         self.plane.mark_ready()
+        self.health.serving()
         log.info(
             "pod listening on %s:%d (metrics %s), device %s, capacity %d bytes, runtimes %s%s",
             s.host,
@@ -149,9 +162,12 @@ class PodServer(Service):
         if self._server is None or self.plane is None:
             return
         server, self._server = self._server, None
+        self.health.not_serving()  # readiness fails at once
         self.plane.drain()
         if self.registration is not None:
             self.registration.notify()  # the mesh learns at once that this pod drains
+        if self.registration is not None and self._store is not None:
+            await self._hand_off(self._store, self.settings.handoff_timeout)
         # Refuses new calls at once and waits for those in flight, up to the grace period.
         await server.stop(grace=self.settings.drain_timeout)
         await self.plane.aclose()
@@ -164,6 +180,45 @@ class PodServer(Service):
         self._metrics.close()
         self._stopped.set()
         log.info("pod stopped")
+
+    async def _hand_off(self, store: KeyValueStore, timeout: float) -> None:
+        """Wait until every registered model this pod holds is loaded on another pod."""
+        assert self.plane is not None
+        held = self.plane.cache.loaded_ids()
+        if not held or timeout <= 0:
+            return
+        pod_id = pod_id_of(self.settings)
+        mirror = Mirror(store, Keys(self.settings.etcd_prefix))
+        started = time.monotonic()
+        try:
+            await mirror.start(timeout=min(timeout, 10))
+            # Done when every model has a copy elsewhere, or when no other pod could take one.
+            await mirror.wait_for(
+                lambda m: (
+                    not not_yet_elsewhere(m, pod_id, held)
+                    or not any(i.pod_id != pod_id and not i.draining for i in m.instances.values())
+                ),
+                timeout=max(timeout - (time.monotonic() - started), 0.001),
+            )
+            left = not_yet_elsewhere(mirror, pod_id, held)
+            log.info(
+                "drain: %d of %d models loaded elsewhere after %.1f s%s",
+                len(held) - len(left),
+                len(held),
+                time.monotonic() - started,
+                " (no other pod can take the rest)" if left else "",
+            )
+        except (TimeoutError, MeshError):
+            left = not_yet_elsewhere(mirror, pod_id, held)
+            log.warning(
+                "drain: after %.1f s, %d of %d models are loaded nowhere else (%s); leaving",
+                time.monotonic() - started,
+                len(left),
+                len(held),
+                ", ".join(left[:10]) + (", ..." if len(left) > 10 else ""),
+            )
+        finally:
+            await mirror.aclose()
 
 
 async def serve(settings: PodSettings, runtimes: RuntimeRegistry | None = None) -> None:

@@ -64,7 +64,10 @@ class PodSettings(BaseSettings):
     # How long a failed load is remembered (and requests for it fail fast).
     failure_ttl: float = Field(60.0, ge=0)
     max_message_bytes: ByteSize = Field(64 * 2**20, gt=0)
-    # Seconds SIGTERM waits for requests in flight.
+    # Seconds SIGTERM waits, in a mesh, for the pod's models to be loaded on other pods.
+    handoff_timeout: float = Field(45.0, ge=0)
+    # Seconds SIGTERM then waits for requests in flight. Kubernetes' grace period should
+    # exceed the two together.
     drain_timeout: float = Field(30.0, ge=0)
     # Label inference metrics by model (cardinality grows with the number of models).
     per_model_metrics: bool = False

@@ -3,7 +3,10 @@
 Every router adds a copy of a model whose load per copy stays high in the traffic it sees
 (mesh.placement.copies decides, with hysteresis; the load claim keeps two routers from loading
 the same copy twice). The elected leader alone removes idle extra copies, keeps every model's
-`min_copies` loaded, expires failure records and publishes the cluster's totals (counted once).
+`min_copies` loaded, expires failure records and publishes the cluster's totals (counted once),
+and hands off draining pods' models: as soon as the mirror shows a pod draining, it loads each
+model that pod holds on another pod, most recently used first (mesh.placement.handoff), a few
+at a time, so the pod can leave within its grace period without a cold miss for what is hot.
 
 A known limit: each router judges load from its own traffic, so with several routers a copy is
 added when one router's share is hot, and removed when the leader's share has been idle for
@@ -18,8 +21,10 @@ import contextlib
 import logging
 import random
 import time
+from collections.abc import Callable
 
 from mesh.cluster.election import LeaderElection
+from mesh.cluster.mirror import Change
 from mesh.cluster.records import PlacementState
 from mesh.errors import MeshError
 from mesh.gen import runtime_pb2 as rpb
@@ -32,6 +37,7 @@ from mesh.placement.copies import (
     decide_copies,
     observe,
 )
+from mesh.placement.handoff import plan_handoff
 from mesh.placement.snapshot import ModelRequirements, Snapshot
 from mesh.router.core import Router
 from mesh.router.metrics import RouterMetrics
@@ -47,6 +53,7 @@ class LeaderWork:
         metrics: RouterMetrics | None,
         interval: float = 5.0,
         copy_policy: CopyPolicy = DEFAULT_COPY_POLICY,
+        handoff_concurrency: int = 4,
     ) -> None:
         self._router = router
         self._election = election
@@ -58,17 +65,84 @@ class LeaderWork:
         # The last reason each model could not get its min_copies, logged once, not each round.
         self._short: dict[str, str] = {}
         self._task: asyncio.Task[None] | None = None
+        self._handoff_task: asyncio.Task[None] | None = None
+        self._draining_seen = asyncio.Event()
+        self._handing_off: set[str] = set()
+        self._handoff_slots = asyncio.Semaphore(handoff_concurrency)
+        self._handoffs: set[asyncio.Task[None]] = set()
+        self._unsubscribe: Callable[[], None] | None = None
 
     async def start(self) -> None:
         await self._election.start()
+        self._unsubscribe = self._router.mirror.subscribe(self._on_change)
         self._task = asyncio.create_task(self._run(), name="mesh-leader-work")
+        self._handoff_task = asyncio.create_task(self._run_handoff(), name="mesh-handoff")
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+        tasks = [t for t in (self._task, self._handoff_task) if t is not None] + list(
+            self._handoffs
+        )
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await task
         await self._election.aclose()
+
+    # -- hand-off of draining pods' models --------------------------------------------------
+
+    def _on_change(self, changes: list[Change]) -> None:
+        if any(
+            c.kind == "instance" and c.record is not None and c.record.draining for c in changes
+        ):
+            self._draining_seen.set()
+
+    async def _run_handoff(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._draining_seen.wait(), self._interval)
+            self._draining_seen.clear()
+            if not self._election.is_leader:
+                continue
+            try:
+                self.start_handoffs()
+            except Exception:
+                log.exception("hand-off of draining pods failed")
+
+    def start_handoffs(self) -> list[str]:
+        """Start loading elsewhere the models draining pods hold (MRU first); those started."""
+        mirror = self._router.mirror
+        if not any(i.draining for i in mirror.instances.values()):
+            return []
+        snapshot = Snapshot.from_records(
+            mirror.instances.values(),
+            (p for pods in mirror.placements.values() for p in pods.values()),
+            mirror.models.values(),
+        )
+        started = [m for m in plan_handoff(snapshot) if m not in self._handing_off]
+        for model_id in started:
+            self._handing_off.add(model_id)
+            task = asyncio.create_task(self._hand_off(model_id), name=f"mesh-handoff-{model_id}")
+            self._handoffs.add(task)
+            task.add_done_callback(self._handoffs.discard)
+        return started
+
+    async def _hand_off(self, model_id: str) -> None:
+        # Tasks start in plan order and the semaphore wakes waiters in order: MRU loads first.
+        try:
+            async with self._handoff_slots:
+                if self._router.holders(model_id):
+                    return  # a request loaded it meanwhile (holders skip draining pods)
+                pod_id = await self._router.add_copy(
+                    model_id, exclude=sorted(self._router.known_copies(model_id))
+                )
+                log.info("handed off %s from a draining pod to %s", model_id, pod_id)
+        except MeshError as exc:
+            log.warning("hand-off of %s: %s", model_id, exc)
+        finally:
+            self._handing_off.discard(model_id)
 
     async def _run(self) -> None:
         while True:

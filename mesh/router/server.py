@@ -24,6 +24,7 @@ from mesh.cluster.mirror import Change, Mirror
 from mesh.cluster.store import KeyValueStore
 from mesh.errors import InvalidRequest, MeshError
 from mesh.grpcutil import ErrorInterceptor
+from mesh.health import Health
 from mesh.lifecycle import MetricsEndpoint, Service
 from mesh.placement.copies import CopyPolicy
 from mesh.retry import Backoff
@@ -105,6 +106,7 @@ class RouterServer(Service):
         self.metrics_port: int | None = None
         self.router: Router | None = None
         self._metrics = MetricsEndpoint()
+        self.health = Health()
 
     async def start(self) -> None:
         s = self.settings
@@ -147,7 +149,11 @@ class RouterServer(Service):
         ]
         server = aio.server(interceptors=[ErrorInterceptor()], options=options)
         server.add_generic_rpc_handlers(
-            (inference.handler(), ManagementService(management, s.management_token).handler())
+            (
+                inference.handler(),
+                ManagementService(management, s.management_token).handler(),
+                self.health.handler(),
+            )
         )
         address = f"{s.host}:{s.port}"
         if s.tls_cert is not None and s.tls_key is not None:
@@ -166,6 +172,7 @@ class RouterServer(Service):
         if s.metrics_port is not None:
             self.metrics_port = self._metrics.start(s.metrics_port, s.host, self.registry)
         inference.ready = True
+        self.health.serving()
         log.info(
             "router listening on %s:%d, etcd %s prefix %s", s.host, self.port, s.etcd, s.etcd_prefix
         )
@@ -176,6 +183,7 @@ class RouterServer(Service):
                 self.pool.forget(change.key)
 
     async def aclose(self) -> None:
+        self.health.not_serving()
         await self._server.stop(grace=5)
         await self.leader_work.aclose()
         await self.lease.aclose()

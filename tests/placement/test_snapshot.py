@@ -11,6 +11,7 @@ import mesh.placement.choose
 import mesh.placement.copies
 import mesh.placement.eviction
 import mesh.placement.failures
+import mesh.placement.handoff
 import mesh.placement.snapshot
 from mesh.cluster.records import InstanceRecord, ModelRecord, PlacementRecord, PlacementState
 from mesh.placement.choose import Placement, choose_pod
@@ -121,6 +122,7 @@ def test_a_snapshot_from_records_drives_a_decision() -> None:
         mesh.placement.eviction,
         mesh.placement.copies,
         mesh.placement.failures,
+        mesh.placement.handoff,
     ],
 )
 def test_the_usage_examples_in_the_docstrings_hold(module: object) -> None:

@@ -26,19 +26,28 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @contextmanager
 def pod_processes(
-    etcd: EtcdServer, prefix: str, storage: Path, n: int
+    etcd: EtcdServer,
+    prefix: str,
+    storage: Path,
+    n: int,
+    logs: Path | None = None,
+    extra: tuple[str, ...] = (),
 ) -> Iterator[dict[str, tuple[subprocess.Popen[bytes], str]]]:
+    """`n` pods as processes: `proc-0`... to (process, address); stderr to logs/proc-i.log."""
     procs: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
     try:
         for i in range(n):
             port = free_port()
+            stderr = (logs / f"proc-{i}.log").open("wb") if logs else subprocess.DEVNULL
             proc = subprocess.Popen(
                 [sys.executable, "-m", "mesh", "pod", "--etcd", etcd.url, "--etcd-prefix", prefix,
                  "--pod-id", f"proc-{i}", "--host", "127.0.0.1", "--port", str(port),
                  "--no-metrics", "--capacity", "1Gi", "--lease-ttl", "3",
-                 "--storage-dir", str(storage), "--runtimes", "onnx,xgboost"],
-                cwd=ROOT, stderr=subprocess.DEVNULL,
+                 "--storage-dir", str(storage), "--runtimes", "onnx,xgboost", *extra],
+                cwd=ROOT, stderr=stderr,
             )  # fmt: skip
+            if not isinstance(stderr, int):
+                stderr.close()  # the child has its own copy
             procs[f"proc-{i}"] = (proc, f"127.0.0.1:{port}")
         for proc, address in procs.values():
             stub = runtime_pb2_grpc.RuntimeStub(grpc.insecure_channel(address))
