@@ -7,6 +7,7 @@ Paths are checked to stay inside the root: `..`, absolute paths and links out ar
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 from mesh.errors import InvalidRequest, ModelNotFound
@@ -16,7 +17,13 @@ class DirectoryArtifacts:
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
 
-    async def pull(self, model_id: str, storage_key: str, path: str) -> str:
+    async def pull(
+        self,
+        model_id: str,
+        storage_key: str,
+        path: str,
+        options: Mapping[str, str] | None = None,
+    ) -> str:
         target = (self.root / path).resolve()
         if not target.is_relative_to(self.root) or Path(path).is_absolute():
             raise InvalidRequest(f"model {model_id!r}: storage path {path!r} leaves the store")

@@ -12,6 +12,7 @@ import asyncio
 import enum
 import logging
 import time
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
@@ -39,6 +40,8 @@ from mesh.tensors import Signature
 log = logging.getLogger(__name__)
 
 SERVER_NAME = "mesh"
+# Prefix of the model options that go to the puller rather than the runtime.
+STORAGE_OPTION = "storage."
 # Attempts to get a model loaded and acquired: a just-loaded model can be evicted by another
 # load before this request takes it, when every other model is busy.
 _ACQUIRE_ATTEMPTS = 3
@@ -47,8 +50,15 @@ _ACQUIRE_ATTEMPTS = 3
 class ArtifactSource(Protocol):
     """Where a pod gets model files it does not have: its puller (mesh.puller.client)."""
 
-    async def pull(self, model_id: str, storage_key: str, path: str) -> str:
-        """Fetch the model; the local path of its file or directory."""
+    async def pull(
+        self,
+        model_id: str,
+        storage_key: str,
+        path: str,
+        options: Mapping[str, str] | None = None,
+    ) -> str:
+        """Fetch the model; the local path of its file or directory. `options` are the
+        puller's (bucket, unpack, sha256)."""
         ...
 
     async def release(self, model_id: str) -> None:
@@ -176,7 +186,15 @@ class DataPlane:
                 f"model {model_id!r}: this pod has no puller (--puller) to fetch "
                 f"{storage_key or 'default'}:{storage_path}"
             )
-        local = await self.artifacts.pull(model_id, storage_key, storage_path)
+        # Options named storage.* are the puller's (a Predictor's storage.parameters, such as
+        # another bucket than the storage entry's); the others are the runtime's.
+        pull_options = {
+            k.removeprefix(STORAGE_OPTION): v
+            for k, v in (options or {}).items()
+            if k.startswith(STORAGE_OPTION)
+        }
+        options = {k: v for k, v in (options or {}).items() if not k.startswith(STORAGE_OPTION)}
+        local = await self.artifacts.pull(model_id, storage_key, storage_path, pull_options)
         self._pulled.add(model_id)
         try:
             source = source_for(model_id, Path(local), self.runtimes, format, options)

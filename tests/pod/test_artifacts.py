@@ -19,10 +19,14 @@ class FakePuller:
     def __init__(self, storage: Path) -> None:
         self.storage = storage
         self.pulls: list[tuple[str, str, str]] = []
+        self.options: list[dict[str, str]] = []
         self.released: list[str] = []
 
-    async def pull(self, model_id: str, storage_key: str, path: str) -> str:
+    async def pull(
+        self, model_id: str, storage_key: str, path: str, options: dict[str, str] | None = None
+    ) -> str:
         self.pulls.append((model_id, storage_key, path))
+        self.options.append(dict(options or {}))
         return str(self.storage / path)
 
     async def release(self, model_id: str) -> None:
@@ -56,6 +60,19 @@ async def test_load_from_storage_pulls_once_and_releases_on_unload_and_eviction(
     assert await dp.unload("b") is not None
     await _settle()
     assert sorted(puller.released) == ["a", "b"]
+    await dp.aclose()
+
+
+async def test_storage_options_go_to_the_puller_and_the_rest_to_the_runtime(
+    plane: tuple[DataPlane, FakePuller],
+) -> None:
+    dp, puller = plane
+    opts = {"size": "40000", "storage.bucket": "other-bucket"}
+    await dp.load("a", "", options=opts, storage_key="s3", storage_path="a.fake")
+    assert puller.options == [{"bucket": "other-bucket"}]
+    source = dp.cache.source_of("a")
+    assert source is not None
+    assert dict(source.options) == {"size": "40000"}  # the runtime sees only its own
     await dp.aclose()
 
 
