@@ -195,7 +195,59 @@ def _run_puller(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _controller_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "controller",
+        help="run the Kubernetes controller for Predictor resources",
+        description="Register Predictor resources with the mesh and write their status back.",
+    )
+    p.add_argument("--router", help="the routers' management API (default mesh-router:8033)")
+    p.add_argument("--router-token", help="bearer token of the management API")
+    p.add_argument("--router-ca", type=Path, help="CA of the router's TLS certificate")
+    p.add_argument("--namespace", help="namespace of the Predictors (default: the pod's own)")
+    p.add_argument("--kubeconfig", type=Path, help="kubeconfig (default: in-cluster)")
+    p.add_argument("--resync", type=float, help="seconds between full resyncs (default 60)")
+    p.add_argument("--poll", type=float, help="seconds between looks at a loading model (2)")
+    p.add_argument("--watch-timeout", type=int, help="seconds one watch stays open (300)")
+    p.add_argument(
+        "--no-leader-election",
+        dest="leader_election",
+        action="store_false",
+        default=None,
+        help="run without a Lease (a single replica)",
+    )
+    p.add_argument("--lease-name", help="the Lease replicas elect a leader on (mesh-controller)")
+    p.add_argument("--lease-duration", type=float, help="seconds a Lease holds (default 15)")
+    p.add_argument("--identity", help="this replica's name in the Lease (default: host name)")
+    p.add_argument("--grpc-endpoint", help="written into each Predictor's status.grpcEndpoint")
+    p.add_argument("--http-endpoint", help="written into each Predictor's status.httpEndpoint")
+    p.add_argument("--metrics-port", type=int, help="Prometheus port (default 2112)")
+    p.add_argument("--no-metrics", action="store_true", help="serve no /metrics endpoint")
+    p.add_argument("--log-level", help="DEBUG, INFO, WARNING (default INFO)")
+    p.add_argument("--log-json", action="store_true", default=None, help="log JSON lines")
+
+
+def _run_controller(args: argparse.Namespace) -> int:
+    from mesh.controller.server import run
+    from mesh.controller.settings import ControllerSettings
+
+    overrides = {
+        k: v for k, v in vars(args).items() if v is not None and k not in ("command", "no_metrics")
+    }
+    if args.no_metrics:
+        overrides["metrics_port"] = None
+    try:
+        settings = ControllerSettings(**overrides)
+    except ValidationError as exc:
+        print(f"mesh controller: invalid settings:\n{exc}", file=sys.stderr)
+        return 2
+    logs.configure(settings.log_level, settings.log_json)
+    run(settings)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `mesh` command line: every subcommand and its flags."""
     parser = argparse.ArgumentParser(prog="mesh", description="A multi-model serving mesh.")
     parser.add_argument("--version", action="version", version=f"mesh {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -216,6 +268,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=8033)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--capacity", help="bytes of models to hold, e.g. 4Gi")
+    _controller_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from mesh import admin
+    from mesh import up as local_mesh
+
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "pod":
         return _run_pod(args)
@@ -231,6 +292,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         logs.configure("INFO")
         asyncio.run(embedded.serve(args.models, args.port, args.host, args.capacity))
         return 0
+    if args.command == "controller":
+        return _run_controller(args)
     if args.command in admin.COMMANDS:
         return admin.run_admin(args)
     parser.error(f"unknown command {args.command}")

@@ -32,3 +32,14 @@ class Backoff:
             yield min(delay, self.maximum) * spread
             delay = min(delay * self.multiplier, self.maximum)
             n += 1
+
+    def delay(self, attempt: int, rng: random.Random | None = None) -> float:
+        """The delay before retry number `attempt` (1-based), jittered.
+
+        >>> Backoff(0.1, 1.0, jitter=0).delay(3)
+        0.4
+        """
+        base = min(self.initial * self.multiplier ** max(attempt - 1, 0), self.maximum)
+        if not self.jitter:
+            return base
+        return base * (1 + (rng or random.Random()).uniform(-self.jitter, self.jitter))

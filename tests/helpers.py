@@ -64,6 +64,7 @@ def running_pod(
     settings.setdefault("metrics_port", None)
     settings.setdefault("capacity", 2**30)
     settings.setdefault("drain_timeout", 5)
+    settings.setdefault("handoff_timeout", 0)  # tests that hand models off ask for it
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="test-pod-loop", daemon=True)
     thread.start()

@@ -194,6 +194,11 @@ class Management:
         if record is None:
             raise ModelNotFound(f"vmodel {vmodel_id!r} does not exist")
         error = self._transition_errors.get(vmodel_id, "")
+        if record.previous and not error and record.target in self._mirror.models:
+            # The transition may run on another router: the target's failures are the mesh's.
+            target = self._status(record.target)
+            if target.state == "FAILED":
+                error = target.last_failure
         if not record.previous:
             transition = "UP_TO_DATE"
         elif error:

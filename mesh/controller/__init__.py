@@ -1,0 +1,1 @@
+"""The Kubernetes controller: Predictor resources in, registered models and vmodels out."""

@@ -1,0 +1,424 @@
+"""The Predictor controller: an informer, a work queue, and a reconcile loop.
+
+    controller = Controller(PredictorApi(api_client, "ml"), MeshApi("mesh-router:8033"),
+                            ControllerSettings(), lock=LeaseLock(api_client, "ml", "mesh", me))
+    controller.start()      # threads: informer, worker, elector
+    ...
+    controller.stop()
+
+The informer lists Predictors, then watches from the list's resourceVersion. A watch that ends
+(the server's timeout, a dropped connection) resumes from the last resourceVersion seen, after
+a backoff if it failed; a 410 Gone lists again. Every Predictor is also queued again every
+`resync` seconds, which is how the controller notices what the Kubernetes API cannot tell it:
+a model unloaded, a load that failed, or etcd losing its data (it registers everything again,
+with no manual step).
+
+Reconciling one Predictor (only the elected leader does; the others keep their cache warm):
+
+1. deleted (deletionTimestamp set): delete its vmodel, unregister its models, remove the
+   finalizer;
+2. add the finalizer before anything reaches the mesh, so a deletion always cleans up;
+3. parse the spec into a model id that carries a hash of the spec (mesh.controller.predictor);
+   register that model if the mesh does not know it and start its load; point the vmodel named
+   after the Predictor at it (the router loads the new model before it switches, so a spec
+   change fails no request); unregister this Predictor's models that nothing points to;
+4. write the status subresource from the mesh's view, only when it changed;
+5. while something is in progress, look again in `poll` seconds.
+
+A failed reconcile is retried with a per-Predictor exponential backoff; a 409 on a write means
+the cached object was stale and is retried at once with the newer one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from mesh.controller import predictor as pr
+from mesh.controller.kube import (
+    FINALIZER,
+    Conflict,
+    Gone,
+    KubeError,
+    LeaseLock,
+    NotFound,
+    PredictorApi,
+    now_rfc3339,
+)
+from mesh.controller.meshapi import MeshApi
+from mesh.controller.metrics import ControllerMetrics
+from mesh.errors import MeshError
+from mesh.retry import Backoff
+
+log = logging.getLogger(__name__)
+
+_SWEEP = ""  # the queue key of the periodic sweep for orphaned models (no Predictor is "")
+
+
+@dataclass(frozen=True, slots=True)
+class ControllerPolicy:
+    resync: float = 60.0  # seconds between full resyncs
+    poll: float = 2.0  # seconds between looks at a Predictor whose model is on its way
+    watch_timeout: int = 300  # seconds the API server keeps one watch open
+    lease_renew: float = 2.0  # seconds between Lease renewals
+    grpc_endpoint: str = ""
+    http_endpoint: str = ""
+
+
+class WorkQueue:
+    """Keys to reconcile, each at most once in the queue, some not before a given time."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._due: dict[str, float] = {}
+        self._heap: list[tuple[float, str]] = []
+        self._closed = False
+
+    def add(self, key: str, after: float = 0.0) -> None:
+        at = time.monotonic() + after
+        with self._cond:
+            if key in self._due and self._due[key] <= at:
+                return  # already due sooner
+            self._due[key] = at
+            heapq.heappush(self._heap, (at, key))
+            self._cond.notify()
+
+    def get(self, timeout: float | None = None) -> str | None:
+        """The next due key; None when closed or after `timeout` seconds with none due."""
+        end = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while not self._closed:
+                now = time.monotonic()
+                while self._heap and self._due.get(self._heap[0][1]) != self._heap[0][0]:
+                    heapq.heappop(self._heap)  # superseded entry
+                if self._heap and self._heap[0][0] <= now:
+                    _, key = heapq.heappop(self._heap)
+                    del self._due[key]
+                    return key
+                wait = self._heap[0][0] - now if self._heap else None
+                if end is not None:
+                    left = end - now
+                    if left <= 0:
+                        return None
+                    wait = left if wait is None else min(wait, left)
+                self._cond.wait(wait)
+            return None
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def __len__(self) -> int:
+        with self._cond:
+            return len(self._due)
+
+
+class Controller:
+    def __init__(
+        self,
+        predictors: PredictorApi,
+        mesh: MeshApi,
+        policy: ControllerPolicy | None = None,
+        lock: LeaseLock | None = None,
+        metrics: ControllerMetrics | None = None,
+        clock: Callable[[], str] = now_rfc3339,
+    ) -> None:
+        self._api = predictors
+        self._mesh = mesh
+        self.policy = policy or ControllerPolicy()
+        self._lock = lock
+        self._metrics = metrics
+        self._clock = clock
+        self._cache: dict[str, dict[str, Any]] = {}
+        self._cache_lock = threading.Lock()
+        self.queue = WorkQueue()
+        self._stop = threading.Event()
+        self.synced = threading.Event()
+        self._leading = threading.Event()
+        if lock is None:
+            self._leading.set()  # a single replica leads without a Lease
+        self._failures: dict[str, int] = {}
+        # Models a Predictor pointed to before its spec changed: unregistered once unused.
+        self._retired: dict[str, set[str]] = {}
+        self._threads: list[threading.Thread] = []
+
+    @property
+    def is_leader(self) -> bool:
+        return self._leading.is_set()
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        targets: list[tuple[str, Callable[[], None]]] = [
+            ("informer", self._inform),
+            ("worker", self._work),
+            ("resync", self._resync),
+        ]
+        if self._lock is not None:
+            targets.append(("elector", self._elect))
+        for name, target in targets:
+            thread = threading.Thread(target=target, name=f"mesh-controller-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self.queue.close()
+        for thread in self._threads:
+            if thread.name.endswith("informer"):
+                continue  # blocked in a watch read at worst; a daemon, it dies with us
+            thread.join(timeout)
+        if self._lock is not None and self._leading.is_set():
+            self._lock.release()
+        self._leading.clear()
+
+    # -- the informer --------------------------------------------------------------------------
+
+    def _inform(self) -> None:
+        backoff = Backoff(0.5, 30.0)
+        failures = 0
+        resource_version = ""
+        while not self._stop.is_set():
+            try:
+                if not resource_version:
+                    items, resource_version = self._api.list_all()
+                    self._replace_cache(items)
+                    self.synced.set()
+                    failures = 0
+                for event in self._api.watch(resource_version, self.policy.watch_timeout):
+                    if self._stop.is_set():
+                        return
+                    resource_version = event.resource_version
+                    if event.type != "BOOKMARK":
+                        self._observe(event.type, event.object)
+                failures = 0  # the server ended the stream: resume from where it was
+            except Gone as exc:
+                log.info("predictor watch expired (%s): listing again", exc)
+                self._count_restart("gone")
+                resource_version = ""
+            except KubeError as exc:
+                failures += 1
+                delay = backoff.delay(failures)
+                log.warning("predictor watch: %s; resuming in %.1f s", exc, delay)
+                self._count_restart("error")
+                self._stop.wait(delay)
+
+    def _replace_cache(self, items: list[dict[str, Any]]) -> None:
+        with self._cache_lock:
+            before = set(self._cache)
+            self._cache = {i["metadata"]["name"]: i for i in items}
+            names = set(self._cache) | before
+        for name in names:
+            self.queue.add(name)
+
+    def _observe(self, kind: str, obj: Mapping[str, Any]) -> None:
+        name = obj["metadata"]["name"]
+        with self._cache_lock:
+            if kind == "DELETED":
+                self._cache.pop(name, None)
+            else:
+                self._cache[name] = dict(obj)
+        self.queue.add(name)
+
+    def _remember(self, obj: Mapping[str, Any]) -> None:
+        """A newer object from one of our writes: keep it unless the watch brought a newer."""
+        name = obj["metadata"]["name"]
+        with self._cache_lock:
+            cached = self._cache.get(name)
+            if cached is None or _rv(cached) <= _rv(obj):
+                self._cache[name] = dict(obj)
+
+    def get(self, name: str) -> dict[str, Any] | None:
+        with self._cache_lock:
+            return self._cache.get(name)
+
+    def names(self) -> list[str]:
+        with self._cache_lock:
+            return sorted(self._cache)
+
+    def _resync(self) -> None:
+        while not self._stop.wait(self.policy.resync):
+            for name in self.names():
+                self.queue.add(name)
+            self.queue.add(_SWEEP)
+
+    # -- leader election -----------------------------------------------------------------------
+
+    def _elect(self) -> None:
+        assert self._lock is not None
+        last_renewed = 0.0
+        while not self._stop.is_set():
+            try:
+                held = self._lock.try_acquire_or_renew()
+            except KubeError as exc:
+                log.warning("leader election: %s", exc)
+                held = False
+                if time.monotonic() - last_renewed < self._lock.duration:
+                    held = self._leading.is_set()  # keep leading until the Lease may expire
+            if held:
+                last_renewed = time.monotonic()
+                if not self._leading.is_set():
+                    log.info("leading as %s", self._lock.identity)
+                    self._leading.set()
+                    for name in self.names():  # catch up on what the last leader left
+                        self.queue.add(name)
+            elif self._leading.is_set():
+                log.warning("lost the lease %s: no longer leading", self._lock.name)
+                self._leading.clear()
+            if self._metrics is not None:
+                self._metrics.leader.set(1 if self._leading.is_set() else 0)
+            self._stop.wait(self.policy.lease_renew)
+
+    # -- the worker ----------------------------------------------------------------------------
+
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            key = self.queue.get(timeout=1.0)
+            if key is None:
+                continue
+            if not self._leading.is_set():
+                self.queue.add(key, after=self.policy.lease_renew)
+                continue
+            self.process(key)
+
+    def process(self, key: str) -> None:
+        """Reconcile one key, requeueing it as the outcome asks (public for tests)."""
+        started = time.perf_counter()
+        result = "ok"
+        try:
+            again = None
+            if key == _SWEEP:
+                self.sweep()
+            else:
+                again = self.reconcile(key)
+            self._failures.pop(key, None)
+            if again is not None:
+                self.queue.add(key, after=again)
+        except Conflict as exc:
+            result = "conflict"
+            log.info("predictor %s: %s; again with the newer object", key, exc)
+            self._refresh(key)
+            self.queue.add(key, after=0.05)
+        except (KubeError, MeshError) as exc:
+            result = "error"
+            failures = self._failures[key] = self._failures.get(key, 0) + 1
+            delay = Backoff(0.5, 60.0).delay(failures)
+            log.warning("predictor %s: %s; again in %.1f s", key or "sweep", exc, delay)
+            self.queue.add(key, after=delay)
+        except Exception:
+            result = "error"
+            log.exception("predictor %s: reconcile failed", key)
+            self.queue.add(key, after=30.0)
+        if self._metrics is not None:
+            self._metrics.reconciles.labels(result).inc()
+            self._metrics.reconcile_seconds.observe(time.perf_counter() - started)
+
+    def _refresh(self, name: str) -> None:
+        """After a 409: the watch will bring the newer object; wait for it briefly."""
+        time.sleep(0.05)
+
+    def reconcile(self, name: str) -> float | None:
+        """Bring the mesh and the status in line with the Predictor; seconds until the next
+        look, or None to wait for a change or the resync."""
+        obj = self.get(name)
+        if obj is None:
+            return None  # gone for good: the finalizer has done its work
+        metadata = obj["metadata"]
+        finalizers = list(metadata.get("finalizers") or [])
+        if metadata.get("deletionTimestamp"):
+            if FINALIZER in finalizers:
+                self._clean_up(name)
+                finalizers.remove(FINALIZER)
+                with contextlib.suppress(NotFound):  # removed by someone else meanwhile
+                    self._api.set_finalizers(obj, finalizers)
+                log.info("predictor %s deleted: unregistered from the mesh", name)
+            return None
+        if FINALIZER not in finalizers:
+            obj = self._api.set_finalizers(obj, [*finalizers, FINALIZER])
+            self._remember(obj)
+        try:
+            spec: pr.PredictorSpec | pr.InvalidSpec = pr.parse(obj)
+        except pr.InvalidSpec as exc:
+            spec = exc
+        vmodel = self._mesh.vmodel(name)
+        if isinstance(spec, pr.PredictorSpec):
+            vmodel = self._apply(spec, vmodel)
+        models = {}
+        if vmodel is not None:
+            for model_id in {vmodel.active, vmodel.target}:
+                view = self._mesh.model(model_id)
+                if view is not None:
+                    models[model_id] = view
+        previous = obj.get("status") or {}
+        status = pr.status(
+            spec, vmodel, models, previous, self._clock(),
+            self.policy.grpc_endpoint, self.policy.http_endpoint,
+        )  # fmt: skip
+        if status != previous:
+            self._remember(self._api.write_status(name, status))
+            if self._metrics is not None:
+                self._metrics.status_writes.inc()
+        busy = status.get("transitionStatus") == "InProgress" or pr.LOADING in (
+            status.get("activeModelState"),
+            status.get("targetModelState"),
+        )
+        return self.policy.poll if busy else None
+
+    def _apply(self, spec: pr.PredictorSpec, vmodel: pr.VModelView | None) -> pr.VModelView | None:
+        name = spec.name
+        if self._mesh.model(spec.model_id) is None:
+            log.info("predictor %s: registering model %s", name, spec.model_id)
+            self._mesh.register(spec)
+            self._mesh.start_loading(spec.model_id)
+        if vmodel is None or vmodel.target != spec.model_id:
+            if vmodel is not None:
+                log.info("predictor %s: %s -> %s", name, vmodel.target, spec.model_id)
+                self._retired.setdefault(name, set()).update({vmodel.active, vmodel.target})
+            self._mesh.set_vmodel(name, spec.model_id)
+            vmodel = self._mesh.vmodel(name)
+        if vmodel is not None and vmodel.transition == "UP_TO_DATE":
+            for old in sorted(self._retired.pop(name, set()) - {vmodel.active}):
+                log.info("predictor %s: unregistering %s, replaced", name, old)
+                self._mesh.unregister(old)
+        return vmodel
+
+    def _clean_up(self, name: str) -> None:
+        self._mesh.delete_vmodel(name)
+        owned = {m for m in self._mesh.model_ids() if pr.owned_by(m, name)}
+        for model_id in sorted(owned | self._retired.pop(name, set())):
+            self._mesh.unregister(model_id)
+
+    def sweep(self) -> None:
+        """Unregister models this controller made for a Predictor that no longer points to
+        them (a transition it did not see finish, a restart in between)."""
+        names = set(self.names())
+        in_use: dict[str, set[str]] = {}
+        for model_id in self._mesh.model_ids():
+            owner = model_id.rpartition("-")[0]
+            if owner in names and pr.owned_by(model_id, owner):
+                in_use.setdefault(owner, set()).add(model_id)
+        for owner, model_ids in sorted(in_use.items()):
+            vmodel = self._mesh.vmodel(owner)
+            if vmodel is None or vmodel.transition != "UP_TO_DATE":
+                continue
+            for model_id in sorted(model_ids - {vmodel.active, vmodel.target}):
+                log.info("predictor %s: unregistering %s, no longer used", owner, model_id)
+                self._mesh.unregister(model_id)
+
+    def _count_restart(self, reason: str) -> None:
+        if self._metrics is not None:
+            self._metrics.watch_restarts.labels(reason).inc()
+
+
+def _rv(obj: Mapping[str, Any]) -> int:
+    try:
+        return int(obj["metadata"]["resourceVersion"])
+    except (KeyError, ValueError, TypeError):
+        return 0

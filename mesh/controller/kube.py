@@ -1,0 +1,241 @@
+"""The Kubernetes side of the controller: Predictors and a Lease, through the official client.
+
+The client is synchronous (urllib3), so the controller runs it in threads. Its errors are
+translated here: a watch whose resourceVersion is too old raises `Gone` (relist), a write that
+lost a race raises `Conflict` (read again and retry), anything else the API server or the
+network does raises `KubeUnavailable` (back off, resume).
+
+`kubernetes.watch.Watch.stream` retries once by itself after a 410 from the same stale
+resourceVersion and hides the stream's end; it is always called here with `timeout_seconds`,
+which turns that off, so every end and every 410 comes back to the informer to decide.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import urllib3
+from kubernetes import client as k8s
+from kubernetes import watch as k8s_watch
+from kubernetes.client.exceptions import ApiException
+
+log = logging.getLogger(__name__)
+
+GROUP, VERSION, PLURAL = "serving.kserve.io", "v1alpha1", "predictors"
+FINALIZER = "mesh.serving.kserve.io/predictor"
+
+
+class KubeError(Exception):
+    pass
+
+
+class Gone(KubeError):
+    """The watch's resourceVersion is older than the API server keeps: list again."""
+
+
+class Conflict(KubeError):
+    """The object changed since it was read (409): read it again."""
+
+
+class NotFound(KubeError):
+    pass
+
+
+class KubeUnavailable(KubeError):
+    """The API server answered an error or could not be reached."""
+
+
+def _translate(exc: Exception, what: str) -> KubeError:
+    if isinstance(exc, ApiException):
+        if exc.status == 410:
+            return Gone(f"{what}: {exc.reason}")
+        if exc.status == 409:
+            return Conflict(f"{what}: {exc.reason}")
+        if exc.status == 404:
+            return NotFound(f"{what}: not found")
+        return KubeUnavailable(f"{what}: HTTP {exc.status} {exc.reason}")
+    return KubeUnavailable(f"{what}: {type(exc).__name__}: {exc}")
+
+
+_ERRORS = (ApiException, urllib3.exceptions.HTTPError, OSError, ValueError)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    type: str  # ADDED, MODIFIED, DELETED, BOOKMARK
+    object: Mapping[str, Any]
+    resource_version: str
+
+
+class PredictorApi:
+    """Predictors in one namespace."""
+
+    def __init__(self, api_client: k8s.ApiClient, namespace: str) -> None:
+        self._api: Any = k8s.CustomObjectsApi(api_client)  # its stubs type bodies as object
+        self.namespace = namespace
+
+    def list_all(self) -> tuple[list[dict[str, Any]], str]:
+        """Every Predictor, and the resourceVersion to watch from."""
+        try:
+            result = self._api.list_namespaced_custom_object(
+                GROUP, VERSION, self.namespace, PLURAL, _request_timeout=30
+            )
+        except _ERRORS as exc:
+            raise _translate(exc, f"list predictors in {self.namespace}") from exc
+        return list(result.get("items", [])), str(result["metadata"]["resourceVersion"])
+
+    def watch(self, resource_version: str, timeout: int) -> Iterator[Event]:
+        """Changes after `resource_version`, until the server ends the stream (`timeout`)."""
+        watcher = k8s_watch.Watch()  # type: ignore[no-untyped-call]
+        stream = watcher.stream(  # type: ignore[no-untyped-call]
+            self._api.list_namespaced_custom_object,
+            GROUP, VERSION, self.namespace, PLURAL,
+            resource_version=resource_version,
+            allow_watch_bookmarks=True,
+            timeout_seconds=timeout,
+            # A dead connection must not hang the informer: no byte for this long ends it.
+            _request_timeout=(10, timeout + 15),
+        )  # fmt: skip
+        try:
+            for raw in stream:
+                obj = raw["raw_object"] if "raw_object" in raw else raw["object"]
+                rv = str((obj.get("metadata") or {}).get("resourceVersion", resource_version))
+                yield Event(raw["type"], obj, rv)
+        except _ERRORS as exc:
+            raise _translate(exc, f"watch predictors in {self.namespace}") from exc
+        finally:
+            watcher.stop()  # type: ignore[no-untyped-call]
+
+    def set_finalizers(self, obj: Mapping[str, Any], finalizers: list[str]) -> dict[str, Any]:
+        """Write the finalizers if the object is still the one read (409 otherwise)."""
+        metadata = obj["metadata"]
+        patch = {
+            "metadata": {"finalizers": finalizers, "resourceVersion": metadata["resourceVersion"]}
+        }
+        try:
+            result: dict[str, Any] = self._api.patch_namespaced_custom_object(
+                GROUP, VERSION, self.namespace, PLURAL, metadata["name"], patch,
+                _request_timeout=30,
+            )  # fmt: skip
+        except _ERRORS as exc:
+            raise _translate(exc, f"finalizers of predictor {metadata['name']}") from exc
+        return result
+
+    def write_status(self, name: str, status: Mapping[str, Any]) -> dict[str, Any]:
+        """Replace the status subresource as a whole (a JSON patch: keys gone are removed)."""
+        patch = [{"op": "add", "path": "/status", "value": dict(status)}]
+        try:
+            result: dict[str, Any] = self._api.patch_namespaced_custom_object_status(
+                GROUP, VERSION, self.namespace, PLURAL, name, patch,
+                _content_type="application/json-patch+json", _request_timeout=30,
+            )  # fmt: skip
+        except _ERRORS as exc:
+            raise _translate(exc, f"status of predictor {name}") from exc
+        return result
+
+
+def now_rfc3339() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class LeaseLock:
+    """Leader election on a coordination.k8s.io/v1 Lease, as client-go does it.
+
+    A holder renews the Lease every `renew` seconds. Another candidate takes it over only when
+    it has seen the Lease unchanged for `duration` seconds by its own clock, so clocks that
+    disagree between nodes do not matter. Every write carries the resourceVersion read, so two
+    candidates can never both win: one gets 409.
+    """
+
+    def __init__(
+        self,
+        api_client: k8s.ApiClient,
+        namespace: str,
+        name: str,
+        identity: str,
+        duration: float = 15.0,
+    ) -> None:
+        self._api: Any = k8s.CoordinationV1Api(api_client)
+        self.namespace = namespace
+        self.name = name
+        self.identity = identity
+        self.duration = duration
+        self._observed: tuple[str, str] | None = None  # (holder, resourceVersion) last seen
+        self._observed_at = 0.0
+
+    def try_acquire_or_renew(self) -> bool:
+        """One round: True if this candidate holds the Lease now."""
+        now = datetime.datetime.now(datetime.UTC)
+        try:
+            lease = self._api.read_namespaced_lease(self.name, self.namespace, _request_timeout=10)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise _translate(exc, f"lease {self.name}") from exc
+            return self._create(now)
+        except _ERRORS as exc:
+            raise _translate(exc, f"lease {self.name}") from exc
+        spec = lease.spec or k8s.V1LeaseSpec()
+        holder = spec.holder_identity or ""
+        seen = (holder, lease.metadata.resource_version)
+        if seen != self._observed:
+            self._observed, self._observed_at = seen, time.monotonic()
+        expired = time.monotonic() - self._observed_at > (spec.lease_duration_seconds or 0)
+        if holder and holder != self.identity and not expired:
+            return False
+        if holder != self.identity:
+            spec.acquire_time = now
+            spec.lease_transitions = (spec.lease_transitions or 0) + 1
+            log.info("taking the lease %s over from %r", self.name, holder or "nobody")
+        spec.holder_identity = self.identity
+        spec.renew_time = now
+        spec.lease_duration_seconds = int(self.duration)
+        lease.spec = spec
+        try:
+            updated = self._api.replace_namespaced_lease(
+                self.name, self.namespace, lease, _request_timeout=10
+            )
+        except _ERRORS as exc:
+            error = _translate(exc, f"lease {self.name}")
+            if isinstance(error, Conflict):
+                return False  # someone else wrote it first
+            raise error from exc
+        self._observed = (self.identity, updated.metadata.resource_version)
+        self._observed_at = time.monotonic()
+        return True
+
+    def _create(self, now: datetime.datetime) -> bool:
+        body = k8s.V1Lease(
+            metadata=k8s.V1ObjectMeta(name=self.name, namespace=self.namespace),
+            spec=k8s.V1LeaseSpec(
+                holder_identity=self.identity,
+                lease_duration_seconds=int(self.duration),
+                acquire_time=now,
+                renew_time=now,
+                lease_transitions=0,
+            ),
+        )
+        try:
+            self._api.create_namespaced_lease(self.namespace, body, _request_timeout=10)
+        except _ERRORS as exc:
+            error = _translate(exc, f"lease {self.name}")
+            if isinstance(error, Conflict):
+                return False
+            raise error from exc
+        return True
+
+    def release(self) -> None:
+        """Give the Lease up (on a clean stop), so another candidate need not wait it out."""
+        try:
+            lease = self._api.read_namespaced_lease(self.name, self.namespace, _request_timeout=5)
+            if lease.spec is None or lease.spec.holder_identity != self.identity:
+                return
+            lease.spec.holder_identity = ""
+            lease.spec.lease_duration_seconds = 1
+            self._api.replace_namespaced_lease(self.name, self.namespace, lease, _request_timeout=5)
+        except _ERRORS as exc:
+            log.info("could not release the lease %s: %s", self.name, exc)

@@ -1,0 +1,78 @@
+"""The controller's composition root: settings in, a running controller until SIGTERM."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import threading
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from mesh.controller.controller import Controller, ControllerPolicy
+from mesh.controller.kube import LeaseLock, PredictorApi
+from mesh.controller.meshapi import MeshApi
+from mesh.controller.metrics import ControllerMetrics
+from mesh.controller.settings import ControllerSettings
+from mesh.lifecycle import MetricsEndpoint
+
+log = logging.getLogger(__name__)
+
+
+def api_client(settings: ControllerSettings) -> Any:
+    """The Kubernetes client: a kubeconfig if given, else in-cluster, else ~/.kube/config."""
+    from kubernetes import client, config
+
+    if settings.kubeconfig is not None:
+        return config.new_client_from_config(str(settings.kubeconfig))  # type: ignore[no-untyped-call]
+    try:
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
+    except config.ConfigException:
+        config.load_kube_config()  # type: ignore[no-untyped-call]
+    return client.ApiClient()
+
+
+def build(
+    settings: ControllerSettings, kube: Any, registry: CollectorRegistry | None = None
+) -> tuple[Controller, MeshApi]:
+    namespace = settings.resolved_namespace()
+    identity = settings.identity or socket.gethostname()
+    lock = (
+        LeaseLock(kube, namespace, settings.lease_name, identity, settings.lease_duration)
+        if settings.leader_election
+        else None
+    )
+    mesh = MeshApi(settings.router, settings.router_token, settings.router_ca)
+    policy = ControllerPolicy(
+        resync=settings.resync,
+        poll=settings.poll,
+        watch_timeout=settings.watch_timeout,
+        lease_renew=max(settings.lease_duration / 5, 0.5),
+        grpc_endpoint=settings.grpc_endpoint,
+        http_endpoint=settings.http_endpoint,
+    )
+    metrics = ControllerMetrics(registry) if registry is not None else None
+    return Controller(PredictorApi(kube, namespace), mesh, policy, lock, metrics), mesh
+
+
+def run(settings: ControllerSettings) -> None:
+    registry = CollectorRegistry()
+    controller, mesh = build(settings, api_client(settings), registry)
+    endpoint = MetricsEndpoint()
+    if settings.metrics_port is not None:
+        endpoint.start(settings.metrics_port, settings.metrics_host, registry)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    controller.start()
+    log.info(
+        "controller for predictors in %s, management API at %s",
+        controller._api.namespace,
+        settings.router,
+    )
+    stop.wait()
+    log.info("stopping")
+    controller.stop()
+    mesh.close()
+    endpoint.close()

@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from mesh.controller.controller import Controller, ControllerPolicy
+from mesh.controller.kube import LeaseLock, PredictorApi
+from mesh.controller.meshapi import MeshApi
+from tests.cluster.conftest import etcd, prefix  # noqa: F401  (shared fixtures)
+from tests.kube.apiserver import FakeKubeAPI
+from tests.router.conftest import pods  # noqa: F401  (shared fixtures)
+
+NAMESPACE = "ml"
+POLICY = ControllerPolicy(
+    resync=1.0, poll=0.2, watch_timeout=30, lease_renew=0.3,
+    grpc_endpoint="grpc://mesh-router.ml:8033", http_endpoint="http://mesh-router.ml:8008",
+)  # fmt: skip
+
+
+@pytest.fixture
+def kube() -> Iterator[FakeKubeAPI]:
+    with FakeKubeAPI() as api:
+        yield api
+
+
+def predictor(name: str, model_type: str, path: str, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "serving.kserve.io/v1alpha1",
+        "kind": "Predictor",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": {"modelType": {"name": model_type}, "path": path, **spec},
+    }
+
+
+def make_controller(
+    kube: FakeKubeAPI, router_address: str, identity: str | None = None, **policy: Any
+) -> tuple[Controller, MeshApi]:
+    client = kube.client()
+    mesh = MeshApi(router_address, timeout=10)
+    lock = LeaseLock(client, NAMESPACE, "mesh-controller", identity, 3.0) if identity else None
+    chosen = dataclasses.replace(POLICY, **policy)
+    return Controller(PredictorApi(client, NAMESPACE), mesh, chosen, lock), mesh
