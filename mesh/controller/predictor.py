@@ -273,7 +273,8 @@ def status(
     elif active is not None and active.last_failure and active_state != LOADED:
         failing, message, model_id = active, active.last_failure, active.model_id
     elif active_state == FAILED:
-        message, model_id = str(old_failure.get("message", "")), str(old_failure.get("modelId"))
+        out["lastFailureInfo"] = dict(old_failure)  # the pod forgot it; we keep it as it was
+        message = ""
     else:
         message = ""
     if message:

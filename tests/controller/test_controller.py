@@ -20,6 +20,8 @@ from tests.controller.conftest import NAMESPACE, make_controller, predictor
 from tests.helpers import RunningPod, RunningRouter, infer_request, output_array, running_router
 from tests.kube.apiserver import FakeKubeAPI
 
+pytestmark = pytest.mark.slow  # real etcd, router and pods: the quick subset skips it
+
 X = np.ones((1, 64), np.float32)
 
 
