@@ -216,6 +216,7 @@ class ModelCache:
         self._gone_callbacks: list[Callable[[str], None]] = []
         if metrics is not None:
             metrics.capacity.set(capacity)
+            metrics.lru_age.set_function(self.lru_age)
 
     # -- the request path: synchronous, on the loop ------------------------------------------
 
@@ -580,6 +581,18 @@ class ModelCache:
             models,
             tuple(self._failures.values()),
         )
+
+    def lru_age(self) -> float:
+        """Seconds since the least recently used loaded model was used; 0 with none.
+
+        Called from the metrics thread: it copies the entries first (one C-level step).
+        """
+        loaded = [
+            e.last_used_wall or e.loaded_at
+            for e in list(self._entries.values())
+            if e.state is State.LOADED
+        ]
+        return max(time.time() - min(loaded), 0.0) if loaded else 0.0
 
     def loaded_ids(self) -> list[str]:
         return [m for m, e in self._entries.items() if e.state is State.LOADED]

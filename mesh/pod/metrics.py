@@ -72,6 +72,13 @@ class PodMetrics:
             "mesh_pod_models_loaded", "Models loaded and ready", registry=registry
         )
         self.loading = Gauge("mesh_pod_models_loading", "Loads in progress", registry=registry)
+        # Read at scrape time (set_function): how long ago the least recently used model was
+        # last used, the pod's side of the mesh's approximate global LRU. 0: no model.
+        self.lru_age = Gauge(
+            "mesh_pod_lru_age_seconds",
+            "Seconds since the least recently used loaded model was last used",
+            registry=registry,
+        )
         self.in_flight = Gauge(
             "mesh_pod_inference_in_flight", "Inference requests in flight", registry=registry
         )

@@ -190,6 +190,15 @@ class LeaderWork:
         m.pods.set(len(mirror.instances))
         m.capacity.set(sum(i.capacity for i in mirror.instances.values()))
         m.used.set(sum(i.used for i in mirror.instances.values()))
+        oldest = min((i.lru_time for i in mirror.instances.values() if i.lru_time > 0), default=0)
+        m.lru_age.set(max(time.time() - oldest, 0.0) if oldest else 0.0)
+        m.models_failed.set(
+            sum(
+                1
+                for copies in mirror.placements.values()
+                if any(p.state is PlacementState.FAILED for p in copies.values())
+            )
+        )
 
     async def keep_min_copies(self) -> None:
         """Load one more copy of each model below its min_copies (one per model per round)."""

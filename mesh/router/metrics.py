@@ -55,6 +55,18 @@ class RouterMetrics:
         )
         self.used = Gauge("mesh_cluster_used_bytes", "Pods' used bytes (leader only)",
                           registry=registry)  # fmt: skip
+        # The approximate global LRU's age: when every pod is full, a miss evicts on the pod
+        # whose least recently used model is oldest. Falling low means the mesh churns.
+        self.lru_age = Gauge(
+            "mesh_cluster_lru_age_seconds",
+            "Seconds since the oldest least-recently-used model in the mesh was used (leader only)",
+            registry=registry,
+        )
+        self.models_failed = Gauge(
+            "mesh_cluster_models_failed",
+            "Models whose last load failed on some pod (leader only)",
+            registry=registry,
+        )
 
     def observe(self, method: str, status: str, seconds: float) -> None:
         # labels() costs a lock and a dict build per call: keep the children (a hot path).

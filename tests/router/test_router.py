@@ -242,6 +242,16 @@ def test_the_leader_keeps_min_copies_loaded_and_publishes_totals(
         assert "mesh_cluster_models_registered 1.0" in text
         assert "mesh_cluster_copies 2.0" in text
         assert "mesh_cluster_pods 2.0" in text
+        # The age of the mesh's least recently used model, and each pod's own.
+        registry = router.server.registry
+        deadline = time.monotonic() + 10
+        while not registry.get_sample_value("mesh_cluster_lru_age_seconds"):
+            assert time.monotonic() < deadline, "no cluster LRU age published"
+            time.sleep(0.2)
+        assert 0 < registry.get_sample_value("mesh_cluster_lru_age_seconds") < 60
+        assert registry.get_sample_value("mesh_cluster_models_failed") == 0
+        for pod in pods:
+            assert 0 < pod.server.registry.get_sample_value("mesh_pod_lru_age_seconds") < 60
 
 
 _KSERVE_CLIENT = """
