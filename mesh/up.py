@@ -98,7 +98,9 @@ def local_mesh(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
                     [*mesh, "pod", "--etcd", url, "--etcd-prefix", args.prefix,
                      "--pod-id", f"pod-{i}", "--host", args.host, "--port", str(port),
                      "--metrics-port", str(free_port()), "--capacity", args.capacity,
-                     "--puller", socket_path],
+                     "--puller", socket_path,
+                     # The whole local mesh stops at once: nowhere to hand models off to.
+                     "--handoff-timeout", "0"],
                 )  # fmt: skip
                 children.append((f"pod-{i}", proc))
                 pods.append((f"pod-{i}", port, proc))
