@@ -192,6 +192,7 @@ class Controller:
                     self._replace_cache(items)
                     self.synced.set()
                     failures = 0
+                opened = time.monotonic()
                 for event in self._api.watch(resource_version, self.policy.watch_timeout):
                     if self._stop.is_set():
                         return
@@ -199,6 +200,8 @@ class Controller:
                     if event.type != "BOOKMARK":
                         self._observe(event.type, event.object)
                 failures = 0  # the server ended the stream: resume from where it was
+                if time.monotonic() - opened < 1.0:
+                    self._stop.wait(0.5)  # a server that ends every watch at once: no spin
             except Gone as exc:
                 log.info("predictor watch expired (%s): listing again", exc)
                 self._count_restart("gone")
@@ -284,8 +287,7 @@ class Controller:
             if key is None:
                 continue
             if not self._leading.is_set():
-                self.queue.add(key, after=self.policy.lease_renew)
-                continue
+                continue  # a standby: whoever leads next queues every Predictor at once
             self.process(key)
 
     def process(self, key: str) -> None:
