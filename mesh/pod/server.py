@@ -190,8 +190,10 @@ class PodServer(Service):
         pod_id = pod_id_of(self.settings)
         mirror = Mirror(store, Keys(self.settings.etcd_prefix))
         started = time.monotonic()
+        synced = False
         try:
             await mirror.start(timeout=min(timeout, 10))
+            synced = True
             # Done when every model has a copy elsewhere, or when no other pod could take one.
             await mirror.wait_for(
                 lambda m: (
@@ -209,7 +211,7 @@ class PodServer(Service):
                 " (no other pod can take the rest)" if left else "",
             )
         except (TimeoutError, MeshError):
-            left = not_yet_elsewhere(mirror, pod_id, held)
+            left = not_yet_elsewhere(mirror, pod_id, held) if synced else held
             log.warning(
                 "drain: after %.1f s, %d of %d models are loaded nowhere else (%s); leaving",
                 time.monotonic() - started,
