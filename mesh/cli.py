@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -278,6 +280,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    # `kill -USR1 <pid>` prints every thread's stack to stderr: how to see where a process
+    # that will not stop is waiting, without stopping it.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     if args.command == "pod":
         return _run_pod(args)
     if args.command == "puller":

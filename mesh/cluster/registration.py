@@ -74,6 +74,7 @@ class PodRegistration:
         self._wake = asyncio.Event()
         self._registered = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._closing = False
         self.registrations = 0
         self.writes = 0
 
@@ -90,10 +91,18 @@ class PodRegistration:
 
     async def aclose(self, revoke: bool = True) -> None:
         """Stop publishing; with `revoke`, the pod's records disappear at once."""
+        self._closing = True
         if self._task is not None:
+            # Cancellation alone is not enough on Python 3.11: asyncio.wait_for can swallow a
+            # cancel that arrives as its inner wait completes, and the loop then ran on, so a
+            # pod's shutdown waited forever. The flag ends the loop at its next turn whatever
+            # happens to the cancel, and the wait for it is bounded.
+            self._wake.set()
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            done, _ = await asyncio.wait({self._task}, timeout=5)
+            if not done:
+                log.warning("registration did not stop within 5 s; leaving it behind")
+            self._task = None
         self._stop_keeper()
         if revoke and self.lease:
             try:
@@ -106,14 +115,17 @@ class PodRegistration:
 
     async def _run(self) -> None:
         delays = None
-        while True:
+        while not self._closing:
             try:
                 if not self.lease:
                     await self._register()
                 await self._publish()
                 delays = None
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self._max_interval)
+                    async with asyncio.timeout(self._max_interval):
+                        await self._wake.wait()
+                if self._closing:
+                    return
                 await asyncio.sleep(self._min_interval)  # let a burst of changes coalesce
                 self._wake.clear()
             except asyncio.CancelledError:

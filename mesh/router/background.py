@@ -86,9 +86,10 @@ class LeaderWork:
         )
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=5)
+            if pending:
+                log.warning("%d background tasks did not stop within 5 s", len(pending))
         await self._election.aclose()
 
     # -- hand-off of draining pods' models --------------------------------------------------
@@ -102,7 +103,9 @@ class LeaderWork:
     async def _run_handoff(self) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._draining_seen.wait(), self._interval)
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel.
+                async with asyncio.timeout(self._interval):
+                    await self._draining_seen.wait()
             self._draining_seen.clear()
             if not self._election.is_leader:
                 continue

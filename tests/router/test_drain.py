@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -66,7 +67,12 @@ def test_sigterm_hands_the_models_to_another_pod_then_exits(
                 assert time.monotonic() < deadline, "readiness did not turn false"
                 time.sleep(0.05)
             assert going.poll() is None
-            going.wait(60)  # it leaves once the models are elsewhere, not at its 60 s timeout
+            try:
+                going.wait(60)  # it leaves once the models are elsewhere, not at its 60 s timeout
+            except subprocess.TimeoutExpired:
+                going.send_signal(signal.SIGUSR1)  # its threads' stacks, into its log
+                time.sleep(1)
+                pytest.fail("the pod did not exit:\n" + (tmp_path / "proc-0.log").read_text())
             time.sleep(0.5)
         assert going.returncode == 0
         assert {m: load.failed[m] for m in busy} == {m: [] for m in busy}
