@@ -64,6 +64,7 @@ class LeaderWork:
         self._rng = random.Random()
         # The last reason each model could not get its min_copies, logged once, not each round.
         self._short: dict[str, str] = {}
+        self._no_copy: dict[str, str] = {}  # likewise, for copies traffic asked for
         self._task: asyncio.Task[None] | None = None
         self._handoff_task: asyncio.Task[None] | None = None
         self._draining_seen = asyncio.Event()
@@ -233,6 +234,7 @@ class LeaderWork:
             record = mirror.models.get(model_id)
             if record is None:
                 self._loads.pop(model_id, None)
+                self._no_copy.pop(model_id, None)
                 continue
             copies = len(router.holders(model_id))
             previous = self._loads.get(model_id) or LoadState(at=now, copies=copies)
@@ -247,7 +249,16 @@ class LeaderWork:
             )
             if decision.action is CopyAction.ADD:
                 log.info("adding a copy of %s: %s", model_id, decision.reason)
-                await router.add_copy(model_id, exclude=sorted(router.known_copies(model_id)))
+                try:
+                    await router.add_copy(model_id, exclude=sorted(router.known_copies(model_id)))
+                except MeshError as exc:
+                    # One model with no room for a copy must not stop the others' scaling,
+                    # nor log the same reason every round.
+                    if self._no_copy.get(model_id) != str(exc):
+                        log.warning("no more copies of %s: %s", model_id, exc)
+                    self._no_copy[model_id] = str(exc)
+                else:
+                    self._no_copy.pop(model_id, None)
             elif decision.action is CopyAction.REMOVE and leader:
                 await self._remove_copy(model_id, requirements, decision.reason)
             elif state.rate < 1e-3 and not state.in_flight and copies <= 1:
