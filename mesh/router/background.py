@@ -23,9 +23,11 @@ import random
 import time
 from collections.abc import Callable
 
+from mesh.cluster.codec import encode
 from mesh.cluster.election import LeaderElection
 from mesh.cluster.mirror import Change
-from mesh.cluster.records import PlacementState
+from mesh.cluster.records import PlacementState, VModelRecord
+from mesh.cluster.store import Compare, Put
 from mesh.errors import MeshError
 from mesh.gen import runtime_pb2 as rpb
 from mesh.placement.copies import (
@@ -65,6 +67,7 @@ class LeaderWork:
         # The last reason each model could not get its min_copies, logged once, not each round.
         self._short: dict[str, str] = {}
         self._no_copy: dict[str, str] = {}  # likewise, for copies traffic asked for
+        self._transition_loads: dict[str, asyncio.Task[None]] = {}
         self._task: asyncio.Task[None] | None = None
         self._handoff_task: asyncio.Task[None] | None = None
         self._draining_seen = asyncio.Event()
@@ -85,6 +88,7 @@ class LeaderWork:
         tasks = [t for t in (self._task, self._handoff_task) if t is not None] + list(
             self._handoffs
         )
+        tasks += [t for t in self._transition_loads.values() if not t.done()]
         for task in tasks:
             task.cancel()
         if tasks:
@@ -165,6 +169,7 @@ class LeaderWork:
             try:
                 self.publish_totals()
                 await self.keep_min_copies()
+                await self.finish_transitions()
                 self._router.failures.expire(time.time())
             except MeshError as exc:
                 log.warning("leader work: %s", exc)
@@ -203,6 +208,41 @@ class LeaderWork:
                 if any(p.state is PlacementState.FAILED for p in copies.values())
             )
         )
+
+    async def finish_transitions(self) -> None:
+        """Carry on vmodel transitions whose router went away: load the target, then switch.
+
+        A transition runs as a task in the router that received SetVModel; if that router
+        dies, its record keeps `previous` and clients keep the old model. The leader loads the
+        target (one load per mesh: the claim joins any load already on its way) and switches
+        once a copy is loaded, with a compare on the record so that a newer SetVModel wins.
+        """
+        router, mirror = self._router, self._router.mirror
+        self._transition_loads = {m: t for m, t in self._transition_loads.items() if not t.done()}
+        for vmodel_id, record in list(mirror.vmodels.items()):
+            if not record.previous or record.target not in mirror.models:
+                continue
+            if router.holders(record.target):
+                key = router.keys.vmodel(vmodel_id)
+                switched = await router.store.txn(
+                    [Compare.value_is(key, encode(record))],
+                    [Put(key, encode(VModelRecord(vmodel_id, record.target)))],
+                )
+                if switched.succeeded:
+                    log.info("vmodel %s switched to %s", vmodel_id, record.target)
+                continue
+            task = self._transition_loads.get(record.target)
+            if task is None or task.done():
+                task = asyncio.create_task(self._load_target(vmodel_id, record.target))
+                self._transition_loads[record.target] = task
+
+    async def _load_target(self, vmodel_id: str, target: str) -> None:
+        try:
+            await self._router.ensure_loaded(target)
+        except MeshError as exc:
+            if self._short.get(target) != str(exc):
+                log.warning("vmodel %s: its target %s does not load: %s", vmodel_id, target, exc)
+            self._short[target] = str(exc)
 
     async def keep_min_copies(self) -> None:
         """Load one more copy of each model below its min_copies (one per model per round)."""

@@ -110,6 +110,14 @@ class Router:
         self.in_flight: collections.Counter[str] = collections.Counter()
         self.loads_started = 0
 
+    @property
+    def store(self) -> KeyValueStore:
+        return self._store
+
+    @property
+    def keys(self) -> Keys:
+        return self._keys
+
     def _forget_fresh(self, model_id: str, pod_id: str) -> None:
         fresh = self._fresh.get(model_id)
         if fresh is not None:

@@ -368,3 +368,34 @@ def test_loads_in_flight_elsewhere_are_charged_their_own_size(
         router.run(router.server.mirror.wait_for(lambda m: len(m.placements.get("busy", {})) == 2))
         response = router.v2.ModelInfer(infer_request("mlp", input=np.ones((1, 64), np.float32)))
         assert output_array(response, "output").shape == (1, 10)
+
+
+def test_the_leader_finishes_a_transition_its_router_left_behind(
+    etcd: EtcdServer, prefix: str, pods: list[RunningPod]
+) -> None:
+    import time
+
+    from mesh.cluster.codec import encode
+    from mesh.cluster.records import VModelRecord
+
+    with running_router(etcd=etcd.url, etcd_prefix=prefix, leader_interval=0.3) as router:
+        _register(router, "fraud-a", "xgboost", "xgb")
+        _register(router, "fraud-b", "xgboost", "xgb-json")
+        # What a router that died mid-transition leaves: clients on a, b never loaded.
+        stalled = VModelRecord("fraud", target="fraud-b", previous="fraud-a")
+        router.run(router.server.store.put(router.server.router.keys.vmodel("fraud"),
+                                           encode(stalled)))  # fmt: skip
+        x = np.ones((1, 64), np.float32)
+        router.v2.ModelInfer(infer_request("fraud", input__0=x))  # served by fraud-a meanwhile
+        deadline = time.monotonic() + 20
+        while True:
+            status = router.management.GetVModelStatus(
+                mpb.GetVModelStatusRequest(vmodel_id="fraud")
+            )
+            if status.transition == "UP_TO_DATE":
+                break
+            assert time.monotonic() < deadline, "the transition was never finished"
+            time.sleep(0.2)
+        assert status.active_model_id == "fraud-b"
+        loaded = router.management.GetModelStatus(mpb.GetModelStatusRequest(model_id="fraud-b"))
+        assert loaded.state == "LOADED"  # loaded before the switch, not on the next request
