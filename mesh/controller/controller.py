@@ -350,11 +350,11 @@ class Controller:
         except pr.InvalidSpec as exc:
             spec = exc
         vmodel = self._mesh.vmodel(name)
+        models: dict[str, pr.ModelView] = {}
         if isinstance(spec, pr.PredictorSpec):
-            vmodel = self._apply(spec, vmodel)
-        models = {}
+            vmodel = self._apply(spec, vmodel, models)
         if vmodel is not None:
-            for model_id in {vmodel.active, vmodel.target}:
+            for model_id in {vmodel.active, vmodel.target} - set(models):
                 view = self._mesh.model(model_id)
                 if view is not None:
                     models[model_id] = view
@@ -373,12 +373,22 @@ class Controller:
         )
         return self.policy.poll if busy else None
 
-    def _apply(self, spec: pr.PredictorSpec, vmodel: pr.VModelView | None) -> pr.VModelView | None:
+    def _apply(
+        self,
+        spec: pr.PredictorSpec,
+        vmodel: pr.VModelView | None,
+        seen: dict[str, pr.ModelView],
+    ) -> pr.VModelView | None:
+        """Register, point the vmodel, retire; the model's view goes into `seen` when it is
+        current (not when it was just registered: its state is changing)."""
         name = spec.name
-        if self._mesh.model(spec.model_id) is None:
+        view = self._mesh.model(spec.model_id)
+        if view is None:
             log.info("predictor %s: registering model %s", name, spec.model_id)
             self._mesh.register(spec)
             self._mesh.start_loading(spec.model_id)
+        else:
+            seen[spec.model_id] = view
         if vmodel is None or vmodel.target != spec.model_id:
             if vmodel is not None:
                 log.info("predictor %s: %s -> %s", name, vmodel.target, spec.model_id)
