@@ -8,10 +8,28 @@ does both, and `wait_for_termination()` returns once `aclose()` has finished.
 from __future__ import annotations
 
 import asyncio
+import logging
 from types import TracebackType
 from typing import Any, Self
 
 from prometheus_client import CollectorRegistry, start_http_server
+
+log = logging.getLogger(__name__)
+
+
+async def stop_task(task: asyncio.Task[object] | None, what: str, timeout: float = 5.0) -> None:
+    """Cancel a background task and wait for it, but not forever.
+
+    On Python 3.11 a cancel can be lost (asyncio.wait_for swallows one that arrives as its inner
+    wait completes) and the task runs on; awaiting it then hung a pod's shutdown. The task's
+    loop should also check a closing flag; this bounds the wait whatever happens.
+    """
+    if task is None or task.done():
+        return
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=timeout)
+    if not done:
+        log.warning("%s did not stop within %.0f s; leaving it behind", what, timeout)
 
 
 class Service:

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from mesh.cluster.lease import LeaseKeeper
 from mesh.cluster.store import Compare, EventType, KeyValueStore, Put
 from mesh.errors import LeaseNotFound, MeshError
+from mesh.lifecycle import stop_task
 from mesh.retry import Backoff
 
 log = logging.getLogger(__name__)
@@ -60,10 +61,7 @@ class LeaderElection:
 
     async def aclose(self) -> None:
         """Stop campaigning; a leader resigns, so another candidate takes over at once."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop_task(self._task, "the election")
         await self._resign()
 
     async def _run(self) -> None:

@@ -15,7 +15,6 @@ Values that cannot be decoded are logged and treated as absent.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from mesh.cluster.codec import Keys, decode
 from mesh.cluster.records import InstanceRecord, ModelRecord, PlacementRecord, VModelRecord
 from mesh.cluster.store import Entry, Event, EventType, KeyValueStore
 from mesh.errors import MeshError, StoreError
+from mesh.lifecycle import stop_task
 from mesh.retry import Backoff
 
 log = logging.getLogger(__name__)
@@ -80,10 +80,7 @@ class Mirror:
             await self._changed.wait_for(lambda: predicate(self))
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop_task(self._task, "the mirror's watch")
 
     # -- the loop ------------------------------------------------------------------------------
 

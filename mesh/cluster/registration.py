@@ -26,6 +26,7 @@ from mesh.cluster.lease import LeaseKeeper
 from mesh.cluster.records import InstanceRecord, PlacementRecord
 from mesh.cluster.store import Delete, KeyValueStore, Operation, Put
 from mesh.errors import LeaseNotFound, MeshError
+from mesh.lifecycle import stop_task
 from mesh.retry import Backoff
 
 log = logging.getLogger(__name__)
@@ -98,10 +99,7 @@ class PodRegistration:
             # pod's shutdown waited forever. The flag ends the loop at its next turn whatever
             # happens to the cancel, and the wait for it is bounded.
             self._wake.set()
-            self._task.cancel()
-            done, _ = await asyncio.wait({self._task}, timeout=5)
-            if not done:
-                log.warning("registration did not stop within 5 s; leaving it behind")
+            await stop_task(self._task, "registration")
             self._task = None
         self._stop_keeper()
         if revoke and self.lease:

@@ -25,7 +25,7 @@ from mesh.cluster.store import KeyValueStore
 from mesh.errors import InvalidRequest, MeshError
 from mesh.grpcutil import ErrorInterceptor
 from mesh.health import Health
-from mesh.lifecycle import MetricsEndpoint, Service
+from mesh.lifecycle import MetricsEndpoint, Service, stop_task
 from mesh.placement.copies import CopyPolicy
 from mesh.retry import Backoff
 from mesh.router.background import LeaderWork
@@ -79,10 +79,7 @@ class RouterLease:
                 await asyncio.sleep(next(delays))
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop_task(self._task, "the router's lease task")
         if self._keeper is not None:
             self._keeper.stop()
         if self.id:
