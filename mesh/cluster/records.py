@@ -38,6 +38,9 @@ class ModelRecord:
     pinned_pods: tuple[str, ...] = ()
     # Labels a pod must carry to take this model.
     required_labels: Mapping[str, str] = field(default_factory=dict)
+    # Labels of the pods the model should go to when one of them can take it without
+    # evicting (a Predictor's `gpu: preferred`): a preference, never a constraint.
+    preferred_labels: Mapping[str, str] = field(default_factory=dict)
     # Runtime options passed to LoadModel.
     options: Mapping[str, str] = field(default_factory=dict)
     registered_at: float = 0.0

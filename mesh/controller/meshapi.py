@@ -71,7 +71,9 @@ class MeshApi:
 
     def register(self, spec: PredictorSpec) -> None:
         options = mpb.ModelOptions(
-            runtime_options=dict(spec.options), required_labels=spec.required_labels
+            runtime_options=dict(spec.options),
+            required_labels=spec.required_labels,
+            preferred_labels=spec.preferred_labels,
         )
         request = mpb.RegisterModelRequest(
             model_id=spec.model_id,

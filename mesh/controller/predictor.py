@@ -69,6 +69,11 @@ class PredictorSpec:
         # gpu: required places the model only on pods labelled as GPU pods.
         return {"gpu": "true"} if self.gpu == "required" else {}
 
+    @property
+    def preferred_labels(self) -> dict[str, str]:
+        # gpu: preferred puts it on a GPU pod when one has room.
+        return {"gpu": "true"} if self.gpu == "preferred" else {}
+
 
 def parse(resource: Mapping[str, Any]) -> PredictorSpec:
     """The Predictor as the mesh registers it; InvalidSpec names what is wrong."""

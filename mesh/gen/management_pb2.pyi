@@ -6,7 +6,7 @@ from typing import ClassVar as _ClassVar, Iterable as _Iterable, Mapping as _Map
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ModelOptions(_message.Message):
-    __slots__ = ("min_copies", "max_copies", "pinned_pods", "required_labels", "runtime_options", "size_estimate")
+    __slots__ = ("min_copies", "max_copies", "pinned_pods", "required_labels", "runtime_options", "size_estimate", "preferred_labels")
     class RequiredLabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -21,19 +21,28 @@ class ModelOptions(_message.Message):
         key: str
         value: str
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class PreferredLabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     MIN_COPIES_FIELD_NUMBER: _ClassVar[int]
     MAX_COPIES_FIELD_NUMBER: _ClassVar[int]
     PINNED_PODS_FIELD_NUMBER: _ClassVar[int]
     REQUIRED_LABELS_FIELD_NUMBER: _ClassVar[int]
     RUNTIME_OPTIONS_FIELD_NUMBER: _ClassVar[int]
     SIZE_ESTIMATE_FIELD_NUMBER: _ClassVar[int]
+    PREFERRED_LABELS_FIELD_NUMBER: _ClassVar[int]
     min_copies: int
     max_copies: int
     pinned_pods: _containers.RepeatedScalarFieldContainer[str]
     required_labels: _containers.ScalarMap[str, str]
     runtime_options: _containers.ScalarMap[str, str]
     size_estimate: int
-    def __init__(self, min_copies: _Optional[int] = ..., max_copies: _Optional[int] = ..., pinned_pods: _Optional[_Iterable[str]] = ..., required_labels: _Optional[_Mapping[str, str]] = ..., runtime_options: _Optional[_Mapping[str, str]] = ..., size_estimate: _Optional[int] = ...) -> None: ...
+    preferred_labels: _containers.ScalarMap[str, str]
+    def __init__(self, min_copies: _Optional[int] = ..., max_copies: _Optional[int] = ..., pinned_pods: _Optional[_Iterable[str]] = ..., required_labels: _Optional[_Mapping[str, str]] = ..., runtime_options: _Optional[_Mapping[str, str]] = ..., size_estimate: _Optional[int] = ..., preferred_labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class RegisterModelRequest(_message.Message):
     __slots__ = ("model_id", "format", "storage_key", "storage_path", "options", "load_now")

@@ -12,6 +12,10 @@ The rules, in order (docs/placement.md says why):
    equally old and go by fewest loads, then requests in flight, then the random source), and
    only where choose_victims can make room without a model in flight or under the churn guard.
 
+A model with preferred labels (a Predictor's `gpu: preferred`) takes, in order: a preferred pod
+with room, any pod with room, a full preferred pod, any full pod. A preference never costs an
+eviction that a pod with room would have spared.
+
 The answer is a `Placement` (pod, expected victims) or a `NoPod` whose reason says which
 constraint excluded which pods. Nothing raises; the random source is the only state touched.
 
@@ -129,6 +133,8 @@ def choose_pod(
             return NoPod(model.model_id, reason, decision.rejected)
         return decision
     pods = snapshot.pods
+    if model.preferred_labels:
+        return _choose_preferring(pods, model, now, rng, exclude, failed, policy)
     if sample is not None and 0 < sample < len(pods):
         # Drawn with replacement: far cheaper than random.sample, and a pod drawn twice only
         # weighs twice in the random tie-break.
@@ -260,6 +266,34 @@ def _choose(
             return found
         start = end
     return _no_pod(model, len(pool), rejected)
+
+
+def _choose_preferring(
+    pods: Sequence[PodView],
+    model: ModelRequirements,
+    now: float,
+    rng: random.Random,
+    exclude: Collection[str],
+    failed: Collection[str],
+    policy: PlacementPolicy,
+) -> Decision:
+    wanted = model.preferred_labels.items()
+    matches = [all(p.labels.get(k) == v for k, v in wanted) for p in pods]
+    preferred = [p for p, match in zip(pods, matches, strict=True) if match]
+    if not preferred or len(preferred) == len(pods):
+        return _choose(pods, model, now, rng, exclude, failed, policy)
+    others = [p for p, match in zip(pods, matches, strict=True) if not match]
+    first = _choose(preferred, model, now, rng, exclude, failed, policy)
+    if isinstance(first, Placement) and not first.victims and not first.need:
+        return first  # a preferred pod with room
+    second = _choose(others, model, now, rng, exclude, failed, policy)
+    if isinstance(second, Placement) and not second.victims and not second.need:
+        return second  # another pod with room beats an eviction
+    if isinstance(first, Placement):
+        return first
+    if isinstance(second, Placement):
+        return second
+    return _choose(pods, model, now, rng, exclude, failed, policy)  # the reason, over all
 
 
 def _evict_in(

@@ -134,6 +134,8 @@ class ModelRequirements:
     runtime: str = ""
     size: int = DEFAULT_SIZE
     required_labels: Mapping[str, str] = field(default_factory=dict)
+    # Pods carrying these labels come first among those that can take the model (see choose).
+    preferred_labels: Mapping[str, str] = field(default_factory=dict)
     # Pods the model may only go to; empty: any pod.
     pinned_pods: tuple[str, ...] = ()
     min_copies: int = 0
@@ -155,6 +157,7 @@ class ModelRequirements:
             runtime=runtime_of.get(record.format, record.format),
             size=record.size_estimate or default_size,
             required_labels=MappingProxyType(dict(record.required_labels)),
+            preferred_labels=MappingProxyType(dict(record.preferred_labels)),
             pinned_pods=tuple(record.pinned_pods),
             min_copies=record.min_copies,
             max_copies=record.max_copies,

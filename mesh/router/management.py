@@ -56,6 +56,7 @@ class Management:
             max_copies=o.max_copies,
             pinned_pods=tuple(o.pinned_pods),
             required_labels=dict(o.required_labels),
+            preferred_labels=dict(o.preferred_labels),
             options=dict(o.runtime_options),
             registered_at=time.time(),
         )
@@ -110,6 +111,7 @@ class Management:
                 max_copies=record.max_copies,
                 pinned_pods=record.pinned_pods,
                 required_labels=dict(record.required_labels),
+                preferred_labels=dict(record.preferred_labels),
                 runtime_options=dict(record.options),
                 size_estimate=record.size_estimate,
             ),

@@ -35,6 +35,9 @@ def test_both_storage_forms() -> None:
     assert old.options == {"storage.bucket": "models"}
     torch = parse(resource(modelType={"name": "pytorch"}, path="ts", gpu="required"))
     assert torch.format == "torch" and torch.required_labels == {"gpu": "true"}
+    assert torch.preferred_labels == {}
+    prefers = parse(resource(modelType={"name": "pytorch"}, path="ts", gpu="preferred"))
+    assert prefers.preferred_labels == {"gpu": "true"} and prefers.required_labels == {}
 
 
 def test_the_model_id_changes_with_what_is_loaded_and_only_with_it() -> None:

@@ -395,3 +395,40 @@ def test_sampled_decisions_are_as_safe_and_as_complete(
         )
         assert chosen.alive and not chosen.draining and chosen.pod_id not in exclude
     assert decision == choose_pod(snap, req, NOW, random.Random(seed), **kw)  # type: ignore[arg-type]
+
+
+GPU = {"gpu": "true"}
+
+
+def test_a_preferred_pod_with_room_comes_first() -> None:
+    cpu = pod("cpu", extra_used=0)  # emptier, and less busy
+    gpu = pod("gpu", extra_used=50, labels=GPU, in_flight=9)
+    for seed in range(10):
+        decision = decide(Snapshot((cpu, gpu)), model(preferred_labels=GPU), seed)
+        assert isinstance(decision, Placement) and decision.pod_id == "gpu"
+
+
+def test_a_preference_never_costs_an_eviction_a_pod_with_room_would_spare() -> None:
+    cpu = pod("cpu")  # room
+    gpu = pod("gpu", models=[held("old", 90, 1.0)], labels=GPU)  # full: would evict "old"
+    decision = decide(Snapshot((cpu, gpu)), model(preferred_labels=GPU))
+    assert isinstance(decision, Placement) and decision.pod_id == "cpu" and not decision.victims
+
+
+def test_when_every_pod_is_full_the_preferred_one_evicts() -> None:
+    cpu = pod("cpu", models=[held("older", 90, 1.0)])  # the older LRU: plain LRU picks it
+    gpu = pod("gpu", models=[held("old", 90, 5.0)], labels=GPU)
+    plain = decide(Snapshot((cpu, gpu)), model(), 0, policy=PlacementPolicy(lru_slack=0))
+    assert isinstance(plain, Placement) and plain.pod_id == "cpu"
+    preferring = decide(Snapshot((cpu, gpu)), model(preferred_labels=GPU), 0,
+                        policy=PlacementPolicy(lru_slack=0))  # fmt: skip
+    assert isinstance(preferring, Placement) and preferring.pod_id == "gpu"
+    assert preferring.victims == ("old",)
+
+
+def test_a_preference_no_pod_can_meet_is_no_constraint() -> None:
+    decision = decide(Snapshot((pod("a"), pod("b"))), model(preferred_labels=GPU))
+    assert isinstance(decision, Placement)
+    gone = decide(Snapshot((pod("gpu", labels=GPU, draining=True), pod("cpu"))),
+                  model(preferred_labels=GPU))  # fmt: skip
+    assert isinstance(gone, Placement) and gone.pod_id == "cpu"

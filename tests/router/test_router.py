@@ -399,3 +399,12 @@ def test_the_leader_finishes_a_transition_its_router_left_behind(
         assert status.active_model_id == "fraud-b"
         loaded = router.management.GetModelStatus(mpb.GetModelStatusRequest(model_id="fraud-b"))
         assert loaded.state == "LOADED"  # loaded before the switch, not on the next request
+
+
+def test_preferred_labels_are_registered_and_reported(etcd: EtcdServer, prefix: str) -> None:
+    with running_router(etcd=etcd.url, etcd_prefix=prefix) as router:
+        options = mpb.ModelOptions(preferred_labels={"gpu": "true"})
+        _register(router, "prefers-gpu", "onnx", "mlp", options=options)
+        status = router.management.GetModelStatus(mpb.GetModelStatusRequest(model_id="prefers-gpu"))
+        assert dict(status.options.preferred_labels) == {"gpu": "true"}
+        assert dict(status.options.required_labels) == {}
