@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import faulthandler
 import signal
 import sys
@@ -282,7 +283,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # `kill -USR1 <pid>` prints every thread's stack to stderr: how to see where a process
     # that will not stop is waiting, without stopping it.
-    faulthandler.register(signal.SIGUSR1, all_threads=True)
+    with contextlib.suppress(OSError, ValueError):  # stderr with no file descriptor (captured)
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     if args.command == "pod":
         return _run_pod(args)
     if args.command == "puller":
