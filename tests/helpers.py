@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
-from collections.abc import Coroutine, Iterator
+import time
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -53,6 +54,15 @@ class RunningPod:
         from prometheus_client import generate_latest
 
         return generate_latest(self.server.registry).decode()
+
+
+def wait_until(check: Callable[[], Any], timeout: float = 30, what: str = "") -> Any:
+    """Poll `check` until it returns something true (returned), failing after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while not (value := check()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what or check}"
+        time.sleep(0.05)
+    return value
 
 
 @contextmanager

@@ -150,6 +150,10 @@ class Controller:
         self._threads: list[threading.Thread] = []
 
     @property
+    def namespace(self) -> str:
+        return self._api.namespace
+
+    @property
     def is_leader(self) -> bool:
         return self._leading.is_set()
 
@@ -306,8 +310,7 @@ class Controller:
         except Conflict as exc:
             result = "conflict"
             log.info("predictor %s: %s; again with the newer object", key, exc)
-            self._refresh(key)
-            self.queue.add(key, after=0.05)
+            self.queue.add(key, after=0.05)  # time for the watch to bring the newer object
         except (KubeError, MeshError) as exc:
             result = "error"
             failures = self._failures[key] = self._failures.get(key, 0) + 1
@@ -321,10 +324,6 @@ class Controller:
         if self._metrics is not None:
             self._metrics.reconciles.labels(result).inc()
             self._metrics.reconcile_seconds.observe(time.perf_counter() - started)
-
-    def _refresh(self, name: str) -> None:
-        """After a 409: the watch will bring the newer object; wait for it briefly."""
-        time.sleep(0.05)
 
     def reconcile(self, name: str) -> float | None:
         """Bring the mesh and the status in line with the Predictor; seconds until the next

@@ -68,7 +68,7 @@ def run(settings: ControllerSettings) -> None:
     controller.start()
     log.info(
         "controller for predictors in %s, management API at %s",
-        controller._api.namespace,
+        controller.namespace,
         settings.router,
     )
     stop.wait()

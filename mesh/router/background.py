@@ -21,7 +21,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from mesh.cluster.codec import encode
 from mesh.cluster.election import LeaderElection
@@ -47,6 +47,26 @@ from mesh.router.metrics import RouterMetrics
 log = logging.getLogger(__name__)
 
 
+class WarnOnce:
+    """A warning per model that repeats every round is logged when its message changes only."""
+
+    def __init__(self, what: str) -> None:
+        self._what = what
+        self._last: dict[str, str] = {}
+
+    def warn(self, model_id: str, message: str) -> None:
+        if self._last.get(model_id) != message:
+            log.warning("%s %s: %s", self._what, model_id, message)
+            self._last[model_id] = message
+
+    def clear(self, model_id: str) -> None:
+        self._last.pop(model_id, None)
+
+    def keep_only(self, model_ids: Collection[str]) -> None:
+        for model_id in set(self._last) - set(model_ids):
+            del self._last[model_id]
+
+
 class LeaderWork:
     def __init__(
         self,
@@ -65,8 +85,9 @@ class LeaderWork:
         self._loads: dict[str, LoadState] = {}
         self._rng = random.Random()
         # The last reason each model could not get its min_copies, logged once, not each round.
-        self._short: dict[str, str] = {}
-        self._no_copy: dict[str, str] = {}  # likewise, for copies traffic asked for
+        self._short = WarnOnce("min_copies of")
+        self._no_copy = WarnOnce("no more copies of")
+        self._stalled = WarnOnce("a vmodel's target does not load:")
         self._transition_loads: dict[str, asyncio.Task[None]] = {}
         self._task: asyncio.Task[None] | None = None
         self._handoff_task: asyncio.Task[None] | None = None
@@ -240,9 +261,7 @@ class LeaderWork:
         try:
             await self._router.ensure_loaded(target)
         except MeshError as exc:
-            if self._short.get(target) != str(exc):
-                log.warning("vmodel %s: its target %s does not load: %s", vmodel_id, target, exc)
-            self._short[target] = str(exc)
+            self._stalled.warn(target, f"{exc} (vmodel {vmodel_id})")
 
     async def keep_min_copies(self) -> None:
         """Load one more copy of each model below its min_copies (one per model per round)."""
@@ -252,18 +271,15 @@ class LeaderWork:
                 continue
             copies = self._router.known_copies(model_id)
             if len(copies) >= record.min_copies:
-                self._short.pop(model_id, None)
+                self._short.clear(model_id)
                 continue
             try:
                 await self._router.add_copy(model_id, exclude=sorted(copies))
             except MeshError as exc:
-                if self._short.get(model_id) != str(exc):
-                    log.warning("min_copies of %s: %s", model_id, exc)
-                self._short[model_id] = str(exc)
+                self._short.warn(model_id, str(exc))
             else:
-                self._short.pop(model_id, None)
-        for model_id in set(self._short) - set(mirror.models):
-            del self._short[model_id]
+                self._short.clear(model_id)
+        self._short.keep_only(mirror.models)
 
     async def scale_copies(self, now: float, leader: bool) -> None:
         """Fold this router's traffic into each model's load; add or (leader) remove a copy."""
@@ -274,7 +290,7 @@ class LeaderWork:
             record = mirror.models.get(model_id)
             if record is None:
                 self._loads.pop(model_id, None)
-                self._no_copy.pop(model_id, None)
+                self._no_copy.clear(model_id)
                 continue
             copies = len(router.holders(model_id))
             previous = self._loads.get(model_id) or LoadState(at=now, copies=copies)
@@ -292,13 +308,10 @@ class LeaderWork:
                 try:
                     await router.add_copy(model_id, exclude=sorted(router.known_copies(model_id)))
                 except MeshError as exc:
-                    # One model with no room for a copy must not stop the others' scaling,
-                    # nor log the same reason every round.
-                    if self._no_copy.get(model_id) != str(exc):
-                        log.warning("no more copies of %s: %s", model_id, exc)
-                    self._no_copy[model_id] = str(exc)
+                    # One model with no room for a copy must not stop the others' scaling.
+                    self._no_copy.warn(model_id, str(exc))
                 else:
-                    self._no_copy.pop(model_id, None)
+                    self._no_copy.clear(model_id)
             elif decision.action is CopyAction.REMOVE and leader:
                 await self._remove_copy(model_id, requirements, decision.reason)
             elif state.rate < 1e-3 and not state.in_flight and copies <= 1:

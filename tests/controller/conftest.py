@@ -5,10 +5,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from mesh.controller.controller import Controller, ControllerPolicy
 from mesh.controller.kube import LeaseLock, PredictorApi
 from mesh.controller.meshapi import MeshApi
+from mesh.controller.metrics import ControllerMetrics
 from tests.cluster.conftest import etcd, prefix  # noqa: F401  (shared fixtures)
 from tests.kube.apiserver import FakeKubeAPI
 from tests.router.conftest import pods  # noqa: F401  (shared fixtures)
@@ -35,11 +37,17 @@ def predictor(name: str, model_type: str, path: str, **spec: Any) -> dict[str, A
     }
 
 
-def make_controller(
-    kube: FakeKubeAPI, router_address: str, identity: str | None = None, **policy: Any
-) -> tuple[Controller, MeshApi]:
+def build_controller(
+    kube: FakeKubeAPI,
+    mesh: MeshApi | Any,
+    identity: str | None = None,
+    registry: CollectorRegistry | None = None,
+    **policy: Any,
+) -> Controller:
+    """A controller on the fake API server; with `identity`, one of replicas on a 2 s Lease."""
     client = kube.client()
-    mesh = MeshApi(router_address, timeout=10)
-    lock = LeaseLock(client, NAMESPACE, "mesh-controller", identity, 3.0) if identity else None
-    chosen = dataclasses.replace(POLICY, **policy)
-    return Controller(PredictorApi(client, NAMESPACE), mesh, chosen, lock), mesh
+    lock = LeaseLock(client, NAMESPACE, "mesh-controller", identity, 2.0) if identity else None
+    metrics = ControllerMetrics(registry) if registry is not None else None
+    return Controller(
+        PredictorApi(client, NAMESPACE), mesh, dataclasses.replace(POLICY, **policy), lock, metrics
+    )

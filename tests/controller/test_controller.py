@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -14,25 +14,23 @@ import pytest
 from mesh.cluster.etcd import EtcdConfig, EtcdStore
 from mesh.controller.controller import Controller
 from mesh.controller.kube import FINALIZER
+from mesh.controller.meshapi import MeshApi
 from mesh.gen import management_pb2 as mpb
 from tests.cluster.etcd_server import EtcdServer
-from tests.controller.conftest import NAMESPACE, make_controller, predictor
-from tests.helpers import RunningPod, RunningRouter, infer_request, output_array, running_router
+from tests.controller.conftest import NAMESPACE, build_controller, predictor
+from tests.helpers import (
+    RunningPod,
+    RunningRouter,
+    infer_request,
+    output_array,
+    running_router,
+    wait_until,
+)
 from tests.kube.apiserver import FakeKubeAPI
 
 pytestmark = pytest.mark.slow  # real etcd, router and pods: the quick subset skips it
 
 X = np.ones((1, 64), np.float32)
-
-
-def wait_until(check: Callable[[], Any], timeout: float = 30, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what or check}"
-        time.sleep(0.1)
 
 
 def wipe(etcd: EtcdServer, prefix: str) -> None:
@@ -60,7 +58,8 @@ def router(etcd: EtcdServer, prefix: str, pods: list[RunningPod]) -> Iterator[Ru
 
 @pytest.fixture
 def controller(kube: FakeKubeAPI, router: RunningRouter) -> Iterator[Controller]:
-    controller, mesh = make_controller(kube, router.address)
+    mesh = MeshApi(router.address, timeout=10)
+    controller = build_controller(kube, mesh)
     controller.start()
     yield controller
     controller.stop()

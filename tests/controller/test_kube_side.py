@@ -4,30 +4,21 @@ test_controller.py runs the real one."""
 
 from __future__ import annotations
 
-import dataclasses
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
 
 from mesh.controller.controller import Controller, WorkQueue
-from mesh.controller.kube import FINALIZER, LeaseLock, PredictorApi
-from mesh.controller.metrics import ControllerMetrics
-from tests.controller.conftest import NAMESPACE, POLICY, predictor
+from mesh.controller.kube import FINALIZER
+from tests.controller.conftest import NAMESPACE, build_controller, predictor
 from tests.controller.fakemesh import FakeMesh
+from tests.helpers import wait_until
 from tests.kube.apiserver import FakeKubeAPI
 
 PREDICTORS = rf"/namespaces/{NAMESPACE}/predictors$"
-
-
-def wait_until(check: Callable[[], Any], timeout: float = 15, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what or check}"
-        time.sleep(0.05)
-    return value
 
 
 def reconciled(kube: FakeKubeAPI, name: str) -> bool:
@@ -39,12 +30,7 @@ def start(
     kube: FakeKubeAPI, mesh: FakeMesh, identity: str | None = None, **policy: Any
 ) -> tuple[Controller, CollectorRegistry]:
     registry = CollectorRegistry()
-    client = kube.client()
-    lock = LeaseLock(client, NAMESPACE, "mesh-controller", identity, 2.0) if identity else None
-    controller = Controller(
-        PredictorApi(client, NAMESPACE), mesh,  # type: ignore[arg-type]
-        dataclasses.replace(POLICY, **policy), lock, ControllerMetrics(registry),
-    )  # fmt: skip
+    controller = build_controller(kube, mesh, identity, registry, **policy)
     controller.start()
     return controller, registry
 
