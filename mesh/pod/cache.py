@@ -43,6 +43,7 @@ from mesh.errors import (
     ModelNotFound,
 )
 from mesh.placement.eviction import Candidate, choose_victims
+from mesh.pod.batching import BatchPolicy, runtime_options
 from mesh.pod.memory import MemoryReleaser, rss_bytes
 from mesh.pod.metrics import PodMetrics
 from mesh.runtimes.base import Device, LoadedModel, LoadRequest, ModelConfig, Runtime
@@ -297,6 +298,8 @@ class ModelCache:
         model_id = source.model_id
         runtime = self._runtimes.get(source.format)
         options = {**source.config.options, **source.options}
+        BatchPolicy.from_options(model_id, options)  # a bad batching option fails the load
+        options = runtime_options(options)
         unknown = set(options) - runtime.option_keys
         if unknown:
             raise InvalidRequest(

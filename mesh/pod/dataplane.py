@@ -29,6 +29,7 @@ from mesh.errors import (
     Unavailable,
 )
 from mesh.gen import grpc_predict_v2_pb2 as pb
+from mesh.pod.batching import Batcher, BatchPolicy
 from mesh.pod.cache import CachedModel, CacheView, LoadOutcome, ModelCache, ModelSource
 from mesh.pod.codec import decode_request, encode_response
 from mesh.pod.metrics import PodMetrics
@@ -95,6 +96,9 @@ class DataPlane:
         self.state = ServerState.STARTING
         self._metrics = metrics
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="mesh-infer")
+        # Per model: the loaded object the entry was built for, and its batcher (None: off).
+        self._batchers: dict[str, tuple[LoadedModel, Batcher | None]] = {}
+        cache.on_gone(self._drop_batcher)
 
     # -- server --------------------------------------------------------------------------------
 
@@ -143,10 +147,12 @@ class DataPlane:
         try:
             entry = await self._acquire(name)
             try:
+                model = _model_of(entry)
+                batcher = self._batcher(entry, model)
+                if batcher is not None:
+                    return await batcher.infer(request, name)
                 loop = asyncio.get_running_loop()
-                return await loop.run_in_executor(
-                    self._pool, _infer, _model_of(entry), name, request
-                )
+                return await loop.run_in_executor(self._pool, _infer, model, name, request)
             finally:
                 self.cache.release(entry)
         except MeshError as exc:
@@ -226,6 +232,8 @@ class DataPlane:
         return self.cache.view()
 
     async def aclose(self) -> None:
+        for model_id in list(self._batchers):
+            self._drop_batcher(model_id)
         await self.cache.aclose()
         self._pool.shutdown(wait=True, cancel_futures=True)
 
@@ -250,6 +258,24 @@ class DataPlane:
             if entry is not None:
                 return entry
         raise ModelNotReady(f"model {name!r} was evicted as soon as it loaded; retry")
+
+    def _batcher(self, entry: CachedModel, model: LoadedModel) -> Batcher | None:
+        """The model's batcher when its options turn batching on (docs: mesh.pod.batching)."""
+        known = self._batchers.get(entry.model_id)
+        if known is not None and known[0] is model:
+            return known[1]
+        source = entry.source
+        options = {**source.config.options, **source.options}
+        policy = BatchPolicy.from_options(entry.model_id, options)
+        observe = self._metrics.batch_rows.observe if self._metrics is not None else None
+        batcher = None if policy is None else Batcher(model, policy, self._pool, observe)
+        self._batchers[entry.model_id] = (model, batcher)
+        return batcher
+
+    def _drop_batcher(self, model_id: str) -> None:
+        known = self._batchers.pop(model_id, None)
+        if known is not None and known[1] is not None:
+            known[1].aclose()
 
     def _resolve(self, name: str) -> ModelSource | None:
         """The repository's source for `name`; None without a repository (control API only)."""

@@ -44,6 +44,12 @@ class PodMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=registry,
         )
+        self.batch_rows = Histogram(
+            "mesh_pod_batch_rows",
+            "Rows per framework call of models that batch (batch.max_size)",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+            registry=registry,
+        )
         self.load_seconds = Histogram(
             "mesh_pod_load_seconds", "Model load time", buckets=_LOAD_BUCKETS, registry=registry
         )
