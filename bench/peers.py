@@ -290,8 +290,9 @@ def report(targets: list[Target], concurrencies: list[int], meta: dict[str, Any]
     ratio_headers = ["mesh target", "c"]
     for peer in peers:
         ratio_headers += [f"req/s / {peer}", f"p50 / {peer}"]
-    out += ["Ratios, this run (req/s: higher is better; p50: lower is better):\n",
-            table(ratio_headers, ratio_rows), ""]  # fmt: skip
+    if peers:
+        out += ["Ratios, this run (req/s: higher is better; p50: lower is better):\n",
+                table(ratio_headers, ratio_rows), ""]  # fmt: skip
 
     lo, hi = min(concurrencies), max(concurrencies)
     # (what, measured, bound, higher_is_better): the targets, each bound from this run.

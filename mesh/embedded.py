@@ -64,6 +64,9 @@ async def serve(models: Path, port: int, host: str, capacity: str | None) -> Non
     await pod.start()
     router = RouterServer(RouterSettings(host=host, port=port), store=store)
     await router.start()
+    # The router reaches its pod's data plane by a call, not a loopback gRPC hop.
+    assert pod.plane is not None  # started
+    router.pool.serve_in_process("embedded", pod.plane.infer_wire)
     log.info("mesh serve: %d models from %s on %s:%d", len(names), models, host, router.port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.grpc as triton
+from tritonclient.utils import InferenceServerException
 
 from tests.helpers import free_port
 
@@ -40,6 +41,16 @@ def test_mesh_serve_answers_every_model_in_the_directory(model_dir: Path) -> Non
             tensor = triton.InferInput(name, [2, 64], "FP32")
             tensor.set_data_from_numpy(x)
             assert client.infer(model, [tensor]).as_numpy(out).shape[0] == 2
+        # Errors from the pod, called in process, keep their statuses.
+        with pytest.raises(InferenceServerException) as err:
+            client.infer("no-such-model", [tensor])
+        assert err.value.status() == "StatusCode.NOT_FOUND"
+        wrong = triton.InferInput("input__0", [2, 3], "FP32")
+        wrong.set_data_from_numpy(np.ones((2, 3), np.float32))
+        with pytest.raises(InferenceServerException) as err:
+            client.infer("xgb", [wrong])
+        assert err.value.status() == "StatusCode.INVALID_ARGUMENT"
+        assert "input__0" in err.value.message()
         client.close()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Protocol
 
 import grpc  # only for status names in metrics
+from google.protobuf.message import DecodeError
 
 from mesh import __version__
 from mesh.errors import (
@@ -166,6 +167,15 @@ class DataPlane:
             if self._metrics is not None:
                 elapsed = time.perf_counter() - started if status == "OK" else None
                 self._metrics.observe_request(name, status, elapsed)
+
+    async def infer_wire(self, data: bytes, name: str = "") -> bytes:
+        """`infer` on a serialized ModelInferRequest: for a router in this process."""
+        try:
+            request = pb.ModelInferRequest.FromString(data)
+        except DecodeError as exc:
+            raise InvalidRequest(f"the request is not a ModelInferRequest: {exc}") from None
+        response = await self.infer(request, name or None)
+        return response.SerializeToString()
 
     async def load(
         self,

@@ -14,6 +14,7 @@ they are, the router's handler would be cancelled and its client left waiting fo
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -21,7 +22,14 @@ from typing import Any
 import grpc
 from grpc import aio
 
+from mesh.errors import MeshError
 from mesh.gen import runtime_pb2 as rpb
+
+log = logging.getLogger(__name__)
+
+# A pod's inference in this process: (serialized ModelInferRequest, model id) -> serialized
+# ModelInferResponse, raising MeshError.
+LocalInfer = Callable[[bytes, str], Awaitable[bytes]]
 
 INFER = "/inference.GRPCInferenceService/ModelInfer"
 METADATA = "/inference.GRPCInferenceService/ModelMetadata"
@@ -75,6 +83,42 @@ class PodClient:
         await self.channel.close()
 
 
+class InProcessPodClient(PodClient):
+    """A pod in this process (`mesh serve`): inference calls its data plane directly, with no
+    loopback hop; the control calls (load, unload, metadata) still go over its gRPC port.
+
+    Errors come back as the AioRpcError a gRPC pod would have answered, so the router's forward
+    treats both pods alike.
+    """
+
+    def __init__(self, pod_id: str, address: str, max_message_bytes: int, local: LocalInfer):
+        super().__init__(pod_id, address, max_message_bytes)
+        self._local = local
+        self.infer = self._infer_here
+
+    async def _infer_here(
+        self,
+        data: bytes,
+        timeout: float | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+    ) -> bytes:
+        model_id = next((v for k, v in metadata if k == "mm-model-id"), "")
+        try:
+            async with asyncio.timeout(timeout):
+                return await self._local(data, model_id)
+        except TimeoutError:
+            raise _status(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded") from None
+        except MeshError as exc:
+            raise _status(exc.code, str(exc)) from None
+        except Exception as exc:
+            log.exception("in-process inference of %s failed", model_id)
+            raise _status(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}") from None
+
+
+def _status(code: grpc.StatusCode, details: str) -> aio.AioRpcError:
+    return aio.AioRpcError(code, aio.Metadata(), aio.Metadata(), details)
+
+
 def pod_left(pod_id: str) -> aio.AioRpcError | None:
     """What a call ended by its channel's closing becomes: UNAVAILABLE, to retry elsewhere.
 
@@ -84,10 +128,8 @@ def pod_left(pod_id: str) -> aio.AioRpcError | None:
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         return None
-    return aio.AioRpcError(
+    return _status(
         grpc.StatusCode.UNAVAILABLE,
-        aio.Metadata(),
-        aio.Metadata(),
         f"pod {pod_id} left the mesh during the call (its channel closed)",
     )
 
@@ -98,13 +140,24 @@ class PodPool:
         self._max = max_message_bytes
         self._rng = rng or random.Random()
         self._closing: set[asyncio.Task[None]] = set()
+        self._local: dict[str, LocalInfer] = {}
+
+    def serve_in_process(self, pod_id: str, infer: LocalInfer) -> None:
+        """Pod `pod_id` runs in this process: forward its inference to `infer`."""
+        self._local[pod_id] = infer
+        self.forget(pod_id)
 
     def client(self, pod_id: str, address: str) -> PodClient:
         client = self._clients.get(pod_id)
         if client is None or client.address != address:
             if client is not None:
                 self._close_later(client)
-            client = self._clients[pod_id] = PodClient(pod_id, address, self._max)
+            local = self._local.get(pod_id)
+            client = self._clients[pod_id] = (
+                PodClient(pod_id, address, self._max)
+                if local is None
+                else InProcessPodClient(pod_id, address, self._max, local)
+            )
         return client
 
     def forget(self, pod_id: str) -> None:

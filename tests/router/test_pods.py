@@ -93,3 +93,36 @@ async def test_a_client_giving_up_still_cancels_the_forward(hanging: HangingPod)
         await forward
     assert client.outstanding == 0
     await pool.aclose()
+
+
+async def test_a_pod_in_this_process_is_called_not_dialled() -> None:
+    """`mesh serve`'s pod: inference goes to its data plane by a call; its errors and the
+    deadline come back as the statuses a pod over gRPC answers, so the forward retries alike."""
+    from mesh.errors import ModelNotFound
+
+    seen: list[tuple[bytes, str]] = []
+
+    async def plane(data: bytes, model_id: str) -> bytes:
+        seen.append((data, model_id))
+        if model_id == "gone":
+            raise ModelNotFound("model 'gone' is not loaded on this pod")
+        if model_id == "slow":
+            await asyncio.sleep(3600)
+        return b"answer:" + data
+
+    pool = PodPool(2**20)
+    pool.serve_in_process("here", plane)
+    # Port 1 has no server: a dialled call could only fail.
+    client = pool.client("here", "127.0.0.1:1")
+    assert await client.infer(b"req", timeout=5, metadata=(("mm-model-id", "m"),)) == b"answer:req"
+    assert seen == [(b"req", "m")]
+    with pytest.raises(aio.AioRpcError) as err:
+        await client.infer(b"req", timeout=5, metadata=(("mm-model-id", "gone"),))
+    assert err.value.code() is grpc.StatusCode.NOT_FOUND
+    assert "gone" in (err.value.details() or "")
+    with pytest.raises(aio.AioRpcError) as err:
+        await client.infer(b"req", timeout=0.05, metadata=(("mm-model-id", "slow"),))
+    assert err.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+    # Any other pod is still dialled.
+    assert type(pool.client("there", "127.0.0.1:1")).__name__ == "PodClient"
+    await pool.aclose()
