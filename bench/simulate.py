@@ -4,6 +4,8 @@
     .venv/bin/python bench/simulate.py --preset medium   # 20k models, 200 pods, 2M requests
     .venv/bin/python bench/simulate.py --preset small    # 2k models, 20 pods, 200k requests
     .venv/bin/python bench/simulate.py --preset small --check-victims --json out.json
+    .venv/bin/python bench/simulate.py --preset small --workloads diurnal \
+        --policies mesh,fixed-half,elastic,ideal        # elastic pools against fixed ones
 
 A discrete-event simulation. Requests arrive as a Poisson stream (5 per second per pod) for
 models drawn from a Zipf law, in two workloads: `zipf` (fixed popularity) and `shift` (every
@@ -46,6 +48,14 @@ ends or fails and deleted on eviction, plus one coalesced instance update per po
 anything changed. A last column is what per-model last-use times would add if the coalesced
 update wrote each changed one to its placement record, instead of carrying them in one value.
 
+Elastic pools: the `diurnal` workload cycles through busy (the full rate), quiet (15%) and idle
+(no requests) phases, every 600 s. `fixed-half` is `mesh` with half the pods; `elastic` starts
+with none and lets mesh.placement.pool size the pool every 10 s, as the controller would: a pod
+asked for serves 20 s later; requests no pod can take are held (up to 30 s, then they fail); a
+pod removed is drained, its sole copies in use loaded elsewhere (pessimistically: it stops
+serving at once, where the mesh serves from a draining pod until its hand-off is done). The
+extra table gives pod-seconds against hit ratio.
+
 Workloads x policies run in parallel processes (`--jobs`, default 2).
 """
 
@@ -86,6 +96,7 @@ from mesh.placement.copies import (  # noqa: E402
 )
 from mesh.placement.eviction import choose_victims  # noqa: E402
 from mesh.placement.failures import FailureLog, FailurePolicy  # noqa: E402
+from mesh.placement.pool import PoolPolicy, PoolSignals, PoolState, decide_pool  # noqa: E402
 from mesh.placement.snapshot import HeldModel, ModelRequirements, PodView, Snapshot  # noqa: E402
 
 MiB = 1 << 20
@@ -126,6 +137,16 @@ class Config:
     copy_add_rate: float = 50.0
     full_scan_every: int = 100  # time a full-scan choose_pod beside every Nth decision
     check_victims: bool = False
+    # The diurnal workload: a cycle of phases, each (share of the cycle, share of the full rate).
+    cycle_s: float = 600.0
+    phases: tuple[tuple[float, float], ...] = ((0.4, 1.0), (0.3, 0.15), (0.3, 0.0))
+    # Elastic pools (policy `elastic`): mesh.placement.pool decides every pool_every seconds;
+    # a pod asked for serves from the first decision pod_start_s later.
+    pool_every: float = 10.0
+    pod_start_s: float = 20.0
+    pool_window: float = 60.0
+    scale_down_after: float = 60.0
+    hold_timeout: float = 30.0  # a held request not placed by then fails (its deadline)
 
 
 PRESETS = {
@@ -139,7 +160,7 @@ DEFAULT_POLICIES = {
     "full": ("mesh", "random", "ideal"),
 }
 WORKLOADS = ("zipf", "shift")
-ORDER = {"mesh-full": 0, "mesh": 1, "random": 2, "ideal": 3}  # slowest first
+ORDER = {"mesh-full": 0, "mesh": 1, "elastic": 1, "fixed-half": 1, "random": 2, "ideal": 3}
 
 
 # -- workload ------------------------------------------------------------------------------------
@@ -175,7 +196,7 @@ def make_workload(cfg: Config, kind: str) -> Workload:
     ranks = np.minimum(ranks, cfg.models - 1)
     # Popularity is independent of size: rank r is model perm[r].
     perm = rng.permutation(cfg.models).astype(np.int32)
-    if kind == "zipf":
+    if kind in ("zipf", "diurnal"):
         models = perm[ranks]
     elif kind == "shift":
         models = np.empty(cfg.requests, dtype=np.int32)
@@ -193,6 +214,14 @@ def make_workload(cfg: Config, kind: str) -> Workload:
             perm[moved], perm[into] = perm[into].copy(), perm[moved].copy()
     else:
         raise ValueError(f"unknown workload {kind!r}")
+    if kind == "diurnal":
+        # The same stream thinned by the phase's share of the full rate (a Poisson process whose
+        # rate follows the phases).
+        shares = np.array([share for _, share in cfg.phases])
+        ends = np.cumsum([length for length, _ in cfg.phases])
+        phase = np.searchsorted(ends / ends[-1], (times % cfg.cycle_s) / cfg.cycle_s, "right")
+        keep = rng.random(len(times)) < shares[np.minimum(phase, len(shares) - 1)]
+        times, models = times[keep], models[keep]
     return Workload(
         kind,
         sizes.tolist(),
@@ -248,6 +277,13 @@ class Result:
     pods: int = 0
     sim_seconds: float = 0.0
     wall_seconds: float = 0.0
+    # Elastic pools: pod-seconds spent, requests held while no pod served, pods started,
+    # models dropped by pods removed, the most pods at once.
+    pod_seconds: float = 0.0
+    held_requests: int = 0
+    pods_started: int = 0
+    drained_models: int = 0
+    max_pods: int = 0
     decide_ns: list[int] = field(default_factory=list)
     full_scan_ns: list[int] = field(default_factory=list)
 
@@ -352,10 +388,12 @@ class Pod:
 class Mesh:
     """The cluster under one policy: pods with their own LRU, and placement deciding misses."""
 
-    def __init__(self, cfg: Config, w: Workload, policy: str) -> None:
+    def __init__(self, cfg: Config, w: Workload, policy: str, active: int | None = None) -> None:
         self.cfg = cfg
         self.w = w
-        self.policy = policy
+        # `elastic` places as `mesh` does; mesh.placement.pool sizes its pool.
+        self.elastic = policy == "elastic"
+        self.policy = policy = "mesh" if self.elastic else policy
         self.res = Result(w.name, policy, pods=cfg.pods, sim_seconds=w.duration)
         self.rng = random.Random(cfg.seed)
         self.fail_rng = random.Random(cfg.seed + 7)
@@ -369,6 +407,21 @@ class Mesh:
         self.reqs = [ModelRequirements(self.names[m], size=s) for m, s in enumerate(w.sizes)]
         self.pods = [Pod(i, c) for i, c in enumerate(w.capacities)]
         self.by_name = {p.name: p for p in self.pods}
+        # Pods serving now. An elastic pool starts with none; a fixed one with `active` pods.
+        n_active = 0 if self.elastic else len(self.pods) if active is None else active
+        self.active = [i < n_active for i in range(len(self.pods))]
+        self.all_active = all(self.active)
+        self.pool_policy = PoolPolicy(
+            min_pods=0, max_pods=len(self.pods), window=cfg.pool_window,
+            scale_down_after=cfg.scale_down_after, pod_capacity=min(w.capacities),
+        )  # fmt: skip
+        self.pool_state = PoolState()
+        self.starting: list[tuple[float, int]] = []  # (serving from, pod) of pods asked for
+        # model -> (requests, first held at): held while no pod of the pool can take them.
+        self.held: dict[int, tuple[int, float]] = {}
+        self.last_pool = 0.0
+        self.loads_since = 0
+        self.load_seconds_since = 0.0
         # Only placement reads the views; random placement does not keep them.
         self.keep_views = policy == "mesh"
         self.views: list[PodView] = [self.view_of(p, uses=True) for p in self.pods]
@@ -420,8 +473,12 @@ class Mesh:
 
     def snap(self) -> Snapshot:
         if self.snapshot is None:
-            self.snapshot = Snapshot(tuple(self.views))
+            views = self.views if self.all_active else self.active_views()
+            self.snapshot = Snapshot(tuple(views))
         return self.snapshot
+
+    def active_views(self) -> list[PodView]:
+        return [v for v, on in zip(self.views, self.active, strict=True) if on]
 
     def publish(self) -> None:
         """The coalesced instance updates: every pod that changed writes once."""
@@ -489,6 +546,8 @@ class Mesh:
                 self.evict(pod, v)
         pod.used += size
         end = now + self.cfg.load_fixed_s + size / self.cfg.load_bytes_per_s
+        self.loads_since += 1
+        self.load_seconds_since += end - now
         pod.loading[m] = end
         pod.held[self.names[m]] = HeldModel(self.names[m], size, now, 0, LOADING)
         self.loading_at[m] = pod.idx
@@ -499,7 +558,7 @@ class Mesh:
         self.refresh(pod)
         return True
 
-    def evict(self, pod: Pod, m: int, *, copy: bool = False) -> None:
+    def evict(self, pod: Pod, m: int, *, copy: bool = False, drained: bool = False) -> None:
         del pod.lru[m]
         pod.used -= self.w.sizes[m]
         del pod.held[self.names[m]]
@@ -508,7 +567,9 @@ class Mesh:
         holders.remove(pod.idx)
         if not holders:
             del self.where[m]
-        if copy:
+        if drained:
+            self.res.drained_models += 1
+        elif copy:
             self.res.copies_removed += 1
         else:
             self.res.evictions += 1
@@ -601,7 +662,7 @@ class Mesh:
         # A model joins the watch once it reaches the idle threshold on one copy.
         floor = max(1, int(cp.remove_rate * window))
         watch.update(int(m) for m in np.flatnonzero(counts >= floor))
-        limit = len(self.pods)
+        limit = sum(self.active)
         for m in watch:
             copies = len(self.where.get(m, ()))
             state = self.loads.get(m) or LoadState(at=now - window, copies=copies)
@@ -630,6 +691,71 @@ class Mesh:
         self.evict(pod, m, copy=True)
         self.refresh(pod)
 
+    # -- elastic pools ---------------------------------------------------------------------------
+
+    def pool_tick(self, now: float) -> None:
+        """mesh.placement.pool's decision, acted on as the controller would: pods started (they
+        serve pod_start_s later) or one drained and removed (its models dropped)."""
+        serving = sum(self.active)
+        self.res.pod_seconds += (now - self.last_pool) * (serving + len(self.starting))
+        started = [idx for at, idx in self.starting if at <= now]
+        if started:
+            self.starting = [(at, idx) for at, idx in self.starting if at > now]
+            for idx in started:
+                self.active[idx] = True
+            self.all_active = all(self.active)
+            self.snapshot = None
+        held, self.held = self.held, {}
+        for m, (n, since) in held.items():  # held requests wait for their model's load
+            placed = m in self.loading_at or (any(self.active) and self.place(m, now))
+            if placed:
+                self.waiters[m] = self.waiters.get(m, 0) + n
+                self.pods[self.loading_at[m]].waiting += n
+            elif now - since >= self.cfg.hold_timeout:  # its deadline passed
+                self.res.rejected += n
+            else:
+                self.held[m] = (n, since)
+        elapsed = max(now - self.last_pool, 1e-9)
+        signals = PoolSignals(
+            tuple(self.active_views()),
+            now=now,
+            misses_per_second=self.loads_since / elapsed,
+            load_seconds=self.load_seconds_since / max(1, self.loads_since),
+            held=sum(n for n, _ in self.held.values()),
+        )
+        decision = decide_pool(self.pool_policy, signals, self.pool_state)
+        self.pool_state = decision.state
+        self.last_pool, self.loads_since, self.load_seconds_since = now, 0, 0.0
+        more = decision.desired - sum(self.active) - len(self.starting)
+        if more > 0:
+            asked = {idx for _, idx in self.starting}
+            idle = [p.idx for p in self.pods if not self.active[p.idx] and p.idx not in asked]
+            for idx in idle[:more]:
+                self.starting.append((now + self.cfg.pod_start_s, idx))
+                self.res.pods_started += 1
+        if decision.remove is not None:
+            pod = self.by_name[decision.remove]
+            if not pod.loading:  # a drain waits for loads in flight; the next tick retries
+                for m in list(pod.lru):
+                    self.evict(pod, m, drained=True)
+                self.active[pod.idx] = False
+                self.all_active = False
+                self.refresh(pod)
+                # The hand-off, pessimistically: the drained pod stops serving at once and its
+                # sole copies in use load elsewhere (the mesh keeps serving from the draining
+                # pod until they have, so requests here wait where there they would not).
+                for name in decision.handoff:
+                    m = int(name)
+                    if m not in self.where and m not in self.loading_at:
+                        self.place(m, now)
+        self.res.max_pods = max(self.res.max_pods, sum(self.active))
+
+    def hold(self, m: int, now: float) -> None:
+        """No pod can take it: the router holds the request while the pool grows."""
+        n, since = self.held.get(m, (0, now))
+        self.held[m] = (n + 1, since)
+        self.res.held_requests += 1
+
     # -- the run -------------------------------------------------------------------------------
 
     def run(self) -> Result:
@@ -646,16 +772,19 @@ class Mesh:
         events = self.events
         next_publish = cfg.publish_every
         next_copies = cfg.copy_every
+        next_pool = cfg.pool_every if self.elastic else float("inf")
         copy_start = 0  # index of the first request of the current copy window
         self.now = 0.0
         hits = waits = 0
-        next_due = min(next_publish, next_copies)
+        next_due = min(next_publish, next_copies, next_pool)
         for start, times, models in chunks(w):
             for i, (t, m) in enumerate(zip(times, models, strict=True)):
                 if t >= next_due:
                     # Due events in time order: load ends, coalesced updates, copy decisions.
                     while True:
-                        due = min(events[0][0] if events else t + 1, next_publish, next_copies)
+                        due = min(
+                            events[0][0] if events else t + 1, next_publish, next_copies, next_pool
+                        )
                         if due > t:
                             break
                         if events and events[0][0] == due:
@@ -664,6 +793,9 @@ class Mesh:
                         elif next_publish == due:
                             self.publish()
                             next_publish += cfg.publish_every
+                        elif next_pool == due:
+                            self.pool_tick(due)
+                            next_pool += cfg.pool_every
                         else:
                             self.now = due
                             end = start + i
@@ -671,7 +803,9 @@ class Mesh:
                             self.copies_tick(due, counts, cfg.copy_every)
                             copy_start = end
                             next_copies += cfg.copy_every
-                    next_due = min(events[0][0] if events else t + 1e9, next_publish, next_copies)
+                    next_due = min(
+                        events[0][0] if events else t + 1e9, next_publish, next_copies, next_pool
+                    )
                 holders = where.get(m)
                 if holders is not None:
                     hits += 1
@@ -694,7 +828,13 @@ class Mesh:
                     pods[p].waiting += 1
                     continue
                 self.now = t
+                if self.elastic and (not any(self.active) or m in self.held):
+                    self.hold(m, t)
+                    continue
                 if not self.place(m, t):
+                    if self.elastic:
+                        self.hold(m, t)
+                        continue
                     res.rejected += 1
                     res.rejected_broken += m in w.broken
                 # A load started: its end may be the next thing due.
@@ -702,6 +842,12 @@ class Mesh:
                     next_due = events[0][0]
         res.requests = len(w.times)
         res.hits, res.waits = hits, waits
+        end = w.duration
+        if self.elastic:
+            res.pod_seconds += (end - self.last_pool) * (sum(self.active) + len(self.starting))
+        else:
+            res.pod_seconds = sum(self.active) * end
+            res.max_pods = sum(self.active)
         res.wall_seconds = time.perf_counter() - started
         return res
 
@@ -716,7 +862,9 @@ def run_one(args: tuple[Config, str, str]) -> dict[str, Any]:
         res = run_ideal(cfg, w)
     else:
         mesh_cfg = replace(cfg, sample=0) if policy == "mesh-full" else cfg
-        res = Mesh(mesh_cfg, w, "random" if policy == "random" else "mesh").run()
+        kind_of = {"random": "random", "elastic": "elastic"}
+        active = cfg.pods // 2 if policy == "fixed-half" else None
+        res = Mesh(mesh_cfg, w, kind_of.get(policy, "mesh"), active).run()
         res.policy = policy
     return res.summary()
 
@@ -767,6 +915,27 @@ def table(rows: list[dict[str, Any]]) -> str:
 
     rule = "|" + "|".join(["-" * (widths[0] + 2)] + [("-" * (w + 1)) + ":" for w in widths[1:]])
     return "\n".join([line(head), rule + "|", *(line(b) for b in body)])
+
+
+def pool_table(rows: list[dict[str, Any]]) -> str:
+    """Pod-seconds against hit ratio, for the fixed pools and the elastic one."""
+    fixed = next((r for r in rows if r["policy"] == "mesh"), None)
+    head = (
+        "| policy | hit ratio | pod-seconds | mean pods | max pods | vs fixed pool | held "
+        "| started | drained |"
+    )
+    out = [head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        if r["policy"] == "ideal":
+            continue
+        mean = r["pod_seconds"] / r["sim_seconds"] if r["sim_seconds"] else 0.0
+        ratio = f"{r['pod_seconds'] / fixed['pod_seconds']:.2f}x" if fixed else "-"
+        out.append(
+            f"| {r['policy']} | {r['hit_ratio']:.4f} | {r['pod_seconds']:,.0f} | {mean:.1f} | "
+            f"{r['max_pods']} | {ratio} | {r['held_requests']:,} | {r['pods_started']} | "
+            f"{r['drained_models']:,} |"
+        )
+    return "\n".join(out)
 
 
 def reading(rows: list[dict[str, Any]]) -> list[str]:
@@ -825,6 +994,9 @@ def report(results: list[dict[str, Any]], kinds: list[str], total: float) -> Non
         for line in reading(rows):
             print(textwrap.fill(line, 100, initial_indent="- ", subsequent_indent="  "))
         print("- wall s: " + ", ".join(f"{r['policy']} {r['wall_seconds']:.1f}" for r in rows))
+        if any(r["policy"] == "elastic" for r in rows):
+            print()
+            print(pool_table(rows))
     print(f"\nwhole run: {total:.1f} s")
 
 
@@ -832,7 +1004,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Simulate mesh placement at scale.")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="full")
     parser.add_argument("--workloads", default=",".join(WORKLOADS))
-    parser.add_argument("--policies", help="comma-separated: mesh,mesh-full,random,ideal")
+    parser.add_argument(
+        "--policies", help="comma-separated: mesh,mesh-full,random,ideal,elastic,fixed-half"
+    )
     parser.add_argument("--requests", type=int, help="override the preset's request count")
     parser.add_argument("--sample", type=int, help="pods choose_pod samples first (0: all)")
     parser.add_argument("--seed", type=int, default=1)

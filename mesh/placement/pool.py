@@ -10,12 +10,15 @@ A pool's size follows four needs, each turned into a number of pods, and the lar
   on average; each pod should spend at most `load_share` of its time loading;
 - **requests**: requests in flight (held ones included) over `in_flight_per_pod`.
 
-The answer is bounded by `min_pods` and `max_pods`. A pool grows at once. It shrinks one pod at a
-time, and only after `scale_down_after` seconds in which it needed fewer pods than it had (at
-once while it has more than `max_pods`, which an operator may have lowered); the
-pod to remove is the one whose models matter least (fewest bytes used within the window), never
-one that holds the only copy of a model in use (used within the window or with requests in
-flight), and the caller removes it through the pod's drain and hand-off. With `min_pods` 0 a
+The answer is bounded by `min_pods` and `max_pods`. A pool grows at once. It shrinks by one pod
+per decision, and only once it has needed fewer pods than it had for `scale_down_after` seconds (at
+once while it has more than `max_pods`, which an operator may have lowered). The pod to drain is
+the one whose models matter least: first the fewest bytes of sole copies of models in use (used
+within the window or with requests in flight), which its hand-off must load elsewhere, then the
+fewest bytes in use. The decision names those models (`handoff`, most recently used first) and is
+taken only when the pods that stay have the free room for them; the caller drains the pod through
+the existing hand-off, so a sole copy of a model in use is never lost with its pod. With
+`min_pods` 0 a
 pool with no use within the window and nothing in flight goes to zero pods; a request held for a
 pool with no pod is in-flight demand and brings one back.
 
@@ -90,6 +93,9 @@ class PoolDecision:
     # Each need as a number of pods, for metrics and logs: bytes, thrash, loads, requests.
     needs: dict[str, int] = field(default_factory=dict)
     reason: str = ""
+    # The sole copies of models in use on `remove`, most recently used first: what its
+    # hand-off must load elsewhere before it goes.
+    handoff: tuple[str, ...] = ()
 
 
 def decide_pool(
@@ -124,18 +130,21 @@ def decide_pool(
     over_max = current > policy.max_pods  # max was lowered: no cool-down to wait out
     if now - below_since < policy.scale_down_after and not over_max:
         return PoolDecision(current, None, PoolState(below_since), needs, "cooling down")
-    victim = _removable(pods, since)
-    if victim is None:
+    chosen = _removable(pods, since)
+    if chosen is None:
         return PoolDecision(
-            current, None, PoolState(below_since), needs, "every pod holds a sole copy in use"
+            current, None, PoolState(below_since), needs, "no room elsewhere for a hand-off"
         )
-    # The next removal waits a whole scale_down_after again.
-    return PoolDecision(current - 1, victim, PoolState(now), needs, "scale down")
+    victim, handoff = chosen
+    # One pod per decision; the next decision may take another while the need stays lower.
+    return PoolDecision(
+        current - 1, victim, PoolState(below_since), needs, "scale down", handoff=handoff
+    )
 
 
 def _pod_capacity(pods: list[PodView], policy: PoolPolicy) -> int:
-    if pods:
-        return min(p.capacity for p in pods)  # the smallest pod bounds what one copy can need
+    if pods:  # a pool's pods are alike; where they are not, the mean is what one pod adds
+        return sum(p.capacity for p in pods) // len(pods)
     return policy.pod_capacity
 
 
@@ -157,18 +166,25 @@ def _thrashing(pods: list[PodView], signals: PoolSignals, policy: PoolPolicy) ->
     return bool(ages) and bool(full) and min(ages) < policy.lru_age_floor
 
 
-def _removable(pods: list[PodView], since: float) -> str | None:
-    """The pod whose models matter least, among those holding no sole copy of a model in use."""
+def _removable(pods: list[PodView], since: float) -> tuple[str, tuple[str, ...]] | None:
+    """The pod to drain and the sole copies in use it must hand off, or None when no pod's
+    hand-off would fit in the free room of the pods that stay."""
     holders: dict[str, int] = {}
     for pod in pods:
         for model_id in pod.models:
             holders[model_id] = holders.get(model_id, 0) + 1
-    best: tuple[int, str] | None = None
+    free = sum(max(p.free, 0) for p in pods)
+    best: tuple[int, int, str] | None = None
+    best_handoff: tuple[str, ...] = ()
     for pod in pods:
         used = [m for m in pod.models.values() if m.last_used >= since or m.in_flight]
-        if any(holders[m.model_id] == 1 for m in used):
-            continue
-        key = (sum(m.size for m in used), pod.pod_id)
+        sole = [m for m in used if holders[m.model_id] == 1]
+        sole_bytes = sum(m.size for m in sole)
+        if sole_bytes > free - max(pod.free, 0):
+            continue  # the others could not take its hand-off
+        key = (sole_bytes, sum(m.size for m in used), pod.pod_id)
         if best is None or key < best:
             best = key
-    return None if best is None else best[1]
+            ordered = sorted(sole, key=lambda m: (-m.last_used, m.model_id))
+            best_handoff = tuple(m.model_id for m in ordered)
+    return None if best is None else (best[2], best_handoff)
