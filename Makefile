@@ -43,6 +43,7 @@ lint: install
 	$(BIN)/ruff check mesh tests bench scripts
 	$(BIN)/ruff format --check mesh tests bench scripts
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 # The whole suite, lint and types included.
 test: install proto-env etcd lint

@@ -39,8 +39,7 @@ from mesh.errors import (
     Unavailable,
 )
 from mesh.gen import puller_pb2 as ppb
-from mesh.puller.records import ArtifactView, CacheView, PullResult
-from mesh.puller.service import PULLER_SERVICE
+from mesh.puller.records import PULLER_SERVICE, ArtifactView, CacheView, PullResult
 
 _ERRORS: dict[grpc.StatusCode, type[MeshError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidRequest,

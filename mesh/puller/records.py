@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+# The gRPC service name: the server's and the client's (the pod's), without the server's imports.
+PULLER_SERVICE = "mesh.puller.v1.Puller"
+
 
 @dataclass(frozen=True, slots=True)
 class PullResult:

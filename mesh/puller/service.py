@@ -14,8 +14,7 @@ from grpc import aio
 from mesh.gen import puller_pb2 as ppb
 from mesh.grpcutil import service_handler
 from mesh.puller.core import Puller
-
-PULLER_SERVICE = "mesh.puller.v1.Puller"
+from mesh.puller.records import PULLER_SERVICE
 
 Context = aio.ServicerContext[Any, Any]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from mesh.pod.settings import ByteSize
+from mesh.units import ByteSize
 
 
 class RouterSettings(BaseSettings):
