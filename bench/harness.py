@@ -195,7 +195,12 @@ def percentile_ms(values: Sequence[float], q: float) -> float:
 
 
 async def _grpc_loop(
-    target: str, payload: bytes, concurrency: int, warmup: float, duration: float
+    target: str,
+    payloads: list[bytes],
+    sequence: list[int],
+    concurrency: int,
+    warmup: float,
+    duration: float,
 ) -> dict[str, Any]:
     from grpc import aio
 
@@ -209,15 +214,20 @@ async def _grpc_loop(
         )
         await asyncio.wait_for(channel.channel_ready(), 15)
         first_error: list[str] = []
+        position = 0
+        n = len(sequence)
 
         async def worker(deadline: float, record: list[float] | None) -> None:
+            nonlocal position
             clock = time.perf_counter
             while not first_error:
                 t0 = clock()
                 if t0 >= deadline:
                     return
+                body = payloads[sequence[position % n]]
+                position += 1
                 try:
-                    await call(payload, timeout=30)
+                    await call(body, timeout=30)
                 except aio.AioRpcError as exc:
                     first_error.append(f"{exc.code().name}: {exc.details()}")
                     return
@@ -241,7 +251,7 @@ async def _grpc_loop(
     }
 
 
-def _client_main(args: tuple[str, bytes, int, float, float], out: Any) -> None:
+def _client_main(args: tuple[str, list[bytes], list[int], int, float, float], out: Any) -> None:
     try:
         out.send(asyncio.run(_grpc_loop(*args)))
     except BaseException as exc:  # reported by the parent
@@ -251,13 +261,21 @@ def _client_main(args: tuple[str, bytes, int, float, float], out: Any) -> None:
 
 
 def closed_loop(
-    port: int, payload: bytes, concurrency: int, warmup: float, duration: float
+    port: int,
+    payload: bytes | list[bytes],
+    concurrency: int,
+    warmup: float,
+    duration: float,
+    sequence: list[int] | None = None,
 ) -> dict[str, Any]:
-    """Requests/s and latency percentiles of `concurrency` callers, each sending `payload` (a
-    serialized ModelInferRequest) as soon as its last answer came back."""
+    """Requests/s and latency percentiles of `concurrency` callers, each sending a serialized
+    ModelInferRequest as soon as its last answer came back: `payload`, or `payload[i]` for each
+    `i` of `sequence` in turn (cycled), to spread requests over models."""
     ctx = multiprocessing.get_context("spawn")
     receive, send = ctx.Pipe(duplex=False)
-    args = (f"127.0.0.1:{port}", payload, concurrency, warmup, duration)
+    payloads = [payload] if isinstance(payload, bytes) else payload
+    order = sequence if sequence is not None else [0]
+    args = (f"127.0.0.1:{port}", payloads, order, concurrency, warmup, duration)
     proc = ctx.Process(target=_client_main, args=(args, send), name="bench-client")
     proc.start()
     send.close()

@@ -47,7 +47,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import (
     INFER_PATH,
     Server,
-    child_env,
     closed_loop,
     free_port,
     grpc_ready,
@@ -55,8 +54,9 @@ from harness import (
 )
 
 N_FEATURES = 64
-MODEL = "xgb"
 INPUT = "input__0"
+# The models every target serves: one ("xgb") unless --models asks for more; set by main.
+NAMES: list[str] = ["xgb"]
 
 
 @dataclass(frozen=True)
@@ -137,30 +137,43 @@ def start_router(work: Path, logs: Path) -> tuple[Server, int]:
     server = Server("router", argv, logs / "router.log", grpc_ready(port))
 
     def ready() -> bool:
-        # Ready once the router answers and the model is registered and loaded through it.
+        # Ready once the router answers and every model is registered through it.
         if not grpc_ready(port)():
             return False
-        register = mesh_argv(
-            "register", MODEL, "--router", f"127.0.0.1:{port}", "--format", "xgboost",
-            "--storage-path", MODEL, "--load-now",
-        )  # fmt: skip
-        done = subprocess.run(register, env=child_env(), capture_output=True, text=True)
-        if done.returncode != 0 and "already" not in (done.stderr + done.stdout).lower():
-            raise RuntimeError(f"mesh register failed: {done.stderr.strip() or done.stdout}")
+        register_all(port)
         return True
 
     server.ready = ready
     return server, port
 
 
+def register_all(port: int) -> None:
+    """Register every model with the router's management API (no load: the warm-up loads)."""
+    import grpc
+
+    from mesh.gen import management_pb2 as mpb
+    from mesh.gen import management_pb2_grpc
+
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = management_pb2_grpc.ManagementStub(channel)  # type: ignore[no-untyped-call]
+        for name in NAMES:
+            request = mpb.RegisterModelRequest(model_id=name, format="xgboost", storage_path=name)
+            try:
+                stub.RegisterModel(request, timeout=30)
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.ALREADY_EXISTS:
+                    raise
+
+
 def start_kserve(cache: Path) -> Callable[[Path, Path], tuple[Server, int]]:
     def start(work: Path, logs: Path) -> tuple[Server, int]:
         port, http = free_port(), free_port()
         script = Path(__file__).resolve().parent / "peers" / "kserve_xgboost.py"
-        argv = [str(KSERVE.python(cache)), str(script), str(work / "peer" / "model.json"), MODEL,
-                str(http), str(port)]  # fmt: skip
+        models = [f"{name}={work / 'peer' / name}.json" for name in NAMES]
+        argv = [str(KSERVE.python(cache)), str(script), str(http), str(port), *models]
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-        return Server("KServe", argv, logs / "kserve.log", grpc_ready(port, MODEL), env=env), port
+        ready = grpc_ready(port, NAMES[-1])
+        return Server("KServe", argv, logs / "kserve.log", ready, env=env), port
 
     return start
 
@@ -189,33 +202,36 @@ def start_mlserver(cache: Path, workers: int | None) -> Callable[[Path, Path], t
         env["OMP_NUM_THREADS"] = "1"
         argv = [str(mlserver), "start", str(home)]
         log = logs / f"mlserver-{workers}.log"
-        return Server("MLServer", argv, log, grpc_ready(port, MODEL), env=env, cwd=home), port
+        return Server("MLServer", argv, log, grpc_ready(port, NAMES[-1]), env=env, cwd=home), port
 
     return start
 
 
 def build_models(work: Path) -> np.ndarray[Any, Any]:
-    """The booster in the mesh's layout and the peers' (JSON), and its answer for the sample."""
+    """The booster, under every name, in the mesh's layout and the peers' (JSON); its answer
+    for the sample."""
     import xgboost as xgb
 
     from mesh import examples
 
-    path = examples.xgboost_booster(work / "mesh" / MODEL, n_features=N_FEATURES)
-    booster = xgb.Booster(model_file=str(path))
+    first = examples.xgboost_booster(work / "mesh" / NAMES[0], n_features=N_FEATURES)
+    booster = xgb.Booster(model_file=str(first))
     (work / "peer").mkdir()
-    booster.save_model(str(work / "peer" / "model.json"))
-    mlserver = work / "mlserver" / MODEL
-    mlserver.mkdir(parents=True)
-    booster.save_model(str(mlserver / "model.json"))
-    (mlserver / "model-settings.json").write_text(
-        json.dumps(
-            {
-                "name": MODEL,
-                "implementation": "mlserver_xgboost.XGBoostModel",
-                "parameters": {"uri": "./model.json"},
-            }
-        )
-    )
+    for name in NAMES:
+        folder = work / "mesh" / name
+        folder.mkdir(parents=True, exist_ok=True)
+        if not (folder / first.name).exists():
+            shutil.copyfile(first, folder / first.name)
+        booster.save_model(str(work / "peer" / f"{name}.json"))
+        mlserver = work / "mlserver" / name
+        mlserver.mkdir(parents=True)
+        booster.save_model(str(mlserver / "model.json"))
+        settings = {
+            "name": name,
+            "implementation": "mlserver_xgboost.XGBoostModel",
+            "parameters": {"uri": "./model.json"},
+        }
+        (mlserver / "model-settings.json").write_text(json.dumps(settings))
     return np.asarray(booster.inplace_predict(sample(), validate_features=False), np.float32)
 
 
@@ -223,12 +239,12 @@ def sample() -> np.ndarray[Any, Any]:
     return np.random.default_rng(1).standard_normal((1, N_FEATURES)).astype(np.float32)
 
 
-def payload() -> bytes:
+def payload(model: str = "xgb") -> bytes:
     from mesh.gen import grpc_predict_v2_pb2 as pb
 
     x = sample()
     request = pb.ModelInferRequest(
-        model_name=MODEL,
+        model_name=model,
         inputs=[pb.ModelInferRequest.InferInputTensor(name=INPUT, datatype="FP32", shape=[1, 64])],
         raw_input_contents=[x.tobytes()],
     )
@@ -323,6 +339,10 @@ def report(targets: list[Target], concurrencies: list[int], meta: dict[str, Any]
                 False,
             )
         )
+    if len(NAMES) > 1 and "MLServer" in by and "router" in by:
+        router_rps = cell("router", hi, "rps")
+        checks.append((f"{len(NAMES)} models, router req/s at c={hi} >= 2x MLServer's",
+                       router_rps, 2 * cell("MLServer", hi, "rps"), True))  # fmt: skip
     if "pod" in by and "router" in by:
         router_p50 = cell("router", lo, "p50_ms")
         checks.append(
@@ -356,10 +376,17 @@ def main(argv: list[str] | None = None) -> int:
                         default=Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
                         / "mesh-bench" / "peers")  # fmt: skip
     parser.add_argument("--json", type=Path, help="write the rows here")
+    parser.add_argument(
+        "--models", type=int, default=1,
+        help="serve this many copies of the booster under their own names and spread the "
+        "requests over them by Zipf(1.0) (200 with --concurrency 8 for the many-models cell)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if args.quick:
         args.duration, args.repeats, args.warmup = 2.0, 1, 0.5
     concurrencies = [int(c) for c in args.concurrency.split(",")]
+    if args.models > 1:
+        NAMES[:] = [f"xgb{i:03d}" for i in range(args.models)]
 
     targets = [
         Target("KServe", start_kserve(args.cache)),
@@ -378,7 +405,13 @@ def main(argv: list[str] | None = None) -> int:
         if names & peer_names:
             peer.ensure(args.cache)
 
-    body = payload()
+    bodies = [payload(name) for name in NAMES]
+    body = bodies[0]
+    # Zipf(1.0) over the models, popularity independent of name, the same order for everyone.
+    rng = np.random.default_rng(7)
+    weights = 1.0 / np.arange(1, len(NAMES) + 1)
+    ranks = rng.choice(len(NAMES), 100_000, p=weights / weights.sum())
+    sequence = rng.permutation(len(NAMES))[ranks].tolist()
     with tempfile.TemporaryDirectory(prefix="mesh-peers-") as tmp:
         work = Path(tmp)
         logs = work / "logs"
@@ -388,8 +421,10 @@ def main(argv: list[str] | None = None) -> int:
                 server, port = target.start(work, logs)
                 with server.running():
                     check_answer(target.name, port, body, want)
+                    for other in bodies[1:]:  # every model loaded before anything is timed
+                        check_answer(target.name, port, other, want)
                     for c in concurrencies:
-                        row = closed_loop(port, body, c, args.warmup, args.duration)
+                        row = closed_loop(port, bodies, c, args.warmup, args.duration, sequence)
                         row.update(target=target.name, concurrency=c, repeat=repeat)
                         target.rows.append(row)
                         print(f"  r{repeat} {target.name:10s} c={c:<3d} {row['rps']:8,.0f} req/s"
@@ -404,7 +439,8 @@ def main(argv: list[str] | None = None) -> int:
             f"machine: {platform.machine()}, {os.cpu_count()} cores, "
             f"Python {platform.python_version()}",
             f"cells: {args.repeats} repeats x {args.duration:g} s (warm-up {args.warmup:g} s), "
-            f"concurrency {args.concurrency}; XGBoost 100 trees depth 6, 64 features, batch 1",
+            f"concurrency {args.concurrency}; XGBoost 100 trees depth 6, 64 features, batch 1; "
+            + ("one model" if len(NAMES) == 1 else f"{len(NAMES)} models, Zipf(1.0)"),
             "command: python bench/peers.py "
             + " ".join(argv if argv is not None else sys.argv[1:]),
         ],

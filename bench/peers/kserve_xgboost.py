@@ -1,8 +1,8 @@
-"""A KServe model server for one XGBoost booster, as a KServe user would write it.
+"""A KServe model server for XGBoost boosters, as a KServe user would write it.
 
 Run by bench/peers.py with the python of a virtual environment that has kserve (and nothing
-of mesh): `python kserve_xgboost.py MODEL_FILE NAME HTTP_PORT GRPC_PORT`. `predict` calls
-`Booster.inplace_predict`, the same call the mesh's XGBoost runtime makes.
+of mesh): `python kserve_xgboost.py HTTP_PORT GRPC_PORT NAME=MODEL_FILE [NAME=MODEL_FILE ...]`.
+`predict` calls `Booster.inplace_predict`, the same call the mesh's XGBoost runtime makes.
 """
 
 from __future__ import annotations
@@ -43,13 +43,17 @@ class XGBoostModel(Model):  # type: ignore[misc]
 
 
 if __name__ == "__main__":
-    model_file, name, http_port, grpc_port = sys.argv[1:5]
-    model = XGBoostModel(name, model_file)
-    model.load()
+    http_port, grpc_port, *specs = sys.argv[1:]
+    models = []
+    for spec in specs:
+        name, path = spec.split("=", 1)
+        model = XGBoostModel(name, path)
+        model.load()
+        models.append(model)
     ModelServer(
         http_port=int(http_port),
         grpc_port=int(grpc_port),
         workers=1,
         enable_docs_url=False,
         enable_latency_logging=False,
-    ).start([model])
+    ).start(models)
