@@ -51,30 +51,30 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def grpc_ready(port: int, model: str | None = None) -> Callable[[], bool]:
-    """A readiness probe: the v2 ServerReady (or, given a model, ModelReady) on `port` says true."""
+def grpc_ready(port: int, *models: str) -> Callable[[], bool]:
+    """A readiness probe: the v2 ServerReady on `port` says true, or, given models, ModelReady
+    says true for each of them."""
 
     def probe() -> bool:
         import grpc
 
         from mesh.gen import grpc_predict_v2_pb2 as pb
 
-        if model is None:
-            method, request, reply = "ServerReady", pb.ServerReadyRequest(), pb.ServerReadyResponse
-        else:
-            method, request, reply = (
-                "ModelReady",
-                pb.ModelReadyRequest(name=model),
-                pb.ModelReadyResponse,
-            )
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            call: Any = channel.unary_unary(
-                f"/inference.GRPCInferenceService/{method}",
-                request_serializer=type(request).SerializeToString,
-                response_deserializer=reply.FromString,
+            server: Any = channel.unary_unary(
+                "/inference.GRPCInferenceService/ServerReady",
+                request_serializer=pb.ServerReadyRequest.SerializeToString,
+                response_deserializer=pb.ServerReadyResponse.FromString,
+            )
+            model: Any = channel.unary_unary(
+                "/inference.GRPCInferenceService/ModelReady",
+                request_serializer=pb.ModelReadyRequest.SerializeToString,
+                response_deserializer=pb.ModelReadyResponse.FromString,
             )
             try:
-                return bool(call(request, timeout=1).ready)
+                if not models:
+                    return bool(server(pb.ServerReadyRequest(), timeout=1).ready)
+                return all(model(pb.ModelReadyRequest(name=m), timeout=1).ready for m in models)
             except grpc.RpcError:
                 return False
 

@@ -172,7 +172,7 @@ def start_kserve(cache: Path) -> Callable[[Path, Path], tuple[Server, int]]:
         models = [f"{name}={work / 'peer' / name}.json" for name in NAMES]
         argv = [str(KSERVE.python(cache)), str(script), str(http), str(port), *models]
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-        ready = grpc_ready(port, NAMES[-1])
+        ready = grpc_ready(port, *NAMES)
         return Server("KServe", argv, logs / "kserve.log", ready, env=env), port
 
     return start
@@ -202,7 +202,7 @@ def start_mlserver(cache: Path, workers: int | None) -> Callable[[Path, Path], t
         env["OMP_NUM_THREADS"] = "1"
         argv = [str(mlserver), "start", str(home)]
         log = logs / f"mlserver-{workers}.log"
-        return Server("MLServer", argv, log, grpc_ready(port, NAMES[-1]), env=env, cwd=home), port
+        return Server("MLServer", argv, log, grpc_ready(port, *NAMES), env=env, cwd=home), port
 
     return start
 
