@@ -197,10 +197,9 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes] | None, timeout: float = 
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"{url}: the server exited with {proc.returncode}")
-        with contextlib.suppress(OSError):
-            with urllib.request.urlopen(url, timeout=1) as response:
-                if response.status == 200:
-                    return
+        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1) as response:
+            if response.status == 200:
+                return
         time.sleep(0.2)
     raise RuntimeError(f"{url} was not ready within {timeout:.0f} s")
 
@@ -268,7 +267,7 @@ def serve_target(models: Path, log: Path) -> Iterator[dict[str, Any]]:
         yield {"grpc": f"127.0.0.1:{port}", "rest": f"http://127.0.0.1:{rest}"}
 
 
-_KSERVE_SERVER = '''
+_KSERVE_SERVER = """
 import sys
 import numpy as np
 import xgboost as xgb
@@ -301,7 +300,7 @@ if __name__ == "__main__":
     kserve.ModelServer(http_port=int(sys.argv[2]), grpc_port=int(sys.argv[3]), workers=1,
                        enable_grpc=False, enable_docs_url=False).start(
         [Booster("xgb", sys.argv[1])])
-'''
+"""
 
 
 @contextlib.contextmanager
@@ -409,8 +408,9 @@ def main() -> int:
         ratio = f"{row['rps'] / grpc_row['rps']:.2f}" if proto == "rest" and grpc_row else ""
         router = results.get(f"router/rest/{workload}")
         vs = f"{row['rps'] / router['rps']:.2f}" if proto == "rest" and router else ""
+        errors = sum(row["errors"].values())
         print(f"| {target} | {proto} | {workload} | {row['rps']:.0f} | {row['p50_ms']:.2f} | "
-              f"{row['p99_ms']:.2f} | {ratio} | {vs} | {sum(row['errors'].values())} |")  # fmt: skip
+              f"{row['p99_ms']:.2f} | {ratio} | {vs} | {errors} |")  # fmt: skip
     for key, row in results.items():
         for message, n in row["errors"].items():
             print(f"errors {key}: {n} x {message}")
