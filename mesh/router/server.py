@@ -144,7 +144,7 @@ class RouterServer(Service):
         await self.leader_work.start()
         self.management = management = Management(self.store, keys, self.router)
         inference = RouterInference(self.router, metrics, token=s.management_token)
-        self.backend = RouterBackend(self.router, management, lambda: inference.ready)
+        self.backend = RouterBackend(self.router, management, lambda: inference.ready, metrics)
         inference.attach_repository(self.backend)
         options = [
             ("grpc.max_receive_message_length", s.max_message_bytes),

@@ -196,6 +196,11 @@ def test_rest_and_grpc_interleaved_on_one_model_share_one_copy(
                 got = rest.infer("mlp", [tensor]).as_numpy("output")
             np.testing.assert_allclose(got, want, rtol=1e-6)
         assert _loads(pods) == 1
+        # Both protocols are counted, each under its own method.
+        sample = router.server.registry.get_sample_value
+        labels = {"status": "OK"}
+        assert sample("mesh_router_requests_total", {**labels, "method": "REST:infer"}) == 6
+        assert sample("mesh_router_requests_total", {**labels, "method": "ModelInfer"}) == 6
         rest.close()
         grpc_client.close()
 
