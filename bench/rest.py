@@ -315,6 +315,50 @@ def kserve_target(models: Path, log: Path, tmp: Path) -> Iterator[dict[str, Any]
         yield {"grpc": None, "rest": f"http://127.0.0.1:{port}"}
 
 
+@contextlib.contextmanager
+def mlserver_target(models: Path, log: Path, tmp: Path, cache: Path) -> Iterator[dict[str, Any]]:
+    """MLServer 1.7.1 with its own XGBoost runtime, in the virtual environment bench/peers.py
+    installs (under --cache; installed on first use), inference in the server's process
+    (parallel_workers 0) with one XGBoost thread, as bench/peers.py runs it."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from peers import MLSERVER
+
+    python = MLSERVER.ensure(cache)
+    import xgboost as xgb
+
+    home = tmp / "mlserver"
+    (home / MODEL).mkdir(parents=True)
+    xgb.Booster(model_file=str(models / MODEL / "model.ubj")).save_model(
+        str(home / MODEL / "model.json")
+    )
+    (home / MODEL / "model-settings.json").write_text(json.dumps({
+        "name": MODEL, "implementation": "mlserver_xgboost.XGBoostModel",
+        "parameters": {"uri": "./model.json"},
+    }))  # fmt: skip
+    port = free_port()
+    (home / "settings.json").write_text(json.dumps({
+        "http_port": port, "grpc_port": free_port(), "metrics_port": free_port(),
+        "parallel_workers": 0,
+    }))  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["OMP_NUM_THREADS"] = "1"
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [str(python.parent / "mlserver"), "start", str(home)], stdout=out, stderr=out,
+            env=env, cwd=home, start_new_session=True,
+        )  # fmt: skip
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/v2/models/{MODEL}/ready", proc, timeout=180)
+        yield {"grpc": None, "rest": f"http://127.0.0.1:{port}", "json_only": True}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
 # -- the run -------------------------------------------------------------------------------------
 
 
@@ -342,7 +386,12 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--no-kserve", action="store_true", help="leave the peer out")
+    parser.add_argument("--no-kserve", action="store_true", help="leave KServe out")
+    parser.add_argument("--no-mlserver", action="store_true", help="leave MLServer out")
+    parser.add_argument(
+        "--cache", type=Path, default=Path.home() / ".cache" / "mesh-bench",
+        help="where bench/peers.py keeps the peers' environments (MLServer's is made there)",
+    )  # fmt: skip
     parser.add_argument("--json", type=Path, help="write the results here too")
     args = parser.parse_args()
 
@@ -364,9 +413,17 @@ def main() -> int:
         ]
         if not args.no_kserve:
             targets.append(("kserve", lambda: kserve_target(models, log, tmp)))
+        if not args.no_mlserver:
+            targets.append(
+                ("mlserver", lambda: mlserver_target(models, log, tmp, args.cache / "peers"))
+            )
         for target, start in targets:
             with start() as where:
                 for workload, (batch, make) in WORKLOADS.items():
+                    if where.get("json_only") and make is not json_body:
+                        # MLServer does not speak the binary tensor extension.
+                        print(f"{target}: no {workload} (no binary tensors)", file=sys.stderr)
+                        continue
                     x = sample(batch)
                     want = booster.inplace_predict(x).astype(np.float32)
                     body, headers = make(x)
