@@ -1,8 +1,8 @@
-"""REST against gRPC, through the router and on `mesh serve`, with KServe's own REST server
-beside them in the same run.
+"""REST against gRPC, through the router and on `mesh serve`, with KServe's and MLServer's REST
+servers beside them in the same run.
 
     .venv/bin/python bench/rest.py                      # about 3 minutes on 2 cores
-    .venv/bin/python bench/rest.py --seconds 3 --rounds 1 --no-kserve
+    .venv/bin/python bench/rest.py --seconds 3 --rounds 1 --no-kserve --no-mlserver
 
 One XGBoost booster (100 trees, depth 6, 64 features) made on the spot (mesh.examples), served
 by three targets, one after another:
@@ -12,7 +12,10 @@ by three targets, one after another:
 2. **serve**: `mesh serve --models DIR` (router and pod in one process, no etcd);
 3. **kserve** (unless --no-kserve): the installed kserve package's ModelServer (uvicorn, one
    worker, its v2 REST), with a `kserve.Model` whose predict is the booster's
-   `inplace_predict`: the peer, run beside the mesh on the same machine in the same run.
+   `inplace_predict`: a peer, run beside the mesh on the same machine in the same run;
+4. **mlserver** (unless --no-mlserver): MLServer 1.7.1 with its own XGBoost runtime, in the
+   virtual environment bench/peers.py installs under --cache (made on first use),
+   `parallel_workers` 0, one XGBoost thread; JSON only (it has no binary tensor extension).
 
 Each target is driven by a closed-loop client in a process of its own (concurrency
 --concurrency), with bodies built once: **JSON batch 1** (a v2 JSON body; for gRPC, the same
