@@ -15,6 +15,9 @@ differs:
 - uvicorn-uvloop: the same, with the whole process (gRPC included) on uvloop;
 - granian: starlette on granian's embedded server (Rust HTTP, ASGI) on that loop.
 
+The candidates other than aiohttp are not dependencies of mesh: install them to run this
+(`.venv/bin/pip install 'uvicorn[standard]' starlette granian`); `--stacks` picks a subset.
+
 The client runs in a process of its own (aiohttp, closed loop, concurrency --concurrency,
 JSON batch 1), for --seconds per cell after a one-second warm-up, the stacks in alternating
 order over --rounds rounds. Reported per stack: req/s and p50/p99 pooled over rounds, and the
@@ -251,6 +254,16 @@ def main() -> None:
     from mesh import examples
 
     stacks = args.stacks.split(",")
+    needs = {"uvicorn": ("uvicorn", "starlette", "httptools"),
+             "uvicorn-uvloop": ("uvicorn", "starlette", "httptools", "uvloop"),
+             "granian": ("granian", "starlette"), "aiohttp": ("aiohttp",)}  # fmt: skip
+    import importlib.util
+
+    for stack in stacks:
+        missing = [m for m in needs[stack] if importlib.util.find_spec(m) is None]
+        if missing:
+            raise SystemExit(f"{stack} needs {', '.join(missing)}: pip install them or drop it "
+                             "from --stacks")  # fmt: skip
     pooled: dict[str, dict[str, Any]] = {s: {"requests": 0, "seconds": 0.0, "latencies": [],
                                              "errors": 0} for s in stacks}  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
