@@ -375,3 +375,60 @@ def test_grpc_server_metadata_lists_the_extensions(
             client.get_server_metadata().extensions
         )
         client.close()
+
+
+@pytest.mark.slow
+def test_rest_requests_survive_a_pod_killed_under_them(
+    etcd: EtcdServer, prefix: str, model_dir: Path
+) -> None:
+    """A REST request that reaches a dead pod is retried on the other copy, as gRPC is."""
+    import threading
+
+    from tests.router.test_faults import pod_processes
+
+    with (
+        pod_processes(etcd, prefix, model_dir, 2) as procs,
+        running_router(etcd=etcd.url, etcd_prefix=prefix, leader_interval=0.3) as router,
+    ):
+        router.management.RegisterModel(mpb.RegisterModelRequest(
+            model_id="both", format="onnx", storage_path="mlp",
+            options=mpb.ModelOptions(min_copies=2)))  # fmt: skip
+
+        def copies() -> list[str]:
+            status = router.management.GetModelStatus(mpb.GetModelStatusRequest(model_id="both"))
+            return sorted(c.pod_id for c in status.copies if c.state == "loaded")
+
+        wait_until(lambda: len(copies()) == 2, what="two copies of the model")
+        body = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64],
+                                       "data": [0.25] * 64}]}).encode()  # fmt: skip
+        ok: list[int] = []
+        failed: list[str] = []
+        stop = threading.Event()
+
+        def loop() -> None:
+            with httpx.Client(base_url=f"http://{router.rest}", timeout=20) as http:
+                while not stop.is_set():
+                    response = http.post("/v2/models/both/infer", content=body)
+                    if response.status_code == 200:
+                        ok.append(1)
+                    else:
+                        failed.append(f"{response.status_code}: {response.text}")
+
+        threads = [threading.Thread(target=loop, daemon=True) for _ in range(4)]
+        for t in threads:
+            t.start()
+        try:
+            wait_until(lambda: len(ok) >= 20, what="requests flowing")
+            victim = copies()[0]
+            procs[victim][0].kill()  # SIGKILL: no drain, no lease revoked
+            before = len(ok)
+            wait_until(
+                lambda: victim not in router.server.mirror.instances,
+                timeout=30, what="the dead pod's lease to expire",
+            )  # fmt: skip
+            wait_until(lambda: len(ok) >= before + 20, what="requests after the kill")
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(30)
+        assert failed == []
