@@ -45,12 +45,11 @@ class RouterInference:
         self,
         router: Router,
         metrics: Any = None,
-        repository: RouterBackend | None = None,
         token: str | None = None,
     ) -> None:
         self._router = router
         self._metrics = metrics
-        self._repository = repository
+        self._repository: RouterBackend | None = None  # attach_repository
         self._token = token  # the management token also guards repository load and unload
         self.ready = False
 
@@ -112,6 +111,8 @@ class RouterInference:
         return response
 
     def attach_repository(self, backend: RouterBackend) -> None:
+        """Serve the repository extension through `backend` (built after this service, since
+        its readiness is this service's)."""
         self._repository = backend
 
     # -- the model repository extension (mesh.router.rest says what each means in a mesh) ----
