@@ -53,7 +53,13 @@ def run_router(args: argparse.Namespace) -> int:
         print(f"mesh router: invalid settings:\n{exc}", file=sys.stderr)
         return 2
     logs.configure(settings.log_level, settings.log_json)
-    asyncio.run(serve(settings))
+    from mesh.errors import MeshError
+
+    try:
+        asyncio.run(serve(settings))
+    except MeshError as exc:  # a port in use, say: one line, not a traceback
+        print(f"mesh router: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

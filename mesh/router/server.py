@@ -177,7 +177,12 @@ class RouterServer(Service):
             self.http = HttpApp(s.max_message_bytes)
             self._mount_http(self.http)
             tls = server_tls(s.tls_cert, s.tls_key, s.tls_ca) if s.tls_cert and s.tls_key else None
-            self.rest_port = await self.http.start(s.host, s.rest_port, tls)
+            try:
+                self.rest_port = await self.http.start(s.host, s.rest_port, tls)
+            except MeshError:
+                self.http = None
+                await self.aclose()  # what started so far, so that the process can exit
+                raise
         if s.metrics_port is not None:
             self.metrics_port = self._metrics.start(s.metrics_port, s.host, self.registry)
         inference.ready = True

@@ -432,3 +432,33 @@ def test_rest_requests_survive_a_pod_killed_under_them(
             for t in threads:
                 t.join(30)
         assert failed == []
+
+
+def test_a_rest_port_in_use_fails_the_start_with_one_clear_error(
+    etcd: EtcdServer, prefix: str
+) -> None:
+    import socket
+
+    from mesh.errors import InvalidRequest
+    from mesh.router.server import RouterServer
+    from mesh.router.settings import RouterSettings
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        settings = RouterSettings(
+            etcd=etcd.url, etcd_prefix=prefix, host="127.0.0.1", port=0, rest_port=port,
+            metrics_port=None,
+        )  # fmt: skip
+
+        async def start() -> str:
+            router = RouterServer(settings)
+            try:
+                await router.start()
+            except InvalidRequest as exc:
+                return str(exc)
+            await router.aclose()
+            return "started"
+
+        assert f"cannot listen for HTTP on 127.0.0.1:{port}" in asyncio.run(start())
