@@ -51,3 +51,23 @@ def test_a_standalone_pod_serves_rest_and_its_repository(model_dir: Path) -> Non
 def test_a_pod_serves_no_rest_unless_asked(model_dir: Path) -> None:
     with running_pod(models=model_dir) as pod:
         assert pod.server.rest_port is None
+
+
+def test_a_pods_grpc_port_serves_the_repository_extension(model_dir: Path) -> None:
+    import tritonclient.grpc as triton_grpc
+
+    with running_pod(models=model_dir) as pod:
+        client = triton_grpc.InferenceServerClient(pod.address)
+        assert "model_repository" in client.get_server_metadata().extensions
+        index = {m.name: m.state for m in client.get_model_repository_index().models}
+        assert index["xgb"] == "UNAVAILABLE"
+        client.load_model("xgb")
+        assert client.is_model_ready("xgb")
+        ready = client.get_model_repository_index()
+        assert "xgb" in {m.name for m in ready.models if m.state == "READY"}
+        client.unload_model("xgb")
+        assert not client.is_model_ready("xgb")
+        with pytest.raises(InferenceServerException) as err:
+            client.load_model("nope")
+        assert "NOT_FOUND" in str(err.value.status())
+        client.close()
