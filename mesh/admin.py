@@ -26,6 +26,8 @@ def add_router_parser(sub: Any) -> None:
     p.add_argument("--etcd-prefix", help="root key prefix of the mesh (default /mesh/)")
     p.add_argument("--host", help="address to listen on (default 0.0.0.0)")
     p.add_argument("--port", type=int, help="gRPC port (default 8033)")
+    p.add_argument("--rest-port", type=int, help="v2 REST port (default 8008)")
+    p.add_argument("--no-rest", action="store_true", help="serve no REST port")
     p.add_argument("--metrics-port", type=int, help="Prometheus port (default 2112)")
     p.add_argument("--router-id", help="this router's name (default: host name and a suffix)")
     p.add_argument("--tls-cert", help="certificate for the client-facing port")
@@ -40,14 +42,24 @@ def run_router(args: argparse.Namespace) -> int:
     from mesh.router.server import serve
     from mesh.router.settings import RouterSettings
 
-    overrides = {k: v for k, v in vars(args).items() if v is not None and k != "command"}
+    overrides = {
+        k: v for k, v in vars(args).items() if v is not None and k not in ("command", "no_rest")
+    }
+    if args.no_rest:
+        overrides["rest_port"] = None
     try:
         settings = RouterSettings(**overrides)
     except ValidationError as exc:
         print(f"mesh router: invalid settings:\n{exc}", file=sys.stderr)
         return 2
     logs.configure(settings.log_level, settings.log_json)
-    asyncio.run(serve(settings))
+    from mesh.errors import MeshError
+
+    try:
+        asyncio.run(serve(settings))
+    except MeshError as exc:  # a port in use, say: one line, not a traceback
+        print(f"mesh router: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -29,6 +29,7 @@ def _pod_parser(sub: Any) -> None:
     p.add_argument("--models", type=Path, help="serve every model under DIR by name")
     p.add_argument("--host", help="address to listen on (default 0.0.0.0)")
     p.add_argument("--port", type=int, help="gRPC port (default 8085; 0 picks a free one)")
+    p.add_argument("--rest-port", type=int, help="serve v2 REST on this port too (default: none)")
     p.add_argument("--metrics-port", type=int, help="Prometheus port (default 2112)")
     p.add_argument("--no-metrics", action="store_true", help="serve no /metrics endpoint")
     p.add_argument(
@@ -268,7 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Router, one pod and the models under DIR in one process.",
     )
     p.add_argument("--models", type=Path, required=True, help="directory of models")
-    p.add_argument("--port", type=int, default=8033)
+    p.add_argument("--port", type=int, default=8033, help="gRPC port (default 8033)")
+    p.add_argument("--rest-port", type=int, default=8008, help="v2 REST port (default 8008)")
+    p.add_argument("--no-rest", action="store_true", help="serve no REST port")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--capacity", help="bytes of models to hold, e.g. 4Gi")
     _controller_parser(sub)
@@ -297,7 +300,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         from mesh import embedded
 
         logs.configure("INFO")
-        asyncio.run(embedded.serve(args.models, args.port, args.host, args.capacity))
+        rest_port = None if args.no_rest else args.rest_port
+        try:
+            asyncio.run(embedded.serve(args.models, args.port, args.host, args.capacity, rest_port))
+        except MeshError as exc:
+            print(f"mesh serve: {exc}", file=sys.stderr)
+            return 2
         return 0
     if args.command == "controller":
         return _run_controller(args)

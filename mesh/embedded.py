@@ -4,7 +4,8 @@ A router, one pod and a local file store share one event loop and an in-memory c
 no etcd, no cluster. Every model under DIR is registered by its name (the directory or file
 name, as `mesh pod --models` serves them) and loads on its first request; the pod evicts the
 least recently used when its capacity is reached. The router's port speaks the whole v2 API and
-the management API, so `mesh register` adds models from elsewhere on the disk too.
+the management API, so `mesh register` adds models from elsewhere on the disk too; its REST
+port (--rest-port, 8008) speaks the v2 REST API (`curl localhost:8008/v2/health/ready`).
 """
 
 from __future__ import annotations
@@ -52,7 +53,9 @@ async def register_directory(store: MemoryStore, keys: Keys, models: Path) -> li
     return registered
 
 
-async def serve(models: Path, port: int, host: str, capacity: str | None) -> None:
+async def serve(
+    models: Path, port: int, host: str, capacity: str | None, rest_port: int | None = 8008
+) -> None:
     store = MemoryStore()
     keys = Keys()
     names = await register_directory(store, keys, models)
@@ -62,12 +65,19 @@ async def serve(models: Path, port: int, host: str, capacity: str | None) -> Non
     )
     pod = PodServer(pod_settings, artifacts=DirectoryArtifacts(models), store=store)
     await pod.start()
-    router = RouterServer(RouterSettings(host=host, port=port), store=store)
-    await router.start()
+    router = RouterServer(RouterSettings(host=host, port=port, rest_port=rest_port), store=store)
+    try:
+        await router.start()
+    except BaseException:
+        await pod.aclose()
+        raise
     # The router reaches its pod's data plane by a call, not a loopback gRPC hop.
     assert pod.plane is not None  # started
     router.pool.serve_in_process("embedded", pod.plane.infer_wire)
-    log.info("mesh serve: %d models from %s on %s:%d", len(names), models, host, router.port)
+    log.info(
+        "mesh serve: %d models from %s on %s:%d (gRPC), REST %s",
+        len(names), models, host, router.port, router.rest_port or "off",
+    )  # fmt: skip
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

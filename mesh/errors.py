@@ -16,6 +16,7 @@
     │   ├── StoreUnavailable                   the cluster store (etcd) cannot be reached
     │   ├── StorageUnavailable                 object storage failed, and kept failing on retry
     │   └── ArtifactChanged                    the object changed during every download attempt
+    ├── Unimplemented     UNIMPLEMENTED        the server does not offer what was asked for
     ├── RuntimeFailure    INTERNAL             the framework raised during inference
     ├── StoreError        INTERNAL             the cluster store refused an operation
     │   ├── Compacted     OUT_OF_RANGE         a watch asked for history etcd has compacted
@@ -26,7 +27,9 @@
                                                archive that cannot be read
 
 Third-party errors are translated where they enter (`raise RuntimeFailure(...) from exc`); the
-gRPC layer maps the tree in one interceptor (mesh.grpcutil.ErrorInterceptor). Messages are shown
+gRPC layer maps the tree in one interceptor (mesh.grpcutil.ErrorInterceptor), and the REST front
+(mesh.http.app) answers each gRPC code with the HTTP status in `HTTP_STATUS` below, for mesh's
+own errors and for a pod's answers passed on alike. Messages are shown
 to clients: they name the model and tensor concerned and never carry credentials. The puller's
 errors name the storage key and path, never a credential: third-party messages are scrubbed of
 every configured secret before they are kept (mesh.puller.storage).
@@ -35,6 +38,33 @@ every configured secret before they are kept (mesh.puller.storage).
 from __future__ import annotations
 
 import grpc
+
+# gRPC code -> HTTP status of the REST front. A client's mistake is a 4xx; "not now" (no pod can
+# take it, not loaded, a failed load, draining) is 503; a passed deadline is 504.
+HTTP_STATUS: dict[grpc.StatusCode, int] = {
+    grpc.StatusCode.OK: 200,
+    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.UNKNOWN: 500,
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 503,
+    grpc.StatusCode.FAILED_PRECONDITION: 503,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.INTERNAL: 500,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DATA_LOSS: 503,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+}
+
+
+def http_status(code: grpc.StatusCode) -> int:
+    """The HTTP status a REST client sees for a gRPC code."""
+    return HTTP_STATUS.get(code, 500)
 
 
 class MeshError(Exception):
@@ -83,6 +113,12 @@ class Unavailable(MeshError):
     """The server is draining, or something it depends on is unreachable."""
 
     code = grpc.StatusCode.UNAVAILABLE
+
+
+class Unimplemented(MeshError):
+    """The server does not offer what was asked for."""
+
+    code = grpc.StatusCode.UNIMPLEMENTED
 
 
 class RuntimeFailure(MeshError):

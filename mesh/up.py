@@ -3,9 +3,10 @@
     mesh up --storage ./models --pods 3 --capacity 1Gi
 
 starts etcd (the `etcd` binary from PATH, data in a temporary directory unless --data-dir),
-one router on --port (8033) and N pods, each with its puller, whose storage is --storage (a
-`file` store: `--storage-path fraud/v3` names ./models/fraud/v3). Register models with
-`mesh register` against the router; they load on their first request.
+one router on --port (8033, gRPC) and --rest-port (8008, v2 REST) and N pods, each with
+its puller, whose storage is --storage (a `file` store: `--storage-path fraud/v3` names
+./models/fraud/v3). Register models with `mesh register` against the router; they load on
+their first request.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--storage", type=Path, required=True, help="directory of model files")
     p.add_argument("--pods", type=int, default=2)
     p.add_argument("--capacity", default="1Gi", help="model bytes per pod")
-    p.add_argument("--port", type=int, default=8033, help="the router's port")
+    p.add_argument("--port", type=int, default=8033, help="the router's gRPC port")
+    p.add_argument("--rest-port", type=int, default=8008, help="the router's v2 REST port")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--data-dir", type=Path, help="etcd's data (default: a temporary directory)")
     p.add_argument("--prefix", default="/mesh/", help="root key prefix in etcd")
@@ -56,6 +58,19 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout: floa
         except grpc.FutureTimeoutError:
             continue
     raise SystemExit(f"mesh up: {what} did not start within {timeout:.0f}s")
+
+
+def wait_tcp(port: int, proc: subprocess.Popen[bytes], what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"mesh up: {what} exited with status {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"mesh up: {what} did not open within {timeout:.0f}s")
 
 
 @contextlib.contextmanager
@@ -107,16 +122,20 @@ def local_mesh(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
             for name, port, proc in pods:
                 wait_port(port, proc, name)
             router_metrics = free_port()
+            # A caller without a REST port in mind (the demo) gets a free one.
+            rest_port = getattr(args, "rest_port", None) or free_port()
             proc = subprocess.Popen(
                 [*mesh, "router", "--etcd", url, "--etcd-prefix", args.prefix,
-                 "--host", args.host, "--port", str(args.port),
+                 "--host", args.host, "--port", str(args.port), "--rest-port", str(rest_port),
                  "--metrics-port", str(router_metrics)],
             )  # fmt: skip
             children.append(("router", proc))
             wait_port(args.port, proc, "router")
+            wait_tcp(rest_port, proc, "the router's REST port")
             yield {
                 "etcd": url,
                 "router": f"{args.host}:{args.port}",
+                "rest": f"{args.host}:{rest_port}",
                 "router_metrics": router_metrics,
                 "pods": {name: f"{args.host}:{port}" for name, port, _ in pods},
                 "children": children,
@@ -138,7 +157,10 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def run(args: argparse.Namespace) -> int:
     with local_mesh(args) as mesh:
-        print(f"mesh up: router {mesh['router']}, etcd {mesh['etcd']}, pods {mesh['pods']}")
+        print(
+            f"mesh up: router {mesh['router']} (REST http://{mesh['rest']}), "
+            f"etcd {mesh['etcd']}, pods {mesh['pods']}"
+        )
         print("Register models with `mesh register`; press Ctrl-C to stop everything.")
         signal.signal(signal.SIGTERM, _interrupt)
         try:

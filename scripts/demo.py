@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -79,6 +80,9 @@ def main() -> int:
                     f"  {name:<10} {attempt}: {input_name}{list(x.shape)} -> {output}"
                     f"{list(result.shape)} in {ms:7.1f} ms  {np.round(result.reshape(-1)[:3], 3)}"
                 )
+        rest = f"http://{mesh['rest']}"
+        with urllib.request.urlopen(f"{rest}/v2/health/ready", timeout=10) as response:
+            print(f"\nv2 REST at {rest}: /v2/health/ready {response.status} {response.read()!r}")
         time.sleep(1)  # pods publish their state a fraction of a second after a change
 
         print("\npods:")

@@ -129,6 +129,8 @@ class RunningRouter:
         self.server = server
         self.loop = loop
         self.address = f"127.0.0.1:{server.port}"
+        # The REST front's host:port (tritonclient.http's `url`), when it serves one.
+        self.rest = f"127.0.0.1:{server.rest_port}" if server.rest_port else ""
         self.channel = grpc.insecure_channel(self.address)
         self.v2 = pb_grpc.GRPCInferenceServiceStub(self.channel)
         self.management = management_pb2_grpc.ManagementStub(self.channel)
@@ -144,6 +146,7 @@ def running_router(**settings: Any) -> Iterator[RunningRouter]:
 
     settings.setdefault("host", "127.0.0.1")
     settings.setdefault("port", 0)
+    settings.setdefault("rest_port", 0)
     settings.setdefault("metrics_port", None)
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="test-router-loop", daemon=True)

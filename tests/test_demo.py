@@ -25,3 +25,4 @@ def test_demo_serves_every_example_model_through_the_router(tmp_path: Path) -> N
     for model in ("mlp", "fraud-xgb", "scripted", "exported"):
         assert f"{model:<10} hit:" in done.stdout
     assert done.stdout.count("capacity 1024 MiB") == 2
+    assert "/v2/health/ready 200 b'{\"ready\":true}'" in done.stdout

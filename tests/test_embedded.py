@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as triton
@@ -18,10 +19,10 @@ from tests.helpers import free_port
 
 @pytest.mark.slow
 def test_mesh_serve_answers_every_model_in_the_directory(model_dir: Path) -> None:
-    port = free_port()
+    port, rest_port = free_port(), free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "mesh", "serve", "--models", str(model_dir), "--port", str(port),
-         "--capacity", "1Gi"],
+         "--rest-port", str(rest_port), "--capacity", "1Gi"],
         stderr=subprocess.PIPE,
     )  # fmt: skip
     try:
@@ -52,6 +53,15 @@ def test_mesh_serve_answers_every_model_in_the_directory(model_dir: Path) -> Non
         assert err.value.status() == "StatusCode.INVALID_ARGUMENT"
         assert "input__0" in err.value.message()
         client.close()
+        # The same models over REST, on the same process.
+        rest = f"http://127.0.0.1:{rest_port}"
+        assert httpx.get(f"{rest}/v2/health/ready").json() == {"ready": True}
+        body = {"inputs": [{"name": "input__0", "datatype": "FP32", "shape": [2, 64],
+                            "data": x.tolist()}]}  # fmt: skip
+        answer = httpx.post(f"{rest}/v2/models/xgb/infer", json=body, timeout=30).json()
+        assert answer["outputs"][0]["shape"] == [2]
+        index = httpx.post(f"{rest}/v2/repository/index", json={"ready": True}).json()
+        assert {m["name"] for m in index} == {"mlp", "xgb"}
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
     finally:

@@ -55,3 +55,20 @@ async def test_interceptor_maps_every_class_and_unexpected_errors() -> None:
                 assert str(exc) in err.value.details()
     finally:
         await server.stop(None)
+
+
+def test_every_class_and_grpc_code_has_an_http_status_and_client_mistakes_are_4xx() -> None:
+    for code in grpc.StatusCode:
+        assert code in errors.HTTP_STATUS, code
+    for cls in errors.all_error_classes():
+        status = errors.http_status(cls.code)
+        if issubclass(cls, errors.InvalidRequest | errors.ModelNotFound):
+            assert 400 <= status < 500, cls
+        elif cls.code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
+            assert status == 500, cls
+        else:
+            assert status != 500, cls  # a known condition is never an unexplained 500
+    assert errors.http_status(errors.DeadlineExceeded.code) == 504
+    assert errors.http_status(errors.CapacityExhausted.code) == 503
+    assert errors.http_status(errors.ModelLoadFailed.code) == 503
+    assert errors.http_status(errors.Unavailable.code) == 503

@@ -29,6 +29,8 @@ from mesh.cluster.store import KeyValueStore
 from mesh.errors import InvalidRequest, MeshError
 from mesh.grpcutil import ErrorInterceptor
 from mesh.health import Health
+from mesh.http.app import HttpApp
+from mesh.http.v2 import V2Endpoints
 from mesh.lifecycle import MetricsEndpoint, Service
 from mesh.pod.artifacts import DirectoryArtifacts
 from mesh.pod.cache import ModelCache
@@ -38,6 +40,7 @@ from mesh.pod.membership import join, not_yet_elsewhere, pod_id_of
 from mesh.pod.memory import CudaMeter, rss_bytes
 from mesh.pod.metrics import PodMetrics
 from mesh.pod.repository import ModelRepository
+from mesh.pod.rest import PodBackend
 from mesh.pod.service import InferenceService, RuntimeService
 from mesh.pod.settings import PodSettings
 from mesh.puller.client import PullerClient
@@ -70,6 +73,8 @@ class PodServer(Service):
         self.plane: DataPlane | None = None
         self.port = 0
         self.metrics_port: int | None = None
+        self.rest_port: int | None = None
+        self._http: HttpApp | None = None
         self._server: aio.Server | None = None
         self._metrics = MetricsEndpoint()
         self.health = Health()
@@ -137,6 +142,10 @@ class PodServer(Service):
             raise InvalidRequest(f"cannot listen on {s.host}:{s.port}")
         await server.start()
         self._server = server
+        if s.rest_port is not None:
+            self._http = HttpApp(s.max_message_bytes)
+            self._http.mount_v2(V2Endpoints(PodBackend(self.plane)))
+            self.rest_port = await self._http.start(s.host, s.rest_port)
         if s.metrics_port is not None:
             self.metrics_port = self._metrics.start(s.metrics_port, s.host, self.registry)
         if s.etcd or self._given_store is not None:
@@ -169,6 +178,8 @@ class PodServer(Service):
         if self.registration is not None and self._store is not None:
             await self._hand_off(self._store, self.settings.handoff_timeout)
         # Refuses new calls at once and waits for those in flight, up to the grace period.
+        if self._http is not None:
+            await self._http.aclose()
         await server.stop(grace=self.settings.drain_timeout)
         await self.plane.aclose()
         if self.registration is not None:

@@ -10,10 +10,12 @@ from typing import Any
 import grpc
 from grpc import aio
 
+from mesh.errors import InvalidRequest
 from mesh.gen import grpc_predict_v2_pb2 as pb
 from mesh.gen import runtime_pb2 as rpb
 from mesh.grpcutil import service_handler
 from mesh.pod.dataplane import DataPlane, ServerState
+from mesh.pod.rest import PodBackend
 from mesh.tensors import TensorSpec
 
 V2_SERVICE = "inference.GRPCInferenceService"
@@ -42,9 +44,15 @@ def _tensor_metadata(
     ]
 
 
+def _one_repository(name: str) -> None:
+    if name:
+        raise InvalidRequest(f"repository {name!r}: this server has one repository; leave it empty")
+
+
 class InferenceService:
     def __init__(self, plane: DataPlane) -> None:
         self._plane = plane
+        self._repository = PodBackend(plane)
 
     async def server_live(self, request: pb.ServerLiveRequest, context: Context) -> Any:
         return pb.ServerLiveResponse(live=self._plane.live())
@@ -54,7 +62,39 @@ class InferenceService:
 
     async def server_metadata(self, request: pb.ServerMetadataRequest, context: Context) -> Any:
         name, version, extensions = self._plane.server_metadata()
-        return pb.ServerMetadataResponse(name=name, version=version, extensions=extensions)
+        return pb.ServerMetadataResponse(
+            name=name, version=version, extensions=[*extensions, "model_repository"]
+        )
+
+    # -- the model repository extension (mesh.pod.rest says what it means on a pod) ------------
+
+    async def repository_index(self, request: pb.RepositoryIndexRequest, context: Context) -> Any:
+        _one_repository(request.repository_name)
+        entries = await self._repository.repository_index(request.ready)
+        return pb.RepositoryIndexResponse(
+            models=[
+                pb.RepositoryIndexResponse.ModelIndex(
+                    name=e.name, version=e.version, state=e.state, reason=e.reason
+                )
+                for e in entries
+            ]
+        )
+
+    async def repository_load(
+        self, request: pb.RepositoryModelLoadRequest, context: Context
+    ) -> Any:
+        _one_repository(request.repository_name)
+        remaining = context.time_remaining()
+        timeout = remaining if remaining is not None and remaining < 1e8 else None
+        await self._repository.repository_load(request.model_name, timeout)
+        return pb.RepositoryModelLoadResponse()
+
+    async def repository_unload(
+        self, request: pb.RepositoryModelUnloadRequest, context: Context
+    ) -> Any:
+        _one_repository(request.repository_name)
+        await self._repository.repository_unload(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
 
     async def model_ready(self, request: pb.ModelReadyRequest, context: Context) -> Any:
         return pb.ModelReadyResponse(ready=await self._plane.model_ready(request.name))
@@ -94,6 +134,21 @@ class InferenceService:
                     pb.ModelMetadataResponse,
                 ),
                 "ModelInfer": (self.model_infer, pb.ModelInferRequest, pb.ModelInferResponse),
+                "RepositoryIndex": (
+                    self.repository_index,
+                    pb.RepositoryIndexRequest,
+                    pb.RepositoryIndexResponse,
+                ),
+                "RepositoryModelLoad": (
+                    self.repository_load,
+                    pb.RepositoryModelLoadRequest,
+                    pb.RepositoryModelLoadResponse,
+                ),
+                "RepositoryModelUnload": (
+                    self.repository_unload,
+                    pb.RepositoryModelUnloadRequest,
+                    pb.RepositoryModelUnloadResponse,
+                ),
             },
         )
 

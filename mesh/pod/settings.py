@@ -21,6 +21,8 @@ class PodSettings(BaseSettings):
     host: str = "0.0.0.0"
     port: int = Field(8085, ge=0, le=65535)
     metrics_port: int | None = Field(2112, ge=0, le=65535)
+    # A standalone pod can serve v2 REST too; in a mesh the router does.
+    rest_port: int | None = Field(None, ge=0, le=65535)
     # Serve every model directory under this path by name, loading it on first request.
     models: Path | None = None
     # Bytes the cache may hold; default: the container's memory limit (or the GPU's memory)

@@ -118,6 +118,10 @@ class Router:
     def keys(self) -> Keys:
         return self._keys
 
+    def forget_copy(self, model_id: str, pod_id: str) -> None:
+        """The copy on `pod_id` was unloaded: stop counting it before the mirror shows it."""
+        self._forget_fresh(model_id, pod_id)
+
     def _forget_fresh(self, model_id: str, pod_id: str) -> None:
         fresh = self._fresh.get(model_id)
         if fresh is not None:

@@ -25,6 +25,8 @@ from mesh.cluster.store import KeyValueStore
 from mesh.errors import InvalidRequest, MeshError
 from mesh.grpcutil import ErrorInterceptor
 from mesh.health import Health
+from mesh.http.app import HttpApp, server_tls
+from mesh.http.v2 import V2Endpoints
 from mesh.lifecycle import MetricsEndpoint, Service, stop_task
 from mesh.placement.copies import CopyPolicy
 from mesh.retry import Backoff
@@ -33,6 +35,7 @@ from mesh.router.core import Router, RouterPolicy
 from mesh.router.management import Management
 from mesh.router.metrics import RouterMetrics
 from mesh.router.pods import PodPool
+from mesh.router.rest import RouterBackend
 from mesh.router.service import ManagementService, RouterInference
 from mesh.router.settings import RouterSettings
 
@@ -100,8 +103,10 @@ class RouterServer(Service):
         super().__init__()
         self.registry = registry or CollectorRegistry()
         self.port = 0
+        self.rest_port: int | None = None
         self.metrics_port: int | None = None
         self.router: Router | None = None
+        self.http: HttpApp | None = None
         self._metrics = MetricsEndpoint()
         self.health = Health()
 
@@ -137,8 +142,10 @@ class RouterServer(Service):
             self.router, election, metrics, s.leader_interval, copy_policy
         )
         await self.leader_work.start()
-        inference = RouterInference(self.router, metrics)
-        management = Management(self.store, keys, self.router)
+        self.management = management = Management(self.store, keys, self.router)
+        inference = RouterInference(self.router, metrics, token=s.management_token)
+        self.backend = RouterBackend(self.router, management, lambda: inference.ready, metrics)
+        inference.attach_repository(self.backend)
         options = [
             ("grpc.max_receive_message_length", s.max_message_bytes),
             ("grpc.max_send_message_length", s.max_message_bytes),
@@ -166,13 +173,29 @@ class RouterServer(Service):
             raise InvalidRequest(f"cannot listen on {address}")
         await server.start()
         self._server = server
+        if s.rest_port is not None:
+            self.http = HttpApp(s.max_message_bytes)
+            self._mount_http(self.http)
+            tls = server_tls(s.tls_cert, s.tls_key, s.tls_ca) if s.tls_cert and s.tls_key else None
+            try:
+                self.rest_port = await self.http.start(s.host, s.rest_port, tls)
+            except MeshError:
+                self.http = None
+                await self.aclose()  # what started so far, so that the process can exit
+                raise
         if s.metrics_port is not None:
             self.metrics_port = self._metrics.start(s.metrics_port, s.host, self.registry)
         inference.ready = True
         self.health.serving()
         log.info(
-            "router listening on %s:%d, etcd %s prefix %s", s.host, self.port, s.etcd, s.etcd_prefix
-        )
+            "router listening on %s:%d (REST %s), etcd %s prefix %s",
+            s.host, self.port, self.rest_port or "off", s.etcd, s.etcd_prefix,
+        )  # fmt: skip
+
+    def _mount_http(self, app: HttpApp) -> None:
+        """Every route of the router's HTTP port. Components add theirs here, one call each,
+        with what they need of the router (mesh.http.app says how)."""
+        app.mount_v2(V2Endpoints(self.backend), control_token=self.settings.management_token)
 
     def _forget_gone_pods(self, changes: list[Change]) -> None:
         for change in changes:
@@ -181,6 +204,8 @@ class RouterServer(Service):
 
     async def aclose(self) -> None:
         self.health.not_serving()
+        if self.http is not None:
+            await self.http.aclose()
         await self._server.stop(grace=5)
         await self.leader_work.aclose()
         await self.lease.aclose()

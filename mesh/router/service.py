@@ -10,12 +10,14 @@ import grpc
 from grpc import aio
 
 from mesh import __version__
-from mesh.errors import InvalidRequest, ModelNotFound
+from mesh.errors import InvalidRequest, ModelNotFound, Unimplemented
 from mesh.gen import grpc_predict_v2_pb2 as pb
 from mesh.gen import management_pb2 as mpb
 from mesh.grpcutil import Handler
+from mesh.http.v2 import EXTENSIONS
 from mesh.router.core import PodAnswer, Router
 from mesh.router.management import Management
+from mesh.router.rest import RouterBackend
 from mesh.router.wire import model_name_of, name_from_headers
 
 V2_SERVICE = "inference.GRPCInferenceService"
@@ -29,10 +31,26 @@ def _timeout(context: Context) -> float | None:
     return remaining if remaining is not None and remaining < 1e8 else None
 
 
+def _bearer(context: Context, token: str | None) -> bool:
+    if token is None:
+        return True
+    return any(
+        key == "authorization" and value == f"Bearer {token}"
+        for key, value in context.invocation_metadata() or ()
+    )
+
+
 class RouterInference:
-    def __init__(self, router: Router, metrics: Any = None) -> None:
+    def __init__(
+        self,
+        router: Router,
+        metrics: Any = None,
+        token: str | None = None,
+    ) -> None:
         self._router = router
         self._metrics = metrics
+        self._repository: RouterBackend | None = None  # attach_repository
+        self._token = token  # the management token also guards repository load and unload
         self.ready = False
 
     async def model_infer(self, data: bytes, context: Context) -> bytes:
@@ -65,7 +83,9 @@ class RouterInference:
         return pb.ServerReadyResponse(ready=self.ready)
 
     async def server_metadata(self, request: pb.ServerMetadataRequest, context: Context) -> Any:
-        return pb.ServerMetadataResponse(name="mesh", version=__version__)
+        return pb.ServerMetadataResponse(
+            name="mesh", version=__version__, extensions=list(EXTENSIONS)
+        )
 
     async def model_ready(self, request: pb.ModelReadyRequest, context: Context) -> Any:
         model_id = self._router.resolve(request.name)
@@ -90,6 +110,48 @@ class RouterInference:
         response.name = request.name
         return response
 
+    def attach_repository(self, backend: RouterBackend) -> None:
+        """Serve the repository extension through `backend` (built after this service, since
+        its readiness is this service's)."""
+        self._repository = backend
+
+    # -- the model repository extension (mesh.router.rest says what each means in a mesh) ----
+
+    def _backend(self) -> RouterBackend:
+        if self._repository is None:
+            raise Unimplemented("this router serves no model repository extension")
+        return self._repository
+
+    async def repository_index(self, request: pb.RepositoryIndexRequest, context: Context) -> Any:
+        _check_repository(request.repository_name)
+        entries = await self._backend().repository_index(request.ready)
+        return pb.RepositoryIndexResponse(
+            models=[
+                pb.RepositoryIndexResponse.ModelIndex(
+                    name=e.name, version=e.version, state=e.state, reason=e.reason
+                )
+                for e in entries
+            ]
+        )
+
+    async def repository_load(
+        self, request: pb.RepositoryModelLoadRequest, context: Context
+    ) -> Any:
+        _check_repository(request.repository_name)
+        if not _bearer(context, self._token):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "a bearer token is required")
+        await self._backend().repository_load(request.model_name, _timeout(context))
+        return pb.RepositoryModelLoadResponse()
+
+    async def repository_unload(
+        self, request: pb.RepositoryModelUnloadRequest, context: Context
+    ) -> Any:
+        _check_repository(request.repository_name)
+        if not _bearer(context, self._token):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "a bearer token is required")
+        await self._backend().repository_unload(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
     def handler(self) -> grpc.GenericRpcHandler:
         def unary(fn: Handler, req: Any, resp: Any) -> Any:
             return grpc.unary_unary_rpc_method_handler(
@@ -108,8 +170,24 @@ class RouterInference:
             "ModelMetadata": unary(
                 self.model_metadata, pb.ModelMetadataRequest, pb.ModelMetadataResponse
             ),
+            "RepositoryIndex": unary(
+                self.repository_index, pb.RepositoryIndexRequest, pb.RepositoryIndexResponse
+            ),
+            "RepositoryModelLoad": unary(
+                self.repository_load, pb.RepositoryModelLoadRequest, pb.RepositoryModelLoadResponse
+            ),
+            "RepositoryModelUnload": unary(
+                self.repository_unload,
+                pb.RepositoryModelUnloadRequest,
+                pb.RepositoryModelUnloadResponse,
+            ),
         }
         return grpc.method_handlers_generic_handler(V2_SERVICE, methods)
+
+
+def _check_repository(name: str) -> None:
+    if name:
+        raise InvalidRequest(f"repository {name!r}: this server has one repository; leave it empty")
 
 
 class ManagementService:

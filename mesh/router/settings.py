@@ -15,6 +15,8 @@ class RouterSettings(BaseSettings):
 
     host: str = "0.0.0.0"
     port: int = Field(8033, ge=0, le=65535)
+    # The v2 REST front (and the routes others mount on it); None: no REST.
+    rest_port: int | None = Field(8008, ge=0, le=65535)
     metrics_port: int | None = Field(2112, ge=0, le=65535)
     etcd: str = "http://127.0.0.1:2379"
     etcd_prefix: str = "/mesh/"

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ssl
 import subprocess
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 
 from mesh.gen import grpc_predict_v2_pb2 as pb
@@ -59,6 +61,17 @@ def test_mutual_tls_admits_only_clients_with_a_certificate(
             assert err.value.code() == grpc.StatusCode.UNAVAILABLE
         with grpc.insecure_channel(target) as channel, pytest.raises(grpc.RpcError):
             pb_grpc.GRPCInferenceServiceStub(channel).ServerLive(pb.ServerLiveRequest(), timeout=5)
+        # The REST port takes the same certificates and the same rule.
+        rest = f"https://127.0.0.1:{router.server.rest_port}/v2/health/live"
+        with_client_cert = ssl.create_default_context(cafile=str(certs / "ca.crt"))
+        with_client_cert.load_cert_chain(str(certs / "client.crt"), str(certs / "client.key"))
+        ok = httpx.get(rest, verify=with_client_cert, timeout=10)
+        assert ok.status_code == 200 and ok.json() == {"live": True}
+        without = ssl.create_default_context(cafile=str(certs / "ca.crt"))
+        with pytest.raises(httpx.HTTPError):  # no client certificate
+            httpx.get(rest, verify=without, timeout=10)
+        with pytest.raises(httpx.HTTPError):  # plain HTTP on the TLS port
+            httpx.get(rest.replace("https", "http"), timeout=10)
 
 
 def test_the_management_api_requires_its_token(etcd: EtcdServer, prefix: str) -> None:
