@@ -123,7 +123,7 @@ def start_serve(work: Path, logs: Path) -> tuple[Server, int]:
     port = free_port()
     argv = mesh_argv(
         "serve", "--models", str(work / "mesh"), "--host", "127.0.0.1", "--port", str(port),
-        "--capacity", "1Gi",
+        "--rest-port", str(free_port()), "--capacity", "1Gi",
     )  # fmt: skip
     return Server("mesh serve", argv, logs / "serve.log", grpc_ready(port)), port
 
@@ -132,7 +132,7 @@ def start_router(work: Path, logs: Path) -> tuple[Server, int]:
     port = free_port()
     argv = mesh_argv(
         "up", "--storage", str(work / "mesh"), "--pods", "1", "--capacity", "1Gi",
-        "--port", str(port),
+        "--port", str(port), "--rest-port", str(free_port()),
     )  # fmt: skip
     server = Server("router", argv, logs / "router.log", grpc_ready(port))
 
