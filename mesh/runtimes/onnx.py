@@ -95,6 +95,9 @@ class OnnxRuntime:
     option_keys: ClassVar[frozenset[str]] = frozenset({"intra_op_threads", "inter_op_threads"})
     size_factor: ClassVar[float] = 2.0
     requires: ClassVar[tuple[str, ...]] = ("onnxruntime",)
+    # Sessions are re-created from the file's bytes kept in the host tier (on the CUDA provider
+    # on a GPU pod): destroying a session frees its CUDA arena, so a demotion gives it back.
+    accepts_bytes: ClassVar[bool] = True
 
     def warm_up(self) -> None:
         import onnxruntime as ort
@@ -122,7 +125,8 @@ class OnnxRuntime:
                     request.model_id,
                     request.device,
                 )
-        session = ort.InferenceSession(str(request.file), options, providers=providers)
+        model: str | bytes = request.data if request.data is not None else str(request.file)
+        session = ort.InferenceSession(model, options, providers=providers)
         inputs = request.config.inputs or tuple(_spec(n) for n in session.get_inputs())
         outputs = request.config.outputs or tuple(_spec(n) for n in session.get_outputs())
         return OnnxModel(session, Signature.of(inputs, outputs))
