@@ -106,10 +106,11 @@ class DeviceModel:
     platform = "fake"
     signature = FakeModel.signature
 
-    def __init__(self, runtime: DeviceRuntime, size: int, leak: int) -> None:
+    def __init__(self, runtime: DeviceRuntime, size: int, leak: int, late: float = 0.0) -> None:
         self._runtime = runtime
         self.size = size
         self.leak = leak
+        self.late = late  # seconds before a close's memory comes back (asynchronous frees)
         self.on_device = True
 
     def predict(
@@ -130,8 +131,11 @@ class DeviceModel:
         return DeviceCopy(self._runtime, self.size, self.leak)
 
     def close(self) -> None:
-        self._runtime.device.free(self.size - self.leak)
         self._runtime.closed += 1
+        if self.late:
+            threading.Timer(self.late, self._runtime.device.free, [self.size - self.leak]).start()
+        else:
+            self._runtime.device.free(self.size - self.leak)
 
 
 class DeviceCopy:
@@ -158,7 +162,7 @@ class DeviceRuntime:
 
     name: ClassVar[str] = "fakegpu"
     suffixes: ClassVar[tuple[str, ...]] = (".fgpu",)
-    option_keys: ClassVar[frozenset[str]] = frozenset({"size", "leak"})
+    option_keys: ClassVar[frozenset[str]] = frozenset({"size", "leak", "late"})
     size_factor: ClassVar[float] = 1.0
     accepts_bytes: ClassVar[bool] = True
 
@@ -178,7 +182,8 @@ class DeviceRuntime:
         self.loads.append(request.model_id)
         if request.data is not None:
             self.from_bytes.append(request.model_id)
-        return DeviceModel(self, size, int(request.options.get("leak", 0)))
+        leak = int(request.options.get("leak", 0))
+        return DeviceModel(self, size, leak, float(request.options.get("late", 0)))
 
 
 def device_source(tmp: Path, model_id: str, size: int, **options: Any) -> ModelSource:

@@ -4,8 +4,11 @@ After each unload (or demotion) from an accelerator, the pod measures the device
 and compares what came back with what the model's load took there. Memory may come back late
 (CUDA frees asynchronously, a caching allocator returns its blocks on `empty_cache`), so the
 check polls for up to `settle` seconds. What did not come back is added to its runtime's account
-of unreturned bytes; memory that comes back later (a larger return on a later unload) is taken
-off it again, so measurement noise cancels instead of adding up. A runtime whose unreturned bytes
+of unreturned bytes; an unload that gives back more than its model took (an earlier model's
+memory landing in its window) takes the excess off again, so measurement noise cancels instead
+of adding up. Memory that comes back outside any unload's window is not credited: a runtime
+that returns memory that late runs up its account, and is recycled as one that keeps it.
+A runtime whose unreturned bytes
 pass `bound` is recycled: the pod's runtimes all live in its process, so the pod drains (its
 models are handed to other pods), exits and is replaced; `mesh_pod_recycles_total` counts it.
 
