@@ -193,3 +193,40 @@ def device_source(tmp: Path, model_id: str, size: int, **options: Any) -> ModelS
         file.write_bytes(model_id.encode() * 16)
     opts = {"size": str(size), **{k: str(v) for k, v in options.items()}}
     return ModelSource(model_id, "fakegpu", file, options=opts)
+
+
+class CountingPuller:
+    """A puller for one pod: each pull copies the model from `store` into its own disk cache
+    (counted), and a release deletes that copy, as a puller evicting it would."""
+
+    def __init__(self, store: Path, cache: Path) -> None:
+        self.store = store
+        self.cache = cache
+        self.pulls: list[str] = []
+        self.released: list[str] = []
+
+    async def pull(
+        self,
+        model_id: str,
+        storage_key: str,
+        path: str,
+        options: Mapping[str, str] | None = None,
+    ) -> str:
+        import shutil
+
+        self.pulls.append(model_id)
+        source = self.store / path
+        target = self.cache / model_id / source.name
+        shutil.rmtree(target.parent, ignore_errors=True)
+        if source.is_dir():
+            shutil.copytree(source, target)
+        else:
+            target.parent.mkdir(parents=True)
+            shutil.copy(source, target)
+        return str(target)
+
+    async def release(self, model_id: str) -> None:
+        import shutil
+
+        self.released.append(model_id)
+        shutil.rmtree(self.cache / model_id, ignore_errors=True)

@@ -244,7 +244,7 @@ class ModelCache:
             host_tier.on_change(self._state_changed)
         if metrics is not None:
             metrics.capacity.labels("device").set(capacity)
-            metrics.capacity.labels("host").set(host_tier.capacity if host_tier else 0)
+            metrics.capacity.labels("host").set(host_tier.capacity if host_tier is not None else 0)
             metrics.lru_age.set_function(self.lru_age)
 
     # -- the request path: synchronous, on the loop ------------------------------------------

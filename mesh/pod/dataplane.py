@@ -294,8 +294,11 @@ class DataPlane:
             known[1].aclose()
 
     def _resolve(self, name: str) -> ModelSource | None:
-        """The repository's source for `name`; None without a repository (control API only)."""
-        return None if self.repository is None else self.repository.resolve(name)
+        """The source for `name`: the repository's, else the host tier's (a request for a
+        demoted model promotes it); None: only the control API can load it."""
+        if self.repository is not None:
+            return self.repository.resolve(name)
+        return self.cache.demoted_source(name)
 
     def _refuse_if_draining(self) -> None:
         if self.state is ServerState.DRAINING:
