@@ -52,7 +52,7 @@ def load(pod: RunningPod, model_id: str, path: str, **options: str) -> rpb.LoadM
 def cpu_pod(store: Path, tmp_path: Path) -> Iterator[tuple[RunningPod, CountingPuller]]:
     puller = CountingPuller(store, tmp_path / "disk")
     # Room for one copy of the 17 MB MLP on the device tier, and 64 MiB of host tier.
-    with running_pod(artifacts=puller, capacity=40 * MB, host_tier="64Mi", runtimes=None) as pod:
+    with running_pod(artifacts=puller, capacity=45 * MB, host_tier="64Mi", runtimes=None) as pod:
         yield pod, puller
 
 
