@@ -17,9 +17,10 @@ def test_the_gpu_script_runs_on_the_host_and_sees_demotions_promotions_and_memor
     tmp_path: Path,
 ) -> None:
     out = tmp_path / "gpu.json"
+    script = str(ROOT / "bench" / "gpu.py")
+    args = ["--device", "host", "--quick", "--cycles", "3", "--json", str(out)]
     subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "gpu.py"), "--device", "host", "--quick"]
-        + ["--cycles", "3", "--json", str(out)],
+        [sys.executable, script, *args],
         check=True,
         timeout=300,
         capture_output=True,
