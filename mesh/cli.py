@@ -138,7 +138,7 @@ def _run_pod(args: argparse.Namespace) -> int:
         return 2
     logs.configure(settings.log_level, settings.log_json)
     try:
-        return asyncio.run(serve(settings))
+        return asyncio.run(serve(settings)) or 0  # 75 (EXIT_RECYCLE): replace me
     except MeshError as exc:
         print(f"mesh pod: {exc}", file=sys.stderr)
         return 2

@@ -287,10 +287,20 @@ class PodServer(Service):
 EXIT_RECYCLE = 75
 
 
-async def serve(settings: PodSettings, runtimes: RuntimeRegistry | None = None) -> int:
-    """Run a pod until SIGTERM or SIGINT, or until it must recycle; drain; the exit status."""
-    pod = PodServer(settings, runtimes=runtimes)
+async def serve(
+    settings: PodSettings,
+    runtimes: RuntimeRegistry | None = None,
+    *,
+    device_memory: DeviceMemory | None = None,
+    started: Callable[[PodServer], None] | None = None,
+) -> int:
+    """Run a pod until SIGTERM or SIGINT, or until it must recycle; drain; the exit status.
+
+    `started` is called with the pod once it listens (tests)."""
+    pod = PodServer(settings, runtimes=runtimes, device_memory=device_memory)
     await pod.start()
+    if started is not None:
+        started(pod)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
