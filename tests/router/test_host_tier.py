@@ -101,8 +101,20 @@ def test_a_model_evicted_into_a_host_tier_is_served_again_with_no_pull(
             )
         )
 
-        infer(demoted)  # a miss: served again from the host tier of the pod that demoted it
-        assert _loaded_on(router, demoted) == demoting
+        # Another router, which never loaded anything (the first one forwards to a pod where
+        # it loaded a model for a few seconds after, and the pod would promote on the request).
+        fresh = stack.enter_context(running_router(etcd=etcd.url, etcd_prefix=prefix))
+        fresh.run(
+            fresh.server.mirror.wait_for(
+                lambda m: (
+                    demoted in m.instances[demoting].host_models and m.instances[other].used == 0
+                )
+            )
+        )
+        response = fresh.v2.ModelInfer(infer_request(demoted, x=x), timeout=60)  # a miss
+        np.testing.assert_array_equal(output_array(response, "y"), x * 2)
+        # Served again from the host tier of the pod that demoted it, not pulled onto the other.
+        assert _loaded_on(fresh, demoted) == demoting
         assert sum(len(p.pulls) for p in pullers.values()) == 3
         assert runtimes[demoting].restored == [demoted]
         promotions = [
