@@ -613,10 +613,12 @@ class ModelCache:
         demoted = False
         try:
             if model is not None and reason == "capacity" and self._host is not None:
-                copy = await loop.run_in_executor(self._unload_pool, self._demoted, model, entry)
+                copy, moved = await loop.run_in_executor(
+                    self._unload_pool, self._demoted, model, entry
+                )
                 if copy is not None:
                     dropped = self._host.put(
-                        Demoted(entry.source, copy, entry.size, entry.last_used)
+                        Demoted(entry.source, copy, entry.size, entry.last_used, moved)
                     )
                     demoted = self._host.holds(entry.model_id)
                     if self._metrics is not None:
@@ -652,8 +654,9 @@ class ModelCache:
             _close(model, self._releaser, entry.size)
             self._audited(entry, before, activity)
 
-    def _demoted(self, model: LoadedModel, entry: CachedModel) -> HostCopy | None:
-        """Move a model evicted for room to the host tier, in the unload thread: its copy."""
+    def _demoted(self, model: LoadedModel, entry: CachedModel) -> tuple[HostCopy | None, bool]:
+        """Move a model evicted for room to the host tier, in the unload thread: its copy, and
+        whether the model moved itself (else its file's bytes are kept)."""
         with self._activity() as activity:
             before = self._audit.before() if self._audit is not None else None
             runtime = self._runtimes.get(entry.source.format)
@@ -661,7 +664,7 @@ class ModelCache:
             if not owned:
                 _close(model, self._releaser, entry.size)
             self._audited(entry, before, activity)
-        return copy
+        return copy, owned
 
     def _audited(self, entry: CachedModel, before: int | None, activity: _Activity) -> None:
         if self._audit is None or before is None or entry.measured is None:

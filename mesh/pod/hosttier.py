@@ -99,6 +99,8 @@ class Demoted:
     # What the model was charged on the device: a promotion's estimate.
     device_bytes: int
     last_used: float  # monotonic, the model's last use on the device
+    # True: the model moved itself to the host (Demotable); False: its file's bytes are kept.
+    moved: bool = False
 
     @property
     def model_id(self) -> str:
@@ -115,6 +117,7 @@ class DemotedView:
     format: str
     host_bytes: int
     device_bytes: int
+    moved: bool  # the model itself, moved to the host; else its file's bytes
 
 
 class HostTier:
@@ -199,7 +202,7 @@ class HostTier:
     def views(self) -> tuple[DemotedView, ...]:
         """Most recently used first."""
         return tuple(
-            DemotedView(h.model_id, h.source.format, h.nbytes, h.device_bytes)
+            DemotedView(h.model_id, h.source.format, h.nbytes, h.device_bytes, h.moved)
             for h in reversed(self._held.values())
         )
 

@@ -118,7 +118,13 @@ class OnnxRuntime:
         providers: list[Any] = ["CPUExecutionProvider"]
         if request.device.is_cuda:
             if "CUDAExecutionProvider" in ort.get_available_providers():
-                providers.insert(0, ("CUDAExecutionProvider", {"device_id": request.device.index}))
+                # Grow the CUDA arena by what is asked, not in doubling chunks: what the device
+                # shows is then what the model holds, and an unload gives back all of it.
+                cuda = {
+                    "device_id": request.device.index,
+                    "arena_extend_strategy": "kSameAsRequested",
+                }
+                providers.insert(0, ("CUDAExecutionProvider", cuda))
             else:
                 log.warning(
                     "model %s: pod runs on %s but onnxruntime has no CUDA provider; using CPU",

@@ -135,7 +135,7 @@ async def test_on_the_host_a_demotion_keeps_the_files_bytes_and_promotes_from_th
     await cache.load(device_source(tmp_path, "b", 10 * MB))
     assert runtime.demoted == 0 and runtime.closed == 1  # closed; its file's bytes kept
     (held,) = cache.view().demoted
-    assert held.host_bytes == a.file.stat().st_size
+    assert held.host_bytes == a.file.stat().st_size and not held.moved
     a.file.unlink()
     outcome = await cache.load(a)
     assert outcome.promoted
@@ -231,3 +231,59 @@ async def test_a_demotion_is_checked_like_an_unload(device: FakeDevice, tmp_path
     await cache.load(device_source(tmp_path, "a", 10 * MB, leak=6 * MB))
     await cache.load(device_source(tmp_path, "b", 4 * MB))  # a demoted, keeping 6 MB
     assert recycled == [("fakegpu", 6 * MB)]
+
+
+# -- the runtimes' own demotion (the GPU path's logic, run on the CPU) ---------------------------
+
+
+@pytest.mark.parametrize("kind", ["torchscript", "export", "xgboost"])
+async def test_real_models_demote_themselves_and_predict_the_same_once_promoted(
+    kind: str, tmp_path: Path
+) -> None:
+    """On a GPU the torch module moves to the CPU and the booster to device=cpu; here the same
+    code runs with the CPU as the device: the promoted model must answer as before."""
+    import numpy as np
+
+    from mesh import examples
+    from mesh.pod.repository import source_for
+
+    registry = RuntimeRegistry.discover(["torch", "xgboost"])
+    made = {
+        "torchscript": lambda: examples.torchscript_mlp(tmp_path / "m"),
+        "export": lambda: examples.torch_export_mlp(tmp_path / "m"),
+        "xgboost": lambda: examples.xgboost_booster(tmp_path / "m", n_trees=5),
+    }[kind]()
+    source = source_for("m", made, registry)
+    filler = source_for("filler", made, registry)
+    cache = ModelCache(
+        capacity=1,  # overwritten below, once a copy's size is known
+        runtimes=registry,
+        meter=lambda: None,  # sizes from the frameworks' counts and estimates: the same each load
+        clock=Clock(),
+        host_tier=HostTier(1 << 30),
+        on_device=True,  # models demote themselves, as on a GPU
+    )
+    cache.capacity = 1 << 30
+    first = await cache.load(source)
+    entry = cache.acquire("m")
+    assert entry is not None and entry.model is not None
+    spec = entry.model.signature.inputs[0]
+    x = np.random.default_rng(0).standard_normal([1 if d < 0 else d for d in spec.shape])
+    x = x.astype(np.float32) if kind != "export" else x.reshape(1, -1).astype(np.float32)
+    outputs = [o.name for o in entry.model.signature.outputs]
+    before = entry.model.predict({spec.name: x}, outputs)
+    cache.release(entry)
+    cache.capacity = first.size  # room for one: the filler evicts m
+    await cache.load(filler)
+    (held,) = cache.view().demoted
+    assert held.model_id == "m" and held.host_bytes > 0
+    assert held.moved  # the runtime's own demotion, not the file's bytes
+    source.file.unlink()
+    assert (await cache.load(source)).promoted
+    entry = cache.acquire("m")
+    assert entry is not None and entry.model is not None
+    after = entry.model.predict({spec.name: x}, outputs)
+    cache.release(entry)
+    for name in outputs:
+        np.testing.assert_array_equal(after[name], before[name])
+    await cache.aclose()
