@@ -194,8 +194,9 @@ class PodServer(Service):
 
     def _default_capacity(self, device: Device, memory: DeviceMemory) -> int:
         s = self.settings
-        if memory.tier == "device" and not device.is_cuda:
-            # A device given to the pod (a FakeDevice in tests): its own total.
+        if memory.tier == "device":
+            # The device's own total, as measured (NVML serves an ONNX-only GPU pod, where
+            # torch is not there to ask; tests give a FakeDevice).
             reading = memory.read()
             if reading is not None:
                 return max(reading.total - s.reserve, reading.total // 10)
