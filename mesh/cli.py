@@ -38,6 +38,21 @@ def _pod_parser(sub: Any) -> None:
         "container's memory limit, or the GPU's memory, less --reserve)",
     )
     p.add_argument("--reserve", help="memory kept back from the default capacity (512Mi)")
+    p.add_argument(
+        "--host-tier",
+        help="bytes of host memory for models evicted from the device, e.g. 8Gi: they come "
+        "back on their next request without the disk or the puller (default 0: none)",
+    )
+    p.add_argument(
+        "--unload-leak-bound",
+        help="device bytes a runtime may keep after its unloads before the pod recycles "
+        "(drains and exits with status 75 to be replaced; default 256Mi)",
+    )
+    p.add_argument(
+        "--unload-settle",
+        type=float,
+        help="seconds an unload's device memory may take to come back (default 2)",
+    )
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where models run")
     p.add_argument("--device-index", type=int, help="GPU index (default 0)")
     p.add_argument("--workers", type=int, help="inference threads (default 4)")
@@ -124,11 +139,10 @@ def _run_pod(args: argparse.Namespace) -> int:
         return 2
     logs.configure(settings.log_level, settings.log_json)
     try:
-        asyncio.run(serve(settings))
+        return asyncio.run(serve(settings)) or 0  # 75 (EXIT_RECYCLE): replace me
     except MeshError as exc:
         print(f"mesh pod: {exc}", file=sys.stderr)
         return 2
-    return 0
 
 
 def _puller_parser(sub: Any) -> None:

@@ -98,3 +98,135 @@ def fake_source(tmp: Path, model_id: str, size: int = 1000, **options: Any) -> M
         file.write_bytes(b"\0" * size)
     opts = {"size": str(size), **{k: str(v) for k, v in options.items()}}
     return ModelSource(model_id, "fake", file, options=opts)
+
+
+class DeviceModel:
+    """A model holding `size` bytes of a FakeDevice; `leak` of them stay when it is closed."""
+
+    platform = "fake"
+    signature = FakeModel.signature
+
+    def __init__(self, runtime: DeviceRuntime, size: int, leak: int, late: float = 0.0) -> None:
+        self._runtime = runtime
+        self.size = size
+        self.leak = leak
+        self.late = late  # seconds before a close's memory comes back (asynchronous frees)
+        self.on_device = True
+
+    def predict(
+        self, inputs: Mapping[str, np.ndarray[Any, Any]], outputs: Sequence[str]
+    ) -> Mapping[str, np.ndarray[Any, Any]]:
+        assert self.on_device, "a demoted model was asked to predict"
+        return {"y": inputs["x"] * 2}
+
+    def size_hint(self) -> int | None:
+        return None
+
+    def demote(self) -> DeviceCopy | None:
+        if not self._runtime.demotable:
+            return None
+        self.on_device = False
+        self._runtime.device.free(self.size - self.leak)
+        self._runtime.demoted += 1
+        return DeviceCopy(self._runtime, self.size, self.leak)
+
+    def close(self) -> None:
+        self._runtime.closed += 1
+        if self.late:
+            threading.Timer(self.late, self._runtime.device.free, [self.size - self.leak]).start()
+        else:
+            self._runtime.device.free(self.size - self.leak)
+
+
+class DeviceCopy:
+    """A DeviceModel's weights in host memory: `restore` puts them back on the device."""
+
+    def __init__(self, runtime: DeviceRuntime, size: int, leak: int) -> None:
+        self._runtime = runtime
+        self._size = size
+        self._leak = leak
+        self.nbytes = size
+
+    def restore(self, request: LoadRequest) -> DeviceModel:
+        self._runtime.device.allocate(self._size)
+        self._runtime.restored.append(request.model_id)
+        return DeviceModel(self._runtime, self._size, self._leak)
+
+    def close(self) -> None:
+        self._runtime.copies_closed += 1
+
+
+class DeviceRuntime:
+    """A runtime on a FakeDevice: loads allocate `size` bytes there, closes free them less
+    `leak`; models demote themselves (unless `demotable` is false); loads from bytes count."""
+
+    name: ClassVar[str] = "fakegpu"
+    suffixes: ClassVar[tuple[str, ...]] = (".fgpu",)
+    option_keys: ClassVar[frozenset[str]] = frozenset({"size", "leak", "late"})
+    size_factor: ClassVar[float] = 1.0
+    accepts_bytes: ClassVar[bool] = True
+
+    def __init__(self, device: Any, demotable: bool = True) -> None:
+        self.device = device
+        self.demotable = demotable
+        self.loads: list[str] = []
+        self.from_bytes: list[str] = []
+        self.restored: list[str] = []
+        self.demoted = 0
+        self.closed = 0
+        self.copies_closed = 0
+
+    def load(self, request: LoadRequest) -> DeviceModel:
+        size = int(request.options.get("size", 1000))
+        self.device.allocate(size)
+        self.loads.append(request.model_id)
+        if request.data is not None:
+            self.from_bytes.append(request.model_id)
+        leak = int(request.options.get("leak", 0))
+        return DeviceModel(self, size, leak, float(request.options.get("late", 0)))
+
+
+def device_source(tmp: Path, model_id: str, size: int, **options: Any) -> ModelSource:
+    """A model for DeviceRuntime: a small file, `size` bytes on the device once loaded."""
+    file = tmp / f"{model_id}.fgpu"
+    if not file.exists():
+        file.write_bytes(model_id.encode() * 16)
+    opts = {"size": str(size), **{k: str(v) for k, v in options.items()}}
+    return ModelSource(model_id, "fakegpu", file, options=opts)
+
+
+class CountingPuller:
+    """A puller for one pod: each pull copies the model from `store` into its own disk cache
+    (counted), and a release deletes that copy, as a puller evicting it would."""
+
+    def __init__(self, store: Path, cache: Path) -> None:
+        self.store = store
+        self.cache = cache
+        self.pulls: list[str] = []
+        self.released: list[str] = []
+
+    async def pull(
+        self,
+        model_id: str,
+        storage_key: str,
+        path: str,
+        options: Mapping[str, str] | None = None,
+    ) -> str:
+        import shutil
+
+        self.pulls.append(model_id)
+        source = self.store / path
+        target = self.cache / model_id / source.name
+        shutil.rmtree(target.parent, ignore_errors=True)
+        if source.is_dir():
+            shutil.copytree(source, target)
+        else:
+            target.parent.mkdir(parents=True)
+            shutil.copy(source, target)
+        return str(target)
+
+    async def release(self, model_id: str) -> None:
+        import shutil
+
+        self.released.append(model_id)
+        shutil.rmtree(self.cache / model_id, ignore_errors=True)

@@ -67,7 +67,10 @@ def wait_until(check: Callable[[], Any], timeout: float = 30, what: str = "") ->
 
 @contextmanager
 def running_pod(
-    runtimes: RuntimeRegistry | None = None, artifacts: Any = None, **settings: Any
+    runtimes: RuntimeRegistry | None = None,
+    artifacts: Any = None,
+    device_memory: Any = None,
+    **settings: Any,
 ) -> Iterator[RunningPod]:
     settings.setdefault("host", "127.0.0.1")
     settings.setdefault("port", 0)
@@ -78,7 +81,12 @@ def running_pod(
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="test-pod-loop", daemon=True)
     thread.start()
-    server = PodServer(PodSettings(**settings), runtimes=runtimes, artifacts=artifacts)
+    server = PodServer(
+        PodSettings(**settings),
+        runtimes=runtimes,
+        artifacts=artifacts,
+        device_memory=device_memory,
+    )
     asyncio.run_coroutine_threadsafe(server.start(), loop).result(30)
     pod = RunningPod(server, loop)
     try:

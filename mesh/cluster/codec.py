@@ -22,7 +22,7 @@ from mesh.errors import StoreError
 
 R = TypeVar("R")
 
-_TUPLES = {"pinned_pods", "runtimes"}
+_TUPLES = {"pinned_pods", "runtimes", "host_models"}
 
 
 class Keys:

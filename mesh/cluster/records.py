@@ -79,7 +79,22 @@ class InstanceRecord:
     runtimes: tuple[str, ...] = ()
     labels: Mapping[str, str] = field(default_factory=dict)
     updated_at: float = 0.0
+    # The host tier (`--host-tier`): its bytes, what its demoted models take, and their ids
+    # (most recently used first, at most HOST_MODELS_PUBLISHED): placement sends a miss for one
+    # of them here, where it comes back without a pull.
+    host_capacity: int = 0
+    host_used: int = 0
+    host_models: tuple[str, ...] = ()
+    # The pod's device as measured (NVML, torch, or the host's memory); 0: not measured.
+    device: str = ""
+    device_total: int = 0
+    device_used: int = 0
     version: int = SCHEMA_VERSION
+
+
+# An instance record names at most this many host-tier models: the record stays small (etcd
+# values are bounded) however many small models a large host tier holds.
+HOST_MODELS_PUBLISHED = 512
 
 
 class PlacementState(enum.StrEnum):

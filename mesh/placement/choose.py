@@ -2,6 +2,9 @@
 
 The rules, in order (docs/placement.md says why):
 
+0. A pod holding the model in its host tier (evicted from its device, kept in host memory) takes
+   it if it can (rules 1-4 over those pods only): a promotion there needs no pull and no file.
+
 1. Only pods that can take the model at all: alive, not draining, not in the caller's exclude
    list, not where the model failed recently, serving its runtime, carrying its labels, among
    its pinned pods if it has any, not already holding it, and with the capacity for it.
@@ -124,6 +127,13 @@ def choose_pod(
     if failures is not None and failures.exhausted:
         return NoPod(model.model_id, failures.describe(now))
     failed = failures.pods if failures is not None else frozenset()
+    warm = snapshot.warm(model.model_id)
+    if warm:
+        pool = [p for p in warm if not model.pinned_pods or p.pod_id in model.pinned_pods]
+        if pool:
+            decision = _choose(pool, model, now, rng, exclude, failed, policy)
+            if isinstance(decision, Placement):
+                return decision
     if model.pinned_pods:
         pinned = [p for p in map(snapshot.pod, model.pinned_pods) if p is not None]
         decision = _choose(pinned, model, now, rng, exclude, failed, policy)

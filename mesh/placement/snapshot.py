@@ -63,6 +63,9 @@ class PodView:
     runtimes: frozenset[str] = frozenset()
     labels: Mapping[str, str] = field(default_factory=dict)
     models: Mapping[str, HeldModel] = field(default_factory=dict)
+    # Models in the pod's host tier: evicted from its device, kept in its host memory, so a
+    # load there is a promotion with no pull (the best target for a miss).
+    host_models: frozenset[str] = frozenset()
 
     @property
     def free(self) -> int:
@@ -122,6 +125,7 @@ class PodView:
             runtimes=frozenset(instance.runtimes),
             labels=MappingProxyType(dict(instance.labels)),
             models=MappingProxyType(models),
+            host_models=frozenset(instance.host_models),
         )
 
 
@@ -183,6 +187,9 @@ class Snapshot:
     _by_id: dict[str, PodView] | None = field(
         default=None, init=False, repr=False, compare=False, hash=False
     )
+    _warm: dict[str, tuple[PodView, ...]] | None = field(
+        default=None, init=False, repr=False, compare=False, hash=False
+    )
 
     def pod(self, pod_id: str) -> PodView | None:
         by_id = self._by_id
@@ -190,6 +197,18 @@ class Snapshot:
             by_id = {p.pod_id: p for p in self.pods}
             object.__setattr__(self, "_by_id", by_id)
         return by_id.get(pod_id)
+
+    def warm(self, model_id: str) -> tuple[PodView, ...]:
+        """Pods holding the model in their host tier (in pod order)."""
+        index = self._warm
+        if index is None:
+            built: dict[str, list[PodView]] = {}
+            for p in self.pods:
+                for m in p.host_models:
+                    built.setdefault(m, []).append(p)
+            index = {m: tuple(ps) for m, ps in built.items()}
+            object.__setattr__(self, "_warm", index)
+        return index.get(model_id, ())
 
     def holders(self, model_id: str) -> tuple[PodView, ...]:
         """Pods that hold the model, loaded or loading."""

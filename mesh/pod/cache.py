@@ -18,7 +18,11 @@ synchronous. Loads and unloads run in worker threads.
 - A failed load frees what it took and is remembered for `failure_ttl` seconds: requests for the
   model fail fast with the load error, until an explicit load retries it.
 - An unload waits for the model's requests in flight, then closes it, collects garbage and trims
-  the heap so that the memory really goes back to the system.
+  the heap so that the memory really goes back to the system. On an accelerator an UnloadAudit
+  (mesh.pod.recycle) then checks that the device's memory came back.
+- With a host tier (mesh.pod.hosttier), a model evicted for room is demoted there instead, and
+  its next load is a promotion from host memory: no file, no puller. An explicit unload drops
+  the model from both tiers.
 """
 
 from __future__ import annotations
@@ -44,14 +48,18 @@ from mesh.errors import (
 )
 from mesh.placement.eviction import Candidate, choose_victims
 from mesh.pod.batching import BatchPolicy, runtime_options
+from mesh.pod.hosttier import Demoted, DemotedView, HostTier, demote
 from mesh.pod.memory import MemoryReleaser, rss_bytes
 from mesh.pod.metrics import PodMetrics
-from mesh.runtimes.base import Device, LoadedModel, LoadRequest, ModelConfig, Runtime
+from mesh.pod.recycle import UnloadAudit
+from mesh.runtimes.base import Device, HostCopy, LoadedModel, LoadRequest, ModelConfig, Runtime
 from mesh.runtimes.registry import RuntimeRegistry
 
 log = logging.getLogger(__name__)
 
 _MIN_SIZE = 4096
+# A load's result: the model, the device's delta, the host's delta (None: not measurable).
+_Measured = tuple[LoadedModel, int | None, int | None]
 _FACTOR_WEIGHT = 0.3  # weight of the newest measurement in the learned per-format factor
 
 
@@ -85,6 +93,7 @@ class CachedModel:
         "error",
         "estimated",
         "gone",
+        "host_measured",
         "idle",
         "in_flight",
         "last_used",
@@ -107,6 +116,8 @@ class CachedModel:
         self.size = estimated
         self.estimated = estimated
         self.measured: int | None = None
+        # On an accelerator: what the load took of the host's memory besides (RSS delta).
+        self.host_measured: int | None = None
         self.last_used = now
         self.last_used_wall = 0.0
         self.loaded_at = 0.0
@@ -126,6 +137,8 @@ class LoadOutcome:
     seconds: float
     already_loaded: bool
     evicted: tuple[str, ...] = ()
+    # Brought back from the host tier (no file read, no pull).
+    promoted: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +162,7 @@ class ModelView:
     last_used: float  # unix seconds, 0 if never used
     in_flight: int
     loaded_at: float
+    host_measured: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +172,9 @@ class CacheView:
     loading: int
     models: tuple[ModelView, ...]  # most recently used first
     failures: tuple[Failure, ...]
+    host_capacity: int = 0  # 0: no host tier
+    host_used: int = 0
+    demoted: tuple[DemotedView, ...] = ()  # in the host tier, most recently used first
 
 
 class _Activity:
@@ -193,7 +210,12 @@ class ModelCache:
         meter: Callable[[], int | None] = rss_bytes,
         clock: Callable[[], float] = time.monotonic,
         releaser: MemoryReleaser | None = None,
+        host_tier: HostTier | None = None,
+        audit: UnloadAudit | None = None,
+        on_device: bool = False,
     ) -> None:
+        """`on_device`: the cache's memory is an accelerator's (models demote themselves to
+        the host tier where they can); `audit` checks each unload gave its memory back."""
         self.capacity = capacity
         self._runtimes = runtimes
         self._device = device or Device()
@@ -215,8 +237,14 @@ class ModelCache:
         self._releaser = releaser or MemoryReleaser()
         self._listeners: list[Callable[[], None]] = []
         self._gone_callbacks: list[Callable[[str], None]] = []
+        self._host = host_tier
+        self._audit = audit
+        self._on_device = on_device
+        if host_tier is not None:
+            host_tier.on_change(self._state_changed)
         if metrics is not None:
-            metrics.capacity.set(capacity)
+            metrics.capacity.labels("device").set(capacity)
+            metrics.capacity.labels("host").set(host_tier.capacity if host_tier is not None else 0)
             metrics.lru_age.set_function(self.lru_age)
 
     # -- the request path: synchronous, on the loop ------------------------------------------
@@ -246,6 +274,10 @@ class ModelCache:
         if entry is None or entry.state is State.UNLOADING:
             return None
         return entry.source
+
+    def demoted_source(self, model_id: str) -> ModelSource | None:
+        """The source of a model in the host tier (a load of it is a promotion)."""
+        return None if self._host is None else self._host.source_of(model_id)
 
     def failure(self, model_id: str) -> Failure | None:
         failure = self._failures.get(model_id)
@@ -282,8 +314,18 @@ class ModelCache:
             del self._failures[model_id]
         # Claim the load synchronously, so that a concurrent caller finds the entry; then run it
         # in its own task, so that a caller who gives up does not cancel it for the others.
-        entry, victims, runtime, options = self._claim(source)
-        task = asyncio.create_task(self._complete(entry, victims, runtime.load, options))
+        held = self._host.take(model_id) if self._host is not None else None
+        if held is not None:
+            try:
+                entry, victims, _, options = self._claim(held.source, demoted=held)
+            except BaseException:
+                self._host.put(held)  # type: ignore[union-attr]  # no room: it stays demoted
+                raise
+            complete = self._complete(entry, victims, held.copy.restore, options, held.copy)
+        else:
+            entry, victims, runtime, options = self._claim(source)
+            complete = self._complete(entry, victims, runtime.load, options)
+        task = asyncio.create_task(complete)
         task.add_done_callback(_consume)
         return await asyncio.shield(task)
 
@@ -293,7 +335,7 @@ class ModelCache:
         return max(int(source.disk_bytes() * factor), _MIN_SIZE)
 
     def _claim(
-        self, source: ModelSource
+        self, source: ModelSource, demoted: Demoted | None = None
     ) -> tuple[CachedModel, list[CachedModel], Runtime, dict[str, str]]:
         model_id = source.model_id
         runtime = self._runtimes.get(source.format)
@@ -306,9 +348,12 @@ class ModelCache:
                 f"model {model_id!r}: runtime {runtime.name} has no options {sorted(unknown)}; "
                 f"it takes {sorted(runtime.option_keys)}"
             )
-        if not source.file.is_file():
+        if demoted is not None:  # a promotion: its file may be gone, its size is known
+            estimated = max(demoted.device_bytes, _MIN_SIZE)
+        elif not source.file.is_file():
             raise ModelNotFound(f"model {model_id!r}: no model file at {source.file}")
-        estimated = self.estimate(source)
+        else:
+            estimated = self.estimate(source)
         victims = self._plan(model_id, estimated)
 
         now = self._clock()
@@ -325,6 +370,7 @@ class ModelCache:
         victims: list[CachedModel],
         load: Callable[[LoadRequest], LoadedModel],
         options: dict[str, str],
+        promoting: HostCopy | None = None,
     ) -> LoadOutcome:
         source, model_id, estimated = entry.source, entry.model_id, entry.estimated
         started = time.perf_counter()
@@ -332,17 +378,20 @@ class ModelCache:
             evicted = [v.model_id for v in victims]
             await asyncio.gather(*(self._unload(v, "capacity") for v in victims))
             request = LoadRequest(model_id, source.file, source.config, options, self._device)
-            model, measured = await self._run_load(entry, load, request)
+            model, measured, host_measured = await self._run_load(entry, load, request)
             entry.model = model
             entry.measured = measured
+            entry.host_measured = host_measured
             hint = _safe_hint(model)
             entry.size = max(
                 measured if measured is not None else max(hint, estimated), hint, _MIN_SIZE
             )
-            if measured is not None:
+            if measured is not None and promoting is None:
                 self._learn(source, measured)
             evicted += await self._fit_after_load(entry)
         except BaseException as exc:
+            if promoting is not None:
+                _release_copy(promoting, model_id)
             self._fail(entry, exc)
             if entry.error is None or entry.error is exc or isinstance(exc, asyncio.CancelledError):
                 raise
@@ -353,10 +402,15 @@ class ModelCache:
         entry.last_used = self._clock()
         entry.settled.set()
         if self._metrics is not None:
-            self._metrics.load_seconds.observe(seconds)
+            if promoting is not None:
+                self._metrics.promotions.inc()
+                self._metrics.promotion_seconds.observe(seconds)
+            else:
+                self._metrics.load_seconds.observe(seconds)
         self._state_changed()
         log.info(
-            "loaded %s (%s): %d bytes (measured %s, estimated %d) in %.3fs%s",
+            "%s %s (%s): %d bytes (measured %s, estimated %d) in %.3fs%s",
+            "promoted" if promoting is not None else "loaded",
             model_id,
             source.format,
             entry.size,
@@ -366,7 +420,14 @@ class ModelCache:
             f", evicted {evicted}" if evicted else "",
         )
         return LoadOutcome(
-            model_id, entry.size, measured, estimated, seconds, False, tuple(evicted)
+            model_id,
+            entry.size,
+            measured,
+            estimated,
+            seconds,
+            False,
+            tuple(evicted),
+            promoted=promoting is not None,
         )
 
     def _plan(self, model_id: str, need_bytes: int, *, charged: bool = False) -> list[CachedModel]:
@@ -418,7 +479,7 @@ class ModelCache:
 
     async def _run_load(
         self, entry: CachedModel, load: Callable[[LoadRequest], LoadedModel], request: LoadRequest
-    ) -> tuple[LoadedModel, int | None]:
+    ) -> _Measured:
         loop = asyncio.get_running_loop()
         await self._load_slots.acquire()
         future = loop.run_in_executor(self._load_pool, self._measured, load, request)
@@ -438,15 +499,15 @@ class ModelCache:
         self._load_slots.release()
         return result
 
-    def _orphan(self, future: asyncio.Future[tuple[LoadedModel, int | None]], size: int) -> None:
+    def _orphan(self, future: asyncio.Future[_Measured], size: int) -> None:
         """A load we stopped waiting for: free its slot and bytes when its thread ends."""
         self._orphaned += size
 
-        def done(f: asyncio.Future[tuple[LoadedModel, int | None]]) -> None:
+        def done(f: asyncio.Future[_Measured]) -> None:
             self._orphaned -= size
             self._load_slots.release()
             if not f.cancelled() and f.exception() is None:
-                model, _ = f.result()
+                model = f.result()[0]
                 self._unload_pool.submit(self._closed, model, size)
             self._state_changed()
 
@@ -454,16 +515,24 @@ class ModelCache:
 
     def _measured(
         self, load: Callable[[LoadRequest], LoadedModel], request: LoadRequest
-    ) -> tuple[LoadedModel, int | None]:
+    ) -> _Measured:
         """Run a load in this worker thread; the meter's delta, if nothing else overlapped."""
+        host_meter = rss_bytes if self._on_device else None
         with self._activity() as activity:
             self._releaser.before_load()
+            host_before = host_meter() if host_meter is not None else None
             before = self._meter()
             model = load(request)
             after = self._meter()
-        if before is None or after is None or not activity.exclusive:
-            return model, None
-        return model, max(after - before, 0)
+            host_after = host_meter() if host_meter is not None else None
+        if not activity.exclusive:
+            return model, None, None
+        host = None
+        if host_before is not None and host_after is not None:
+            host = max(host_after - host_before, 0)
+        if before is None or after is None:
+            return model, None, host
+        return model, max(after - before, 0), host
 
     def _learn(self, source: ModelSource, measured: int) -> None:
         disk = source.disk_bytes()
@@ -515,7 +584,12 @@ class ModelCache:
     # -- unloading -----------------------------------------------------------------------------
 
     async def unload(self, model_id: str) -> int | None:
-        """Unload a model once its requests in flight end; the bytes freed, None if absent."""
+        """Unload a model once its requests in flight end; the bytes freed, None if absent.
+
+        The model's copy in the host tier, if any, goes too.
+        """
+        if self._host is not None:
+            self._host.drop(model_id)
         while (entry := self._entries.get(model_id)) is not None:
             if entry.state is State.LOADING:
                 await entry.settled.wait()
@@ -536,9 +610,22 @@ class ModelCache:
             await entry.idle.wait()
         model, entry.model = entry.model, None
         loop = asyncio.get_running_loop()
+        demoted = False
         try:
-            if model is not None:
-                await loop.run_in_executor(self._unload_pool, self._closed, model, entry.size)
+            if model is not None and reason == "capacity" and self._host is not None:
+                copy, moved = await loop.run_in_executor(
+                    self._unload_pool, self._demoted, model, entry
+                )
+                if copy is not None:
+                    dropped = self._host.put(
+                        Demoted(entry.source, copy, entry.size, entry.last_used, moved)
+                    )
+                    demoted = self._host.holds(entry.model_id)
+                    if self._metrics is not None:
+                        self._metrics.demotions.inc(demoted)
+                        self._metrics.host_evictions.inc(len(dropped))
+            elif model is not None:
+                await loop.run_in_executor(self._unload_pool, self._closed, model, entry)
         finally:
             self._entries.pop(entry.model_id, None)
             entry.gone.set()
@@ -548,11 +635,43 @@ class ModelCache:
                 if reason != "request":
                     self._metrics.evictions.labels(reason).inc()
             self._state_changed()
-        log.info("unloaded %s (%s), freed %d bytes", entry.model_id, reason, entry.size)
+        log.info(
+            "%s %s (%s), freed %d bytes",
+            "demoted" if demoted else "unloaded",
+            entry.model_id,
+            reason,
+            entry.size,
+        )
 
-    def _closed(self, model: LoadedModel, size: int) -> None:
-        with self._activity():
-            _close(model, self._releaser, size)
+    def _closed(self, model: LoadedModel, entry: CachedModel | int) -> None:
+        """Close a model in the unload thread; for a cache entry, check its memory came back."""
+        if isinstance(entry, int):  # a model no entry holds any more (a load we gave up on)
+            with self._activity():
+                _close(model, self._releaser, entry)
+            return
+        with self._activity() as activity:
+            before = self._audit.before() if self._audit is not None else None
+            _close(model, self._releaser, entry.size)
+            self._audited(entry, before, activity)
+
+    def _demoted(self, model: LoadedModel, entry: CachedModel) -> tuple[HostCopy | None, bool]:
+        """Move a model evicted for room to the host tier, in the unload thread: its copy, and
+        whether the model moved itself (else its file's bytes are kept)."""
+        with self._activity() as activity:
+            before = self._audit.before() if self._audit is not None else None
+            runtime = self._runtimes.get(entry.source.format)
+            copy, owned = demote(model, runtime, entry.source, on_device=self._on_device)
+            if not owned:
+                _close(model, self._releaser, entry.size)
+            self._audited(entry, before, activity)
+        return copy, owned
+
+    def _audited(self, entry: CachedModel, before: int | None, activity: _Activity) -> None:
+        if self._audit is None or before is None or entry.measured is None:
+            return
+        if not activity.exclusive:
+            return
+        self._audit.after(entry.source.format, entry.measured, before, lambda: activity.exclusive)
 
     def _activity(self) -> _ActivityScope:
         return _ActivityScope(self._activities, self._activities_lock)
@@ -572,17 +691,22 @@ class ModelCache:
                 e.last_used_wall,
                 e.in_flight,
                 e.loaded_at,
+                e.host_measured,
             )
             for e in entries
         )
         for model_id in list(self._failures):
             self.failure(model_id)  # drops expired records
+        host = self._host
         return CacheView(
             self.capacity,
             self.used,
             sum(1 for e in entries if e.state is State.LOADING),
             models,
             tuple(self._failures.values()),
+            host.capacity if host is not None else 0,
+            host.used if host is not None else 0,
+            host.views() if host is not None else (),
         )
 
     def lru_age(self) -> float:
@@ -620,7 +744,10 @@ class ModelCache:
             listener()
         if self._metrics is None:
             return
-        self._metrics.used.set(self.used)
+        self._metrics.used.labels("device").set(self.used)
+        if self._host is not None:
+            self._metrics.used.labels("host").set(self._host.used)
+            self._metrics.demoted.set(len(self._host))
         states = [e.state for e in self._entries.values()]
         self._metrics.models_loaded.set(states.count(State.LOADED))
         self._metrics.loading.set(states.count(State.LOADING))
@@ -628,6 +755,8 @@ class ModelCache:
     async def aclose(self) -> None:
         """Unload every model and stop the worker threads."""
         await asyncio.gather(*(self.unload(m) for m in list(self._entries)), return_exceptions=True)
+        if self._host is not None:
+            self._host.clear()
         self._load_pool.shutdown(wait=False, cancel_futures=True)
         self._unload_pool.shutdown(wait=True)
 
@@ -657,6 +786,13 @@ def _consume(task: asyncio.Task[LoadOutcome]) -> None:
     # have all gone away.
     if not task.cancelled():
         task.exception()
+
+
+def _release_copy(copy: HostCopy, model_id: str) -> None:
+    try:
+        copy.close()
+    except Exception:
+        log.exception("letting the host copy of %s go failed", model_id)
 
 
 def _safe_hint(model: LoadedModel) -> int:

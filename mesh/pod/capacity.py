@@ -89,7 +89,10 @@ def default_capacity(
     reserve: int,
     cgroup_root: Path = Path("/sys/fs/cgroup"),
     memory_limit: int | None = None,
+    host_tier: int = 0,
 ) -> int:
+    """`host_tier`: bytes of host memory the host tier takes; on a CPU-only pod both tiers
+    share the host's memory, so the device tier's default leaves them out."""
     total: int | None = None
     source = ""
     if device.is_cuda:
@@ -100,6 +103,14 @@ def default_capacity(
         total, source = cgroup_memory_limit(cgroup_root), "cgroup memory limit"
     if total is None:
         total, source = host_memory(), "host memory"
-    capacity = max(total - reserve, total // 10)
-    log.info("capacity %d bytes: %s %d less reserve %d", capacity, source, total, reserve)
+    shared = 0 if device.is_cuda else host_tier
+    capacity = max(total - reserve - shared, total // 10)
+    log.info(
+        "capacity %d bytes: %s %d less reserve %d%s",
+        capacity,
+        source,
+        total,
+        reserve,
+        f" and host tier {shared}" if shared else "",
+    )
     return capacity

@@ -33,6 +33,7 @@ from mesh.gen import grpc_predict_v2_pb2 as pb
 from mesh.pod.batching import Batcher, BatchPolicy
 from mesh.pod.cache import CachedModel, CacheView, LoadOutcome, ModelCache, ModelSource
 from mesh.pod.codec import decode_request, encode_response
+from mesh.pod.devices import DeviceMemory
 from mesh.pod.metrics import PodMetrics
 from mesh.pod.repository import ModelRepository, check_model_id, source_for
 from mesh.runtimes.base import Device, LoadedModel
@@ -94,6 +95,8 @@ class DataPlane:
         self.runtimes = runtimes
         self.repository = repository
         self.device = device or Device()
+        # Where the device tier's memory is measured, for the pod's instance record.
+        self.device_memory: DeviceMemory | None = None
         self.state = ServerState.STARTING
         self._metrics = metrics
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="mesh-infer")
@@ -192,6 +195,9 @@ class DataPlane:
         present = self.cache.source_of(model_id)
         if present is not None:  # loaded or loading: share it, pull nothing
             return await self.cache.load(present, retry_failed=True)
+        demoted = self.cache.demoted_source(model_id)
+        if demoted is not None:  # in the host tier: a promotion, with no pull
+            return await self.cache.load(demoted, retry_failed=True)
         if path:
             source = source_for(model_id, Path(path), self.runtimes, format, options)
             return await self.cache.load(source, retry_failed=True)
@@ -288,8 +294,11 @@ class DataPlane:
             known[1].aclose()
 
     def _resolve(self, name: str) -> ModelSource | None:
-        """The repository's source for `name`; None without a repository (control API only)."""
-        return None if self.repository is None else self.repository.resolve(name)
+        """The source for `name`: the repository's, else the host tier's (a request for a
+        demoted model promotes it); None: only the control API can load it."""
+        if self.repository is not None:
+            return self.repository.resolve(name)
+        return self.cache.demoted_source(name)
 
     def _refuse_if_draining(self) -> None:
         if self.state is ServerState.DRAINING:

@@ -8,7 +8,12 @@ import time
 from mesh.cluster.codec import Keys
 from mesh.cluster.etcd import EtcdConfig, EtcdStore
 from mesh.cluster.mirror import Mirror
-from mesh.cluster.records import InstanceRecord, PlacementRecord, PlacementState
+from mesh.cluster.records import (
+    HOST_MODELS_PUBLISHED,
+    InstanceRecord,
+    PlacementRecord,
+    PlacementState,
+)
 from mesh.cluster.registration import PodRegistration, PodState
 from mesh.cluster.store import KeyValueStore
 from mesh.pod.dataplane import DataPlane, ServerState
@@ -21,6 +26,7 @@ def pod_state(plane: DataPlane, pod_id: str, address: str, labels: dict[str, str
     view = plane.status()
     loaded = [m for m in view.models if m.state == "loaded"]
     lru = min((m.last_used or m.loaded_at for m in loaded), default=0.0)
+    reading = plane.device_memory.read() if plane.device_memory is not None else None
     instance = InstanceRecord(
         pod_id=pod_id,
         address=address,
@@ -34,6 +40,12 @@ def pod_state(plane: DataPlane, pod_id: str, address: str, labels: dict[str, str
         runtimes=tuple(plane.runtimes.names),
         labels=dict(labels),
         updated_at=time.time(),
+        host_capacity=view.host_capacity,
+        host_used=view.host_used,
+        host_models=tuple(d.model_id for d in view.demoted[:HOST_MODELS_PUBLISHED]),
+        device=reading.device if reading is not None else "",
+        device_total=reading.total if reading is not None else 0,
+        device_used=reading.used if reading is not None else 0,
     )
     placements = [
         PlacementRecord(

@@ -84,20 +84,3 @@ class MemoryReleaser:
                 return
             self._pending = 0
         trim_heap()
-
-
-class CudaMeter:
-    """Device memory in use on one GPU, through torch when it is installed with CUDA."""
-
-    def __init__(self, index: int) -> None:
-        self._index = index
-
-    def used_bytes(self) -> int | None:
-        try:
-            import torch
-        except ImportError:
-            return None
-        if not torch.cuda.is_available():
-            return None
-        free, total = torch.cuda.mem_get_info(self._index)
-        return int(total - free)

@@ -68,11 +68,62 @@ class PodMetrics:
         self.evictions = Counter(
             "mesh_pod_evictions", "Models evicted by reason", ["reason"], registry=registry
         )
+        # tier="device": the models loaded and loading (on the GPU, or in host memory on a
+        # CPU-only pod); tier="host": the host tier's demoted models (0 without one).
         self.capacity = Gauge(
-            "mesh_pod_capacity_bytes", "Bytes of models the pod may hold", registry=registry
+            "mesh_pod_capacity_bytes",
+            "Bytes of models the pod may hold, per tier",
+            ["tier"],
+            registry=registry,
         )
         self.used = Gauge(
-            "mesh_pod_used_bytes", "Bytes held by loaded and loading models", registry=registry
+            "mesh_pod_used_bytes",
+            "Bytes held by models, per tier",
+            ["tier"],
+            registry=registry,
+        )
+        self.demotions = Counter(
+            "mesh_pod_demotions",
+            "Models evicted from the device tier into the host tier",
+            registry=registry,
+        )
+        self.promotions = Counter(
+            "mesh_pod_promotions",
+            "Models brought back from the host tier (no file read, no pull)",
+            registry=registry,
+        )
+        self.promotion_seconds = Histogram(
+            "mesh_pod_promotion_seconds",
+            "Time to bring a model back from the host tier",
+            buckets=_LOAD_BUCKETS,
+            registry=registry,
+        )
+        self.host_evictions = Counter(
+            "mesh_pod_host_evictions",
+            "Models let go from the host tier for room (least recently used first)",
+            registry=registry,
+        )
+        self.demoted = Gauge(
+            "mesh_pod_models_demoted", "Models in the host tier", registry=registry
+        )
+        # Measured, read at scrape time: kind="total" or "used", per device ("cuda:0", "host").
+        self.device_memory = Gauge(
+            "mesh_pod_device_memory_bytes",
+            "Memory of the pod's devices as measured (NVML, torch, the host's RSS)",
+            ["device", "kind"],
+            registry=registry,
+        )
+        self.recycles = Counter(
+            "mesh_pod_recycles",
+            "Recycles because a runtime did not give device memory back after unloads",
+            ["runtime"],
+            registry=registry,
+        )
+        self.unreturned = Gauge(
+            "mesh_pod_unreturned_bytes",
+            "Device bytes a runtime's unloads have not given back",
+            ["runtime"],
+            registry=registry,
         )
         self.models_loaded = Gauge(
             "mesh_pod_models_loaded", "Models loaded and ready", registry=registry

@@ -18,6 +18,8 @@ import gc
 import logging
 import signal
 import time
+from collections.abc import Callable
+from typing import Any
 
 from grpc import aio
 from prometheus_client import CollectorRegistry
@@ -36,14 +38,18 @@ from mesh.pod.artifacts import DirectoryArtifacts
 from mesh.pod.cache import ModelCache
 from mesh.pod.capacity import choose_device, default_capacity
 from mesh.pod.dataplane import ArtifactSource, DataPlane
+from mesh.pod.devices import DeviceMemory, HostMemory, device_memory_for, used_meter
+from mesh.pod.hosttier import HostTier
 from mesh.pod.membership import join, not_yet_elsewhere, pod_id_of
-from mesh.pod.memory import CudaMeter, rss_bytes
+from mesh.pod.memory import rss_bytes
 from mesh.pod.metrics import PodMetrics
+from mesh.pod.recycle import UnloadAudit, UnloadCheck
 from mesh.pod.repository import ModelRepository
 from mesh.pod.rest import PodBackend
 from mesh.pod.service import InferenceService, RuntimeService
 from mesh.pod.settings import PodSettings
 from mesh.puller.client import PullerClient
+from mesh.runtimes.base import Device
 from mesh.runtimes.registry import RuntimeRegistry
 
 log = logging.getLogger(__name__)
@@ -58,8 +64,12 @@ class PodServer(Service):
         registry: CollectorRegistry | None = None,
         artifacts: ArtifactSource | None = None,
         store: KeyValueStore | None = None,
+        device_memory: DeviceMemory | None = None,
     ) -> None:
+        """`device_memory`: where the device tier's memory is measured (tests pass a
+        FakeDevice); by default NVML or torch on a GPU pod, the host otherwise."""
         self.settings = settings
+        self._device_memory = device_memory
         self._given_store = store
         self._runtimes = runtimes
         self._artifacts = artifacts
@@ -80,6 +90,10 @@ class PodServer(Service):
         self.health = Health()
         self._store: KeyValueStore | None = None
         self.registration: PodRegistration | None = None
+        # Set once a runtime kept device memory past its bound: the pod drains and exits.
+        self.recycling: str | None = None
+        self.recycle_requested = asyncio.Event()
+        self.metrics: PodMetrics | None = None
 
     async def start(self) -> None:
         s = self.settings
@@ -96,9 +110,23 @@ class PodServer(Service):
         gc.collect()
         gc.freeze()
         device = choose_device(s.device, s.device_index, runtimes.names)
-        capacity = s.capacity or default_capacity(device, s.reserve, memory_limit=s.memory_limit)
-        metrics = PodMetrics(self.registry, per_model=s.per_model_metrics)
-        meter = CudaMeter(device.index).used_bytes if device.is_cuda else rss_bytes
+        memory = self._device_memory or device_memory_for(device)
+        on_device = memory.tier == "device"
+        capacity = s.capacity or self._default_capacity(device, memory)
+        metrics = self.metrics = PodMetrics(self.registry, per_model=s.per_model_metrics)
+        _measure_on_scrape(metrics, memory)
+        meter = used_meter(memory) if on_device else rss_bytes
+        audit = None
+        if on_device:
+            audit = UnloadAudit(
+                memory,
+                bound=s.unload_leak_bound,
+                settle=s.unload_settle,
+                on_recycle=lambda runtime, unreturned: _soon(
+                    loop, self._recycle, runtime, unreturned
+                ),
+                on_check=lambda check: _count_unreturned(metrics, check),
+            )
         cache = ModelCache(
             capacity=capacity,
             runtimes=runtimes,
@@ -109,6 +137,9 @@ class PodServer(Service):
             failure_ttl=s.failure_ttl,
             metrics=metrics,
             meter=meter,
+            host_tier=HostTier(s.host_tier) if s.host_tier else None,
+            audit=audit,
+            on_device=on_device,
         )
         repository = None
         if s.models is not None:
@@ -124,6 +155,7 @@ class PodServer(Service):
             metrics=metrics,
             artifacts=self._artifacts,
         )
+        self.plane.device_memory = memory
         options = [
             ("grpc.max_receive_message_length", s.max_message_bytes),
             ("grpc.max_send_message_length", s.max_message_bytes),
@@ -156,15 +188,44 @@ class PodServer(Service):
         self.plane.mark_ready()
         self.health.serving()
         log.info(
-            "pod listening on %s:%d (metrics %s), device %s, capacity %d bytes, runtimes %s%s",
+            "pod listening on %s:%d (metrics %s), device %s (memory from %s), capacity %d bytes,"
+            " host tier %d bytes, runtimes %s%s",
             s.host,
             self.port,
             self.metrics_port,
             device,
+            memory.name,
             capacity,
+            s.host_tier,
             runtimes.names,
             f", models from {s.models}" if s.models else "",
         )
+
+    def _default_capacity(self, device: Device, memory: DeviceMemory) -> int:
+        s = self.settings
+        if memory.tier == "device":
+            # The device's own total, as measured (NVML serves an ONNX-only GPU pod, where
+            # torch is not there to ask; tests give a FakeDevice).
+            reading = memory.read()
+            if reading is not None:
+                return max(reading.total - s.reserve, reading.total // 10)
+        return default_capacity(
+            device, s.reserve, memory_limit=s.memory_limit, host_tier=s.host_tier
+        )
+
+    def _recycle(self, runtime: str, unreturned: int) -> None:
+        """A runtime kept device memory past the bound: stop taking work, and ask to be
+        replaced (serve() drains and exits with EXIT_RECYCLE)."""
+        if self.recycling is not None or self.plane is None:
+            return
+        self.recycling = runtime
+        if self.metrics is not None:
+            self.metrics.recycles.labels(runtime).inc()
+        self.health.not_serving()
+        self.plane.drain()
+        if self.registration is not None:
+            self.registration.notify()  # routers stop choosing this pod at once
+        self.recycle_requested.set()
 
     async def aclose(self) -> None:
         """Drain: readiness turns false at once, requests in flight finish, then stop."""
@@ -234,14 +295,59 @@ class PodServer(Service):
             await mirror.aclose()
 
 
-async def serve(settings: PodSettings, runtimes: RuntimeRegistry | None = None) -> None:
-    """Run a pod until SIGTERM or SIGINT, then drain and exit."""
-    pod = PodServer(settings, runtimes=runtimes)
+# The exit status of a pod that recycled itself (EX_TEMPFAIL): its orchestrator restarts it.
+EXIT_RECYCLE = 75
+
+
+async def serve(
+    settings: PodSettings,
+    runtimes: RuntimeRegistry | None = None,
+    *,
+    device_memory: DeviceMemory | None = None,
+    started: Callable[[PodServer], None] | None = None,
+) -> int:
+    """Run a pod until SIGTERM or SIGINT, or until it must recycle; drain; the exit status.
+
+    `started` is called with the pod once it listens (tests)."""
+    pod = PodServer(settings, runtimes=runtimes, device_memory=device_memory)
     await pod.start()
+    if started is not None:
+        started(pod)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    log.info("signal received: draining")
+    signalled = asyncio.create_task(stop.wait())
+    recycled = asyncio.create_task(pod.recycle_requested.wait())
+    await asyncio.wait({signalled, recycled}, return_when=asyncio.FIRST_COMPLETED)
+    signalled.cancel()
+    recycled.cancel()
+    if pod.recycling is not None:
+        log.error("runtime %s kept device memory: draining to be replaced", pod.recycling)
+    else:
+        log.info("signal received: draining")
     await pod.aclose()
+    return EXIT_RECYCLE if pod.recycling is not None else 0
+
+
+def _measure_on_scrape(metrics: PodMetrics, memory: DeviceMemory) -> None:
+    """The device's (and, on a GPU pod, the host's) measured memory, read at each scrape."""
+    sources = [memory] if memory.tier == "host" else [memory, HostMemory()]
+    for source in sources:
+        for kind in ("total", "used"):
+
+            def read(source: DeviceMemory = source, kind: str = kind) -> float:
+                reading = source.read()
+                if reading is None:
+                    return float("nan")
+                return float(reading.total if kind == "total" else reading.used)
+
+            metrics.device_memory.labels(source.name, kind).set_function(read)
+
+
+def _soon(loop: asyncio.AbstractEventLoop, fn: Callable[[str, int], None], *args: Any) -> None:
+    loop.call_soon_threadsafe(fn, *args)
+
+
+def _count_unreturned(metrics: PodMetrics, check: UnloadCheck) -> None:
+    metrics.unreturned.labels(check.runtime).set(check.unreturned)

@@ -32,6 +32,14 @@ class PodSettings(BaseSettings):
     # The container's memory limit from the downward API (MESH_POD_MEMORY_LIMIT from
     # `resourceFieldRef: {resource: limits.memory}`); read before the cgroup's.
     memory_limit: ByteSize | None = Field(None, gt=0)
+    # Bytes of host memory for models evicted from the device tier (0: none): they are demoted
+    # there and come back on their next request without the disk or the puller. On a CPU-only
+    # pod the default capacity leaves this much of the memory to the host tier.
+    host_tier: ByteSize = Field(0, ge=0)
+    # Device bytes a runtime may fail to give back over its unloads before the pod recycles
+    # (drains and exits to be replaced); and how long an unload's memory may take to come back.
+    unload_leak_bound: ByteSize = Field(256 * 2**20, ge=0)
+    unload_settle: float = Field(2.0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     device_index: int = Field(0, ge=0)
     # Threads running inference; requests beyond them queue.

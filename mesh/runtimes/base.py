@@ -102,6 +102,9 @@ class LoadRequest:
     config: ModelConfig
     options: Mapping[str, str]
     device: Device
+    # The model file's bytes, already in memory (a promotion from the pod's host tier): a
+    # runtime whose `accepts_bytes` is true loads from them instead of reading `file`.
+    data: bytes | None = None
 
 
 class LoadedModel(Protocol):
@@ -123,6 +126,31 @@ class LoadedModel(Protocol):
     def close(self) -> None:
         """Release the model's memory. Called once, with no predict in flight."""
         ...
+
+
+class HostCopy(Protocol):
+    """A model demoted to host memory: what the pod's host tier keeps of it.
+
+    `restore` runs in a load thread and gives the model back on the request's device (a torch
+    module moved back to the GPU, a session re-created from bytes); `close` lets it go.
+    """
+
+    nbytes: int
+
+    def restore(self, request: LoadRequest) -> LoadedModel: ...
+
+    def close(self) -> None: ...
+
+
+class Demotable(Protocol):
+    """A loaded model that can move itself to host memory (optional on LoadedModel).
+
+    `demote()` frees the model's device memory and returns what restores it, or None when it
+    cannot (the pod then keeps the file's bytes instead, if the runtime accepts them). Called
+    once, in the unload thread, with no predict in flight; the model is not closed afterwards.
+    """
+
+    def demote(self) -> HostCopy | None: ...
 
 
 class Runtime(Protocol):

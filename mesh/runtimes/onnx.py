@@ -95,6 +95,9 @@ class OnnxRuntime:
     option_keys: ClassVar[frozenset[str]] = frozenset({"intra_op_threads", "inter_op_threads"})
     size_factor: ClassVar[float] = 2.0
     requires: ClassVar[tuple[str, ...]] = ("onnxruntime",)
+    # Sessions are re-created from the file's bytes kept in the host tier (on the CUDA provider
+    # on a GPU pod): destroying a session frees its CUDA arena, so a demotion gives it back.
+    accepts_bytes: ClassVar[bool] = True
 
     def warm_up(self) -> None:
         import onnxruntime as ort
@@ -115,14 +118,21 @@ class OnnxRuntime:
         providers: list[Any] = ["CPUExecutionProvider"]
         if request.device.is_cuda:
             if "CUDAExecutionProvider" in ort.get_available_providers():
-                providers.insert(0, ("CUDAExecutionProvider", {"device_id": request.device.index}))
+                # Grow the CUDA arena by what is asked, not in doubling chunks: what the device
+                # shows is then what the model holds, and an unload gives back all of it.
+                cuda = {
+                    "device_id": request.device.index,
+                    "arena_extend_strategy": "kSameAsRequested",
+                }
+                providers.insert(0, ("CUDAExecutionProvider", cuda))
             else:
                 log.warning(
                     "model %s: pod runs on %s but onnxruntime has no CUDA provider; using CPU",
                     request.model_id,
                     request.device,
                 )
-        session = ort.InferenceSession(str(request.file), options, providers=providers)
+        model: str | bytes = request.data if request.data is not None else str(request.file)
+        session = ort.InferenceSession(model, options, providers=providers)
         inputs = request.config.inputs or tuple(_spec(n) for n in session.get_inputs())
         outputs = request.config.outputs or tuple(_spec(n) for n in session.get_outputs())
         return OnnxModel(session, Signature.of(inputs, outputs))

@@ -79,8 +79,58 @@ class TorchModel:
                 total += tensor.numel() * tensor.element_size()
         return total or None
 
+    def demote(self) -> _ModuleOnHost | None:
+        """On a GPU pod: the module moved to the CPU and kept; the device's cache emptied."""
+        import torch
+
+        module, self._module = self._module, None
+        if module is None:
+            return None
+        module = module.to("cpu")
+        if self._device != "cpu" and torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return _ModuleOnHost(module, self.signature, self.platform)
+
     def close(self) -> None:
         self._module = None
+        if self._device != "cpu":
+            import gc
+
+            import torch
+
+            # torch's caching allocator keeps freed blocks; without this the device's memory
+            # never comes back and the pod's unload check would recycle it.
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+
+class _ModuleOnHost:
+    """A demoted module on the CPU: `restore` moves it back to the request's device."""
+
+    def __init__(self, module: Any, signature: Signature, platform: str) -> None:
+        self._module = module
+        self._signature = signature
+        self._platform = platform
+        self.nbytes = sum(t.numel() * t.element_size() for t in _tensors_of(module))
+
+    def restore(self, request: LoadRequest) -> TorchModel:
+        if self._module is None:
+            raise RuntimeError("the host copy was already let go")
+        device = str(request.device)
+        module = self._module.to(device)
+        return TorchModel(module, self._signature, device, self._platform)
+
+    def close(self) -> None:
+        self._module = None
+
+
+def _file_or_buffer(request: LoadRequest) -> Any:
+    if request.data is not None:
+        import io
+
+        return io.BytesIO(request.data)
+    return str(request.file)
 
 
 def _tensors_of(module: Any) -> list[Any]:
@@ -106,6 +156,8 @@ class TorchRuntime:
     option_keys: ClassVar[frozenset[str]] = frozenset({"intra_op_threads"})
     size_factor: ClassVar[float] = 1.5
     requires: ClassVar[tuple[str, ...]] = ("torch",)
+    # TorchScript and torch.export programs both load from an in-memory buffer.
+    accepts_bytes: ClassVar[bool] = True
 
     def warm_up(self) -> None:
         import importlib
@@ -133,7 +185,7 @@ class TorchRuntime:
             raise InvalidRequest(
                 "a TorchScript model needs 'inputs' and 'outputs' in mesh.json beside it"
             )
-        module = torch.jit.load(str(request.file), map_location=device)  # type: ignore[no-untyped-call]
+        module = torch.jit.load(_file_or_buffer(request), map_location=device)  # type: ignore[no-untyped-call]
         module.eval()
         signature = Signature.of(request.config.inputs, request.config.outputs)
         return TorchModel(module, signature, device, "pytorch_torchscript")
@@ -141,7 +193,7 @@ class TorchRuntime:
     def _load_exported(self, request: LoadRequest, device: str) -> TorchModel:
         import torch
 
-        program = torch.export.load(str(request.file))
+        program = torch.export.load(_file_or_buffer(request))
         placeholders = {n.name: n for n in program.graph.nodes if n.op == "placeholder"}
         user_inputs = list(program.graph_signature.user_inputs)
         inputs = request.config.inputs or tuple(

@@ -38,6 +38,32 @@ class XGBoostModel:
     def size_hint(self) -> int | None:
         return None
 
+    def demote(self) -> _BoosterOnHost | None:
+        """On a GPU pod: the booster switched to the CPU (its trees leave the device)."""
+        booster, self._booster = self._booster, None
+        if booster is None:
+            return None
+        booster.set_param({"device": "cpu"})
+        return _BoosterOnHost(booster, self.signature)
+
+    def close(self) -> None:
+        self._booster = None
+
+
+class _BoosterOnHost:
+    """A demoted booster: `restore` switches it back to the request's device."""
+
+    def __init__(self, booster: Any, signature: Signature) -> None:
+        self._booster = booster
+        self._signature = signature
+        self.nbytes = len(booster.save_raw("ubj"))
+
+    def restore(self, request: LoadRequest) -> XGBoostModel:
+        if self._booster is None:
+            raise RuntimeError("the host copy was already let go")
+        self._booster.set_param({"device": str(request.device)})
+        return XGBoostModel(self._booster, self._signature)
+
     def close(self) -> None:
         self._booster = None
 
@@ -48,6 +74,7 @@ class XGBoostRuntime:
     option_keys: ClassVar[frozenset[str]] = frozenset({"nthread"})
     size_factor: ClassVar[float] = 3.0
     requires: ClassVar[tuple[str, ...]] = ("xgboost",)
+    accepts_bytes: ClassVar[bool] = True
 
     def warm_up(self) -> None:
         import xgboost as xgb
@@ -62,7 +89,14 @@ class XGBoostRuntime:
         import xgboost as xgb
 
         nthread = int_option(request.options, "nthread", 1, 1)
-        booster = xgb.Booster(params={"nthread": nthread}, model_file=str(request.file))
+        params: dict[str, Any] = {"nthread": nthread}
+        if request.device.is_cuda:
+            params["device"] = str(request.device)
+        if request.data is not None:
+            booster = xgb.Booster(params=params)
+            booster.load_model(bytearray(request.data))
+        else:
+            booster = xgb.Booster(params=params, model_file=str(request.file))
         inputs = request.config.inputs or (
             TensorSpec("input__0", "FP32", (-1, booster.num_features())),
         )

@@ -47,6 +47,9 @@ def pod_views(draw: st.DrawFn, pod_id: str) -> PodView:
         runtimes=frozenset(draw(st.sets(st.sampled_from(RUNTIMES), min_size=1))),
         labels=draw(st.sampled_from([{}, {"zone": "a"}, {"zone": "b"}, {"zone": "a", "gpu": "1"}])),
         models=models,
+        # Models in the pod's host tier (a model is never both loaded and demoted on a pod,
+        # but records lag, so a view may say both: placement must cope).
+        host_models=frozenset(draw(st.sets(st.sampled_from([*MODEL_IDS, "new"]), max_size=3))),
     )
 
 

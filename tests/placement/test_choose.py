@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mesh.cluster.records import PlacementState
@@ -339,13 +339,19 @@ def check_safe(
         assert v.in_flight == 0
         assert NOW - v.last_used >= policy.min_age
         assert chosen.used - (freed - v.size) + req.size > chosen.capacity  # none to spare
+    warm = [p for p in snap.warm(req.model_id) if can_take(p, req, exclude, failures, policy)]
+    # A pod holding the model in its host tier takes it whenever one can.
+    assert not warm or chosen.pod_id in {p.pod_id for p in warm}
     if victims:
-        # Evicting only when no eligible pod has free room, and only an old enough pod.
-        takers = [p for p in snap.pods if can_take(p, req, exclude, failures, policy)]
+        # Evicting only when no eligible pod has free room, and only an old enough pod (among
+        # the pods with the model in their host tier, when one of them takes it).
+        pool = warm or snap.pods
+        takers = [p for p in pool if can_take(p, req, exclude, failures, policy)]
         assert all(p.free < req.size for p in takers)
         assert chosen.lru_time <= min(p.lru_time for p in takers) + policy.lru_slack
 
 
+@settings(deadline=None)  # a loaded machine is no counterexample
 @given(cases(), st.integers(0, 3))
 def test_placements_are_safe_complete_and_deterministic(
     case: tuple[Snapshot, ModelRequirements, list[str], ModelFailures | None, PlacementPolicy],
@@ -432,3 +438,62 @@ def test_a_preference_no_pod_can_meet_is_no_constraint() -> None:
     gone = decide(Snapshot((pod("gpu", labels=GPU, draining=True), pod("cpu"))),
                   model(preferred_labels=GPU))  # fmt: skip
     assert isinstance(gone, Placement) and gone.pod_id == "cpu"
+
+
+# -- the host tier -----------------------------------------------------------------------------
+
+
+def test_a_pod_with_the_model_in_its_host_tier_takes_the_miss_even_over_free_room() -> None:
+    warm_full = pod("warm", models=[held("young", 90, 999.0)], host_models=frozenset({"new"}))
+    roomy = pod("roomy")
+    decision = decide(Snapshot((roomy, warm_full)), model(40))
+    # An eviction on the warm pod (it promotes from host memory) beats a pull onto free room.
+    assert decision == Placement("warm", 30, ("young",))
+
+
+def test_a_warm_pod_that_cannot_take_the_model_leaves_the_choice_to_the_other_rules() -> None:
+    busy = pod(
+        "warm", models=[held("busy", 90, 900.0, in_flight=2)], host_models=frozenset({"new"})
+    )
+    draining = pod("drain", draining=True, host_models=frozenset({"new"}))
+    other = pod("other", models=[held("old", 90, 950.0)])
+    assert decide(Snapshot((busy, draining, other)), model(40)) == Placement("other", 30, ("old",))
+    nowhere = decide(Snapshot((busy, draining, other)), model(40), exclude=["other"])
+    assert isinstance(nowhere, NoPod)
+    assert "1 draining (drain)" in nowhere.reason
+    assert "1 are full with nothing evictable" in nowhere.reason
+
+
+def test_warm_pods_respect_pinning_and_records_carry_the_host_tier() -> None:
+    from mesh.cluster.records import InstanceRecord
+
+    warm = PodView.from_records(
+        InstanceRecord(
+            "warm", "a:1", capacity=100, runtimes=("onnx",), loading_count=1, host_models=("new",)
+        ),
+        [],
+    )
+    assert warm.host_models == frozenset({"new"})
+    roomy = pod("roomy")
+    snap = Snapshot((roomy, warm))
+    assert snap.warm("new") == (warm,)
+    # Busier than the other pod with room, and chosen all the same.
+    assert decide(snap, model(40)) == Placement("warm", 0, ())
+    assert decide(snap, model(40, pinned_pods=("roomy",))) == Placement("roomy", 0, ())
+
+
+@settings(deadline=None)  # a loaded machine is no counterexample
+@given(cases(), st.integers(0, 3))
+def test_a_warm_pod_that_can_take_the_model_always_gets_it(
+    case: tuple[Snapshot, ModelRequirements, list[str], ModelFailures | None, PlacementPolicy],
+    seed: int,
+) -> None:
+    snap, req, exclude, failures, policy = case
+    kw = {"exclude": exclude, "failures": failures, "policy": policy}
+    for sample in (None, 2):
+        decision = choose_pod(snap, req, NOW, random.Random(seed), sample=sample, **kw)  # type: ignore[arg-type]
+        warm = {
+            p.pod_id for p in snap.warm(req.model_id) if can_take(p, req, exclude, failures, policy)
+        }
+        if warm and not (failures is not None and failures.exhausted):
+            assert isinstance(decision, Placement) and decision.pod_id in warm

@@ -381,7 +381,9 @@ def test_metrics_endpoint_serves_capacity_and_latency(model_dir: Path) -> None:
         pod.v2.ModelInfer(infer_request("mlp", input=np.ones((1, 64), np.float32)))
         url = f"http://127.0.0.1:{pod.server.metrics_port}/metrics"
         text = urllib.request.urlopen(url, timeout=10).read().decode()
-    assert "mesh_pod_capacity_bytes 1.073741824e+09" in text
+    assert 'mesh_pod_capacity_bytes{tier="device"} 1.073741824e+09' in text
+    assert 'mesh_pod_capacity_bytes{tier="host"} 0.0' in text  # no host tier asked for
+    assert 'mesh_pod_device_memory_bytes{device="host",kind="used"}' in text
     assert "mesh_pod_inference_seconds_count 1.0" in text
     assert "mesh_pod_models_loaded 1.0" in text
     assert 'model="' not in text  # no per-model labels unless asked for

@@ -1,0 +1,235 @@
+"""The host tier and the unload check through a real pod's gRPC API.
+
+A real ONNX model evicted on a CPU pod comes back from the host tier with no pull and no file;
+on a FakeDevice the models demote themselves and come back; a runtime that keeps device memory
+recycles the pod. Pulls go through a counting puller whose release deletes the pulled files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from mesh import examples
+from mesh.gen import grpc_predict_v2_pb2 as pb
+from mesh.gen import runtime_pb2 as rpb
+from mesh.pod.devices import FakeDevice
+from mesh.pod.membership import pod_state
+from mesh.runtimes.registry import RuntimeRegistry
+from tests.fakes import CountingPuller, DeviceRuntime
+from tests.helpers import RunningPod, infer_request, output_array, running_pod, wait_until
+
+MB = 1_000_000
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("store")
+    examples.onnx_mlp(root / "big", sizes=(64, 2048, 2048, 10))  # 17 MB on disk
+    for name in ("a", "b", "c", "d", "leaky", "tidy"):
+        (root / f"{name}.fgpu").write_bytes(name.encode() * 100)
+    return root
+
+
+def metric(pod: RunningPod, line_start: str) -> float:
+    for line in pod.metrics_text().splitlines():
+        if line.startswith(line_start + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def load(pod: RunningPod, model_id: str, path: str, **options: str) -> rpb.LoadModelResponse:
+    request = rpb.LoadModelRequest(model_id=model_id, storage_path=path, options=options)
+    return pod.control.LoadModel(request, timeout=60)
+
+
+@pytest.fixture
+def cpu_pod(store: Path, tmp_path: Path) -> Iterator[tuple[RunningPod, CountingPuller]]:
+    puller = CountingPuller(store, tmp_path / "disk")
+    # Room for one copy of the 17 MB MLP (a copy measures 21-52 MB of RSS here), 64 MiB of host.
+    with running_pod(artifacts=puller, capacity=60 * MB, host_tier="64Mi", runtimes=None) as pod:
+        yield pod, puller
+
+
+def demote_a(pod: RunningPod) -> list[str]:
+    """Load "a", then other copies until one evicts it (a copy's measured size varies from
+    load to load); the copies loaded."""
+    load(pod, "a", "big")
+    fillers: list[str] = []
+    while "a" not in pod.run(_state(pod)).instance.host_models:
+        assert len(fillers) < 4, f"{fillers} did not evict a"
+        fillers.append(f"f{len(fillers)}")
+        load(pod, fillers[-1], "big")
+    return fillers
+
+
+def test_an_evicted_onnx_model_comes_back_from_the_host_tier_with_no_pull_and_no_file(
+    cpu_pod: tuple[RunningPod, CountingPuller], store: Path, tmp_path: Path
+) -> None:
+    pod, puller = cpu_pod
+    fillers = demote_a(pod)
+    assert puller.pulls == ["a", *fillers]
+    wait_until(lambda: "a" in puller.released, what="a's files released to the puller")
+    assert not (tmp_path / "disk" / "a").exists()  # the pulled files are gone
+    record = pod.run(_state(pod)).instance
+    demoted = len(record.host_models)
+    assert metric(pod, "mesh_pod_demotions_total") == demoted
+    file_bytes = (store / "big" / "model.onnx").stat().st_size
+    assert metric(pod, 'mesh_pod_used_bytes{tier="host"}') == demoted * file_bytes
+    assert metric(pod, 'mesh_pod_capacity_bytes{tier="host"}') == 64 * 2**20
+    assert record.host_used == demoted * file_bytes and record.host_capacity == 64 * 2**20
+    assert record.device == "host" and record.device_total > 0 and record.device_used > 0
+
+    load(pod, "a", "big")  # the router's LoadModel on a miss
+    assert puller.pulls == ["a", *fillers]  # no pull: promoted from host memory
+    assert metric(pod, "mesh_pod_promotions_total") == 1
+    assert "a" not in pod.run(_state(pod)).instance.host_models
+    x = np.random.default_rng(0).standard_normal((3, 64)).astype(np.float32)
+    got = output_array(pod.v2.ModelInfer(infer_request("a", input=x)), "output")
+    want = ort.InferenceSession(str(store / "big" / "model.onnx")).run(None, {"input": x})[0]
+    np.testing.assert_array_equal(got, want)
+
+
+def test_an_unload_drops_the_host_copy_and_the_next_load_pulls(
+    cpu_pod: tuple[RunningPod, CountingPuller],
+) -> None:
+    pod, puller = cpu_pod
+    fillers = demote_a(pod)
+    host_used = metric(pod, 'mesh_pod_used_bytes{tier="host"}')
+    response = pod.control.UnloadModel(rpb.UnloadModelRequest(model_id="a"))
+    assert not response.was_loaded
+    assert metric(pod, 'mesh_pod_used_bytes{tier="host"}') < host_used
+    assert "a" not in pod.run(_state(pod)).instance.host_models
+    load(pod, "a", "big")
+    assert puller.pulls == ["a", *fillers, "a"]
+    assert metric(pod, "mesh_pod_promotions_total") == 0
+
+
+async def _state(pod: RunningPod):  # type: ignore[no-untyped-def]
+    return pod_state(pod.plane, "pod", "addr", {})
+
+
+def test_on_a_device_models_demote_themselves_and_memory_is_published_per_tier(
+    store: Path, tmp_path: Path
+) -> None:
+    device = FakeDevice(total=100 * MB, baseline=2 * MB)
+    runtime = DeviceRuntime(device)
+    puller = CountingPuller(store, tmp_path / "disk")
+    with running_pod(
+        runtimes=RuntimeRegistry([runtime]),
+        artifacts=puller,
+        device_memory=device,
+        capacity=30 * MB,
+        host_tier="25M",
+    ) as pod:
+        for m in "abcd":
+            load(pod, m, f"{m}.fgpu", size=str(10 * MB))
+        assert runtime.demoted == 1 and runtime.closed == 0
+        assert metric(pod, 'mesh_pod_device_memory_bytes{device="fake:0",kind="used"}') == 32 * MB
+        assert metric(pod, 'mesh_pod_device_memory_bytes{device="fake:0",kind="total"}') == 100 * MB
+        assert metric(pod, 'mesh_pod_used_bytes{tier="host"}') == 10 * MB
+        record = pod.run(_state(pod)).instance
+        assert (record.device, record.device_total, record.device_used) == (
+            "fake:0",
+            100 * MB,
+            32 * MB,
+        )
+        load(pod, "a", "a.fgpu", size=str(10 * MB))
+        assert runtime.restored == ["a"] and puller.pulls == list("abcd")
+        status = pod.control.RuntimeStatus(rpb.RuntimeStatusRequest())
+        sizes = {m.model_id: m.measured_bytes for m in status.models}
+        assert sizes == {"a": 10 * MB, "c": 10 * MB, "d": 10 * MB}
+        # b went down in its turn; a request for it promotes it (no LoadModel, no pull).
+        x = np.arange(4, dtype=np.float32)
+        response = pod.v2.ModelInfer(infer_request("b", x=x))
+        np.testing.assert_array_equal(output_array(response, "y"), x * 2)
+        assert runtime.restored == ["a", "b"] and puller.pulls == list("abcd")
+
+
+def test_a_runtime_that_keeps_device_memory_recycles_the_pod(store: Path, tmp_path: Path) -> None:
+    for leak, recycles in ((0, 0), (3 * MB, 1)):
+        device = FakeDevice(total=100 * MB)
+        with running_pod(
+            runtimes=RuntimeRegistry([DeviceRuntime(device)]),
+            artifacts=CountingPuller(store, tmp_path / f"disk-{leak}"),
+            device_memory=device,
+            capacity=50 * MB,
+            unload_leak_bound="5M",
+            unload_settle=0.1,
+        ) as pod:
+            for _ in range(2):
+                load(pod, "m", "leaky.fgpu", size=str(10 * MB), leak=str(leak))
+                pod.control.UnloadModel(rpb.UnloadModelRequest(model_id="m"))
+            if recycles:
+                wait_until(
+                    lambda: metric(pod, 'mesh_pod_recycles_total{runtime="fakegpu"}') == 1,
+                    what="the recycle counted",
+                )
+                assert metric(pod, 'mesh_pod_unreturned_bytes{runtime="fakegpu"}') == 6 * MB
+                assert not pod.v2.ServerReady(pb.ServerReadyRequest()).ready
+                assert pod.server.recycle_requested.is_set()
+                with pytest.raises(grpc.RpcError) as err:
+                    load(pod, "m2", "tidy.fgpu", size=str(MB))
+                assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+            else:
+                assert pod.v2.ServerReady(pb.ServerReadyRequest()).ready
+                assert metric(pod, 'mesh_pod_unreturned_bytes{runtime="fakegpu"}') == 0
+                assert not pod.server.recycle_requested.is_set()
+
+
+def test_mesh_pods_serve_drains_and_exits_75_when_a_runtime_keeps_device_memory(
+    store: Path, tmp_path: Path
+) -> None:
+    import asyncio
+
+    from grpc import aio
+
+    from mesh.gen import runtime_pb2_grpc
+    from mesh.pod.server import EXIT_RECYCLE, PodServer, serve
+    from mesh.pod.settings import PodSettings
+
+    device = FakeDevice(total=100 * MB)
+    settings = PodSettings(
+        host="127.0.0.1",
+        port=0,
+        metrics_port=None,
+        capacity=50 * MB,
+        storage_dir=store,
+        unload_leak_bound="5M",
+        unload_settle=0.1,
+        drain_timeout=1,
+        handoff_timeout=0,
+    )
+    ports: asyncio.Queue[int] = asyncio.Queue()
+
+    def started(pod: PodServer) -> None:
+        ports.put_nowait(pod.port)
+
+    async def main() -> int:
+        running = asyncio.create_task(
+            serve(
+                settings,
+                RuntimeRegistry([DeviceRuntime(device)]),
+                device_memory=device,
+                started=started,
+            )
+        )
+        port = await asyncio.wait_for(ports.get(), 30)
+        async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            control = runtime_pb2_grpc.RuntimeStub(channel)
+            for _ in range(2):
+                options = {"size": str(10 * MB), "leak": str(3 * MB)}
+                await control.LoadModel(
+                    rpb.LoadModelRequest(
+                        model_id="m", path=str(store / "leaky.fgpu"), options=options
+                    )
+                )
+                await control.UnloadModel(rpb.UnloadModelRequest(model_id="m"))
+        return await asyncio.wait_for(running, 60)
+
+    assert asyncio.run(main()) == EXIT_RECYCLE

@@ -1,0 +1,289 @@
+"""The host tier and the unload check, in the cache, on a FakeDevice and on the host.
+
+Demotion, promotion, per-tier eviction and the recycle rule, with fake runtimes whose memory is
+a FakeDevice (the device contract's fake, tests/pod/test_devices.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mesh.pod.cache import ModelCache
+from mesh.pod.devices import FakeDevice, used_meter
+from mesh.pod.hosttier import Demoted, HostTier, SerializedCopy
+from mesh.pod.recycle import UnloadAudit
+from mesh.runtimes.registry import RuntimeRegistry
+from tests.fakes import DeviceRuntime, FakeRuntime, device_source, fake_source
+
+MB = 1_000_000
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        self.now += 1.0  # every look at the clock is a later moment: a strict LRU order
+        return self.now
+
+
+@pytest.fixture
+def device() -> FakeDevice:
+    return FakeDevice(total=100 * MB)
+
+
+def gpu_cache(
+    device: FakeDevice,
+    runtime: DeviceRuntime,
+    *,
+    capacity: int = 30 * MB,
+    host: int = 25 * MB,
+    audit: UnloadAudit | None = None,
+) -> ModelCache:
+    return ModelCache(
+        capacity=capacity,
+        runtimes=RuntimeRegistry([runtime]),
+        meter=used_meter(device),
+        clock=Clock(),
+        host_tier=HostTier(host) if host else None,
+        audit=audit,
+        on_device=True,
+    )
+
+
+async def test_an_evicted_model_is_demoted_and_promoted_without_its_file(
+    device: FakeDevice, tmp_path: Path
+) -> None:
+    runtime = DeviceRuntime(device)
+    cache = gpu_cache(device, runtime)
+    sources = {m: device_source(tmp_path, m, 10 * MB) for m in "abc"}
+    for m in "abc":
+        await cache.load(sources[m])
+    assert device.read().used == 30 * MB  # type: ignore[union-attr]
+    outcome = await cache.load(device_source(tmp_path, "d", 10 * MB))
+    assert outcome.evicted == ("a",)
+    assert runtime.demoted == 1 and runtime.closed == 0  # moved, not closed
+    assert device.read().used == 30 * MB  # type: ignore[union-attr]  # a's bytes left the device
+    view = cache.view()
+    assert [d.model_id for d in view.demoted] == ["a"]
+    assert view.host_used == 10 * MB and view.host_capacity == 25 * MB
+    assert not cache.is_loaded("a")
+
+    sources["a"].file.unlink()  # no disk: the promotion must not need the file
+    promoted = await cache.load(sources["a"])
+    assert promoted.promoted and not promoted.already_loaded
+    assert runtime.restored == ["a"]
+    assert runtime.loads.count("a") == 1  # loaded once, promoted once
+    assert cache.is_loaded("a")
+    assert promoted.evicted == ("b",)  # the least recently used went down in its turn
+    assert [d.model_id for d in cache.view().demoted] == ["b"]
+    entry = cache.acquire("a")
+    assert entry is not None and entry.model is not None
+    cache.release(entry)
+
+
+async def test_the_host_tier_lets_its_least_recently_used_go_for_room(
+    device: FakeDevice, tmp_path: Path
+) -> None:
+    runtime = DeviceRuntime(device)
+    cache = gpu_cache(device, runtime, capacity=10 * MB, host=25 * MB)
+    for m in "abcd":  # each load evicts the one before it into the host tier
+        await cache.load(device_source(tmp_path, m, 10 * MB))
+    assert [d.model_id for d in cache.view().demoted] == ["c", "b"]  # a let go for c
+    assert runtime.copies_closed == 1
+    assert cache.view().host_used == 20 * MB
+    # A copy larger than the whole tier is not kept: that model is evicted as before.
+    small = gpu_cache(device, DeviceRuntime(device), capacity=10 * MB, host=5 * MB)
+    await small.load(device_source(tmp_path, "x", 10 * MB))
+    await small.load(device_source(tmp_path, "y", 10 * MB))
+    assert small.view().demoted == ()
+
+
+async def test_an_explicit_unload_drops_the_model_from_both_tiers(
+    device: FakeDevice, tmp_path: Path
+) -> None:
+    runtime = DeviceRuntime(device)
+    cache = gpu_cache(device, runtime, capacity=10 * MB)
+    await cache.load(device_source(tmp_path, "a", 10 * MB))
+    await cache.load(device_source(tmp_path, "b", 10 * MB))
+    assert [d.model_id for d in cache.view().demoted] == ["a"]
+    assert await cache.unload("a") is None  # not loaded, but no longer kept either
+    assert cache.view().demoted == () and cache.view().host_used == 0
+    assert runtime.copies_closed == 1
+    await cache.load(device_source(tmp_path, "a", 10 * MB))
+    assert runtime.restored == []  # a fresh load
+    assert runtime.loads.count("a") == 2
+
+
+async def test_on_the_host_a_demotion_keeps_the_files_bytes_and_promotes_from_them(
+    tmp_path: Path,
+) -> None:
+    device = FakeDevice(total=100 * MB)
+    runtime = DeviceRuntime(device)
+    cache = ModelCache(
+        capacity=10 * MB,
+        runtimes=RuntimeRegistry([runtime]),
+        meter=used_meter(device),
+        clock=Clock(),
+        host_tier=HostTier(MB),
+        on_device=False,  # a CPU-only pod: models do not demote themselves
+    )
+    a = device_source(tmp_path, "a", 10 * MB)
+    await cache.load(a)
+    await cache.load(device_source(tmp_path, "b", 10 * MB))
+    assert runtime.demoted == 0 and runtime.closed == 1  # closed; its file's bytes kept
+    (held,) = cache.view().demoted
+    assert held.host_bytes == a.file.stat().st_size and not held.moved
+    a.file.unlink()
+    outcome = await cache.load(a)
+    assert outcome.promoted
+    assert runtime.from_bytes == ["a"]  # a deserialisation from memory, not a file read
+
+
+async def test_a_runtime_that_cannot_load_bytes_is_evicted_as_before(tmp_path: Path) -> None:
+    runtime = FakeRuntime()  # neither demotes itself nor accepts bytes
+    cache = ModelCache(
+        capacity=20_000,
+        runtimes=RuntimeRegistry([runtime]),
+        meter=runtime.memory.read,
+        clock=Clock(),
+        host_tier=HostTier(MB),
+    )
+    await cache.load(fake_source(tmp_path, "a", 15_000))
+    await cache.load(fake_source(tmp_path, "b", 15_000))
+    assert cache.view().demoted == ()
+    assert runtime.closed == 1
+
+
+def test_the_tier_keeps_last_use_order_whatever_the_demotion_order(tmp_path: Path) -> None:
+    tier = HostTier(30)
+    runtime = DeviceRuntime(FakeDevice(total=10))
+
+    def held(model_id: str, last_used: float) -> Demoted:
+        return Demoted(
+            device_source(tmp_path, model_id, 1), SerializedCopy(runtime, b"x" * 10), 1, last_used
+        )
+
+    tier.put(held("new", 50.0))
+    tier.put(held("old", 10.0))  # demoted later, used earlier
+    tier.put(held("mid", 30.0))
+    assert tier.put(held("next", 60.0)) == ("old",)
+    assert [v.model_id for v in tier.views()] == ["next", "new", "mid"]
+    assert tier.take("mid") is not None and not tier.holds("mid") and tier.used == 20
+
+
+# -- the unload check --------------------------------------------------------------------------
+
+
+def audit_for(device: FakeDevice, recycled: list[tuple[str, int]]) -> UnloadAudit:
+    return UnloadAudit(
+        device,
+        bound=5 * MB,
+        settle=0.2,
+        on_recycle=lambda runtime, unreturned: recycled.append((runtime, unreturned)),
+    )
+
+
+async def test_a_runtime_that_keeps_device_memory_is_recycled_once_past_the_bound(
+    device: FakeDevice, tmp_path: Path
+) -> None:
+    recycled: list[tuple[str, int]] = []
+    audit = audit_for(device, recycled)
+    cache = gpu_cache(device, DeviceRuntime(device), audit=audit, host=0)
+    leaky = device_source(tmp_path, "leaky", 10 * MB, leak=2 * MB)
+    for _ in range(2):
+        await cache.load(leaky)
+        await cache.unload("leaky")
+    assert recycled == []  # 4 MB unreturned: within the bound
+    assert audit.unreturned == {"fakegpu": 4 * MB}
+    await cache.load(leaky)
+    await cache.unload("leaky")
+    assert recycled == [("fakegpu", 6 * MB)]
+    await cache.load(leaky)
+    await cache.unload("leaky")
+    assert len(recycled) == 1  # once
+
+
+async def test_models_that_give_their_memory_back_never_recycle_and_late_returns_count(
+    device: FakeDevice, tmp_path: Path
+) -> None:
+    recycled: list[tuple[str, int]] = []
+    audit = audit_for(device, recycled)
+    cache = gpu_cache(device, DeviceRuntime(device), audit=audit, host=0)
+    for i in range(20):
+        await cache.load(device_source(tmp_path, f"m{i}", 10 * MB))
+        await cache.unload(f"m{i}")
+    assert recycled == [] and audit.unreturned == {"fakegpu": 0}
+    # Memory that comes back a moment after the close (CUDA frees asynchronously) is waited
+    # for, up to the settle time, and counts as given back.
+    for i in range(3):
+        await cache.load(device_source(tmp_path, f"late{i}", 10 * MB, late=0.05))
+        await cache.unload(f"late{i}")
+    assert recycled == [] and audit.unreturned == {"fakegpu": 0}
+
+
+async def test_a_demotion_is_checked_like_an_unload(device: FakeDevice, tmp_path: Path) -> None:
+    recycled: list[tuple[str, int]] = []
+    audit = audit_for(device, recycled)
+    cache = gpu_cache(device, DeviceRuntime(device), capacity=10 * MB, audit=audit)
+    await cache.load(device_source(tmp_path, "a", 10 * MB, leak=6 * MB))
+    await cache.load(device_source(tmp_path, "b", 4 * MB))  # a demoted, keeping 6 MB
+    assert recycled == [("fakegpu", 6 * MB)]
+
+
+# -- the runtimes' own demotion (the GPU path's logic, run on the CPU) ---------------------------
+
+
+@pytest.mark.parametrize("kind", ["torchscript", "export", "xgboost"])
+async def test_real_models_demote_themselves_and_predict_the_same_once_promoted(
+    kind: str, tmp_path: Path
+) -> None:
+    """On a GPU the torch module moves to the CPU and the booster to device=cpu; here the same
+    code runs with the CPU as the device: the promoted model must answer as before."""
+    import numpy as np
+
+    from mesh import examples
+    from mesh.pod.repository import source_for
+
+    registry = RuntimeRegistry.discover(["torch", "xgboost"])
+    made = {
+        "torchscript": lambda: examples.torchscript_mlp(tmp_path / "m"),
+        "export": lambda: examples.torch_export_mlp(tmp_path / "m"),
+        "xgboost": lambda: examples.xgboost_booster(tmp_path / "m", n_trees=5),
+    }[kind]()
+    source = source_for("m", made, registry)
+    filler = source_for("filler", made, registry)
+    cache = ModelCache(
+        capacity=1,  # overwritten below, once a copy's size is known
+        runtimes=registry,
+        meter=lambda: None,  # sizes from the frameworks' counts and estimates: the same each load
+        clock=Clock(),
+        host_tier=HostTier(1 << 30),
+        on_device=True,  # models demote themselves, as on a GPU
+    )
+    cache.capacity = 1 << 30
+    first = await cache.load(source)
+    entry = cache.acquire("m")
+    assert entry is not None and entry.model is not None
+    spec = entry.model.signature.inputs[0]
+    x = np.random.default_rng(0).standard_normal([1 if d < 0 else d for d in spec.shape])
+    x = x.astype(np.float32) if kind != "export" else x.reshape(1, -1).astype(np.float32)
+    outputs = [o.name for o in entry.model.signature.outputs]
+    before = entry.model.predict({spec.name: x}, outputs)
+    cache.release(entry)
+    cache.capacity = first.size  # room for one: the filler evicts m
+    await cache.load(filler)
+    (held,) = cache.view().demoted
+    assert held.model_id == "m" and held.host_bytes > 0
+    assert held.moved  # the runtime's own demotion, not the file's bytes
+    source.file.unlink()
+    assert (await cache.load(source)).promoted
+    entry = cache.acquire("m")
+    assert entry is not None and entry.model is not None
+    after = entry.model.predict({spec.name: x}, outputs)
+    cache.release(entry)
+    for name in outputs:
+        np.testing.assert_array_equal(after[name], before[name])
+    await cache.aclose()
