@@ -2,8 +2,10 @@
 
     MeshError             INTERNAL
     ├── InvalidRequest    INVALID_ARGUMENT     bad tensor, shape, datatype, size or option
-    │   └── UnsafePath                         a model id, storage path or archive member
-    │                                          that could write outside the puller's cache
+    │   ├── UnsafePath                         a model id, storage path or archive member
+    │   │                                      that could write outside the puller's cache
+    │   └── InvalidIdentifier                  a model id or storage path that breaks the
+    │                                          one rule (mesh.ids)
     ├── ModelNotFound     NOT_FOUND            no such model here
     │   └── ArtifactNotFound                   no such object, prefix or bucket in storage
     ├── ModelLoadFailed   FAILED_PRECONDITION  the model's load failed (error in the message)
@@ -160,6 +162,11 @@ class LeaseNotFound(StoreError):
     """The lease expired or was revoked: everything attached to it is gone."""
 
     code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class InvalidIdentifier(InvalidRequest):
+    """A model id, vmodel id or storage path that breaks mesh.ids' rule; the message states
+    the rule."""
 
 
 # The puller's errors (mesh/puller/): each names the storage key and path concerned.

@@ -17,7 +17,7 @@ from mesh.cluster.store import KeyValueStore
 from mesh.errors import InvalidRequest, MeshError, ModelNotFound
 from mesh.gen import management_pb2 as mpb
 from mesh.gen import runtime_pb2 as rpb
-from mesh.pod.repository import check_model_id
+from mesh.ids import check_id, check_registered_path
 from mesh.router.core import Router
 
 log = logging.getLogger(__name__)
@@ -38,11 +38,12 @@ class Management:
     # -- models --------------------------------------------------------------------------------
 
     async def register(self, request: mpb.RegisterModelRequest) -> mpb.ModelStatusResponse:
-        check_model_id(request.model_id)
+        check_id(request.model_id)
         if not request.format:
             raise InvalidRequest(f"model {request.model_id!r}: format is required")
         if not request.storage_path:
             raise InvalidRequest(f"model {request.model_id!r}: storage_path is required")
+        check_registered_path(request.storage_path, f"model {request.model_id!r}: storage path")
         o = request.options
         if o.min_copies < 0 or o.max_copies < 0 or (o.max_copies and o.min_copies > o.max_copies):
             raise InvalidRequest(f"model {request.model_id!r}: copies must satisfy 0 <= min <= max")
@@ -141,7 +142,7 @@ class Management:
 
     async def set_vmodel(self, request: mpb.SetVModelRequest) -> mpb.VModelStatusResponse:
         vmodel_id, target = request.vmodel_id, request.target_model_id
-        check_model_id(vmodel_id)
+        check_id(vmodel_id, "vmodel id")
         if target not in self._mirror.models:
             raise ModelNotFound(f"vmodel {vmodel_id!r}: target model {target!r} is not registered")
         current = self._mirror.vmodels.get(vmodel_id)
