@@ -36,7 +36,7 @@ from grpc import aio
 
 from mesh.cluster.codec import Keys, encode
 from mesh.cluster.mirror import Mirror
-from mesh.cluster.records import PlacementRecord, PlacementState
+from mesh.cluster.records import InstanceRecord, PlacementRecord, PlacementState
 from mesh.cluster.store import Compare, Delete, KeyValueStore, Put
 from mesh.errors import (
     DeadlineExceeded,
@@ -52,6 +52,7 @@ from mesh.placement.failures import FailureLog
 from mesh.placement.snapshot import Snapshot
 from mesh.router.metrics import RouterMetrics
 from mesh.router.pods import PodClient, PodPool, pod_left
+from mesh.router.vanished import VanishedPods
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,10 @@ class RouterPolicy:
     load_timeout: float = 120.0
     # How often a router waiting on another's claim checks that the claim still stands.
     claim_check: float = 1.0
+    # How long a pod whose records vanished (its lease expired while etcd was away) is still
+    # sent requests for the models it held, and how long a miss that finds no pod at all
+    # waits for one to register (mesh.router.vanished); about one lease TTL.
+    vanished_grace: float = 10.0
 
 
 class PodAnswer(Exception):
@@ -103,6 +108,7 @@ class Router:
         self._rng = rng or random.Random()
         self._metrics = metrics
         self.failures = FailureLog()
+        self.vanished = VanishedPods(self.policy.vanished_grace)
         self._loads: dict[str, asyncio.Future[str]] = {}
         self._fresh: dict[str, dict[str, float]] = {}
         # Requests and requests in flight per model, for copy scaling (mesh.router.background).
@@ -128,6 +134,20 @@ class Router:
             fresh.pop(pod_id, None)
             if not fresh:
                 del self._fresh[model_id]
+
+    def observe(self, changes: Sequence[Any]) -> list[str]:
+        """Follow the mirror (a subscriber): the pods gone for good, whose channels may close."""
+        return self.vanished.observe(changes, self.mirror.instances)
+
+    def instance(self, pod_id: str) -> InstanceRecord | None:
+        """A pod's record: the mirror's, else the last one of a pod that vanished recently."""
+        instance = self.mirror.instances.get(pod_id)
+        return instance if instance is not None else self.vanished.instance(pod_id)
+
+    def _unreachable(self, pod_id: str) -> None:
+        if self.vanished.drop(pod_id):
+            log.info("pod %s, whose records vanished, is unreachable: forgotten", pod_id)
+            self._pool.forget(pod_id)
 
     # -- names ---------------------------------------------------------------------------------
 
@@ -169,6 +189,14 @@ class Router:
             if instance is None or instance.draining:
                 continue
             found.append(self._pool.client(pod_id, instance.address))
+        if not found and self.vanished.grace > 0:
+            for pod_id in self.vanished.expire():
+                self._pool.forget(pod_id)
+            # Its records vanished with an expired lease, but the pod may serve on: better a
+            # try (a failure drops it) than a load on a pod that may not exist either.
+            for instance in self.vanished.holders(model_id):
+                if instance.pod_id not in exclude and instance.pod_id not in pod_ids:
+                    found.append(self._pool.client(instance.pod_id, instance.address))
         return found
 
     def known_copies(self, model_id: str) -> set[str]:
@@ -210,7 +238,7 @@ class Router:
                     # A load shared with other requests went to a pod this request already
                     # found without the model (evicted since, or dead): load elsewhere.
                     pod_id = await self.add_copy_for(model_id, exclude, deadline)
-                instance = self.mirror.instances.get(pod_id)
+                instance = self.instance(pod_id)
                 if instance is None:
                     exclude.append(pod_id)
                     continue
@@ -222,6 +250,8 @@ class Router:
                     raise
                 if answer.code is grpc.StatusCode.NOT_FOUND:
                     self._forget_fresh(model_id, pod.pod_id)  # evicted since we loaded it
+                else:
+                    self._unreachable(pod.pod_id)
                 if self._metrics is not None:
                     self._metrics.retries.labels(answer.code.name).inc()
                 log.info(
@@ -322,6 +352,7 @@ class Router:
         if record is None:
             raise ModelNotFound(f"model {model_id!r} is not registered in this mesh")
         last_error = ""
+        waited = False
         for _ in range(self.policy.load_attempts):
             copies = self.holders(model_id, exclude)
             if copies and not new_copy:
@@ -352,6 +383,14 @@ class Router:
                 snapshot, requirements, now, self._rng, exclude=exclude,
                 failures=self.failures.for_model(model_id, now),
             )  # fmt: skip
+            if isinstance(decision, NoPod) and not waited and self._no_pod_outside(exclude):
+                # No pod at all (their leases expired while etcd was away, or the mesh is
+                # starting): wait for one to register rather than fail at once.
+                waited = True
+                appeared = await self._wait_for_pods(exclude, deadline)
+                if appeared:
+                    exclude[:] = [p for p in exclude if p not in appeared]
+                    continue
             if isinstance(decision, NoPod):
                 raise ModelLoadFailed(
                     f"model {model_id!r}: no pod can load it: {decision.reason}"
@@ -376,6 +415,28 @@ class Router:
             finally:
                 await self._release_claim(model_id, pod_id, claimed)
         raise ModelLoadFailed(f"model {model_id!r} failed to load: {last_error}")
+
+    def _no_pod_outside(self, exclude: Sequence[str]) -> bool:
+        return all(p in exclude for p in self.mirror.instances)
+
+    async def _wait_for_pods(self, exclude: Sequence[str], deadline: float) -> set[str]:
+        """Pods that registered (anew) within the grace and the deadline; empty if none did."""
+        before = set(self.mirror.instances)
+        wait = min(deadline - time.monotonic(), self.policy.vanished_grace)
+        if wait <= 0:
+            return set()
+
+        def appeared(m: Mirror) -> set[str]:
+            fresh = set(m.instances) - before
+            # A pod excluded by this request that re-registered counts: its lease came back.
+            return fresh | {p for p in exclude if p in m.instances and p not in before}
+
+        log.info("no pod can take a load now; waiting up to %.1fs for pods to register", wait)
+        try:
+            await self.mirror.wait_for(lambda m: bool(appeared(m)), timeout=wait)
+        except TimeoutError:
+            return set()
+        return appeared(self.mirror)
 
     async def _claim(self, model_id: str, pod_id: str) -> int:
         """The claim's revision, or 0 if another router holds it."""
