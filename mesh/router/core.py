@@ -36,7 +36,7 @@ from grpc import aio
 
 from mesh.cluster.codec import Keys, encode
 from mesh.cluster.mirror import Mirror
-from mesh.cluster.records import InstanceRecord, PlacementRecord, PlacementState
+from mesh.cluster.records import InstanceRecord, ModelRecord, PlacementRecord, PlacementState
 from mesh.cluster.store import Compare, Delete, KeyValueStore, Put
 from mesh.errors import (
     DeadlineExceeded,
@@ -111,6 +111,7 @@ class Router:
         self.vanished = VanishedPods(self.policy.vanished_grace)
         self._loads: dict[str, asyncio.Future[str]] = {}
         self._fresh: dict[str, dict[str, float]] = {}
+        self._size_writes: set[asyncio.Task[None]] = set()
         # Requests and requests in flight per model, for copy scaling (mesh.router.background).
         self.requests: collections.Counter[str] = collections.Counter()
         self.in_flight: collections.Counter[str] = collections.Counter()
@@ -383,6 +384,18 @@ class Router:
                 snapshot, requirements, now, self._rng, exclude=exclude,
                 failures=self.failures.for_model(model_id, now),
             )  # fmt: skip
+            if (
+                isinstance(decision, NoPod)
+                and not (record.size_estimate or record.measured_size or measured)
+                and not (failures := self.failures.for_model(model_id, now))
+            ):
+                # The size is a guess (nothing of the model measured, nothing given): a pod too
+                # small or too full for the guess may well take the model, evicting what it
+                # must by its own estimate (file size times its learned factor). Let it judge.
+                requirements = dataclasses.replace(requirements, size=1)
+                decision = choose_pod(
+                    snapshot, requirements, now, self._rng, exclude=exclude, failures=failures
+                )
             if isinstance(decision, NoPod) and not waited and self._no_pod_outside(exclude):
                 # No pod at all (their leases expired while etcd was away, or the mesh is
                 # starting): wait for one to register rather than fail at once.
@@ -397,16 +410,17 @@ class Router:
                     + (f"; last error: {last_error}" if last_error else "")
                 )
             pod_id = decision.pod_id
-            claimed = await self._claim(model_id, pod_id)
+            claimed = await self._claim(model_id, pod_id, requirements.size)
             if not claimed:
                 pod_id = await self._wait_for_other(model_id, deadline)
                 if pod_id:
                     return pod_id
                 continue  # the other router's load failed or its claim expired: try again
             try:
-                await self._tell_pod_to_load(pod_id, record, deadline)
+                size = await self._tell_pod_to_load(pod_id, record, deadline)
                 self.failures.clear(model_id)
                 self._fresh.setdefault(model_id, {})[pod_id] = time.monotonic()
+                self._remember_size(model_id, size)
                 return pod_id
             except ModelLoadFailed as exc:
                 last_error = str(exc)
@@ -438,12 +452,11 @@ class Router:
             return set()
         return appeared(self.mirror)
 
-    async def _claim(self, model_id: str, pod_id: str) -> int:
-        """The claim's revision, or 0 if another router holds it."""
+    async def _claim(self, model_id: str, pod_id: str, size: int) -> int:
+        """The claim's revision, or 0 if another router holds it. The `loading` record is
+        charged `size`, what placement counted on, until the pod publishes its own estimate."""
         lease = self._lease.id
         claim = self._keys.claim(model_id)
-        record = self.mirror.models.get(model_id)
-        size = record.size_estimate if record is not None else 0
         loading = PlacementRecord(model_id, pod_id, PlacementState.LOADING, time.time(), size)
         try:
             result = await self._store.txn(
@@ -493,7 +506,31 @@ class Router:
                 copies = self.holders(model_id)
                 return copies[0].pod_id if copies else ""
 
-    async def _tell_pod_to_load(self, pod_id: str, record: Any, deadline: float) -> None:
+    def _remember_size(self, model_id: str, size: int) -> None:
+        """Write what the copy measured into the model's registration (once, or when it moved
+        by more than a quarter), so that it outlives the copy: evicted and asked for again, the
+        model is placed by its size, not the default."""
+        record = self.mirror.models.get(model_id)
+        if record is None or size <= 0:
+            return
+        if record.measured_size and abs(size - record.measured_size) <= record.measured_size / 4:
+            return
+        task = asyncio.create_task(self._write_size(record, size))
+        self._size_writes.add(task)
+        task.add_done_callback(self._size_writes.discard)
+
+    async def _write_size(self, record: ModelRecord, size: int) -> None:
+        key = self._keys.model(record.model_id)
+        updated = dataclasses.replace(record, measured_size=size)
+        try:
+            # Only over the registration as it was: a re-registration meanwhile wins.
+            await self._store.txn(
+                [Compare.value_is(key, encode(record))], [Put(key, encode(updated))]
+            )
+        except MeshError as exc:
+            log.info("could not record the size of %s: %s", record.model_id, exc)
+
+    async def _tell_pod_to_load(self, pod_id: str, record: Any, deadline: float) -> int:
         instance = self.mirror.instances.get(pod_id)
         if instance is None:
             raise ModelLoadFailed(f"pod {pod_id} left the mesh")
@@ -508,8 +545,9 @@ class Router:
         self.loads_started += 1
         outcome = "failed"
         try:
-            await pod.load(request, timeout=max(deadline - time.monotonic(), 0.001))
+            response = await pod.load(request, timeout=max(deadline - time.monotonic(), 0.001))
             outcome = "loaded"
+            return int(response.size_bytes)
         except aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                 raise DeadlineExceeded(

@@ -8,6 +8,7 @@ loaded; the old target keeps serving until then.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 
@@ -21,6 +22,15 @@ from mesh.ids import check_id, check_registered_path
 from mesh.router.core import Router
 
 log = logging.getLogger(__name__)
+
+
+def _same_artifact(a: ModelRecord, b: ModelRecord) -> bool:
+    return (a.format, a.storage_key, a.storage_path, dict(a.options)) == (
+        b.format,
+        b.storage_key,
+        b.storage_path,
+        dict(b.options),
+    )
 
 
 class Management:
@@ -61,6 +71,10 @@ class Management:
             options=dict(o.runtime_options),
             registered_at=time.time(),
         )
+        old = self._mirror.models.get(record.model_id)
+        if old is not None and _same_artifact(old, record):
+            # What a copy measured still holds for the same files and options.
+            record = dataclasses.replace(record, measured_size=old.measured_size)
         await self._store.put(self._keys.model(record.model_id), encode(record))
         await self._mirror.wait_for(lambda m: m.models.get(record.model_id) == record)
         if request.load_now:
