@@ -22,7 +22,8 @@
     ├── RuntimeFailure    INTERNAL             the framework raised during inference
     ├── StoreError        INTERNAL             the cluster store refused an operation
     │   ├── Compacted     OUT_OF_RANGE         a watch asked for history etcd has compacted
-    │   └── LeaseNotFound FAILED_PRECONDITION  the lease expired or was revoked
+    │   ├── LeaseNotFound FAILED_PRECONDITION  the lease expired or was revoked
+    │   └── PodIdTaken    ALREADY_EXISTS       another live process holds this pod id
     ├── StorageConfigError FAILED_PRECONDITION no such storage key, or its entry is invalid
     ├── StorageAccessDenied PERMISSION_DENIED  object storage refused the credentials
     └── ArtifactCorrupt   DATA_LOSS            size or checksum wrong on every attempt, or an
@@ -167,6 +168,12 @@ class LeaseNotFound(StoreError):
 class InvalidIdentifier(InvalidRequest):
     """A model id, vmodel id or storage path that breaks mesh.ids' rule; the message states
     the rule."""
+
+
+class PodIdTaken(StoreError):
+    """Another live process registered this pod id (under a lease of its own)."""
+
+    code = grpc.StatusCode.ALREADY_EXISTS
 
 
 # The puller's errors (mesh/puller/): each names the storage key and path concerned.

@@ -82,6 +82,9 @@ class InstanceRecord:
     runtimes: tuple[str, ...] = ()
     labels: Mapping[str, str] = field(default_factory=dict)
     updated_at: float = 0.0
+    # Which process holds the pod id (random per process): a pod takes over its own record
+    # from an expired lease, and refuses an id another live process holds.
+    incarnation: str = ""
     version: int = SCHEMA_VERSION
 
 

@@ -242,6 +242,15 @@ async def serve(settings: PodSettings, runtimes: RuntimeRegistry | None = None) 
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    registration = pod.registration
+    waits = [asyncio.ensure_future(stop.wait())]
+    if registration is not None:
+        waits.append(asyncio.ensure_future(registration.conflicted.wait()))
+    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    for wait in waits:
+        wait.cancel()
+    if registration is not None and registration.conflict is not None:
+        await pod.aclose()
+        raise registration.conflict  # another live process has this pod id: exit, saying so
     log.info("signal received: draining")
     await pod.aclose()
