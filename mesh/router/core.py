@@ -48,7 +48,7 @@ from mesh.errors import (
 )
 from mesh.gen import runtime_pb2 as rpb
 from mesh.placement.choose import NoPod, choose_pod
-from mesh.placement.failures import FailureLog
+from mesh.placement.failures import FailureLog, FailurePolicy
 from mesh.placement.snapshot import Snapshot
 from mesh.router.metrics import RouterMetrics
 from mesh.router.pods import PodClient, PodPool, pod_left
@@ -73,6 +73,15 @@ class RouterPolicy:
     # sent requests for the models it held, and how long a miss that finds no pod at all
     # waits for one to register (mesh.router.vanished); about one lease TTL.
     vanished_grace: float = 10.0
+    # Failed loads: how long each is remembered, and how many within that time stop a model
+    # from being tried again until one expires (or its registration changes, or a retry).
+    failure_ttl: float = 900.0
+    failure_attempts: int = 3
+
+
+def _spec(record: ModelRecord) -> str:
+    """The registration a failure is about, as a message names it."""
+    return f"{record.format} from {record.storage_key or 'default'}:{record.storage_path}"
 
 
 class PodAnswer(Exception):
@@ -107,7 +116,9 @@ class Router:
         self.policy = policy or RouterPolicy()
         self._rng = rng or random.Random()
         self._metrics = metrics
-        self.failures = FailureLog()
+        self.failures = FailureLog(
+            FailurePolicy(ttl=self.policy.failure_ttl, max_attempts=self.policy.failure_attempts)
+        )
         self.vanished = VanishedPods(self.policy.vanished_grace)
         self._loads: dict[str, asyncio.Future[str]] = {}
         self._fresh: dict[str, dict[str, float]] = {}
@@ -137,7 +148,22 @@ class Router:
                 del self._fresh[model_id]
 
     def observe(self, changes: Sequence[Any]) -> list[str]:
-        """Follow the mirror (a subscriber): the pods gone for good, whose channels may close."""
+        """Follow the mirror (a subscriber): the pods gone for good, whose channels may close.
+
+        A model whose registration changed (fixed files, another format, anything but the
+        size a copy measured) or went away starts with a clean failure record.
+        """
+        for change in changes:
+            if change.kind != "model":
+                continue
+            old, new = change.previous, change.record
+            if (
+                old is None
+                or new is None
+                or dataclasses.replace(old, measured_size=0)
+                != dataclasses.replace(new, measured_size=0)
+            ):
+                self.failures.clear(change.key)
         return self.vanished.observe(changes, self.mirror.instances)
 
     def instance(self, pod_id: str) -> InstanceRecord | None:
@@ -396,7 +422,7 @@ class Router:
                 decision = choose_pod(
                     snapshot, requirements, now, self._rng, exclude=exclude, failures=failures
                 )
-            if isinstance(decision, NoPod) and not waited and self._no_pod_outside(exclude):
+            if isinstance(decision, NoPod) and not waited and not self.mirror.instances:
                 # No pod at all (their leases expired while etcd was away, or the mesh is
                 # starting): wait for one to register rather than fail at once.
                 waited = True
@@ -406,8 +432,8 @@ class Router:
                     continue
             if isinstance(decision, NoPod):
                 raise ModelLoadFailed(
-                    f"model {model_id!r}: no pod can load it: {decision.reason}"
-                    + (f"; last error: {last_error}" if last_error else "")
+                    f"model {model_id!r} ({_spec(record)}): no pod can load it: "
+                    f"{decision.reason}" + (f"; last error: {last_error}" if last_error else "")
                 )
             pod_id = decision.pod_id
             claimed = await self._claim(model_id, pod_id, requirements.size)
@@ -428,10 +454,7 @@ class Router:
                 exclude.append(pod_id)
             finally:
                 await self._release_claim(model_id, pod_id, claimed)
-        raise ModelLoadFailed(f"model {model_id!r} failed to load: {last_error}")
-
-    def _no_pod_outside(self, exclude: Sequence[str]) -> bool:
-        return all(p in exclude for p in self.mirror.instances)
+        raise ModelLoadFailed(f"model {model_id!r} ({_spec(record)}) failed to load: {last_error}")
 
     async def _wait_for_pods(self, exclude: Sequence[str], deadline: float) -> set[str]:
         """Pods that registered (anew) within the grace and the deadline; empty if none did."""

@@ -106,6 +106,8 @@ class Management:
     async def ensure_loaded(self, request: mpb.EnsureLoadedRequest) -> mpb.ModelStatusResponse:
         if request.model_id not in self._mirror.models:
             raise ModelNotFound(f"model {request.model_id!r} is not registered")
+        if request.retry:
+            self._router.failures.clear(request.model_id)  # an operator asked: try again now
         await self._router.ensure_loaded(request.model_id)
         return self._status(request.model_id)
 

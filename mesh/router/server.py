@@ -128,7 +128,8 @@ class RouterServer(Service):
             lease=self.lease,
             policy=RouterPolicy(
                 s.forward_attempts, s.load_attempts, s.load_timeout,
-                vanished_grace=s.vanished_pod_grace,
+                vanished_grace=s.vanished_pod_grace, failure_ttl=s.failure_ttl,
+                failure_attempts=s.failure_attempts,
             ),
             metrics=metrics,
         )  # fmt: skip
