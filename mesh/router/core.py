@@ -222,7 +222,7 @@ class Router:
             # Its records vanished with an expired lease, but the pod may serve on: better a
             # try (a failure drops it) than a load on a pod that may not exist either.
             for instance in self.vanished.holders(model_id):
-                if instance.pod_id not in exclude and instance.pod_id not in pod_ids:
+                if instance.pod_id not in exclude:
                     found.append(self._pool.client(instance.pod_id, instance.address))
         return found
 

@@ -15,12 +15,15 @@ injected.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from mesh.cluster.records import InstanceRecord, PlacementRecord, PlacementState
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -72,6 +75,14 @@ class VanishedPods:
                 and previous.state is PlacementState.LOADED
             ):
                 entry.models.add(previous.model_id)
+        for change in changes:
+            if change.kind == "instance" and change.record is None and change.key in self._pods:
+                entry = self._pods[change.key]
+                log.info(
+                    "pod %s's records vanished without draining: still sent requests for %d "
+                    "models for %.0fs (%s)", change.key, len(entry.models), self.grace,
+                    ", ".join(sorted(entry.models)[:5]),
+                )  # fmt: skip
         return gone + self.expire()
 
     def expire(self) -> list[str]:
