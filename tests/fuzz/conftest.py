@@ -25,7 +25,7 @@ def mesh(
     with (
         running_pod(
             artifacts=DirectoryArtifacts(model_dir), etcd=etcd.url, etcd_prefix=prefix,
-            pod_id="fuzz-pod", lease_ttl=5,
+            pod_id="fuzz-pod", lease_ttl=5, rest_port=0,
         ) as pod,
         running_router(etcd=etcd.url, etcd_prefix=prefix) as router,
     ):  # fmt: skip
