@@ -20,6 +20,9 @@ etcd:
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server; \
 	  else echo "etcd is missing: install Debian's etcd-server (or an etcd 3.4+ binary on PATH)"; exit 1; fi; }
+	@# iproute2's `ip` for the partition tests (network namespaces), util-linux's setpriv for
+	@# `mesh up`'s children dying with it.
+	@command -v ip >/dev/null && command -v setpriv >/dev/null || { 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 util-linux; 	  else echo "ip or setpriv is missing: install Debian's iproute2 and util-linux"; exit 1; fi; }
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from mesh import logs
 
-COMMANDS = ("register", "unregister", "status", "list", "vmodel")
+COMMANDS = ("register", "unregister", "status", "list", "vmodel", "load")
 
 
 def add_router_parser(sub: Any) -> None:
@@ -35,6 +35,10 @@ def add_router_parser(sub: Any) -> None:
     p.add_argument("--tls-ca", help="CA that client certificates must chain to (mutual TLS)")
     p.add_argument("--management-token", help="bearer token the management API requires")
     p.add_argument("--load-timeout", type=float, help="longest a cache miss may take (120 s)")
+    p.add_argument("--failure-ttl", type=float, help="seconds a failed load is remembered (900)")
+    p.add_argument(
+        "--failure-attempts", type=int, help="failed loads within the TTL that stop retries (3)"
+    )
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING (default INFO)")
 
 
@@ -81,6 +85,9 @@ def add_admin_parsers(sub: Any) -> None:
         p = sub.add_parser(name, help=f"{name} a model")
         common(p)
         p.add_argument("model_id")
+    p = sub.add_parser("load", help="load a model now, retrying one whose loads failed")
+    common(p)
+    p.add_argument("model_id")
     p = sub.add_parser("list", help="list registered models")
     common(p)
     p = sub.add_parser("vmodel", help="set, show or delete a vmodel")
@@ -115,6 +122,10 @@ def run_admin(args: argparse.Namespace) -> int:
             elif args.command == "status":
                 response = stub.GetModelStatus(
                     mpb.GetModelStatusRequest(model_id=args.model_id), metadata=metadata
+                )
+            elif args.command == "load":
+                response = stub.EnsureLoaded(
+                    mpb.EnsureLoadedRequest(model_id=args.model_id, retry=True), metadata=metadata
                 )
             elif args.command == "list":
                 response = stub.ListModels(mpb.ListModelsRequest(), metadata=metadata)

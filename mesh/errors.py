@@ -2,8 +2,10 @@
 
     MeshError             INTERNAL
     ├── InvalidRequest    INVALID_ARGUMENT     bad tensor, shape, datatype, size or option
-    │   └── UnsafePath                         a model id, storage path or archive member
-    │                                          that could write outside the puller's cache
+    │   ├── UnsafePath                         a model id, storage path or archive member
+    │   │                                      that could write outside the puller's cache
+    │   └── InvalidIdentifier                  a model id or storage path that breaks the
+    │                                          one rule (mesh.ids)
     ├── ModelNotFound     NOT_FOUND            no such model here
     │   └── ArtifactNotFound                   no such object, prefix or bucket in storage
     ├── ModelLoadFailed   FAILED_PRECONDITION  the model's load failed (error in the message)
@@ -20,7 +22,8 @@
     ├── RuntimeFailure    INTERNAL             the framework raised during inference
     ├── StoreError        INTERNAL             the cluster store refused an operation
     │   ├── Compacted     OUT_OF_RANGE         a watch asked for history etcd has compacted
-    │   └── LeaseNotFound FAILED_PRECONDITION  the lease expired or was revoked
+    │   ├── LeaseNotFound FAILED_PRECONDITION  the lease expired or was revoked
+    │   └── PodIdTaken    ALREADY_EXISTS       another live process holds this pod id
     ├── StorageConfigError FAILED_PRECONDITION no such storage key, or its entry is invalid
     ├── StorageAccessDenied PERMISSION_DENIED  object storage refused the credentials
     └── ArtifactCorrupt   DATA_LOSS            size or checksum wrong on every attempt, or an
@@ -160,6 +163,17 @@ class LeaseNotFound(StoreError):
     """The lease expired or was revoked: everything attached to it is gone."""
 
     code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class InvalidIdentifier(InvalidRequest):
+    """A model id, vmodel id or storage path that breaks mesh.ids' rule; the message states
+    the rule."""
+
+
+class PodIdTaken(StoreError):
+    """Another live process registered this pod id (under a lease of its own)."""
+
+    code = grpc.StatusCode.ALREADY_EXISTS
 
 
 # The puller's errors (mesh/puller/): each names the storage key and path concerned.

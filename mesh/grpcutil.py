@@ -40,8 +40,32 @@ def service_handler(
     return grpc.method_handlers_generic_handler(service, handlers)
 
 
+class Undecodable:
+    """What a request deserializer returns instead of raising: bytes that are no message of
+    the method's type. The handler answers INVALID_ARGUMENT (grpc itself would say UNKNOWN)."""
+
+    __slots__ = ("message",)
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
+def _tolerant(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserialize is None:
+        return None
+
+    def tolerant(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except Exception as exc:  # DecodeError, RecursionError, UnicodeDecodeError, ...
+            return Undecodable(f"the request's bytes are not a valid message: {exc}")
+
+    return tolerant
+
+
 class ErrorInterceptor(aio.ServerInterceptor):
-    """Map MeshError to its gRPC status and anything unexpected to INTERNAL, for every method.
+    """Map MeshError to its gRPC status and anything unexpected to INTERNAL, for every method;
+    a request whose bytes do not decode is INVALID_ARGUMENT.
 
     Wrapped handlers are cached per method, so a call costs one dict lookup beyond the handler.
     """
@@ -71,6 +95,8 @@ def _wrap(handler: MethodHandler, method: str) -> MethodHandler:
         return handler
 
     async def mapped(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+        if isinstance(request, Undecodable):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
         try:
             return await behavior(request, context)
         except MeshError as exc:
@@ -83,6 +109,6 @@ def _wrap(handler: MethodHandler, method: str) -> MethodHandler:
 
     return grpc.unary_unary_rpc_method_handler(
         mapped,
-        request_deserializer=handler.request_deserializer,
+        request_deserializer=_tolerant(handler.request_deserializer),
         response_serializer=handler.response_serializer,
     )

@@ -41,6 +41,14 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--prefix", default="/mesh/", help="root key prefix in etcd")
 
 
+def die_with_parent() -> list[str]:
+    """A prefix for each child's command line: SIGTERM when `mesh up` dies, even by SIGKILL
+    (Linux's PR_SET_PDEATHSIG, set by util-linux's `setpriv` and kept across its exec), so no
+    etcd, router, pod or puller outlives it. Empty where setpriv is missing."""
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "TERM", "--"] if setpriv else []
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -78,7 +86,10 @@ def local_mesh(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
     etcd = shutil.which("etcd")
     if etcd is None:
         raise SystemExit("mesh up: no etcd on PATH (Debian: apt-get install etcd-server)")
-    mesh = [sys.executable, "-m", "mesh"]
+    if not args.storage.is_dir():
+        raise SystemExit(f"mesh up: --storage {args.storage}: no such directory")
+    die = die_with_parent()
+    mesh = [*die, sys.executable, "-m", "mesh"]
     children: list[tuple[str, subprocess.Popen[bytes]]] = []
     with tempfile.TemporaryDirectory(prefix="mesh-up-") as tmp:
         data = args.data_dir or Path(tmp) / "etcd"
@@ -86,7 +97,7 @@ def local_mesh(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
         url = f"http://127.0.0.1:{client}"
         try:
             proc = subprocess.Popen(
-                [etcd, "--data-dir", str(data), "--listen-client-urls", url,
+                [*die, etcd, "--data-dir", str(data), "--listen-client-urls", url,
                  "--advertise-client-urls", url,
                  "--listen-peer-urls", f"http://127.0.0.1:{peer}",
                  "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",

@@ -33,11 +33,13 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class Change:
-    """One record that appeared, changed or went away (`record` None)."""
+    """One record that appeared, changed or went away (`record` None); `previous` is what the
+    mirror held before (None if nothing)."""
 
     kind: str  # "model", "vmodel", "instance", "placement"
     key: str
     record: Any
+    previous: Any = None
 
 
 Subscriber = Callable[[list[Change]], None]
@@ -185,4 +187,4 @@ class Mirror:
                 return None
             table[ident] = record
         name = key[len(k.placements) :] if kind == "placement" else ident
-        return Change(kind, name, record)
+        return Change(kind, name, record, old)

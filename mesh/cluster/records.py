@@ -28,8 +28,11 @@ class ModelRecord:
     storage_key: str = ""
     storage_path: str = ""
     # Bytes the model is expected to take once loaded; 0 when unknown (placement then uses
-    # its default).
+    # what a copy measured, else its default).
     size_estimate: int = 0
+    # Bytes the model's first copy was measured to take, written by the router that loaded it
+    # and kept through evictions (0: never loaded since it was registered as it is).
+    measured_size: int = 0
     # Copies the mesh keeps loaded even when idle (0: loaded on demand only).
     min_copies: int = 0
     # Upper bound on copies (0: no bound beyond the number of pods).
@@ -89,6 +92,9 @@ class InstanceRecord:
     device: str = ""
     device_total: int = 0
     device_used: int = 0
+    # Which process holds the pod id (random per process): a pod takes over its own record
+    # from an expired lease, and refuses an id another live process holds.
+    incarnation: str = ""
     version: int = SCHEMA_VERSION
 
 

@@ -6,10 +6,17 @@ a model goes, the pod drains) is written within `min_interval`; last-use times a
 counts travel at most every `max_interval`, with whatever else is written; nothing is written
 per request. Writes go in transactions of at most 100 operations.
 
+Identity: the pod id is claimed in a transaction. The instance record is created only if
+absent, or taken over only if it is this process's own (its `incarnation`) left under an expired
+lease. An id another live process holds is PodIdTaken: at start the registration waits one lease
+TTL for the holder's lease to run out (a restarted pod finds its predecessor's record), then
+gives up and says so (`conflict`); the pod exits with that line. A pod deletes only the records
+it wrote, each only while it still holds what it wrote.
+
 Failures: the lease is kept alive from its own thread (mesh.cluster.lease). If the lease is
 lost (expired while etcd was away, or revoked), the pod registers again under a new lease and
-republishes everything it holds. While etcd is unreachable the pod keeps serving; the
-registration retries with backoff and catches up when etcd returns.
+republishes everything it holds, as soon as etcd answers (retries at most a second apart).
+While etcd is unreachable the pod keeps serving and catches up when etcd returns.
 """
 
 from __future__ import annotations
@@ -18,14 +25,15 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from mesh.cluster.codec import Keys, encode
+from mesh.cluster.codec import Keys, decode, encode
 from mesh.cluster.lease import LeaseKeeper
 from mesh.cluster.records import InstanceRecord, PlacementRecord
-from mesh.cluster.store import Delete, KeyValueStore, Operation, Put
-from mesh.errors import LeaseNotFound, MeshError
+from mesh.cluster.store import Compare, Delete, KeyValueStore, Operation, Put
+from mesh.errors import LeaseNotFound, MeshError, PodIdTaken, StoreError
 from mesh.lifecycle import stop_task
 from mesh.retry import Backoff
 
@@ -66,16 +74,23 @@ class PodRegistration:
         self._ttl = ttl
         self._min_interval = min_interval
         self._max_interval = max_interval
-        self._backoff = backoff or Backoff(0.2, 3.0)
+        self._backoff = backoff or Backoff(0.2, 1.0)
         self.lease = 0
         self._keeper: LeaseKeeper | None = None
         self._published_instance: InstanceRecord | None = None
         self._instance_written = 0.0
         self._published: dict[str, PlacementRecord] = {}
+        self._written: dict[str, bytes] = {}  # what this pod last wrote at each placement key
         self._wake = asyncio.Event()
         self._registered = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self.incarnation = uuid.uuid4().hex
+        self._ever_registered = False
+        self._taken_since: float | None = None
+        # Set when the pod id stays held by another live process: the pod should exit.
+        self.conflict: PodIdTaken | None = None
+        self.conflicted = asyncio.Event()
         self.registrations = 0
         self.writes = 0
 
@@ -131,6 +146,18 @@ class PodRegistration:
             except LeaseNotFound:
                 log.warning("pod lease %x is gone: registering again", self.lease)
                 self._lost(self.lease)
+            except PodIdTaken as exc:
+                now = time.monotonic()
+                if self._taken_since is None:
+                    self._taken_since = now
+                    log.warning("%s; waiting up to %ds for its lease to end", exc, self._ttl)
+                if not self._ever_registered and now - self._taken_since > self._ttl + 1:
+                    self.conflict = exc
+                    self.conflicted.set()
+                    return
+                if self._ever_registered:
+                    log.error("%s; retrying", exc)
+                await asyncio.sleep(0.5)
             except MeshError as exc:
                 delays = delays or self._backoff.delays()
                 delay = next(delays)
@@ -140,9 +167,19 @@ class PodRegistration:
     async def _register(self) -> None:
         self._stop_keeper()
         lease = await self._store.grant(self._ttl)
+        try:
+            instance = await self._claim(lease)
+        except BaseException:
+            with contextlib.suppress(MeshError, TimeoutError):
+                await asyncio.wait_for(self._store.revoke(lease), 5)
+            raise
         self.lease = lease
-        self._published_instance = None
+        self._published_instance = instance
+        self._instance_written = time.time()
         self._published = {}
+        self._written = {}
+        self._ever_registered = True
+        self._taken_since = None
         loop = asyncio.get_running_loop()
 
         def on_lost(lost: int) -> None:  # called from the keeper's thread
@@ -161,6 +198,31 @@ class PodRegistration:
         self.registrations += 1
         log.info("registered under lease %x (ttl %ds)", lease, self._ttl)
 
+    async def _claim(self, lease: int) -> InstanceRecord:
+        """Write the instance record under `lease` if the id is free or ours; PodIdTaken if
+        another process holds it."""
+        instance = replace(
+            self._state().instance, incarnation=self.incarnation, updated_at=time.time()
+        )
+        key = self._keys.instance(instance.pod_id)
+        entry = await self._store.get(key)
+        compare = Compare.absent(key)
+        if entry is not None:
+            try:
+                holder: InstanceRecord | None = decode(InstanceRecord, key, entry.value)
+            except StoreError:
+                holder = None  # unreadable: not a live pod's record
+            if holder is not None and holder.incarnation != self.incarnation:
+                raise PodIdTaken(
+                    f"pod id {instance.pod_id!r} is held by another live process (at "
+                    f"{holder.address}); give this pod another --pod-id"
+                )
+            compare = Compare.value_is(key, entry.value)
+        result = await self._store.txn([compare], [Put(key, encode(instance), lease)])
+        if not result.succeeded:
+            raise PodIdTaken(f"pod id {instance.pod_id!r} was claimed by another process")
+        return instance
+
     def _lost(self, lease: int) -> None:
         if lease == self.lease:
             self.lease = 0
@@ -176,7 +238,7 @@ class PodRegistration:
         state = self._state()
         now = time.time()
         ops: list[Operation] = []
-        instance = state.instance
+        instance = replace(state.instance, incarnation=self.incarnation)
         stale = now - self._instance_written >= self._max_interval
         previous = self._published_instance
         if (
@@ -187,14 +249,23 @@ class PodRegistration:
             instance = replace(instance, updated_at=now)
             ops.append(Put(self._keys.instance(instance.pod_id), encode(instance), self.lease))
         wanted = {self._keys.placement(p.model_id, p.pod_id): p for p in state.placements}
+        written: dict[str, bytes] = {}
         for key, record in wanted.items():
             old = self._published.get(key)
             if old is None or replace(old, last_used=0.0) != replace(record, last_used=0.0):
-                ops.append(Put(key, encode(record), self.lease))
-        ops += [Delete(key) for key in self._published if key not in wanted]
+                written[key] = encode(record)
+                ops.append(Put(key, written[key], self.lease))
+        gone = [key for key in self._published if key not in wanted]
         for start in range(0, len(ops), _TXN_OPS):
             await self._store.txn((), ops[start : start + _TXN_OPS])
-        self.writes += len(ops)
+        for key in gone:
+            # Only what this pod wrote and still holds: never a record another process put
+            # there since (a router's claim, or another pod's).
+            value = self._written.pop(key, None)
+            if value is not None:
+                await self._store.txn([Compare.value_is(key, value)], [Delete(key)])
+        self._written.update(written)
+        self.writes += len(ops) + len(gone)
         if any(
             isinstance(op, Put) and op.key == self._keys.instance(instance.pod_id) for op in ops
         ):

@@ -28,6 +28,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from mesh.errors import InvalidIdentifier
+from mesh.ids import check_id, check_registered_path
+
 # ModelMesh model types (and a few spellings people use) to the runtimes that serve them.
 FORMATS = {
     "onnx": "onnx",
@@ -123,10 +126,17 @@ def parse(resource: Mapping[str, Any]) -> PredictorSpec:
         "runtime": runtime_name,
     }
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+    model_id = f"{name}-{digest[:_HASH_LENGTH]}"
+    try:
+        check_id(model_id)
+    except InvalidIdentifier as exc:
+        raise InvalidSpec(
+            f"metadata.name {name!r} makes a model id the mesh refuses: {exc}"
+        ) from None
     return PredictorSpec(
         name=name,
         namespace=namespace,
-        model_id=f"{name}-{digest[:_HASH_LENGTH]}",
+        model_id=model_id,
         format=format,
         storage_key=storage_key,
         storage_path=storage_path,
@@ -161,8 +171,10 @@ def _storage(spec: Mapping[str, Any]) -> tuple[str, str, dict[str, str]]:
     path = str(storage.get("path") or spec.get("path") or "")
     if not path:
         raise InvalidSpec("spec.path or spec.storage.path is required")
-    if path.startswith("/") or ".." in path.split("/"):
-        raise InvalidSpec(f"storage path {path!r} must be relative, without '..'")
+    try:
+        check_registered_path(path)
+    except InvalidIdentifier as exc:
+        raise InvalidSpec(str(exc)) from None
     return key, path, pulled
 
 

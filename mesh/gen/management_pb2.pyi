@@ -79,10 +79,12 @@ class GetModelStatusRequest(_message.Message):
     def __init__(self, model_id: _Optional[str] = ...) -> None: ...
 
 class EnsureLoadedRequest(_message.Message):
-    __slots__ = ("model_id",)
+    __slots__ = ("model_id", "retry")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    RETRY_FIELD_NUMBER: _ClassVar[int]
     model_id: str
-    def __init__(self, model_id: _Optional[str] = ...) -> None: ...
+    retry: bool
+    def __init__(self, model_id: _Optional[str] = ..., retry: bool = ...) -> None: ...
 
 class CopyStatus(_message.Message):
     __slots__ = ("pod_id", "state", "size_bytes", "since", "error")

@@ -159,13 +159,24 @@ class ModelRequirements:
         return cls(
             model_id=record.model_id,
             runtime=runtime_of.get(record.format, record.format),
-            size=record.size_estimate or default_size,
+            size=record.size_estimate or record.measured_size or default_size,
             required_labels=MappingProxyType(dict(record.required_labels)),
             preferred_labels=MappingProxyType(dict(record.preferred_labels)),
             pinned_pods=tuple(record.pinned_pods),
             min_copies=record.min_copies,
             max_copies=record.max_copies,
         )
+
+
+def typical_sizes(models: Iterable[ModelRecord]) -> dict[str, int]:
+    """Per format, the median size measured across the mesh's models: the estimate of a model
+    of that format never loaded and registered without one (learned from every pod's loads,
+    where a default of 256 MiB would make a small pod look full after two misses)."""
+    sizes: dict[str, list[int]] = {}
+    for r in models:
+        if r.measured_size > 0:
+            sizes.setdefault(r.format, []).append(r.measured_size)
+    return {fmt: sorted(found)[len(found) // 2] for fmt, found in sizes.items()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,9 +244,11 @@ class Snapshot:
         `dead`: pods whose records still stand but that the router found unreachable; they are
         kept in the snapshot (their copies still count) and never chosen.
         """
+        models = list(models)
+        typical = typical_sizes(models)
         requirements = {
             r.model_id: ModelRequirements.from_record(
-                r, default_size=default_size, runtime_of=runtime_of
+                r, default_size=typical.get(r.format, default_size), runtime_of=runtime_of
             )
             for r in models
         }

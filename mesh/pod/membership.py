@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 
@@ -76,7 +77,9 @@ def advertised_address(settings: PodSettings, port: int) -> str:
 
 
 def pod_id_of(settings: PodSettings) -> str:
-    return settings.pod_id or socket.gethostname()
+    """The pod's id: the one configured, else the host name and the process id (two pods on one
+    host never share an id by default)."""
+    return settings.pod_id or f"{socket.gethostname()}-{os.getpid()}"
 
 
 def not_yet_elsewhere(mirror: Mirror, pod_id: str, models: list[str]) -> list[str]:

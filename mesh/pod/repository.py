@@ -7,26 +7,19 @@ model file's suffix.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from pathlib import Path
 
 from mesh.errors import InvalidRequest, ModelNotFound
+from mesh.ids import check_id, is_valid_id
 from mesh.pod.cache import ModelSource
 from mesh.runtimes.base import CONFIG_NAME, ModelConfig
 from mesh.runtimes.registry import RuntimeRegistry
 
-MAX_ID_LENGTH = 256
-_DIR_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
-
 
 def check_model_id(model_id: str) -> None:
-    if not model_id:
-        raise InvalidRequest("model name is empty")
-    if len(model_id) > MAX_ID_LENGTH:
-        raise InvalidRequest(f"model name is longer than {MAX_ID_LENGTH} characters")
-    if not model_id.isprintable():
-        raise InvalidRequest(f"model name {model_id!r} has non-printable characters")
+    """The mesh's one model-id rule (mesh.ids): a name is never a path."""
+    check_id(model_id, "model name")
 
 
 def source_for(
@@ -95,8 +88,6 @@ class ModelRepository:
 
     def resolve(self, model_id: str) -> ModelSource:
         check_model_id(model_id)
-        if not _DIR_NAME.fullmatch(model_id) or model_id in (".", ".."):
-            raise ModelNotFound(f"model {model_id!r} not found")
         directory = self.root / model_id
         if directory.is_dir():
             return source_for(model_id, directory, self._runtimes)
@@ -108,8 +99,13 @@ class ModelRepository:
     def names(self) -> list[str]:
         names = set()
         for p in self.root.iterdir():
-            if p.is_dir() and _DIR_NAME.fullmatch(p.name):
+            if p.is_dir() and is_valid_id(p.name):
                 names.add(p.name)
-            elif p.is_file() and self._runtimes.format_of(p) and p.name != CONFIG_NAME:
+            elif (
+                p.is_file()
+                and self._runtimes.format_of(p)
+                and p.name != CONFIG_NAME
+                and is_valid_id(p.stem)
+            ):
                 names.add(p.stem)
         return sorted(names)

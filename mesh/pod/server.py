@@ -317,11 +317,19 @@ async def serve(
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    signalled = asyncio.create_task(stop.wait())
-    recycled = asyncio.create_task(pod.recycle_requested.wait())
-    await asyncio.wait({signalled, recycled}, return_when=asyncio.FIRST_COMPLETED)
-    signalled.cancel()
-    recycled.cancel()
+    registration = pod.registration
+    waits = [
+        asyncio.ensure_future(stop.wait()),
+        asyncio.ensure_future(pod.recycle_requested.wait()),
+    ]
+    if registration is not None:
+        waits.append(asyncio.ensure_future(registration.conflicted.wait()))
+    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    for wait in waits:
+        wait.cancel()
+    if registration is not None and registration.conflict is not None:
+        await pod.aclose()
+        raise registration.conflict  # another live process has this pod id: exit, saying so
     if pod.recycling is not None:
         log.error("runtime %s kept device memory: draining to be replaced", pod.recycling)
     else:

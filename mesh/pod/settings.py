@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from mesh.ids import RULE, is_valid_id
 from mesh.units import ByteSize, parse_bytes
 
 __all__ = ["ByteSize", "PodSettings", "parse_bytes"]
@@ -66,8 +67,9 @@ class PodSettings(BaseSettings):
     etcd_ca: Path | None = None
     etcd_cert: Path | None = None
     etcd_key: Path | None = None
-    # This pod's name in the cluster (default: the host name) and the address routers use
-    # (default: host name and port).
+    # This pod's name in the cluster (default: the host name and the process id, unique per
+    # process), claimed in a transaction at start (mesh.cluster.registration), and the address
+    # routers use (default: host name and port).
     pod_id: str | None = None
     advertise: str | None = None
     lease_ttl: int = Field(10, ge=2, le=300)
@@ -79,3 +81,11 @@ class PodSettings(BaseSettings):
     puller: str | None = None
     log_level: str = "INFO"
     log_json: bool = False
+
+    @field_validator("pod_id")
+    @classmethod
+    def _pod_id_follows_the_id_rule(cls, value: str | None) -> str | None:
+        # A pod id is a segment of etcd keys (placements/{model}/{pod}): the model-id rule.
+        if value is not None and not is_valid_id(value):
+            raise ValueError(f"pod id {value!r} is not valid: a pod id is {RULE}")
+        return value

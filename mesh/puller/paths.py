@@ -12,22 +12,16 @@ from __future__ import annotations
 from pathlib import Path, PurePosixPath
 
 from mesh.errors import InvalidRequest, UnsafePath
-
-MAX_MODEL_ID = 253
-MAX_STORAGE_PATH = 1024
+from mesh.ids import MAX_STORAGE_PATH, check_id
 
 
 def check_model_id(model_id: str) -> None:
-    if not model_id:
-        raise InvalidRequest("model id is empty")
-    if len(model_id) > MAX_MODEL_ID:
-        raise InvalidRequest(f"model id is longer than {MAX_MODEL_ID} characters")
-    if not model_id.isprintable():
-        raise InvalidRequest(f"model id {model_id!r} has non-printable characters")
+    """The mesh's one model-id rule (mesh.ids); an id shaped like a path is UnsafePath."""
     if "/" in model_id or "\\" in model_id or model_id in (".", ".."):
         raise UnsafePath(
             f"model id {model_id!r} looks like a path: '/', '\\', '.' and '..' are refused"
         )
+    check_id(model_id)
 
 
 def check_storage_path(path: str) -> str:

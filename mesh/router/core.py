@@ -36,7 +36,7 @@ from grpc import aio
 
 from mesh.cluster.codec import Keys, encode
 from mesh.cluster.mirror import Mirror
-from mesh.cluster.records import PlacementRecord, PlacementState
+from mesh.cluster.records import InstanceRecord, ModelRecord, PlacementRecord, PlacementState
 from mesh.cluster.store import Compare, Delete, KeyValueStore, Put
 from mesh.errors import (
     DeadlineExceeded,
@@ -48,10 +48,11 @@ from mesh.errors import (
 )
 from mesh.gen import runtime_pb2 as rpb
 from mesh.placement.choose import NoPod, choose_pod
-from mesh.placement.failures import FailureLog
+from mesh.placement.failures import FailureLog, FailurePolicy
 from mesh.placement.snapshot import Snapshot
 from mesh.router.metrics import RouterMetrics
 from mesh.router.pods import PodClient, PodPool, pod_left
+from mesh.router.vanished import VanishedPods
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,19 @@ class RouterPolicy:
     load_timeout: float = 120.0
     # How often a router waiting on another's claim checks that the claim still stands.
     claim_check: float = 1.0
+    # How long a pod whose records vanished (its lease expired while etcd was away) is still
+    # sent requests for the models it held, and how long a miss that finds no pod at all
+    # waits for one to register (mesh.router.vanished); about one lease TTL.
+    vanished_grace: float = 10.0
+    # Failed loads: how long each is remembered, and how many within that time stop a model
+    # from being tried again until one expires (or its registration changes, or a retry).
+    failure_ttl: float = 900.0
+    failure_attempts: int = 3
+
+
+def _spec(record: ModelRecord) -> str:
+    """The registration a failure is about, as a message names it."""
+    return f"{record.format} from {record.storage_key or 'default'}:{record.storage_path}"
 
 
 class PodAnswer(Exception):
@@ -102,9 +116,13 @@ class Router:
         self.policy = policy or RouterPolicy()
         self._rng = rng or random.Random()
         self._metrics = metrics
-        self.failures = FailureLog()
+        self.failures = FailureLog(
+            FailurePolicy(ttl=self.policy.failure_ttl, max_attempts=self.policy.failure_attempts)
+        )
+        self.vanished = VanishedPods(self.policy.vanished_grace)
         self._loads: dict[str, asyncio.Future[str]] = {}
         self._fresh: dict[str, dict[str, float]] = {}
+        self._size_writes: set[asyncio.Task[None]] = set()
         # Requests and requests in flight per model, for copy scaling (mesh.router.background).
         self.requests: collections.Counter[str] = collections.Counter()
         self.in_flight: collections.Counter[str] = collections.Counter()
@@ -128,6 +146,35 @@ class Router:
             fresh.pop(pod_id, None)
             if not fresh:
                 del self._fresh[model_id]
+
+    def observe(self, changes: Sequence[Any]) -> list[str]:
+        """Follow the mirror (a subscriber): the pods gone for good, whose channels may close.
+
+        A model whose registration changed (fixed files, another format, anything but the
+        size a copy measured) or went away starts with a clean failure record.
+        """
+        for change in changes:
+            if change.kind != "model":
+                continue
+            old, new = change.previous, change.record
+            if (
+                old is None
+                or new is None
+                or dataclasses.replace(old, measured_size=0)
+                != dataclasses.replace(new, measured_size=0)
+            ):
+                self.failures.clear(change.key)
+        return self.vanished.observe(changes, self.mirror.instances)
+
+    def instance(self, pod_id: str) -> InstanceRecord | None:
+        """A pod's record: the mirror's, else the last one of a pod that vanished recently."""
+        instance = self.mirror.instances.get(pod_id)
+        return instance if instance is not None else self.vanished.instance(pod_id)
+
+    def _unreachable(self, pod_id: str) -> None:
+        if self.vanished.drop(pod_id):
+            log.info("pod %s, whose records vanished, is unreachable: forgotten", pod_id)
+            self._pool.forget(pod_id)
 
     # -- names ---------------------------------------------------------------------------------
 
@@ -169,6 +216,14 @@ class Router:
             if instance is None or instance.draining:
                 continue
             found.append(self._pool.client(pod_id, instance.address))
+        if not found and self.vanished.grace > 0:
+            for pod_id in self.vanished.expire():
+                self._pool.forget(pod_id)
+            # Its records vanished with an expired lease, but the pod may serve on: better a
+            # try (a failure drops it) than a load on a pod that may not exist either.
+            for instance in self.vanished.holders(model_id):
+                if instance.pod_id not in exclude:
+                    found.append(self._pool.client(instance.pod_id, instance.address))
         return found
 
     def known_copies(self, model_id: str) -> set[str]:
@@ -210,7 +265,7 @@ class Router:
                     # A load shared with other requests went to a pod this request already
                     # found without the model (evicted since, or dead): load elsewhere.
                     pod_id = await self.add_copy_for(model_id, exclude, deadline)
-                instance = self.mirror.instances.get(pod_id)
+                instance = self.instance(pod_id)
                 if instance is None:
                     exclude.append(pod_id)
                     continue
@@ -222,6 +277,8 @@ class Router:
                     raise
                 if answer.code is grpc.StatusCode.NOT_FOUND:
                     self._forget_fresh(model_id, pod.pod_id)  # evicted since we loaded it
+                else:
+                    self._unreachable(pod.pod_id)
                 if self._metrics is not None:
                     self._metrics.retries.labels(answer.code.name).inc()
                 log.info(
@@ -322,6 +379,7 @@ class Router:
         if record is None:
             raise ModelNotFound(f"model {model_id!r} is not registered in this mesh")
         last_error = ""
+        waited = False
         for _ in range(self.policy.load_attempts):
             copies = self.holders(model_id, exclude)
             if copies and not new_copy:
@@ -352,22 +410,43 @@ class Router:
                 snapshot, requirements, now, self._rng, exclude=exclude,
                 failures=self.failures.for_model(model_id, now),
             )  # fmt: skip
+            if (
+                isinstance(decision, NoPod)
+                and not (record.size_estimate or record.measured_size or measured)
+                and not (failures := self.failures.for_model(model_id, now))
+            ):
+                # The size is a guess (nothing of the model measured, nothing given): a pod too
+                # small or too full for the guess may well take the model, evicting what it
+                # must by its own estimate (file size times its learned factor). Let it judge.
+                requirements = dataclasses.replace(requirements, size=1)
+                decision = choose_pod(
+                    snapshot, requirements, now, self._rng, exclude=exclude, failures=failures
+                )
+            if isinstance(decision, NoPod) and not waited and not self.mirror.instances:
+                # No pod at all (their leases expired while etcd was away, or the mesh is
+                # starting): wait for one to register rather than fail at once.
+                waited = True
+                appeared = await self._wait_for_pods(exclude, deadline)
+                if appeared:
+                    exclude[:] = [p for p in exclude if p not in appeared]
+                    continue
             if isinstance(decision, NoPod):
                 raise ModelLoadFailed(
-                    f"model {model_id!r}: no pod can load it: {decision.reason}"
-                    + (f"; last error: {last_error}" if last_error else "")
+                    f"model {model_id!r} ({_spec(record)}): no pod can load it: "
+                    f"{decision.reason}" + (f"; last error: {last_error}" if last_error else "")
                 )
             pod_id = decision.pod_id
-            claimed = await self._claim(model_id, pod_id)
+            claimed = await self._claim(model_id, pod_id, requirements.size)
             if not claimed:
                 pod_id = await self._wait_for_other(model_id, deadline)
                 if pod_id:
                     return pod_id
                 continue  # the other router's load failed or its claim expired: try again
             try:
-                await self._tell_pod_to_load(pod_id, record, deadline)
+                size = await self._tell_pod_to_load(pod_id, record, deadline)
                 self.failures.clear(model_id)
                 self._fresh.setdefault(model_id, {})[pod_id] = time.monotonic()
+                self._remember_size(model_id, size)
                 return pod_id
             except ModelLoadFailed as exc:
                 last_error = str(exc)
@@ -375,14 +454,32 @@ class Router:
                 exclude.append(pod_id)
             finally:
                 await self._release_claim(model_id, pod_id, claimed)
-        raise ModelLoadFailed(f"model {model_id!r} failed to load: {last_error}")
+        raise ModelLoadFailed(f"model {model_id!r} ({_spec(record)}) failed to load: {last_error}")
 
-    async def _claim(self, model_id: str, pod_id: str) -> int:
-        """The claim's revision, or 0 if another router holds it."""
+    async def _wait_for_pods(self, exclude: Sequence[str], deadline: float) -> set[str]:
+        """Pods that registered (anew) within the grace and the deadline; empty if none did."""
+        before = set(self.mirror.instances)
+        wait = min(deadline - time.monotonic(), self.policy.vanished_grace)
+        if wait <= 0:
+            return set()
+
+        def appeared(m: Mirror) -> set[str]:
+            fresh = set(m.instances) - before
+            # A pod excluded by this request that re-registered counts: its lease came back.
+            return fresh | {p for p in exclude if p in m.instances and p not in before}
+
+        log.info("no pod can take a load now; waiting up to %.1fs for pods to register", wait)
+        try:
+            await self.mirror.wait_for(lambda m: bool(appeared(m)), timeout=wait)
+        except TimeoutError:
+            return set()
+        return appeared(self.mirror)
+
+    async def _claim(self, model_id: str, pod_id: str, size: int) -> int:
+        """The claim's revision, or 0 if another router holds it. The `loading` record is
+        charged `size`, what placement counted on, until the pod publishes its own estimate."""
         lease = self._lease.id
         claim = self._keys.claim(model_id)
-        record = self.mirror.models.get(model_id)
-        size = record.size_estimate if record is not None else 0
         loading = PlacementRecord(model_id, pod_id, PlacementState.LOADING, time.time(), size)
         try:
             result = await self._store.txn(
@@ -432,7 +529,31 @@ class Router:
                 copies = self.holders(model_id)
                 return copies[0].pod_id if copies else ""
 
-    async def _tell_pod_to_load(self, pod_id: str, record: Any, deadline: float) -> None:
+    def _remember_size(self, model_id: str, size: int) -> None:
+        """Write what the copy measured into the model's registration (once, or when it moved
+        by more than a quarter), so that it outlives the copy: evicted and asked for again, the
+        model is placed by its size, not the default."""
+        record = self.mirror.models.get(model_id)
+        if record is None or size <= 0:
+            return
+        if record.measured_size and abs(size - record.measured_size) <= record.measured_size / 4:
+            return
+        task = asyncio.create_task(self._write_size(record, size))
+        self._size_writes.add(task)
+        task.add_done_callback(self._size_writes.discard)
+
+    async def _write_size(self, record: ModelRecord, size: int) -> None:
+        key = self._keys.model(record.model_id)
+        updated = dataclasses.replace(record, measured_size=size)
+        try:
+            # Only over the registration as it was: a re-registration meanwhile wins.
+            await self._store.txn(
+                [Compare.value_is(key, encode(record))], [Put(key, encode(updated))]
+            )
+        except MeshError as exc:
+            log.info("could not record the size of %s: %s", record.model_id, exc)
+
+    async def _tell_pod_to_load(self, pod_id: str, record: Any, deadline: float) -> int:
         instance = self.mirror.instances.get(pod_id)
         if instance is None:
             raise ModelLoadFailed(f"pod {pod_id} left the mesh")
@@ -447,8 +568,9 @@ class Router:
         self.loads_started += 1
         outcome = "failed"
         try:
-            await pod.load(request, timeout=max(deadline - time.monotonic(), 0.001))
+            response = await pod.load(request, timeout=max(deadline - time.monotonic(), 0.001))
             outcome = "loaded"
+            return int(response.size_bytes)
         except aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                 raise DeadlineExceeded(

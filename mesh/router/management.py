@@ -8,6 +8,7 @@ loaded; the old target keeps serving until then.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 
@@ -17,10 +18,19 @@ from mesh.cluster.store import KeyValueStore
 from mesh.errors import InvalidRequest, MeshError, ModelNotFound
 from mesh.gen import management_pb2 as mpb
 from mesh.gen import runtime_pb2 as rpb
-from mesh.pod.repository import check_model_id
+from mesh.ids import check_id, check_registered_path
 from mesh.router.core import Router
 
 log = logging.getLogger(__name__)
+
+
+def _same_artifact(a: ModelRecord, b: ModelRecord) -> bool:
+    return (a.format, a.storage_key, a.storage_path, dict(a.options)) == (
+        b.format,
+        b.storage_key,
+        b.storage_path,
+        dict(b.options),
+    )
 
 
 class Management:
@@ -38,11 +48,12 @@ class Management:
     # -- models --------------------------------------------------------------------------------
 
     async def register(self, request: mpb.RegisterModelRequest) -> mpb.ModelStatusResponse:
-        check_model_id(request.model_id)
+        check_id(request.model_id)
         if not request.format:
             raise InvalidRequest(f"model {request.model_id!r}: format is required")
         if not request.storage_path:
             raise InvalidRequest(f"model {request.model_id!r}: storage_path is required")
+        check_registered_path(request.storage_path, f"model {request.model_id!r}: storage path")
         o = request.options
         if o.min_copies < 0 or o.max_copies < 0 or (o.max_copies and o.min_copies > o.max_copies):
             raise InvalidRequest(f"model {request.model_id!r}: copies must satisfy 0 <= min <= max")
@@ -60,6 +71,10 @@ class Management:
             options=dict(o.runtime_options),
             registered_at=time.time(),
         )
+        old = self._mirror.models.get(record.model_id)
+        if old is not None and _same_artifact(old, record):
+            # What a copy measured still holds for the same files and options.
+            record = dataclasses.replace(record, measured_size=old.measured_size)
         await self._store.put(self._keys.model(record.model_id), encode(record))
         await self._mirror.wait_for(lambda m: m.models.get(record.model_id) == record)
         if request.load_now:
@@ -91,6 +106,8 @@ class Management:
     async def ensure_loaded(self, request: mpb.EnsureLoadedRequest) -> mpb.ModelStatusResponse:
         if request.model_id not in self._mirror.models:
             raise ModelNotFound(f"model {request.model_id!r} is not registered")
+        if request.retry:
+            self._router.failures.clear(request.model_id)  # an operator asked: try again now
         await self._router.ensure_loaded(request.model_id)
         return self._status(request.model_id)
 
@@ -141,7 +158,7 @@ class Management:
 
     async def set_vmodel(self, request: mpb.SetVModelRequest) -> mpb.VModelStatusResponse:
         vmodel_id, target = request.vmodel_id, request.target_model_id
-        check_model_id(vmodel_id)
+        check_id(vmodel_id, "vmodel id")
         if target not in self._mirror.models:
             raise ModelNotFound(f"vmodel {vmodel_id!r}: target model {target!r} is not registered")
         current = self._mirror.vmodels.get(vmodel_id)

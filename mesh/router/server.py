@@ -126,7 +126,11 @@ class RouterServer(Service):
             self.store, self.mirror, keys, self.pool,
             router_id=s.router_id or f"{socket.gethostname()}-{id(self):x}",
             lease=self.lease,
-            policy=RouterPolicy(s.forward_attempts, s.load_attempts, s.load_timeout),
+            policy=RouterPolicy(
+                s.forward_attempts, s.load_attempts, s.load_timeout,
+                vanished_grace=s.vanished_pod_grace, failure_ttl=s.failure_ttl,
+                failure_attempts=s.failure_attempts,
+            ),
             metrics=metrics,
         )  # fmt: skip
         self.mirror.subscribe(self._forget_gone_pods)
@@ -198,9 +202,9 @@ class RouterServer(Service):
         app.mount_v2(V2Endpoints(self.backend), control_token=self.settings.management_token)
 
     def _forget_gone_pods(self, changes: list[Change]) -> None:
-        for change in changes:
-            if change.kind == "instance" and change.record is None:
-                self.pool.forget(change.key)
+        assert self.router is not None
+        for pod_id in self.router.observe(changes):
+            self.pool.forget(pod_id)
 
     async def aclose(self) -> None:
         self.health.not_serving()

@@ -29,6 +29,15 @@ class RouterSettings(BaseSettings):
     load_attempts: int = Field(3, ge=1)
     load_timeout: float = Field(120.0, gt=0)
     lease_ttl: int = Field(10, ge=2)
+    # How long a pod whose records vanished without draining (its lease expired while etcd
+    # was away) still gets requests for the models it held, and how long a miss that finds
+    # no pod waits for one to register (docs/router.md). About one pod lease TTL; 0: never.
+    vanished_pod_grace: float = Field(10.0, ge=0)
+    # A failed load is remembered this many seconds; failure_attempts of them within that time
+    # stop the model from being tried until one expires, its registration changes, or
+    # `mesh load MODEL` asks for a retry.
+    failure_ttl: float = Field(900.0, gt=0)
+    failure_attempts: int = Field(3, ge=1)
     # How often the elected router keeps min_copies loaded and publishes cluster totals.
     leader_interval: float = Field(5.0, gt=0)
     # Copy scaling (docs/placement.md): a copy is added when a model's requests per second per

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -83,6 +84,15 @@ class EtcdServer:
                 self._proc.kill()
                 self._proc.wait(10)
         self._proc = None
+
+    def pause(self) -> None:
+        """SIGSTOP: etcd stalls with its connections open, as a hung or starved server does."""
+        assert self._proc is not None
+        self._proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self._proc is not None
+        self._proc.send_signal(signal.SIGCONT)
 
     def restart(self, down_for: float = 0.0) -> None:
         self.stop()

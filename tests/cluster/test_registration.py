@@ -231,3 +231,62 @@ async def test_a_pod_busy_in_a_long_load_keeps_its_lease(
         proc.wait(10)
         await mirror.aclose()
         await store.aclose()
+
+
+async def test_a_second_process_with_a_live_pod_id_gives_up_and_leaves_the_first_alone(
+    store: KeyValueStore, prefix: str
+) -> None:
+    keys = Keys(prefix)
+    first_pod, second_pod = FakePod("dup"), FakePod("dup")
+    first_pod.load("a", 10)
+    first = PodRegistration(store, keys, first_pod.state, ttl=2, min_interval=0.05)
+    second = PodRegistration(store, keys, second_pod.state, ttl=2, min_interval=0.05)
+    mirror = Mirror(store, keys, FAST)
+    await mirror.start()
+    await first.start()
+    try:
+        await first.wait_registered()
+        await second.start()
+        await asyncio.wait_for(second.conflicted.wait(), 10)  # one lease TTL and a second
+        assert second.conflict is not None and "'dup'" in str(second.conflict)
+        assert second.registrations == 0 and second.lease == 0
+        await second.aclose(revoke=True)
+        # The live pod's records are untouched by the second's start and stop.
+        assert mirror.instances["dup"].incarnation == first.incarnation
+        assert "dup" in mirror.placements["a"]
+    finally:
+        await second.aclose()
+        await first.aclose()
+        await mirror.aclose()
+
+
+async def test_a_pod_deletes_only_the_records_it_wrote(store: KeyValueStore, prefix: str) -> None:
+    from mesh.cluster.codec import encode
+
+    keys = Keys(prefix)
+    pod = FakePod()
+    pod.load("a", 10)
+    registration = PodRegistration(store, keys, pod.state, ttl=5, min_interval=0.05)
+    mirror = Mirror(store, keys, FAST)
+    await mirror.start()
+    await registration.start()
+    try:
+        await registration.wait_registered()
+        await mirror.wait_for(lambda m: "a" in m.placements)
+        # Someone else (a router's claim for a new load) writes the key under its own lease.
+        other = await store.grant(5)
+        theirs = PlacementRecord("a", "pod-1", PlacementState.LOADING, time.time(), 77)
+        await store.put(keys.placement("a", "pod-1"), encode(theirs), other)
+        await mirror.wait_for(lambda m: m.placements["a"]["pod-1"].size == 77)
+        writes = registration.writes
+        del pod.models["a"]  # the pod unloads its copy
+        registration.notify()
+        deadline = time.monotonic() + 10
+        while registration.writes == writes:  # the pod has acted on the unload
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        assert mirror.placements["a"]["pod-1"] == theirs
+        await store.revoke(other)
+    finally:
+        await registration.aclose()
+        await mirror.aclose()

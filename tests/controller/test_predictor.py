@@ -63,6 +63,8 @@ def test_the_model_id_changes_with_what_is_loaded_and_only_with_it() -> None:
         ({"modelType": {"name": "onnx"}, "path": "a", "runtime": {"name": "triton"}},
          "RuntimeNotRecognized", "triton"),
         ({"modelType": {"name": "onnx"}, "path": "../etc"}, "InvalidPredictorSpec", ".."),
+        ({"modelType": {"name": "onnx"}, "path": "a/./b"}, "InvalidPredictorSpec", "segment"),
+        ({"modelType": {"name": "onnx"}, "path": "a//b"}, "InvalidPredictorSpec", "segment"),
         ({"modelType": {"name": "onnx"}, "path": "a", "gpu": "always"}, "InvalidPredictorSpec",
          "gpu"),
         ({"modelType": {"name": "onnx"}, "path": "a", "storage": {"parameters": {"x": "1"}}},
@@ -76,6 +78,13 @@ def test_invalid_specs_say_why(spec: dict[str, Any], reason: str, words: str) ->
         parse(resource(**spec))
     assert err.value.reason == reason
     assert words in str(err.value)
+
+
+def test_a_name_too_long_for_a_model_id_is_refused_naming_the_rule() -> None:
+    # A Kubernetes name may have 253 characters; its model id adds a dash and a hash.
+    long = {"metadata": {"name": "a" * 250}, "spec": {"modelType": {"name": "onnx"}, "path": "a"}}
+    with pytest.raises(InvalidSpec, match="253 characters"):
+        parse(long)
 
 
 SPEC = parse(resource(modelType={"name": "onnx"}, path="a"))

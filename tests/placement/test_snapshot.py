@@ -128,3 +128,23 @@ def test_a_snapshot_from_records_drives_a_decision() -> None:
 def test_the_usage_examples_in_the_docstrings_hold(module: object) -> None:
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)  # type: ignore[arg-type]
     assert result.failed == 0
+
+
+def test_a_model_never_loaded_is_estimated_by_its_formats_measured_sizes() -> None:
+    from mesh.cluster.records import InstanceRecord, ModelRecord
+    from mesh.placement.snapshot import DEFAULT_SIZE, Snapshot
+
+    models = [
+        ModelRecord("a", "xgboost", measured_size=6 << 20),
+        ModelRecord("b", "xgboost", measured_size=5 << 20),
+        ModelRecord("c", "xgboost", measured_size=7 << 20),
+        ModelRecord("new", "xgboost"),
+        ModelRecord("given", "xgboost", size_estimate=1 << 30),
+        ModelRecord("other", "onnx"),
+    ]
+    snap = Snapshot.from_records([InstanceRecord("p", "p:1", 1 << 30)], [], models)
+    sizes = {m: r.size for m, r in snap.models.items()}
+    assert sizes["new"] == 6 << 20  # the median of its format's measurements
+    assert sizes["a"] == 6 << 20 and sizes["b"] == 5 << 20  # each its own measurement
+    assert sizes["given"] == 1 << 30  # an estimate given at registration wins
+    assert sizes["other"] == DEFAULT_SIZE  # nothing of its format measured yet

@@ -55,7 +55,9 @@ def test_unknown_model_is_not_found(client: triton.InferenceServerClient) -> Non
     assert "no-such-model" in err.value.message()
     with pytest.raises(InferenceServerException) as err:
         client.is_model_ready("../etc")
-    assert err.value.status() == "StatusCode.NOT_FOUND"
+    # A name that could never be a model's is the client's mistake (mesh.ids), not a miss.
+    assert err.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert "is not valid" in err.value.message()
 
 
 def test_onnx_matches_onnxruntime_in_process(

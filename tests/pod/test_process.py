@@ -153,3 +153,55 @@ def test_memory_comes_back_after_200_load_unload_cycles(model_dir: Path) -> None
         status = control.RuntimeStatus(rpb.RuntimeStatusRequest())
         assert status.used_bytes == 0
         assert growth < RSS_GROWTH_BOUND, f"RSS grew {growth / 2**20:.1f} MiB over 180 cycles"
+
+
+@pytest.mark.slow
+def test_a_second_pod_with_a_live_id_exits_with_one_line(tmp_path: Path) -> None:
+    from tests.cluster.etcd_server import EtcdServer
+
+    etcd = EtcdServer(tmp_path / "etcd")
+    etcd.start()
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+
+        def pod() -> tuple[subprocess.Popen[bytes], str]:
+            port = free_port()
+            proc = subprocess.Popen(
+                [str(MESH), "pod", "--etcd", etcd.url, "--pod-id", "same", "--host", "127.0.0.1",
+                 "--port", str(port), "--no-metrics", "--capacity", "256Mi", "--lease-ttl", "2",
+                 "--runtimes", "onnx", "--log-level", "ERROR"],
+                cwd=ROOT, stderr=subprocess.PIPE,
+            )  # fmt: skip
+            procs.append(proc)
+            return proc, f"127.0.0.1:{port}"
+
+        first, address = pod()
+        _wait_ready(address, first)
+        second, _ = pod()
+        assert second.wait(60) == 2
+        lines = second.stderr.read().decode().strip().splitlines()  # type: ignore[union-attr]
+        assert lines[-1].startswith("mesh pod: pod id 'same' is held by another live process")
+        assert address in lines[-1]
+        assert first.poll() is None
+        # The live pod's record survived the second's start and exit.
+        from mesh.cluster.codec import Keys, decode
+        from mesh.cluster.etcd import EtcdConfig, EtcdStore
+        from mesh.cluster.records import InstanceRecord
+
+        async def record() -> InstanceRecord | None:
+            store = EtcdStore(EtcdConfig.parse(etcd.url))
+            try:
+                entry = await store.get(Keys("/mesh/").instance("same"))
+                return None if entry is None else decode(InstanceRecord, "", entry.value)
+            finally:
+                await store.aclose()
+
+        import asyncio
+
+        found = asyncio.run(record())
+        assert found is not None and found.address == address
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait(10)
+        etcd.stop()

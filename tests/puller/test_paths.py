@@ -10,7 +10,7 @@ from mesh.errors import InvalidRequest, UnsafePath
 from mesh.puller.paths import check_model_id, check_storage_path, join_inside, safe_relative
 
 
-@pytest.mark.parametrize("model_id", ["mnist", "mnist-onnx__isvc-6b2eb0b8bf", "a.b:c@1"])
+@pytest.mark.parametrize("model_id", ["mnist", "mnist-onnx__isvc-6b2eb0b8bf", "a.b_c-1"])
 def test_ordinary_model_ids_pass(model_id: str) -> None:
     check_model_id(model_id)
 

@@ -1,0 +1,81 @@
+"""Sizes that stick: what a copy measured is written to the registration, outlives the copy,
+and estimates the models of its format that were never loaded."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from mesh.gen import management_pb2 as mpb
+from mesh.gen import runtime_pb2 as rpb
+from mesh.pod.artifacts import DirectoryArtifacts
+from tests.cluster.etcd_server import EtcdServer
+from tests.helpers import RunningPod, infer_request, running_pod, running_router, wait_until
+
+MODELS = [f"x{i:03d}" for i in range(12)]
+
+
+@pytest.fixture
+def small_pods(etcd: EtcdServer, prefix: str, model_dir: Path) -> Iterator[list[RunningPod]]:
+    """Two pods of 64 MiB each: smaller than the 256 MiB a model of unknown size is guessed."""
+    with ExitStack() as stack:
+        yield [
+            stack.enter_context(
+                running_pod(
+                    artifacts=DirectoryArtifacts(model_dir), etcd=etcd.url, etcd_prefix=prefix,
+                    pod_id=f"small-{i}", lease_ttl=5, capacity=64 * 2**20, runtimes=None,
+                )
+            )
+            for i in range(2)
+        ]  # fmt: skip
+
+
+def test_models_of_unknown_size_load_on_small_pods_and_keep_their_size(
+    etcd: EtcdServer, prefix: str, small_pods: list[RunningPod]
+) -> None:
+    with running_router(etcd=etcd.url, etcd_prefix=prefix) as router:
+        for model in MODELS:
+            router.management.RegisterModel(
+                mpb.RegisterModelRequest(model_id=model, format="xgboost", storage_path="xgb")
+            )
+        x = np.ones((1, 64), np.float32)
+        failed: list[str] = []
+        rng = np.random.default_rng(0)
+        weights = 1 / np.arange(1, len(MODELS) + 1)  # Zipf(1)
+        picks = rng.choice(len(MODELS), size=120, p=weights / weights.sum())
+
+        def client(part: np.ndarray) -> None:
+            for i in part:
+                try:
+                    router.v2.ModelInfer(infer_request(MODELS[i], input__0=x), timeout=30)
+                except grpc.RpcError as exc:
+                    failed.append(f"{exc.code().name}: {exc.details()}")
+
+        threads = [threading.Thread(target=client, args=(p,)) for p in np.array_split(picks, 4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert failed == []
+        mirror = router.server.mirror
+        used = sorted({MODELS[i] for i in picks})
+        wait_until(lambda: all(mirror.models[m].measured_size > 0 for m in used), what="sizes")
+        # Evicted (here: unloaded everywhere), the model keeps its measured size...
+        model = used[0]
+        size = mirror.models[model].measured_size
+        for pod in small_pods:
+            pod.control.UnloadModel(rpb.UnloadModelRequest(model_id=model))
+        wait_until(lambda: model not in mirror.placements, what="the copies gone")
+        assert mirror.models[model].measured_size == size
+        # ... and re-registering the same files keeps it too.
+        router.management.RegisterModel(
+            mpb.RegisterModelRequest(model_id=model, format="xgboost", storage_path="xgb")
+        )
+        assert mirror.models[model].measured_size == size
+        router.v2.ModelInfer(infer_request(model, input__0=x), timeout=30)
