@@ -11,6 +11,7 @@ import contextlib
 import logging
 import signal
 import socket
+import time
 
 import grpc
 from grpc import aio
@@ -134,6 +135,9 @@ class RouterServer(Service):
             metrics=metrics,
         )  # fmt: skip
         self.mirror.subscribe(self._forget_gone_pods)
+        activity = self.router.activity
+        activity.seed(self.mirror)
+        self.mirror.subscribe(lambda changes: activity.observe(changes, self.mirror, time.time()))
         election = LeaderElection(self.store, keys.leader, self.router.router_id, ttl=s.lease_ttl)
         copy_policy = CopyPolicy(
             add_rate=s.copy_add_rate,
