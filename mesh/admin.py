@@ -24,6 +24,7 @@ from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mesh import logs
+from mesh.errors import MeshError
 from mesh.gen import management_pb2 as mpb
 from mesh.present import (
     OUTPUTS,
@@ -76,8 +77,6 @@ def run_router(args: argparse.Namespace) -> int:
         print(f"mesh router: invalid settings:\n{exc}", file=sys.stderr)
         return 2
     logs.configure(settings.log_level, settings.log_json)
-    from mesh.errors import MeshError
-
     try:
         asyncio.run(serve(settings))
     except MeshError as exc:  # a port in use, say: one line, not a traceback

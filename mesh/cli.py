@@ -260,7 +260,11 @@ def _run_controller(args: argparse.Namespace) -> int:
         print(f"mesh controller: invalid settings:\n{exc}", file=sys.stderr)
         return 2
     logs.configure(settings.log_level, settings.log_json)
-    run(settings)
+    try:
+        run(settings)
+    except MeshError as exc:
+        print(f"mesh controller: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -28,7 +28,7 @@ from mesh.grpcutil import ErrorInterceptor
 from mesh.health import Health
 from mesh.http.app import HttpApp, server_tls
 from mesh.http.v2 import V2Endpoints
-from mesh.lifecycle import MetricsEndpoint, Service, stop_task
+from mesh.lifecycle import MetricsEndpoint, Service, check_port_free, stop_task
 from mesh.placement.copies import CopyPolicy
 from mesh.retry import Backoff
 from mesh.router.background import LeaderWork
@@ -113,6 +113,10 @@ class RouterServer(Service):
 
     async def start(self) -> None:
         s = self.settings
+        # Before anything starts: a port in use is one clear line, not a half-started router.
+        check_port_free(s.host, s.port, "the router's gRPC port; --port")
+        if s.metrics_port is not None:
+            check_port_free(s.host, s.metrics_port, "the metrics port; --metrics-port")
         self.store: KeyValueStore = self._given_store or EtcdStore(
             EtcdConfig.parse(s.etcd, s.etcd_ca, s.etcd_cert, s.etcd_key)
         )
