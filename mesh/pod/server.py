@@ -117,7 +117,12 @@ class PodServer(Service):
         memory = self._device_memory or device_memory_for(device)
         on_device = memory.tier == "device"
         capacity = s.capacity or self._default_capacity(device, memory)
-        metrics = self.metrics = PodMetrics(self.registry, per_model=s.per_model_metrics)
+        metrics = self.metrics = PodMetrics(
+            self.registry,
+            per_model=s.per_model_metrics,
+            top_models=s.metrics_top_models,
+            top_interval=s.metrics_top_interval,
+        )
         _measure_on_scrape(metrics, memory)
         meter = used_meter(memory) if on_device else rss_bytes
         audit = None
