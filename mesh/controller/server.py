@@ -11,7 +11,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from mesh.controller.controller import Controller, ControllerPolicy
-from mesh.controller.kube import LeaseLock, PredictorApi
+from mesh.controller.kube import EventRecorder, LeaseLock, PredictorApi
 from mesh.controller.meshapi import MeshApi
 from mesh.controller.metrics import ControllerMetrics
 from mesh.controller.settings import ControllerSettings
@@ -60,7 +60,11 @@ def build(
         http_endpoint=settings.http_endpoint,
     )
     metrics = ControllerMetrics(registry) if registry is not None else None
-    return Controller(PredictorApi(kube, namespace), mesh, policy, lock, metrics), mesh
+    events = EventRecorder(kube, namespace, instance=identity)
+    controller = Controller(
+        PredictorApi(kube, namespace), mesh, policy, lock, metrics, events=events
+    )
+    return controller, mesh
 
 
 def run(settings: ControllerSettings) -> None:
