@@ -47,10 +47,10 @@ def test_mesh_up_prints_its_ports_serves_a_versioned_model_and_stops_quietly(
 ) -> None:
     models = tmp_path / "models"
     examples.xgboost_booster(models / "fraud" / "v3", n_trees=5)  # the README's layout
-    router_port = free_port()
+    router_port, rest_port = free_port(), free_port()
     up = subprocess.Popen(
         [sys.executable, "-m", "mesh", "up", "--storage", str(models), "--pods", "2",
-         "--capacity", "3Gi", "--port", str(router_port)],
+         "--capacity", "3Gi", "--port", str(router_port), "--rest-port", str(rest_port)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
@@ -63,14 +63,19 @@ def test_mesh_up_prints_its_ports_serves_a_versioned_model_and_stops_quietly(
         text = "".join(printed)
         assert f"router     gRPC 127.0.0.1:{router_port}" in text, text
         # Every TCP port it printed answers; the pullers' caches are sized from --capacity.
-        ports = [int(p) for p in re.findall(r"127\.0\.0\.1:(\d+)", text)]
-        assert len(ports) == 1 + 1 + 2 * 2 + 2  # router, its metrics, pods and theirs, etcd
+        ports = {int(p) for p in re.findall(r"127\.0\.0\.1:(\d+)", text)}
+        # The router's gRPC, REST and metrics ports, the pods' and theirs, etcd's two.
+        assert len(ports) == 3 + 2 * 2 + 2 and rest_port in ports
         for port in ports:
             socket.create_connection(("127.0.0.1", port), timeout=5).close()
         for url in re.findall(r"(http://\S+/metrics)", text):
             with urllib.request.urlopen(url, timeout=5) as response:
                 assert response.status == 200
         assert text.count("cache 6.0Gi") == 2
+        page = f"http://127.0.0.1:{rest_port}/dashboard"
+        assert page in text
+        with urllib.request.urlopen(page, timeout=5) as response:
+            assert response.headers["Content-Type"].startswith("text/html")
 
         router = ("--router", f"127.0.0.1:{router_port}")
         done = _mesh("register", "fraud-v3", "--format", "xgboost",

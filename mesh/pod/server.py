@@ -101,6 +101,8 @@ class PodServer(Service):
         check_port_free(s.host, s.port, "the pod's gRPC port; --port")
         if s.metrics_port is not None:
             check_port_free(s.host, s.metrics_port, "the metrics port; --metrics-port")
+        if s.rest_port is not None:
+            check_port_free(s.host, s.rest_port, "the REST port; --rest-port")
         runtimes = self._runtimes or RuntimeRegistry.discover(s.runtimes)
         if not runtimes.names:
             raise InvalidRequest(

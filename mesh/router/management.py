@@ -43,6 +43,11 @@ class Management:
         self._transition_errors: dict[str, str] = {}
 
     @property
+    def transition_errors(self) -> dict[str, str]:
+        """Why this router's vmodel transitions are blocked, by vmodel."""
+        return self._transition_errors
+
+    @property
     def _mirror(self):  # type: ignore[no-untyped-def]
         return self._router.mirror
 

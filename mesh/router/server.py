@@ -31,10 +31,12 @@ from mesh.http.v2 import V2Endpoints
 from mesh.lifecycle import MetricsEndpoint, Service, check_port_free, stop_task
 from mesh.placement.copies import CopyPolicy
 from mesh.retry import Backoff
+from mesh.router import dashboard
 from mesh.router.background import LeaderWork
 from mesh.router.core import Router, RouterPolicy
 from mesh.router.management import Management
 from mesh.router.metrics import RouterMetrics
+from mesh.router.overview import Overview, snapshot
 from mesh.router.pods import PodPool
 from mesh.router.rest import RouterBackend
 from mesh.router.service import ManagementService, RouterInference
@@ -117,6 +119,8 @@ class RouterServer(Service):
         check_port_free(s.host, s.port, "the router's gRPC port; --port")
         if s.metrics_port is not None:
             check_port_free(s.host, s.metrics_port, "the metrics port; --metrics-port")
+        if s.rest_port is not None:
+            check_port_free(s.host, s.rest_port, "the REST port; --rest-port")
         self.store: KeyValueStore = self._given_store or EtcdStore(
             EtcdConfig.parse(s.etcd, s.etcd_ca, s.etcd_cert, s.etcd_key)
         )
@@ -208,6 +212,15 @@ class RouterServer(Service):
         """Every route of the router's HTTP port. Components add theirs here, one call each,
         with what they need of the router (mesh.http.app says how)."""
         app.mount_v2(V2Endpoints(self.backend), control_token=self.settings.management_token)
+        dashboard.mount(app, self.overview, self.settings.management_token)
+
+    def overview(self) -> Overview:
+        """The mesh at a glance, from this router's mirror (the capacity page, mesh status)."""
+        assert self.router is not None
+        return snapshot(
+            self.mirror, self.router.activity, self.router.failures, time.time(),
+            self.management.transition_errors,
+        )  # fmt: skip
 
     def _forget_gone_pods(self, changes: list[Change]) -> None:
         assert self.router is not None
