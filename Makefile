@@ -13,6 +13,7 @@ PYTEST_ARGS ?=
 .PHONY: install test test-quick lint proto proto-env etcd browser demo bench clean
 
 install: $(BIN)/.installed
+	@echo "mesh is installed in $(VENV)/: run $(BIN)/mesh, or put it on PATH with: . $(BIN)/activate"
 
 # Debian's etcd-server, for the cluster tests (installed when missing and we are root).
 etcd:

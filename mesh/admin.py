@@ -59,6 +59,24 @@ def add_router_parser(sub: Any) -> None:
     p.add_argument(
         "--failure-attempts", type=int, help="failed loads within the TTL that stop retries (3)"
     )
+    p.add_argument("--forward-attempts", type=int, help="copies a request may try (default 3)")
+    p.add_argument("--load-attempts", type=int, help="pods a cache miss may try (default 3)")
+    p.add_argument("--lease-ttl", type=int, help="seconds this router's load claims live (10)")
+    p.add_argument(
+        "--leader-interval", type=float, help="seconds between the leader's rounds (default 5)"
+    )
+    p.add_argument(
+        "--copy-add-rate", type=float, help="requests/s per copy above which a copy is added (50)"
+    )
+    p.add_argument(
+        "--copy-add-after", type=float, help="seconds above --copy-add-rate before it is (30)"
+    )
+    p.add_argument(
+        "--copy-remove-rate", type=float, help="requests/s per copy below which one goes (5)"
+    )
+    p.add_argument(
+        "--copy-remove-after", type=float, help="seconds below --copy-remove-rate first (300)"
+    )
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING (default INFO)")
 
 
