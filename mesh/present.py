@@ -20,7 +20,8 @@ from google.protobuf.message import Message
 OUTPUTS = ("table", "json", "yaml")
 # Fields holding unix seconds, and int64 fields (which protobuf's JSON spells as strings).
 _TIMES = {"since", "last_used", "lru_time", "updated_at", "now"}
-_INTS = {"capacity_bytes", "used_bytes", "size_bytes", "size_estimate"}
+_INTS = {"capacity_bytes", "used_bytes", "size_bytes", "size_estimate", "host_capacity_bytes",
+         "host_used_bytes"}  # fmt: skip
 
 
 def iso(seconds: float) -> str | None:
@@ -97,14 +98,19 @@ def pods_table(pods: Sequence[Any], now: float) -> str:
     for p in pods:
         percent = f"{100 * p.used_bytes / p.capacity_bytes:.0f}%" if p.capacity_bytes else "-"
         models = ",".join(p.models)
+        host = (
+            f"{size(p.host_used_bytes)}/{size(p.host_capacity_bytes)}"
+            if p.host_capacity_bytes
+            else "-"
+        )
         rows.append((
-            p.pod_id, p.address, f"{size(p.used_bytes)}/{size(p.capacity_bytes)}", percent,
+            p.pod_id, p.address, f"{size(p.used_bytes)}/{size(p.capacity_bytes)}", percent, host,
             f"{len(p.models)}" + (f" ({_short(models, 40)})" if models else ""),
             age(p.lru_time, now).removesuffix(" ago"), p.loading_count,
             "draining" if p.draining else "serving", age(p.updated_at, now),
         ))  # fmt: skip
-    headers = ("POD", "ADDRESS", "USED/CAPACITY", "USE", "MODELS", "LRU AGE", "LOADING",
-               "STATE", "HEARTBEAT")  # fmt: skip
+    headers = ("POD", "ADDRESS", "USED/CAPACITY", "USE", "HOST TIER", "MODELS", "LRU AGE",
+               "LOADING", "STATE", "HEARTBEAT")  # fmt: skip
     return table(headers, rows)
 
 

@@ -12,7 +12,7 @@ import pytest
 from mesh.cli import build_parser
 
 ROOT = Path(__file__).resolve().parent.parent
-FLAG = re.compile(r"(?<![\w-])(--[a-z][a-z0-9-]*)")
+FLAG = re.compile(r"(?<![\w-])(--[a-z][a-z0-9-]*[a-z0-9])")
 
 
 def _commands() -> dict[str, set[str]]:

@@ -12,11 +12,11 @@ HttpApp, or an aiohttp router):
 | `GET /dashboard/app.css`    | its style sheet                                             |
 | `GET /dashboard/api/mesh`   | the mesh as JSON (`page_data`), for the page or for scripts |
 
-`page_data` is the protocol-neutral part: a snapshot of the router's mirror (mesh.router.overview)
-turned into what the page draws: each pod's tiers (used against capacity; one `memory` tier
-until pods publish a host tier beside the device), its models most recently used first with
-their ages, its LRU age, heartbeat and draining flag, and the mesh's loads, evictions, misses
-and failures per minute over the window.
+`page_data` is the protocol-neutral part: a snapshot of the router's mirror
+(mesh.router.overview) turned into what the page draws: each pod's tiers (used against
+capacity: the device, and the host tier where the pod has one, with the models demoted to it),
+its models most recently used first with their ages, its LRU age, heartbeat and draining
+flag, and the mesh's loads, evictions, misses and failures per minute over the window.
 
 With a management token set on the router, the JSON asks for it too (`Authorization: Bearer`,
 or the page's `#token=...` fragment, which never reaches a server log); the page and its assets
@@ -33,7 +33,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from mesh.router.overview import Overview
+from mesh.router.overview import Overview, PodView
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -63,7 +63,9 @@ def page_data(view: Overview) -> dict[str, Any]:
             {
                 "pod_id": p.pod_id,
                 "address": p.address,
-                "tiers": [{"name": "memory", "capacity": p.capacity, "used": p.used}],
+                "tiers": _tiers(p),
+                "device": p.device,
+                "host_models": list(p.host_models),
                 "capacity": p.capacity,
                 "used": p.used,
                 "models": [
@@ -124,6 +126,16 @@ def page_data(view: Overview) -> dict[str, Any]:
             for v in view.vmodels
         ],
     }
+
+
+def _tiers(pod: PodView) -> list[dict[str, Any]]:
+    """Used against capacity, the device's first (its name: cuda:0, cpu), then the host tier
+    where the pod has one (models demoted from the device, brought back without a pull)."""
+    name = f"device {pod.device}" if pod.device else "memory"
+    tiers = [{"name": name, "capacity": pod.capacity, "used": pod.used}]
+    if pod.host_capacity:
+        tiers.append({"name": "host", "capacity": pod.host_capacity, "used": pod.host_used})
+    return tiers
 
 
 def _asset(name: str) -> bytes:

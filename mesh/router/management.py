@@ -142,7 +142,9 @@ class Management:
                 used_bytes=pod.used, models=[m.model_id for m in pod.models],
                 loading_count=pod.loading, in_flight=pod.in_flight, lru_time=pod.lru_time,
                 draining=pod.draining, updated_at=pod.updated_at, labels=dict(pod.labels),
-                runtimes=list(pod.runtimes),
+                runtimes=list(pod.runtimes), host_capacity_bytes=pod.host_capacity,
+                host_used_bytes=pod.host_used, host_models=list(pod.host_models),
+                device=pod.device,
             )  # fmt: skip
         for model in view.models:
             record = self._mirror.models.get(model.model_id)

@@ -184,6 +184,11 @@ class PodView:
     runtimes: tuple[str, ...]
     # Loads, evictions and failures on this pod over the whole window.
     recent: Mapping[str, int]
+    # The host tier (host_capacity 0: none) and the models demoted to it, most recent first.
+    host_capacity: int = 0
+    host_used: int = 0
+    host_models: tuple[str, ...] = ()
+    device: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,6 +313,10 @@ def snapshot(
                 labels=dict(inst.labels),
                 runtimes=tuple(inst.runtimes),
                 recent=recent,
+                host_capacity=inst.host_capacity,
+                host_used=inst.host_used,
+                host_models=tuple(inst.host_models),
+                device=inst.device,
             )
         )
     views = [model_view(m, mirror, failures, now) for m in sorted(mirror.models)]

@@ -70,7 +70,18 @@ def _mesh_of_two() -> Records:
     mesh = Records(
         models={"hot": ModelRecord("hot", "onnx"), "bad": ModelRecord("bad", "onnx")},
         instances={
-            "a": InstanceRecord("a", "a:1", 1000, used=600, lru_time=40.0, updated_at=99.0),
+            "a": InstanceRecord(
+                "a",
+                "a:1",
+                1000,
+                used=600,
+                lru_time=40.0,
+                updated_at=99.0,
+                device="cuda:0",
+                host_capacity=4000,
+                host_used=300,
+                host_models=("cold",),
+            ),
             "b": InstanceRecord("b", "b:1", 1000, draining=True, updated_at=98.0),
         },
     )
@@ -84,7 +95,12 @@ def test_page_data_draws_each_pod_its_models_ages_and_failures() -> None:
     activity.record("loads", "a", 95.0)
     data = page_data(snapshot(_mesh_of_two(), activity, None, now=100.0))
     a, b = data["pods"]
-    assert a["tiers"] == [{"name": "memory", "capacity": 1000, "used": 600}]
+    assert a["tiers"] == [
+        {"name": "device cuda:0", "capacity": 1000, "used": 600},
+        {"name": "host", "capacity": 4000, "used": 300},
+    ]
+    assert a["host_models"] == ["cold"]
+    assert b["tiers"] == [{"name": "memory", "capacity": 1000, "used": 0}]  # no host tier
     assert [(m["model_id"], m["idle"]) for m in a["models"]] == [("hot", 10.0)]
     assert (a["lru_age"], a["heartbeat_age"], a["recent"]["loads"]) == (60.0, 1.0, 1)
     assert b["draining"] is True and b["models"] == [] and b["lru_age"] is None

@@ -104,6 +104,10 @@ function drawPod(p) {
           `${m.model_id}: ${m.state}, ${bytes(m.size)}, idle ${age(m.idle)}` },
           m.model_id, el("small", {}, bytes(m.size) + " · " + age(m.idle)))))
     : el("div", { class: "empty" }, "no models");
+  const host = p.host_models.length
+    ? el("div", { class: "facts" }, el("span", {}, "in the host tier: "),
+        ...p.host_models.map((m) => el("span", { class: "model host", "data-host-model": m }, m)))
+    : null;
   const r = p.recent;
   return el("article", { class: "pod" + (p.draining ? " draining" : ""), "data-pod": p.pod_id },
     el("header", {}, el("div", {}, el("h3", {}, p.pod_id), el("div", { class: "addr" }, p.address)),
@@ -119,7 +123,7 @@ function drawPod(p) {
       el("span", {}, "loads ", el("b", {}, r.loads)),
       el("span", {}, "evictions ", el("b", {}, r.evictions)),
       el("span", {}, "failures ", el("b", {}, r.failures))),
-    models);
+    models, host);
 }
 
 function draw(data) {
