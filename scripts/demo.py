@@ -103,6 +103,7 @@ def main() -> int:
             f"\nThe mesh is serving on {router}. In another shell, from this directory:\n"
             f"  . .venv/bin/activate          # puts `mesh` on PATH (or run .venv/bin/mesh)\n"
             f"  mesh status --router {router}\n"
+            f"The capacity page: http://{mesh['rest']}/dashboard\n"
             "Press Ctrl-C to stop it."
         )
         try:
