@@ -8,6 +8,7 @@ model file's suffix.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
