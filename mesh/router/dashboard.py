@@ -131,7 +131,9 @@ def page_data(view: Overview) -> dict[str, Any]:
 def _tiers(pod: PodView) -> list[dict[str, Any]]:
     """Used against capacity, the device's first (its name: cuda:0, cpu), then the host tier
     where the pod has one (models demoted from the device, brought back without a pull)."""
-    name = f"device {pod.device}" if pod.device else "memory"
+    # A CPU pod's models live in the host's memory (device "host" or "cpu"): one "memory" bar.
+    on_gpu = pod.device not in ("", "host", "cpu")
+    name = f"device {pod.device}" if on_gpu else "memory"
     tiers = [{"name": name, "capacity": pod.capacity, "used": pod.used}]
     if pod.host_capacity:
         tiers.append({"name": "host", "capacity": pod.host_capacity, "used": pod.host_used})

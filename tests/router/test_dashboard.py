@@ -82,7 +82,7 @@ def _mesh_of_two() -> Records:
                 host_used=300,
                 host_models=("cold",),
             ),
-            "b": InstanceRecord("b", "b:1", 1000, draining=True, updated_at=98.0),
+            "b": InstanceRecord("b", "b:1", 1000, draining=True, updated_at=98.0, device="host"),
         },
     )
     mesh.place("hot", "a", PlacementState.LOADED, size=600, last_used=90.0)
