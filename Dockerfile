@@ -5,10 +5,10 @@
 #   docker build --target cpu  -t ghcr.io/mesh-serving/mesh:cpu  .
 #   docker build --target cuda -t ghcr.io/mesh-serving/mesh:cuda .
 #
-# cpu:  python:3.12-slim, mesh[onnx,xgboost,torch,controller] with torch's CPU build (a plain
+# cpu:  python:3.12-slim, mesh-serving[onnx,xgboost,torch,controller] with torch's CPU build (a plain
 #       `torch` requirement would pull the multi-GB CUDA build from PyPI).
 # cuda: NVIDIA's CUDA runtime with cuDNN (Ubuntu 24.04, whose python3 is 3.12),
-#       mesh[onnx-gpu,xgboost,torch,controller] with torch's CUDA build. onnx-gpu replaces
+#       mesh-serving[onnx-gpu,xgboost,torch,controller] with torch's CUDA build. onnx-gpu replaces
 #       onnx: both provide the `onnxruntime` module.
 # Both run as an unprivileged user (uid 10001), as the manifests in deploy/ expect.
 
@@ -37,7 +37,7 @@ COPY --from=wheel /wheels /wheels
 RUN python3 -m venv /opt/mesh \
     && /opt/mesh/bin/pip install --no-cache-dir --upgrade pip \
     && /opt/mesh/bin/pip install --no-cache-dir --index-url "${TORCH_CUDA_INDEX}" torch \
-    && /opt/mesh/bin/pip install --no-cache-dir "$(ls /wheels/mesh-*.whl)[onnx-gpu,xgboost,torch,controller]"
+    && /opt/mesh/bin/pip install --no-cache-dir "$(ls /wheels/mesh_serving-*.whl)[onnx-gpu,xgboost,torch,controller]"
 
 FROM cuda-base AS cuda
 COPY --from=cuda-build /opt/mesh /opt/mesh
@@ -58,7 +58,7 @@ COPY --from=wheel /wheels /wheels
 RUN python -m venv /opt/mesh \
     && /opt/mesh/bin/pip install --no-cache-dir --upgrade pip \
     && /opt/mesh/bin/pip install --no-cache-dir --index-url "${TORCH_CPU_INDEX}" torch \
-    && /opt/mesh/bin/pip install --no-cache-dir "$(ls /wheels/mesh-*.whl)[onnx,xgboost,torch,controller]"
+    && /opt/mesh/bin/pip install --no-cache-dir "$(ls /wheels/mesh_serving-*.whl)[onnx,xgboost,torch,controller]"
 
 FROM ${PYTHON_IMAGE} AS cpu
 COPY --from=cpu-build /opt/mesh /opt/mesh

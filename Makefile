@@ -10,9 +10,10 @@ TORCH_SPEC ?= torch==2.13.0
 GRPC_TOOLS := grpcio-tools==1.64.3
 PYTEST_ARGS ?=
 
-.PHONY: install test test-quick lint proto proto-env etcd demo bench clean
+.PHONY: install test test-quick lint proto proto-env etcd browser demo bench clean
 
 install: $(BIN)/.installed
+	@echo "mesh is installed in $(VENV)/: run $(BIN)/mesh, or put it on PATH with: . $(BIN)/activate"
 
 # Debian's etcd-server, for the cluster tests (installed when missing and we are root).
 etcd:
@@ -23,6 +24,13 @@ etcd:
 	@# iproute2's `ip` for the partition tests (network namespaces), util-linux's setpriv for
 	@# `mesh up`'s children dying with it.
 	@command -v ip >/dev/null && command -v setpriv >/dev/null || { 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 util-linux; 	  else echo "ip or setpriv is missing: install Debian's iproute2 and util-linux"; exit 1; fi; }
+
+# Debian's chromium and its chromedriver, for the capacity page's browser test (as etcd).
+browser:
+	@{ command -v chromium >/dev/null && command -v chromedriver >/dev/null; } || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
+	  else echo "chromium is missing: install Debian's chromium and chromium-driver"; exit 1; fi; }
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,11 +57,11 @@ lint: install
 	$(BIN)/lint-imports
 
 # The whole suite, lint and types included.
-test: install proto-env etcd lint
+test: install proto-env etcd browser lint
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 # The quick subset: no end-to-end processes, no large payloads.
-test-quick: install proto-env etcd
+test-quick: install proto-env etcd browser
 	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 # Start a pod with example models, query it with tritonclient, print what it holds.

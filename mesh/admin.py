@@ -1,21 +1,41 @@
 """`mesh router` and the commands that manage a mesh through a router's management API.
 
 mesh register fraud-v3 --format xgboost --storage-path fraud/v3 [--storage-key s3]
-mesh list | mesh status fraud-v3 | mesh unregister fraud-v3
+mesh list | mesh status | mesh status fraud-v3 -o json | mesh load fraud-v3
+mesh unregister fraud-v3
 mesh vmodel set fraud --to fraud-v3 | mesh vmodel status fraud | mesh vmodel delete fraud
+
+Each prints a table, or JSON or YAML with -o; the router, its token and TLS come from flags or
+MESH_ROUTER, MESH_TOKEN, MESH_TLS_CA, MESH_TLS_CERT, MESH_TLS_KEY (AdminSettings).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
+import time
+from pathlib import Path
 from typing import Any
 
 import grpc
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mesh import logs
+from mesh.errors import MeshError
+from mesh.gen import management_pb2 as mpb
+from mesh.present import (
+    OUTPUTS,
+    dump,
+    mesh_tables,
+    model_detail,
+    models_table,
+    table,
+    to_data,
+    vmodel_detail,
+)
 
 COMMANDS = ("register", "unregister", "status", "list", "vmodel", "load")
 
@@ -39,6 +59,24 @@ def add_router_parser(sub: Any) -> None:
     p.add_argument(
         "--failure-attempts", type=int, help="failed loads within the TTL that stop retries (3)"
     )
+    p.add_argument("--forward-attempts", type=int, help="copies a request may try (default 3)")
+    p.add_argument("--load-attempts", type=int, help="pods a cache miss may try (default 3)")
+    p.add_argument("--lease-ttl", type=int, help="seconds this router's load claims live (10)")
+    p.add_argument(
+        "--leader-interval", type=float, help="seconds between the leader's rounds (default 5)"
+    )
+    p.add_argument(
+        "--copy-add-rate", type=float, help="requests/s per copy above which a copy is added (50)"
+    )
+    p.add_argument(
+        "--copy-add-after", type=float, help="seconds above --copy-add-rate before it is (30)"
+    )
+    p.add_argument(
+        "--copy-remove-rate", type=float, help="requests/s per copy below which one goes (5)"
+    )
+    p.add_argument(
+        "--copy-remove-after", type=float, help="seconds below --copy-remove-rate first (300)"
+    )
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING (default INFO)")
 
 
@@ -57,8 +95,6 @@ def run_router(args: argparse.Namespace) -> int:
         print(f"mesh router: invalid settings:\n{exc}", file=sys.stderr)
         return 2
     logs.configure(settings.log_level, settings.log_json)
-    from mesh.errors import MeshError
-
     try:
         asyncio.run(serve(settings))
     except MeshError as exc:  # a port in use, say: one line, not a traceback
@@ -67,86 +103,230 @@ def run_router(args: argparse.Namespace) -> int:
     return 0
 
 
+class AdminSettings(BaseSettings):
+    """Where the admin commands find the router, from flags and MESH_* environment variables.
+
+    MESH_ROUTER, MESH_TOKEN, MESH_TLS (use TLS with the system's CAs), MESH_TLS_CA (a CA
+    file; implies TLS), MESH_TLS_CERT and MESH_TLS_KEY (a client certificate, for mutual
+    TLS), MESH_TLS_SERVER_NAME (the name the router's certificate carries, when it differs
+    from the address).
+    """
+
+    model_config = SettingsConfigDict(env_prefix="MESH_", extra="ignore")
+
+    router: str = "127.0.0.1:8033"
+    token: str | None = None
+    tls: bool = False
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_server_name: str | None = None
+    timeout: float = Field(30.0, gt=0)
+
+    def channel(self) -> grpc.Channel:
+        if self.tls_cert is not None and self.tls_key is None:
+            raise ValueError("--tls-cert needs --tls-key")
+        if not (self.tls or self.tls_ca or self.tls_cert):
+            return grpc.insecure_channel(self.router)
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=self.tls_ca.read_bytes() if self.tls_ca else None,
+            private_key=self.tls_key.read_bytes() if self.tls_key else None,
+            certificate_chain=self.tls_cert.read_bytes() if self.tls_cert else None,
+        )
+        options = []
+        if self.tls_server_name:
+            options.append(("grpc.ssl_target_name_override", self.tls_server_name))
+        return grpc.secure_channel(self.router, creds, options=options)
+
+
 def add_admin_parsers(sub: Any) -> None:
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--router", default="127.0.0.1:8033", help="router address")
-        p.add_argument("--token", help="bearer token for the management API")
+        g = p.add_argument_group("the router")
+        g.add_argument("--router", help="router address (MESH_ROUTER; default 127.0.0.1:8033)")
+        g.add_argument("--token", help="bearer token for the management API (MESH_TOKEN)")
+        g.add_argument(
+            "--tls", action="store_true", default=None,
+            help="use TLS with the system's CAs (MESH_TLS)",
+        )  # fmt: skip
+        g.add_argument("--tls-ca", type=Path, help="CA of the router's certificate; implies TLS")
+        g.add_argument("--tls-cert", type=Path, help="client certificate, for mutual TLS")
+        g.add_argument("--tls-key", type=Path, help="the client certificate's key")
+        g.add_argument("--tls-server-name", help="name in the router's certificate")
+        g.add_argument("--timeout", type=float, help="seconds to wait for an answer (30)")
+        p.add_argument(
+            "-o", "--output", choices=OUTPUTS, default="table",
+            help="table (default), json or yaml",
+        )  # fmt: skip
 
-    p = sub.add_parser("register", help="register a model")
+    p = sub.add_parser("register", help="register a model", description="Register a model.")
     common(p)
     p.add_argument("model_id")
     p.add_argument("--format", required=True, help="onnx, xgboost, torch, ...")
-    p.add_argument("--storage-path", required=True)
-    p.add_argument("--storage-key", default="")
-    p.add_argument("--min-copies", type=int, default=0)
-    p.add_argument("--max-copies", type=int, default=0)
-    p.add_argument("--load-now", action="store_true")
-    for name in ("unregister", "status"):
-        p = sub.add_parser(name, help=f"{name} a model")
-        common(p)
-        p.add_argument("model_id")
-    p = sub.add_parser("load", help="load a model now, retrying one whose loads failed")
+    p.add_argument("--storage-path", required=True, help="path in the storage entry")
+    p.add_argument("--storage-key", default="", help="storage entry (default: default)")
+    p.add_argument("--min-copies", type=int, default=0, help="copies kept loaded when idle")
+    p.add_argument("--max-copies", type=int, default=0, help="most copies (0: no bound)")
+    p.add_argument("--load-now", action="store_true", help="return once a copy is loaded")
+    p = sub.add_parser(
+        "unregister", help="unregister a model", description="Forget a model, unload it."
+    )
     common(p)
     p.add_argument("model_id")
-    p = sub.add_parser("list", help="list registered models")
+    p = sub.add_parser(
+        "status",
+        help="show the mesh, or one model or vmodel",
+        description="Without MODEL: every pod and model. With MODEL: that model or vmodel.",
+    )
     common(p)
-    p = sub.add_parser("vmodel", help="set, show or delete a vmodel")
+    p.add_argument("model_id", nargs="?", metavar="MODEL", help="a model or vmodel")
+    p.add_argument("-w", "--watch", action="store_true", help="print again every --interval")
+    p.add_argument("--interval", type=float, default=2.0, help="seconds between --watch prints")
+    p = sub.add_parser(
+        "load",
+        help="load a model now, retrying one whose loads failed",
+        description="Load a copy now (clearing the model's recorded failures first).",
+    )
+    common(p)
+    p.add_argument("model_id")
+    p = sub.add_parser("list", help="list registered models", description="List models.")
+    common(p)
+    p = sub.add_parser(
+        "vmodel",
+        help="set, status or delete a vmodel",
+        description="mesh vmodel set NAME --to MODEL | status NAME | delete NAME",
+    )
     common(p)
     p.add_argument("action", choices=["set", "status", "delete"])
     p.add_argument("vmodel_id")
     p.add_argument("--to", help="the target model (for set)")
+    p.add_argument("--wait", action="store_true", help="set: return once clients switched")
+
+
+def _settings(args: argparse.Namespace) -> AdminSettings:
+    names = ("router", "token", "tls", "tls_ca", "tls_cert", "tls_key", "tls_server_name",
+             "timeout")  # fmt: skip
+    return AdminSettings(**{n: getattr(args, n) for n in names if getattr(args, n) is not None})
+
+
+def _show(response: Any, args: argparse.Namespace, now: float) -> str:
+    """One answer as the chosen output."""
+    if args.output != "table":
+        return dump(to_data(response), args.output)
+    if isinstance(response, mpb.MeshStatusResponse):
+        return mesh_tables(response)
+    if isinstance(response, mpb.ListModelsResponse):
+        return models_table(response.models, now)
+    if isinstance(response, mpb.ModelStatusResponse):
+        return model_detail(response, now)
+    if isinstance(response, mpb.VModelStatusResponse):
+        return vmodel_detail(response)
+    raise TypeError(f"no table for {type(response).__name__}")
+
+
+def _call(stub: Any, args: argparse.Namespace, settings: AdminSettings) -> Any:
+    metadata = (("authorization", f"Bearer {settings.token}"),) if settings.token else ()
+    kw: dict[str, Any] = {"metadata": metadata, "timeout": settings.timeout}
+    if args.command == "register":
+        options = mpb.ModelOptions(min_copies=args.min_copies, max_copies=args.max_copies)
+        return stub.RegisterModel(
+            mpb.RegisterModelRequest(
+                model_id=args.model_id, format=args.format, storage_key=args.storage_key,
+                storage_path=args.storage_path, options=options, load_now=args.load_now,
+            ),
+            **kw,
+        )  # fmt: skip
+    if args.command == "unregister":
+        return stub.UnregisterModel(mpb.UnregisterModelRequest(model_id=args.model_id), **kw)
+    if args.command == "status" and not args.model_id:
+        return stub.GetMeshStatus(mpb.GetMeshStatusRequest(), **kw)
+    if args.command == "status":
+        try:
+            return stub.GetModelStatus(mpb.GetModelStatusRequest(model_id=args.model_id), **kw)
+        except grpc.RpcError as exc:
+            if exc.code() is not grpc.StatusCode.NOT_FOUND:
+                raise
+            try:
+                vmodel = stub.GetVModelStatus(
+                    mpb.GetVModelStatusRequest(vmodel_id=args.model_id), **kw
+                )
+            except grpc.RpcError as vexc:
+                if vexc.code() is grpc.StatusCode.NOT_FOUND:
+                    raise exc from None  # neither: the model's answer says so
+                raise
+            model = stub.GetModelStatus(
+                mpb.GetModelStatusRequest(model_id=vmodel.active_model_id), **kw
+            )
+            return {"vmodel": vmodel, "model": model}
+    if args.command == "load":
+        return stub.EnsureLoaded(mpb.EnsureLoadedRequest(model_id=args.model_id, retry=True), **kw)
+    if args.command == "list":
+        return stub.ListModels(mpb.ListModelsRequest(), **kw)
+    if args.action == "set":
+        if not args.to:
+            raise _Usage("mesh vmodel set: --to MODEL is required")
+        return stub.SetVModel(
+            mpb.SetVModelRequest(vmodel_id=args.vmodel_id, target_model_id=args.to, wait=args.wait),
+            **kw,
+        )
+    if args.action == "status":
+        return stub.GetVModelStatus(mpb.GetVModelStatusRequest(vmodel_id=args.vmodel_id), **kw)
+    return stub.DeleteVModel(mpb.DeleteVModelRequest(vmodel_id=args.vmodel_id), **kw)
+
+
+class _Usage(Exception):
+    pass
+
+
+def _render(response: Any, args: argparse.Namespace) -> str:
+    now = getattr(response, "now", 0.0) or time.time()
+    if isinstance(response, dict):  # a vmodel and the model it serves
+        if args.output != "table":
+            data = {"vmodel": to_data(response["vmodel"]), "model": to_data(response["model"])}
+            return dump(data, args.output)
+        return vmodel_detail(response["vmodel"]) + "\n\n" + model_detail(response["model"], now)
+    if args.output == "table" and hasattr(response, "existed"):
+        name = getattr(args, "model_id", None) or getattr(args, "vmodel_id", "")
+        return table(("NAME", "RESULT"), [(name, "removed" if response.existed else "not found")])
+    return _show(response, args, now)
 
 
 def run_admin(args: argparse.Namespace) -> int:
-    from mesh.gen import management_pb2 as mpb
     from mesh.gen import management_pb2_grpc
 
-    metadata = (("authorization", f"Bearer {args.token}"),) if args.token else ()
-    with grpc.insecure_channel(args.router) as channel:
+    name = f"mesh {args.command}" + (f" {args.action}" if args.command == "vmodel" else "")
+    try:
+        settings = _settings(args)
+        channel = settings.channel()
+    except (ValidationError, ValueError, OSError) as exc:
+        print(f"{name}: {exc}", file=sys.stderr)
+        return 2
+    watch = args.command == "status" and args.watch
+    with channel:
         stub = management_pb2_grpc.ManagementStub(channel)  # type: ignore[no-untyped-call]
         try:
-            if args.command == "register":
-                options = mpb.ModelOptions(min_copies=args.min_copies, max_copies=args.max_copies)
-                response: Any = stub.RegisterModel(
-                    mpb.RegisterModelRequest(
-                        model_id=args.model_id, format=args.format,
-                        storage_key=args.storage_key, storage_path=args.storage_path,
-                        options=options, load_now=args.load_now,
-                    ),
-                    metadata=metadata,
-                )  # fmt: skip
-            elif args.command == "unregister":
-                response = stub.UnregisterModel(
-                    mpb.UnregisterModelRequest(model_id=args.model_id), metadata=metadata
-                )
-            elif args.command == "status":
-                response = stub.GetModelStatus(
-                    mpb.GetModelStatusRequest(model_id=args.model_id), metadata=metadata
-                )
-            elif args.command == "load":
-                response = stub.EnsureLoaded(
-                    mpb.EnsureLoadedRequest(model_id=args.model_id, retry=True), metadata=metadata
-                )
-            elif args.command == "list":
-                response = stub.ListModels(mpb.ListModelsRequest(), metadata=metadata)
-            elif args.action == "set":
-                if not args.to:
-                    print("mesh vmodel set: --to MODEL is required", file=sys.stderr)
-                    return 2
-                response = stub.SetVModel(
-                    mpb.SetVModelRequest(vmodel_id=args.vmodel_id, target_model_id=args.to),
-                    metadata=metadata,
-                )
-            elif args.action == "status":
-                response = stub.GetVModelStatus(
-                    mpb.GetVModelStatusRequest(vmodel_id=args.vmodel_id), metadata=metadata
-                )
-            else:
-                response = stub.DeleteVModel(
-                    mpb.DeleteVModelRequest(vmodel_id=args.vmodel_id), metadata=metadata
-                )
+            while True:
+                response = _call(stub, args, settings)
+                if watch and args.output == "json":  # one JSON document a line, to stream
+                    text = json.dumps(to_data(response), separators=(",", ":"))
+                else:
+                    text = _render(response, args)
+                if watch and args.output == "table" and sys.stdout.isatty():
+                    sys.stdout.write("\x1b[H\x1b[2J")  # clear the screen, as watch(1) does
+                print(text, flush=True)
+                if not watch:
+                    return 0
+                if args.output == "table":
+                    print(flush=True)
+                time.sleep(args.interval)
+        except _Usage as exc:
+            print(exc, file=sys.stderr)
+            return 2
         except grpc.RpcError as exc:
-            print(f"mesh {args.command}: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            code = exc.code()
+            details = exc.details()
+            if code is grpc.StatusCode.UNAVAILABLE:
+                details = f"cannot reach the router at {settings.router}: {details}"
+            print(f"{name}: {code.name}: {details}", file=sys.stderr)
             return 1
-    print(response)
-    return 0
+        except KeyboardInterrupt:
+            return 0

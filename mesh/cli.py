@@ -81,7 +81,18 @@ def _pod_parser(sub: Any) -> None:
         "--per-model-metrics",
         action="store_true",
         default=None,
-        help="label inference metrics by model (high cardinality)",
+        help="label the inference totals by every model (high cardinality)",
+    )
+    p.add_argument(
+        "--metrics-top-models",
+        type=int,
+        help="per-model series for the K busiest models, the rest as model=other "
+        "(default 10; 0: none)",
+    )
+    p.add_argument(
+        "--metrics-top-interval",
+        type=float,
+        help="seconds between choices of the busiest models (default 60)",
     )
     p.add_argument("--runtimes", help="comma-separated runtimes to enable (default: all installed)")
     g = p.add_argument_group("cluster membership")
@@ -260,7 +271,11 @@ def _run_controller(args: argparse.Namespace) -> int:
         print(f"mesh controller: invalid settings:\n{exc}", file=sys.stderr)
         return 2
     logs.configure(settings.log_level, settings.log_json)
-    run(settings)
+    try:
+        run(settings)
+    except MeshError as exc:
+        print(f"mesh controller: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -8,13 +8,41 @@ does both, and `wait_for_termination()` returns once `aclose()` has finished.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import socket
 from types import TracebackType
 from typing import Any, Self
 
 from prometheus_client import CollectorRegistry, start_http_server
 
+from mesh.errors import InvalidRequest
+
 log = logging.getLogger(__name__)
+
+
+def _bind_error(host: str, port: int, what: str, exc: OSError) -> InvalidRequest:
+    reason = exc.strerror or str(exc)
+    if exc.errno == errno.EADDRINUSE:
+        reason = "the port is in use by another process"
+    return InvalidRequest(f"cannot listen on {host}:{port} ({what}): {reason}")
+
+
+def check_port_free(host: str, port: int, what: str) -> None:
+    """Raise InvalidRequest naming the port when `host:port` cannot be bound.
+
+    gRPC's own bind failure is a RuntimeError without the reason, after a C-level log line; a
+    trial bind first gives one clear line instead. Port 0 (any free port) always passes.
+    """
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as trial:
+        trial.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC binds
+        try:
+            trial.bind((host, port))
+        except OSError as exc:
+            raise _bind_error(host, port, what, exc) from exc
 
 
 async def stop_task(task: asyncio.Task[object] | None, what: str, timeout: float = 5.0) -> None:
@@ -66,7 +94,11 @@ class MetricsEndpoint:
         self.port: int | None = None
 
     def start(self, port: int, host: str, registry: CollectorRegistry) -> int:
-        self._httpd, _ = start_http_server(port, addr=host, registry=registry)
+        """Serve /metrics; InvalidRequest naming the port when it cannot be bound."""
+        try:
+            self._httpd, _ = start_http_server(port, addr=host, registry=registry)
+        except OSError as exc:
+            raise _bind_error(host, port, "the metrics port; --metrics-port", exc) from exc
         self.port = int(self._httpd.server_address[1])
         return self.port
 

@@ -100,7 +100,10 @@ def main() -> int:
         if args.once:
             return 0
         print(
-            f"\nThe mesh is serving on {router}. Try: .venv/bin/mesh list --router {router}\n"
+            f"\nThe mesh is serving on {router}. In another shell, from this directory:\n"
+            f"  . .venv/bin/activate          # puts `mesh` on PATH (or run .venv/bin/mesh)\n"
+            f"  mesh status --router {router}\n"
+            f"The capacity page: http://{mesh['rest']}/dashboard\n"
             "Press Ctrl-C to stop it."
         )
         try:

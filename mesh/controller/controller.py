@@ -44,6 +44,7 @@ from mesh.controller import predictor as pr
 from mesh.controller.kube import (
     FINALIZER,
     Conflict,
+    EventRecorder,
     Gone,
     KubeError,
     LeaseLock,
@@ -69,6 +70,7 @@ class ControllerPolicy:
     lease_renew: float = 2.0  # seconds between Lease renewals
     grpc_endpoint: str = ""
     http_endpoint: str = ""
+    drain_poll: float = 5.0  # seconds between looks for draining pods (their Events)
 
 
 class WorkQueue:
@@ -129,8 +131,10 @@ class Controller:
         lock: LeaseLock | None = None,
         metrics: ControllerMetrics | None = None,
         clock: Callable[[], str] = now_rfc3339,
+        events: EventRecorder | None = None,
     ) -> None:
         self._api = predictors
+        self._events = events
         self._mesh = mesh
         self.policy = policy or ControllerPolicy()
         self._lock = lock
@@ -167,6 +171,8 @@ class Controller:
         ]
         if self._lock is not None:
             targets.append(("elector", self._elect))
+        if self._events is not None:
+            targets.append(("drains", self._watch_drains))
         for name, target in targets:
             thread = threading.Thread(target=target, name=f"mesh-controller-{name}", daemon=True)
             thread.start()
@@ -351,7 +357,7 @@ class Controller:
         vmodel = self._mesh.vmodel(name)
         models: dict[str, pr.ModelView] = {}
         if isinstance(spec, pr.PredictorSpec):
-            vmodel = self._apply(spec, vmodel, models)
+            vmodel = self._apply(spec, vmodel, models, obj)
         if vmodel is not None:
             for model_id in {vmodel.active, vmodel.target} - set(models):
                 view = self._mesh.model(model_id)
@@ -366,6 +372,9 @@ class Controller:
             self._remember(self._api.write_status(name, status))
             if self._metrics is not None:
                 self._metrics.status_writes.inc()
+            if self._events is not None:
+                for event in pr.events(previous, status):
+                    self._events.record(obj, event.type, event.reason, event.message)
         busy = status.get("transitionStatus") == "InProgress" or pr.LOADING in (
             status.get("activeModelState"),
             status.get("targetModelState"),
@@ -377,6 +386,7 @@ class Controller:
         spec: pr.PredictorSpec,
         vmodel: pr.VModelView | None,
         seen: dict[str, pr.ModelView],
+        obj: Mapping[str, Any],
     ) -> pr.VModelView | None:
         """Register, point the vmodel, retire; the model's view goes into `seen` when it is
         current (not when it was just registered: its state is changing)."""
@@ -395,7 +405,13 @@ class Controller:
             self._mesh.set_vmodel(name, spec.model_id)
             vmodel = self._mesh.vmodel(name)
         if vmodel is not None and vmodel.transition == "UP_TO_DATE":
-            for old in sorted(self._retired.pop(name, set()) - {vmodel.active}):
+            replaced = sorted(self._retired.pop(name, set()) - {vmodel.active})
+            if replaced and self._events is not None:
+                self._events.record(
+                    obj, pr.NORMAL, "TransitionDone",
+                    f"clients now reach {vmodel.active} (was {', '.join(replaced)})",
+                )  # fmt: skip
+            for old in replaced:
                 log.info("predictor %s: unregistering %s, replaced", name, old)
                 self._mesh.unregister(old)
         return vmodel
@@ -422,6 +438,29 @@ class Controller:
             for model_id in sorted(model_ids - {vmodel.active, vmodel.target}):
                 log.info("predictor %s: unregistering %s, no longer used", owner, model_id)
                 self._mesh.unregister(model_id)
+
+    def _watch_drains(self) -> None:
+        """An Event on each pod that starts draining (the leader's job, as reconciling is)."""
+        assert self._events is not None
+        reported: set[str] = set()
+        while not self._stop.wait(self.policy.drain_poll):
+            if not self._leading.is_set():
+                continue
+            try:
+                draining = self._mesh.draining_pods()
+            except MeshError as exc:
+                log.debug("draining pods: %s", exc)
+                continue
+            for pod_id, models in sorted(draining.items()):
+                if pod_id in reported:
+                    continue
+                pod = {"apiVersion": "v1", "kind": "Pod",
+                       "metadata": {"name": pod_id, "namespace": self.namespace}}  # fmt: skip
+                self._events.record(
+                    pod, pr.NORMAL, "Draining",
+                    f"pod {pod_id} is draining: its {models} models load on other pods first",
+                )  # fmt: skip
+            reported = set(draining)
 
     def _count_restart(self, reason: str) -> None:
         if self._metrics is not None:

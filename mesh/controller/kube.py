@@ -139,6 +139,76 @@ class PredictorApi:
         return result
 
 
+class EventRecorder:
+    """Kubernetes Events (core/v1) on the objects the controller looks after, as
+    `kubectl describe` and `kubectl get events` show them.
+
+        events = EventRecorder(api_client, "ml", instance="mesh-controller-0")
+        events.record(predictor, "Warning", "FailedToLoad", "fraud-1a2b on pod-3: ...")
+
+    An Event is a note, not state: one that cannot be written is logged and dropped, never a
+    failed reconcile. The same reason and message on the same object within `dedupe` seconds
+    raise the Event's count instead of adding one (as client-go's correlator does).
+    """
+
+    def __init__(
+        self,
+        api_client: k8s.ApiClient,
+        namespace: str,
+        component: str = "mesh-controller",
+        instance: str = "",
+        dedupe: float = 600.0,
+    ) -> None:
+        self._api: Any = k8s.CoreV1Api(api_client)
+        self.namespace = namespace
+        self.component = component
+        self.instance = instance
+        self._dedupe = dedupe
+        self._recent: dict[tuple[str, str, str, str], tuple[str, int, float]] = {}
+
+    def record(self, involved: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+        """One Event on `involved` (an object with apiVersion, kind and metadata)."""
+        metadata = involved.get("metadata") or {}
+        name = str(metadata.get("name", ""))
+        kind = str(involved.get("kind", ""))
+        key = (kind, name, reason, message)
+        now = datetime.datetime.now(datetime.UTC)
+        stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+        seen = self._recent.get(key)
+        try:
+            if seen is not None and time.monotonic() - seen[2] < self._dedupe:
+                event_name, count, _ = seen
+                patch = {"count": count + 1, "lastTimestamp": stamp}
+                self._api.patch_namespaced_event(
+                    event_name, self.namespace, patch, _request_timeout=10
+                )
+                self._recent[key] = (event_name, count + 1, time.monotonic())
+                return
+            event_name = f"{name}.{time.time_ns():x}"
+            involved_object = {
+                "apiVersion": involved.get("apiVersion", ""), "kind": kind, "name": name,
+                "namespace": metadata.get("namespace", self.namespace),
+            }  # fmt: skip
+            if metadata.get("uid"):
+                involved_object["uid"] = metadata["uid"]
+            body = {
+                "apiVersion": "v1", "kind": "Event",
+                "metadata": {"name": event_name, "namespace": self.namespace},
+                "involvedObject": involved_object, "type": type_, "reason": reason,
+                "message": message[:1024], "count": 1,
+                "firstTimestamp": stamp, "lastTimestamp": stamp,
+                "source": {"component": self.component},
+                "reportingComponent": self.component, "reportingInstance": self.instance,
+            }  # fmt: skip
+            self._api.create_namespaced_event(self.namespace, body, _request_timeout=10)
+            self._recent[key] = (event_name, 1, time.monotonic())
+            if len(self._recent) > 4096:  # bounded: forget the oldest half
+                for old in sorted(self._recent, key=lambda k: self._recent[k][2])[:2048]:
+                    del self._recent[old]
+        except _ERRORS as exc:
+            log.info("event %s on %s %s not recorded: %s", reason, kind, name, exc)
+
+
 def now_rfc3339() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 

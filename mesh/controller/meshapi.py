@@ -54,6 +54,11 @@ class MeshApi:
                 raise InvalidRequest(f"{method}: {details}") from None
             raise Unavailable(f"router {self.address}: {method}: {code.name}: {details}") from None
 
+    def draining_pods(self) -> dict[str, int]:
+        """The pods that are draining, with how many models each still holds."""
+        r = self._call("GetMeshStatus", mpb.GetMeshStatusRequest())
+        return {p.pod_id: len(p.models) for p in r.pods if p.draining}
+
     def model(self, model_id: str) -> ModelView | None:
         try:
             r = self._call("GetModelStatus", mpb.GetModelStatusRequest(model_id=model_id))

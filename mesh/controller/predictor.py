@@ -342,3 +342,61 @@ def _rfc3339(seconds: float) -> str:
 
     stamp = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
     return stamp.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# -- events -----------------------------------------------------------------------------------
+
+NORMAL, WARNING = "Normal", "Warning"
+
+
+@dataclass(frozen=True, slots=True)
+class KubeEvent:
+    """A Kubernetes Event to record on the Predictor: what changed between two statuses."""
+
+    type: str  # Normal or Warning
+    reason: str
+    message: str
+
+
+def events(previous: Mapping[str, Any], status: Mapping[str, Any]) -> list[KubeEvent]:
+    """The Events a status change deserves, as `kubectl describe predictor` shows them:
+
+    - Loaded (Normal): the active model became loaded;
+    - FailedToLoad (Warning): a load failure not reported before, with its reason and place;
+    - TransitionBlocked (Warning): the new model failed to load, the old one keeps serving;
+    - InvalidSpec (Warning): the spec cannot be served.
+
+    Only changes count, so a resync that finds nothing new records nothing. TransitionDone (a
+    spec change finished: clients reach the new model) is recorded by the controller where it
+    retires the old model, which a status alone cannot tell (a fast load skips InProgress).
+    """
+    out: list[KubeEvent] = []
+    old_transition = previous.get("transitionStatus")
+    transition = status.get("transitionStatus")
+    failure = status.get("lastFailureInfo") or {}
+    if transition == "InvalidSpec":
+        if old_transition != "InvalidSpec" or failure != previous.get("lastFailureInfo"):
+            out.append(KubeEvent(WARNING, "InvalidSpec", str(failure.get("message", ""))))
+        return out
+    if status.get("activeModelState") == LOADED and previous.get("activeModelState") != LOADED:
+        copies = status.get("totalCopies", 0)
+        out.append(KubeEvent(NORMAL, "Loaded", f"model loaded ({copies} copies)"))
+    if failure and failure != (previous.get("lastFailureInfo") or {}):
+        where = f" on {failure['location']}" if failure.get("location") else ""
+        model = failure.get("modelId", "the model")
+        out.append(
+            KubeEvent(
+                WARNING,
+                "FailedToLoad",
+                f"{model}{where}: {failure.get('reason', '')}: {failure.get('message', '')}",
+            )
+        )
+    if transition == "BlockedByFailedLoad" and old_transition != "BlockedByFailedLoad":
+        out.append(
+            KubeEvent(
+                WARNING,
+                "TransitionBlocked",
+                "the new model failed to load; the previous one keeps serving",
+            )
+        )
+    return out

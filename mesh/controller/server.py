@@ -11,11 +11,12 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from mesh.controller.controller import Controller, ControllerPolicy
-from mesh.controller.kube import LeaseLock, PredictorApi
+from mesh.controller.kube import EventRecorder, LeaseLock, PredictorApi
 from mesh.controller.meshapi import MeshApi
 from mesh.controller.metrics import ControllerMetrics
 from mesh.controller.settings import ControllerSettings
-from mesh.lifecycle import MetricsEndpoint
+from mesh.errors import InvalidRequest
+from mesh.lifecycle import MetricsEndpoint, check_port_free
 
 log = logging.getLogger(__name__)
 
@@ -24,12 +25,18 @@ def api_client(settings: ControllerSettings) -> Any:
     """The Kubernetes client: a kubeconfig if given, else in-cluster, else ~/.kube/config."""
     from kubernetes import client, config
 
-    if settings.kubeconfig is not None:
-        return config.new_client_from_config(str(settings.kubeconfig))  # type: ignore[no-untyped-call]
     try:
-        config.load_incluster_config()  # type: ignore[no-untyped-call]
-    except config.ConfigException:
-        config.load_kube_config()  # type: ignore[no-untyped-call]
+        if settings.kubeconfig is not None:
+            return config.new_client_from_config(str(settings.kubeconfig))  # type: ignore[no-untyped-call]
+        try:
+            config.load_incluster_config()  # type: ignore[no-untyped-call]
+        except config.ConfigException:
+            config.load_kube_config()  # type: ignore[no-untyped-call]
+    except (config.ConfigException, OSError) as exc:
+        raise InvalidRequest(
+            f"no Kubernetes API: not in a cluster and no usable kubeconfig ({exc}); "
+            "pass --kubeconfig"
+        ) from exc
     return client.ApiClient()
 
 
@@ -53,10 +60,16 @@ def build(
         http_endpoint=settings.http_endpoint,
     )
     metrics = ControllerMetrics(registry) if registry is not None else None
-    return Controller(PredictorApi(kube, namespace), mesh, policy, lock, metrics), mesh
+    events = EventRecorder(kube, namespace, instance=identity)
+    controller = Controller(
+        PredictorApi(kube, namespace), mesh, policy, lock, metrics, events=events
+    )
+    return controller, mesh
 
 
 def run(settings: ControllerSettings) -> None:
+    if settings.metrics_port is not None:
+        check_port_free(settings.metrics_host, settings.metrics_port, "--metrics-port")
     registry = CollectorRegistry()
     controller, mesh = build(settings, api_client(settings), registry)
     endpoint = MetricsEndpoint()

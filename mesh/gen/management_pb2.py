@@ -15,7 +15,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _mesh_pool.POOL.AddSerializedFile(b'\n\x15mesh/management.proto\x12\x12mesh.management.v1\"\xf7\x03\n\x0cModelOptions\x12\x12\n\nmin_copies\x18\x01 \x01(\x05\x12\x12\n\nmax_copies\x18\x02 \x01(\x05\x12\x13\n\x0bpinned_pods\x18\x03 \x03(\t\x12M\n\x0frequired_labels\x18\x04 \x03(\x0b\x32\x34.mesh.management.v1.ModelOptions.RequiredLabelsEntry\x12M\n\x0fruntime_options\x18\x05 \x03(\x0b\x32\x34.mesh.management.v1.ModelOptions.RuntimeOptionsEntry\x12\x15\n\rsize_estimate\x18\x06 \x01(\x03\x12O\n\x10preferred_labels\x18\x07 \x03(\x0b\x32\x35.mesh.management.v1.ModelOptions.PreferredLabelsEntry\x1a\x35\n\x13RequiredLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x35\n\x13RuntimeOptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x36\n\x14PreferredLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa8\x01\n\x14RegisterModelRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x02 \x01(\t\x12\x13\n\x0bstorage_key\x18\x03 \x01(\t\x12\x14\n\x0cstorage_path\x18\x04 \x01(\t\x12\x31\n\x07options\x18\x05 \x01(\x0b\x32 .mesh.management.v1.ModelOptions\x12\x10\n\x08load_now\x18\x06 \x01(\x08\"*\n\x16UnregisterModelRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\"*\n\x17UnregisterModelResponse\x12\x0f\n\x07\x65xisted\x18\x01 \x01(\x08\")\n\x15GetModelStatusRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\"6\n\x13\x45nsureLoadedRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\r\n\x05retry\x18\x02 \x01(\x08\"]\n\nCopyStatus\x12\x0e\n\x06pod_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x03\x12\r\n\x05since\x18\x04 \x01(\x01\x12\r\n\x05\x65rror\x18\x05 \x01(\t\"\xea\x01\n\x13ModelStatusResponse\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x02 \x01(\t\x12\x13\n\x0bstorage_key\x18\x03 \x01(\t\x12\x14\n\x0cstorage_path\x18\x04 \x01(\t\x12\x31\n\x07options\x18\x05 \x01(\x0b\x32 .mesh.management.v1.ModelOptions\x12.\n\x06\x63opies\x18\x06 \x03(\x0b\x32\x1e.mesh.management.v1.CopyStatus\x12\x14\n\x0clast_failure\x18\x07 \x01(\t\x12\r\n\x05state\x18\x08 \x01(\t\"\x13\n\x11ListModelsRequest\"M\n\x12ListModelsResponse\x12\x37\n\x06models\x18\x01 \x03(\x0b\x32\'.mesh.management.v1.ModelStatusResponse\"L\n\x10SetVModelRequest\x12\x11\n\tvmodel_id\x18\x01 \x01(\t\x12\x17\n\x0ftarget_model_id\x18\x02 \x01(\t\x12\x0c\n\x04wait\x18\x03 \x01(\x08\"(\n\x13\x44\x65leteVModelRequest\x12\x11\n\tvmodel_id\x18\x01 \x01(\t\"\'\n\x14\x44\x65leteVModelResponse\x12\x0f\n\x07\x65xisted\x18\x01 \x01(\x08\"+\n\x16GetVModelStatusRequest\x12\x11\n\tvmodel_id\x18\x01 \x01(\t\"\x85\x01\n\x14VModelStatusResponse\x12\x11\n\tvmodel_id\x18\x01 \x01(\t\x12\x17\n\x0f\x61\x63tive_model_id\x18\x02 \x01(\t\x12\x17\n\x0ftarget_model_id\x18\x03 \x01(\t\x12\x12\n\ntransition\x18\x04 \x01(\t\x12\x14\n\x0clast_failure\x18\x05 \x01(\t2\xba\x06\n\nManagement\x12\x64\n\rRegisterModel\x12(.mesh.management.v1.RegisterModelRequest\x1a\'.mesh.management.v1.ModelStatusResponse\"\x00\x12l\n\x0fUnregisterModel\x12*.mesh.management.v1.UnregisterModelRequest\x1a+.mesh.management.v1.UnregisterModelResponse\"\x00\x12\x66\n\x0eGetModelStatus\x12).mesh.management.v1.GetModelStatusRequest\x1a\'.mesh.management.v1.ModelStatusResponse\"\x00\x12\x62\n\x0c\x45nsureLoaded\x12\'.mesh.management.v1.EnsureLoadedRequest\x1a\'.mesh.management.v1.ModelStatusResponse\"\x00\x12]\n\nListModels\x12%.mesh.management.v1.ListModelsRequest\x1a&.mesh.management.v1.ListModelsResponse\"\x00\x12]\n\tSetVModel\x12$.mesh.management.v1.SetVModelRequest\x1a(.mesh.management.v1.VModelStatusResponse\"\x00\x12\x63\n\x0c\x44\x65leteVModel\x12\'.mesh.management.v1.DeleteVModelRequest\x1a(.mesh.management.v1.DeleteVModelResponse\"\x00\x12i\n\x0fGetVModelStatus\x12*.mesh.management.v1.GetVModelStatusRequest\x1a(.mesh.management.v1.VModelStatusResponse\"\x00\x62\x06proto3')
+DESCRIPTOR = _mesh_pool.POOL.AddSerializedFile(b'\n\x15mesh/management.proto\x12\x12mesh.management.v1\"\xf7\x03\n\x0cModelOptions\x12\x12\n\nmin_copies\x18\x01 \x01(\x05\x12\x12\n\nmax_copies\x18\x02 \x01(\x05\x12\x13\n\x0bpinned_pods\x18\x03 \x03(\t\x12M\n\x0frequired_labels\x18\x04 \x03(\x0b\x32\x34.mesh.management.v1.ModelOptions.RequiredLabelsEntry\x12M\n\x0fruntime_options\x18\x05 \x03(\x0b\x32\x34.mesh.management.v1.ModelOptions.RuntimeOptionsEntry\x12\x15\n\rsize_estimate\x18\x06 \x01(\x03\x12O\n\x10preferred_labels\x18\x07 \x03(\x0b\x32\x35.mesh.management.v1.ModelOptions.PreferredLabelsEntry\x1a\x35\n\x13RequiredLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x35\n\x13RuntimeOptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x36\n\x14PreferredLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa8\x01\n\x14RegisterModelRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x02 \x01(\t\x12\x13\n\x0bstorage_key\x18\x03 \x01(\t\x12\x14\n\x0cstorage_path\x18\x04 \x01(\t\x12\x31\n\x07options\x18\x05 \x01(\x0b\x32 .mesh.management.v1.ModelOptions\x12\x10\n\x08load_now\x18\x06 \x01(\x08\"*\n\x16UnregisterModelRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\"*\n\x17UnregisterModelResponse\x12\x0f\n\x07\x65xisted\x18\x01 \x01(\x08\")\n\x15GetModelStatusRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\"6\n\x13\x45nsureLoadedRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\r\n\x05retry\x18\x02 \x01(\x08\"p\n\nCopyStatus\x12\x0e\n\x06pod_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x03\x12\r\n\x05since\x18\x04 \x01(\x01\x12\r\n\x05\x65rror\x18\x05 \x01(\t\x12\x11\n\tlast_used\x18\x06 \x01(\x01\"\xfd\x01\n\x13ModelStatusResponse\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x02 \x01(\t\x12\x13\n\x0bstorage_key\x18\x03 \x01(\t\x12\x14\n\x0cstorage_path\x18\x04 \x01(\t\x12\x31\n\x07options\x18\x05 \x01(\x0b\x32 .mesh.management.v1.ModelOptions\x12.\n\x06\x63opies\x18\x06 \x03(\x0b\x32\x1e.mesh.management.v1.CopyStatus\x12\x14\n\x0clast_failure\x18\x07 \x01(\t\x12\r\n\x05state\x18\x08 \x01(\t\x12\x11\n\tlast_used\x18\t \x01(\x01\"\x13\n\x11ListModelsRequest\"M\n\x12ListModelsResponse\x12\x37\n\x06models\x18\x01 \x03(\x0b\x32\'.mesh.management.v1.ModelStatusResponse\"L\n\x10SetVModelRequest\x12\x11\n\tvmodel_id\x18\x01 \x01(\t\x12\x17\n\x0ftarget_model_id\x18\x02 \x01(\t\x12\x0c\n\x04wait\x18\x03 \x01(\x08\"(\n\x13\x44\x65leteVModelRequest\x12\x11\n\tvmodel_id\x18\x01 \x01(\t\"\'\n\x14\x44\x65leteVModelResponse\x12\x0f\n\x07\x65xisted\x18\x01 \x01(\x08\"+\n\x16GetVModelStatusRequest\x12\x11\n\tvmodel_id\x18\x01 \x01(\t\"\x85\x01\n\x14VModelStatusResponse\x12\x11\n\tvmodel_id\x18\x01 \x01(\t\x12\x17\n\x0f\x61\x63tive_model_id\x18\x02 \x01(\t\x12\x17\n\x0ftarget_model_id\x18\x03 \x01(\t\x12\x12\n\ntransition\x18\x04 \x01(\t\x12\x14\n\x0clast_failure\x18\x05 \x01(\t\"\x16\n\x14GetMeshStatusRequest\"\xa1\x03\n\tPodStatus\x12\x0e\n\x06pod_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x16\n\x0e\x63\x61pacity_bytes\x18\x03 \x01(\x03\x12\x12\n\nused_bytes\x18\x04 \x01(\x03\x12\x0e\n\x06models\x18\x05 \x03(\t\x12\x15\n\rloading_count\x18\x06 \x01(\x05\x12\x11\n\tin_flight\x18\x07 \x01(\x05\x12\x10\n\x08lru_time\x18\x08 \x01(\x01\x12\x10\n\x08\x64raining\x18\t \x01(\x08\x12\x12\n\nupdated_at\x18\n \x01(\x01\x12\x39\n\x06labels\x18\x0b \x03(\x0b\x32).mesh.management.v1.PodStatus.LabelsEntry\x12\x10\n\x08runtimes\x18\x0c \x03(\t\x12\x1b\n\x13host_capacity_bytes\x18\r \x01(\x03\x12\x17\n\x0fhost_used_bytes\x18\x0e \x01(\x03\x12\x13\n\x0bhost_models\x18\x0f \x03(\t\x12\x0e\n\x06\x64\x65vice\x18\x10 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xc2\x01\n\x12MeshStatusResponse\x12+\n\x04pods\x18\x01 \x03(\x0b\x32\x1d.mesh.management.v1.PodStatus\x12\x37\n\x06models\x18\x02 \x03(\x0b\x32\'.mesh.management.v1.ModelStatusResponse\x12\x39\n\x07vmodels\x18\x03 \x03(\x0b\x32(.mesh.management.v1.VModelStatusResponse\x12\x0b\n\x03now\x18\x04 \x01(\x01\x32\x9f\x07\n\nManagement\x12\x64\n\rRegisterModel\x12(.mesh.management.v1.RegisterModelRequest\x1a\'.mesh.management.v1.ModelStatusResponse\"\x00\x12l\n\x0fUnregisterModel\x12*.mesh.management.v1.UnregisterModelRequest\x1a+.mesh.management.v1.UnregisterModelResponse\"\x00\x12\x66\n\x0eGetModelStatus\x12).mesh.management.v1.GetModelStatusRequest\x1a\'.mesh.management.v1.ModelStatusResponse\"\x00\x12\x62\n\x0c\x45nsureLoaded\x12\'.mesh.management.v1.EnsureLoadedRequest\x1a\'.mesh.management.v1.ModelStatusResponse\"\x00\x12]\n\nListModels\x12%.mesh.management.v1.ListModelsRequest\x1a&.mesh.management.v1.ListModelsResponse\"\x00\x12]\n\tSetVModel\x12$.mesh.management.v1.SetVModelRequest\x1a(.mesh.management.v1.VModelStatusResponse\"\x00\x12\x63\n\x0c\x44\x65leteVModel\x12\'.mesh.management.v1.DeleteVModelRequest\x1a(.mesh.management.v1.DeleteVModelResponse\"\x00\x12i\n\x0fGetVModelStatus\x12*.mesh.management.v1.GetVModelStatusRequest\x1a(.mesh.management.v1.VModelStatusResponse\"\x00\x12\x63\n\rGetMeshStatus\x12(.mesh.management.v1.GetMeshStatusRequest\x1a&.mesh.management.v1.MeshStatusResponse\"\x00\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -28,6 +28,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MODELOPTIONS_RUNTIMEOPTIONSENTRY']._serialized_options = b'8\001'
   _globals['_MODELOPTIONS_PREFERREDLABELSENTRY']._loaded_options = None
   _globals['_MODELOPTIONS_PREFERREDLABELSENTRY']._serialized_options = b'8\001'
+  _globals['_PODSTATUS_LABELSENTRY']._loaded_options = None
+  _globals['_PODSTATUS_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_MODELOPTIONS']._serialized_start=46
   _globals['_MODELOPTIONS']._serialized_end=549
   _globals['_MODELOPTIONS_REQUIREDLABELSENTRY']._serialized_start=385
@@ -47,23 +49,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ENSURELOADEDREQUEST']._serialized_start=853
   _globals['_ENSURELOADEDREQUEST']._serialized_end=907
   _globals['_COPYSTATUS']._serialized_start=909
-  _globals['_COPYSTATUS']._serialized_end=1002
-  _globals['_MODELSTATUSRESPONSE']._serialized_start=1005
-  _globals['_MODELSTATUSRESPONSE']._serialized_end=1239
-  _globals['_LISTMODELSREQUEST']._serialized_start=1241
-  _globals['_LISTMODELSREQUEST']._serialized_end=1260
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1262
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1339
-  _globals['_SETVMODELREQUEST']._serialized_start=1341
-  _globals['_SETVMODELREQUEST']._serialized_end=1417
-  _globals['_DELETEVMODELREQUEST']._serialized_start=1419
-  _globals['_DELETEVMODELREQUEST']._serialized_end=1459
-  _globals['_DELETEVMODELRESPONSE']._serialized_start=1461
-  _globals['_DELETEVMODELRESPONSE']._serialized_end=1500
-  _globals['_GETVMODELSTATUSREQUEST']._serialized_start=1502
-  _globals['_GETVMODELSTATUSREQUEST']._serialized_end=1545
-  _globals['_VMODELSTATUSRESPONSE']._serialized_start=1548
-  _globals['_VMODELSTATUSRESPONSE']._serialized_end=1681
-  _globals['_MANAGEMENT']._serialized_start=1684
-  _globals['_MANAGEMENT']._serialized_end=2510
+  _globals['_COPYSTATUS']._serialized_end=1021
+  _globals['_MODELSTATUSRESPONSE']._serialized_start=1024
+  _globals['_MODELSTATUSRESPONSE']._serialized_end=1277
+  _globals['_LISTMODELSREQUEST']._serialized_start=1279
+  _globals['_LISTMODELSREQUEST']._serialized_end=1298
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1300
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1377
+  _globals['_SETVMODELREQUEST']._serialized_start=1379
+  _globals['_SETVMODELREQUEST']._serialized_end=1455
+  _globals['_DELETEVMODELREQUEST']._serialized_start=1457
+  _globals['_DELETEVMODELREQUEST']._serialized_end=1497
+  _globals['_DELETEVMODELRESPONSE']._serialized_start=1499
+  _globals['_DELETEVMODELRESPONSE']._serialized_end=1538
+  _globals['_GETVMODELSTATUSREQUEST']._serialized_start=1540
+  _globals['_GETVMODELSTATUSREQUEST']._serialized_end=1583
+  _globals['_VMODELSTATUSRESPONSE']._serialized_start=1586
+  _globals['_VMODELSTATUSRESPONSE']._serialized_end=1719
+  _globals['_GETMESHSTATUSREQUEST']._serialized_start=1721
+  _globals['_GETMESHSTATUSREQUEST']._serialized_end=1743
+  _globals['_PODSTATUS']._serialized_start=1746
+  _globals['_PODSTATUS']._serialized_end=2163
+  _globals['_PODSTATUS_LABELSENTRY']._serialized_start=2118
+  _globals['_PODSTATUS_LABELSENTRY']._serialized_end=2163
+  _globals['_MESHSTATUSRESPONSE']._serialized_start=2166
+  _globals['_MESHSTATUSRESPONSE']._serialized_end=2360
+  _globals['_MANAGEMENT']._serialized_start=2363
+  _globals['_MANAGEMENT']._serialized_end=3290
 # @@protoc_insertion_point(module_scope)

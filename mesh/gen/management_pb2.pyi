@@ -87,21 +87,23 @@ class EnsureLoadedRequest(_message.Message):
     def __init__(self, model_id: _Optional[str] = ..., retry: bool = ...) -> None: ...
 
 class CopyStatus(_message.Message):
-    __slots__ = ("pod_id", "state", "size_bytes", "since", "error")
+    __slots__ = ("pod_id", "state", "size_bytes", "since", "error", "last_used")
     POD_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
     SINCE_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    LAST_USED_FIELD_NUMBER: _ClassVar[int]
     pod_id: str
     state: str
     size_bytes: int
     since: float
     error: str
-    def __init__(self, pod_id: _Optional[str] = ..., state: _Optional[str] = ..., size_bytes: _Optional[int] = ..., since: _Optional[float] = ..., error: _Optional[str] = ...) -> None: ...
+    last_used: float
+    def __init__(self, pod_id: _Optional[str] = ..., state: _Optional[str] = ..., size_bytes: _Optional[int] = ..., since: _Optional[float] = ..., error: _Optional[str] = ..., last_used: _Optional[float] = ...) -> None: ...
 
 class ModelStatusResponse(_message.Message):
-    __slots__ = ("model_id", "format", "storage_key", "storage_path", "options", "copies", "last_failure", "state")
+    __slots__ = ("model_id", "format", "storage_key", "storage_path", "options", "copies", "last_failure", "state", "last_used")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     STORAGE_KEY_FIELD_NUMBER: _ClassVar[int]
@@ -110,6 +112,7 @@ class ModelStatusResponse(_message.Message):
     COPIES_FIELD_NUMBER: _ClassVar[int]
     LAST_FAILURE_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
+    LAST_USED_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     format: str
     storage_key: str
@@ -118,7 +121,8 @@ class ModelStatusResponse(_message.Message):
     copies: _containers.RepeatedCompositeFieldContainer[CopyStatus]
     last_failure: str
     state: str
-    def __init__(self, model_id: _Optional[str] = ..., format: _Optional[str] = ..., storage_key: _Optional[str] = ..., storage_path: _Optional[str] = ..., options: _Optional[_Union[ModelOptions, _Mapping]] = ..., copies: _Optional[_Iterable[_Union[CopyStatus, _Mapping]]] = ..., last_failure: _Optional[str] = ..., state: _Optional[str] = ...) -> None: ...
+    last_used: float
+    def __init__(self, model_id: _Optional[str] = ..., format: _Optional[str] = ..., storage_key: _Optional[str] = ..., storage_path: _Optional[str] = ..., options: _Optional[_Union[ModelOptions, _Mapping]] = ..., copies: _Optional[_Iterable[_Union[CopyStatus, _Mapping]]] = ..., last_failure: _Optional[str] = ..., state: _Optional[str] = ..., last_used: _Optional[float] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()
@@ -171,3 +175,62 @@ class VModelStatusResponse(_message.Message):
     transition: str
     last_failure: str
     def __init__(self, vmodel_id: _Optional[str] = ..., active_model_id: _Optional[str] = ..., target_model_id: _Optional[str] = ..., transition: _Optional[str] = ..., last_failure: _Optional[str] = ...) -> None: ...
+
+class GetMeshStatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class PodStatus(_message.Message):
+    __slots__ = ("pod_id", "address", "capacity_bytes", "used_bytes", "models", "loading_count", "in_flight", "lru_time", "draining", "updated_at", "labels", "runtimes", "host_capacity_bytes", "host_used_bytes", "host_models", "device")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    POD_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    CAPACITY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    USED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    LOADING_COUNT_FIELD_NUMBER: _ClassVar[int]
+    IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    LRU_TIME_FIELD_NUMBER: _ClassVar[int]
+    DRAINING_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    RUNTIMES_FIELD_NUMBER: _ClassVar[int]
+    HOST_CAPACITY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    HOST_USED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    HOST_MODELS_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    pod_id: str
+    address: str
+    capacity_bytes: int
+    used_bytes: int
+    models: _containers.RepeatedScalarFieldContainer[str]
+    loading_count: int
+    in_flight: int
+    lru_time: float
+    draining: bool
+    updated_at: float
+    labels: _containers.ScalarMap[str, str]
+    runtimes: _containers.RepeatedScalarFieldContainer[str]
+    host_capacity_bytes: int
+    host_used_bytes: int
+    host_models: _containers.RepeatedScalarFieldContainer[str]
+    device: str
+    def __init__(self, pod_id: _Optional[str] = ..., address: _Optional[str] = ..., capacity_bytes: _Optional[int] = ..., used_bytes: _Optional[int] = ..., models: _Optional[_Iterable[str]] = ..., loading_count: _Optional[int] = ..., in_flight: _Optional[int] = ..., lru_time: _Optional[float] = ..., draining: bool = ..., updated_at: _Optional[float] = ..., labels: _Optional[_Mapping[str, str]] = ..., runtimes: _Optional[_Iterable[str]] = ..., host_capacity_bytes: _Optional[int] = ..., host_used_bytes: _Optional[int] = ..., host_models: _Optional[_Iterable[str]] = ..., device: _Optional[str] = ...) -> None: ...
+
+class MeshStatusResponse(_message.Message):
+    __slots__ = ("pods", "models", "vmodels", "now")
+    PODS_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    VMODELS_FIELD_NUMBER: _ClassVar[int]
+    NOW_FIELD_NUMBER: _ClassVar[int]
+    pods: _containers.RepeatedCompositeFieldContainer[PodStatus]
+    models: _containers.RepeatedCompositeFieldContainer[ModelStatusResponse]
+    vmodels: _containers.RepeatedCompositeFieldContainer[VModelStatusResponse]
+    now: float
+    def __init__(self, pods: _Optional[_Iterable[_Union[PodStatus, _Mapping]]] = ..., models: _Optional[_Iterable[_Union[ModelStatusResponse, _Mapping]]] = ..., vmodels: _Optional[_Iterable[_Union[VModelStatusResponse, _Mapping]]] = ..., now: _Optional[float] = ...) -> None: ...

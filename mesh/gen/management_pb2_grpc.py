@@ -79,6 +79,11 @@ class ManagementStub(object):
                 request_serializer=mesh_dot_management__pb2.GetVModelStatusRequest.SerializeToString,
                 response_deserializer=mesh_dot_management__pb2.VModelStatusResponse.FromString,
                 _registered_method=True)
+        self.GetMeshStatus = channel.unary_unary(
+                '/mesh.management.v1.Management/GetMeshStatus',
+                request_serializer=mesh_dot_management__pb2.GetMeshStatusRequest.SerializeToString,
+                response_deserializer=mesh_dot_management__pb2.MeshStatusResponse.FromString,
+                _registered_method=True)
 
 
 class ManagementServicer(object):
@@ -136,6 +141,13 @@ class ManagementServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetMeshStatus(self, request, context):
+        """The whole mesh at a glance: every pod, model and vmodel, as this router's mirror sees it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ManagementServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -178,6 +190,11 @@ def add_ManagementServicer_to_server(servicer, server):
                     servicer.GetVModelStatus,
                     request_deserializer=mesh_dot_management__pb2.GetVModelStatusRequest.FromString,
                     response_serializer=mesh_dot_management__pb2.VModelStatusResponse.SerializeToString,
+            ),
+            'GetMeshStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetMeshStatus,
+                    request_deserializer=mesh_dot_management__pb2.GetMeshStatusRequest.FromString,
+                    response_serializer=mesh_dot_management__pb2.MeshStatusResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -396,6 +413,33 @@ class Management(object):
             '/mesh.management.v1.Management/GetVModelStatus',
             mesh_dot_management__pb2.GetVModelStatusRequest.SerializeToString,
             mesh_dot_management__pb2.VModelStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetMeshStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mesh.management.v1.Management/GetMeshStatus',
+            mesh_dot_management__pb2.GetMeshStatusRequest.SerializeToString,
+            mesh_dot_management__pb2.MeshStatusResponse.FromString,
             options,
             channel_credentials,
             insecure,

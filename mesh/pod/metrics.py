@@ -1,12 +1,80 @@
 """The pod's Prometheus metrics, on a registry passed in (never the global one).
 
-Inference metrics carry a `model` label only when per-model labels are asked for: a pod cycles
-through thousands of models, and a series per model would swamp Prometheus.
+A pod cycles through thousands of models, and a series per model would swamp Prometheus (the
+reason ModelMesh kept per-model metrics off). So the per-model series,
+`mesh_pod_model_requests_total{model,status}` and `mesh_pod_model_inference_seconds{model}`,
+label only the pod's K busiest models (`--metrics-top-models`, default 10); every other
+model's requests count under `model="other"`. Which models are the busiest is decided every
+`--metrics-top-interval` seconds from request counts that halve each time (a moving window);
+a model that drops out of the K loses its series (Prometheus treats that as the series ending),
+so a pod exports at most K + 1 models' series however many it serves. Between decisions a
+newcomer takes a free slot at once. The totals (`mesh_pod_inference_requests_total{status}`,
+`mesh_pod_inference_seconds`) carry no model label; `--per-model-metrics` puts one on them
+for every model (unbounded: for small fleets).
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import time
+from collections.abc import Callable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+OTHER = "other"
+
+
+class TopModels:
+    """Which models keep their own label: the K busiest over a moving window.
+
+        top = TopModels(k=10, interval=60, on_drop=forget_series)
+        label = top.label(model_id)      # the model's id, or "other"
+
+    `label` is on the request path: a dict increment and a set lookup, and once per interval
+    a sort of the window's counts (bounded to 4K entries).
+    """
+
+    def __init__(
+        self,
+        k: int,
+        interval: float = 60.0,
+        on_drop: Callable[[str], None] = lambda model: None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if k < 0 or interval <= 0:
+            raise ValueError("k must be >= 0 and interval > 0")
+        self.k = k
+        self.interval = interval
+        self._on_drop = on_drop
+        self._clock = clock
+        self._counts: collections.Counter[str] = collections.Counter()
+        self.labelled: set[str] = set()
+        self._next = clock() + interval
+
+    def label(self, model: str) -> str:
+        if self.k == 0:
+            return OTHER
+        self._counts[model] += 1
+        if self._clock() >= self._next:
+            self._rotate()
+        if model in self.labelled:
+            return model
+        if len(self.labelled) < self.k and model != OTHER:
+            self.labelled.add(model)
+            return model
+        return OTHER
+
+    def _rotate(self) -> None:
+        self._next = self._clock() + self.interval
+        busiest = self._counts.most_common(4 * self.k)
+        keep = {m for m, _ in busiest[: self.k] if m != OTHER}
+        for model in sorted(self.labelled - keep):
+            self._on_drop(model)
+        self.labelled = keep
+        # Halve the window: a model's count is an exponentially weighted request count.
+        self._counts = collections.Counter({m: c // 2 for m, c in busiest if c // 2})
+
 
 _LATENCY_BUCKETS = (
     0.0005,
@@ -28,7 +96,14 @@ _LOAD_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 12
 
 
 class PodMetrics:
-    def __init__(self, registry: CollectorRegistry, per_model: bool = False) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        per_model: bool = False,
+        top_models: int = 10,
+        top_interval: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.per_model = per_model
         labels = ["model", "status"] if per_model else ["status"]
         self.requests = Counter(
@@ -139,8 +214,39 @@ class PodMetrics:
         self.in_flight = Gauge(
             "mesh_pod_inference_in_flight", "Inference requests in flight", registry=registry
         )
+        self.top = TopModels(top_models, top_interval, self._forget_model, clock)
+        if top_models:
+            self.model_requests = Counter(
+                "mesh_pod_model_requests",
+                f"Inference requests of the pod's {top_models} busiest models by gRPC status "
+                f"(the rest as model={OTHER!r})",
+                ["model", "status"],
+                registry=registry,
+            )
+            self.model_latency = Histogram(
+                "mesh_pod_model_inference_seconds",
+                f"Inference latency of the pod's {top_models} busiest models "
+                f"(the rest as model={OTHER!r})",
+                ["model"],
+                buckets=_LATENCY_BUCKETS,
+                registry=registry,
+            )
+        self._statuses: dict[str, set[str]] = collections.defaultdict(set)
+
+    def _forget_model(self, model: str) -> None:
+        for status in self._statuses.pop(model, ()):
+            self.model_requests.remove(model, status)
+        with contextlib.suppress(KeyError):  # no successful request yet: no latency series
+            self.model_latency.remove(model)
 
     def observe_request(self, model: str, status: str, seconds: float | None) -> None:
+        if self.top.k:
+            label = self.top.label(model)
+            if label != OTHER:
+                self._statuses[label].add(status)
+            self.model_requests.labels(label, status).inc()
+            if seconds is not None:
+                self.model_latency.labels(label).observe(seconds)
         if self.per_model:
             self.requests.labels(model, status).inc()
             if seconds is not None:

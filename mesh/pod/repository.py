@@ -1,12 +1,14 @@
 """Turn a model id and a local path into a ModelSource, and serve a directory of models by name.
 
 A model is a single file (`mlp.onnx`) or a directory holding one model file and, optionally,
-`mesh.json` (docs/model-layout.md). The format comes from mesh.json's `format`, else from the
+`mesh.json`, or a directory of version directories (`fraud/v3/`), served as its newest version
+(docs/model-layout.md). The format comes from mesh.json's `format`, else from the
 model file's suffix.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -33,6 +35,10 @@ def source_for(
     check_model_id(model_id)
     if path.is_dir():
         config = ModelConfig.read(path)
+        if config.file is None and not _model_files(path, runtimes):
+            version = latest_version(path)
+            if version is not None:  # models/fraud/v3/model.ubj: fraud is its newest version
+                path, config = version, ModelConfig.read(version)
         file = _model_file(model_id, path, config, runtimes)
     elif path.is_file():
         config = ModelConfig.read(path.parent) if path.name != CONFIG_NAME else ModelConfig()
@@ -49,6 +55,28 @@ def source_for(
     return ModelSource(model_id, fmt, file, config, dict(options or {}))
 
 
+_VERSION = re.compile(r"v?(\d+(?:\.\d+)*)", re.IGNORECASE)
+
+
+def latest_version(directory: Path) -> Path | None:
+    """The newest version directory under `directory` (`3`, `v3`, `v1.2`; compared as numbers,
+    so v10 is newer than v9), or None when it has none."""
+    versions = []
+    for child in directory.iterdir():
+        match = _VERSION.fullmatch(child.name)
+        if match and child.is_dir():
+            versions.append((tuple(int(x) for x in match.group(1).split(".")), child))
+    return max(versions)[1] if versions else None
+
+
+def _model_files(directory: Path, runtimes: RuntimeRegistry) -> list[Path]:
+    return sorted(
+        p
+        for p in directory.iterdir()
+        if p.is_file() and p.name != CONFIG_NAME and runtimes.format_of(p) is not None
+    )
+
+
 def _model_file(
     model_id: str, directory: Path, config: ModelConfig, runtimes: RuntimeRegistry
 ) -> Path:
@@ -60,11 +88,7 @@ def _model_file(
                 "file inside the model directory"
             )
         return file
-    files = sorted(
-        p
-        for p in directory.iterdir()
-        if p.is_file() and p.name != CONFIG_NAME and runtimes.format_of(p) is not None
-    )
+    files = _model_files(directory, runtimes)
     if len(files) != 1:
         found = [p.name for p in files]
         raise InvalidRequest(

@@ -33,7 +33,7 @@ from mesh.grpcutil import ErrorInterceptor
 from mesh.health import Health
 from mesh.http.app import HttpApp
 from mesh.http.v2 import V2Endpoints
-from mesh.lifecycle import MetricsEndpoint, Service
+from mesh.lifecycle import MetricsEndpoint, Service, check_port_free
 from mesh.pod.artifacts import DirectoryArtifacts
 from mesh.pod.cache import ModelCache
 from mesh.pod.capacity import choose_device, default_capacity
@@ -97,10 +97,16 @@ class PodServer(Service):
 
     async def start(self) -> None:
         s = self.settings
+        # Before anything starts: a port in use is one clear line, not a half-started pod.
+        check_port_free(s.host, s.port, "the pod's gRPC port; --port")
+        if s.metrics_port is not None:
+            check_port_free(s.host, s.metrics_port, "the metrics port; --metrics-port")
+        if s.rest_port is not None:
+            check_port_free(s.host, s.rest_port, "the REST port; --rest-port")
         runtimes = self._runtimes or RuntimeRegistry.discover(s.runtimes)
         if not runtimes.names:
             raise InvalidRequest(
-                "no runtime is available: install mesh[onnx], [xgboost] or [torch]"
+                "no runtime is available: install mesh-serving[onnx], [xgboost] or [torch]"
             )
         loop = asyncio.get_running_loop()
         for name in runtimes.names:
@@ -113,7 +119,12 @@ class PodServer(Service):
         memory = self._device_memory or device_memory_for(device)
         on_device = memory.tier == "device"
         capacity = s.capacity or self._default_capacity(device, memory)
-        metrics = self.metrics = PodMetrics(self.registry, per_model=s.per_model_metrics)
+        metrics = self.metrics = PodMetrics(
+            self.registry,
+            per_model=s.per_model_metrics,
+            top_models=s.metrics_top_models,
+            top_interval=s.metrics_top_interval,
+        )
         _measure_on_scrape(metrics, memory)
         meter = used_meter(memory) if on_device else rss_bytes
         audit = None

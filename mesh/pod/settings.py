@@ -58,8 +58,12 @@ class PodSettings(BaseSettings):
     # Seconds SIGTERM then waits for requests in flight. Kubernetes' grace period should
     # exceed the two together.
     drain_timeout: float = Field(30.0, ge=0)
-    # Label inference metrics by model (cardinality grows with the number of models).
+    # Label the inference totals by model (cardinality grows with the number of models).
     per_model_metrics: bool = False
+    # The per-model series label only this many busiest models (the rest: "other"; 0: none),
+    # chosen every metrics_top_interval seconds (mesh.pod.metrics).
+    metrics_top_models: int = Field(10, ge=0, le=1000)
+    metrics_top_interval: float = Field(60.0, gt=0)
     runtimes: list[str] | None = None
     # Cluster membership: etcd endpoints ("http://a:2379,http://b:2379"); none: standalone.
     etcd: str | None = None

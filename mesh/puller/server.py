@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry
 
 from mesh.errors import InvalidRequest
 from mesh.grpcutil import ErrorInterceptor
-from mesh.lifecycle import MetricsEndpoint, Service
+from mesh.lifecycle import MetricsEndpoint, Service, check_port_free
 from mesh.puller.cache import DiskCache
 from mesh.puller.core import ArchiveBound, Puller
 from mesh.puller.fetcher import ClientPolicy
@@ -94,6 +94,10 @@ class PullerServer(Service):
             _prepare_socket(_socket_path(address))
         server = aio.server(interceptors=[ErrorInterceptor()], options=[("grpc.so_reuseport", 0)])
         server.add_generic_rpc_handlers((PullerService(puller).handler(),))
+        if not address.startswith("unix:"):
+            host, _, port = address.rpartition(":")
+            if port.isdigit():
+                check_port_free(host.strip("[]") or "0.0.0.0", int(port), "the puller; --listen")
         try:
             self.port = server.add_insecure_port(address)
         except RuntimeError as exc:

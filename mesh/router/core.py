@@ -51,6 +51,7 @@ from mesh.placement.choose import NoPod, choose_pod
 from mesh.placement.failures import FailureLog, FailurePolicy
 from mesh.placement.snapshot import Snapshot
 from mesh.router.metrics import RouterMetrics
+from mesh.router.overview import Activity
 from mesh.router.pods import PodClient, PodPool, pod_left
 from mesh.router.vanished import VanishedPods
 
@@ -127,6 +128,8 @@ class Router:
         self.requests: collections.Counter[str] = collections.Counter()
         self.in_flight: collections.Counter[str] = collections.Counter()
         self.loads_started = 0
+        # Loads, evictions, misses and failures over the last minutes (mesh.router.overview).
+        self.activity = Activity()
 
     @property
     def store(self) -> KeyValueStore:
@@ -328,6 +331,7 @@ class Router:
             return copies[0].pod_id
         future = self._loads.get(model_id)
         if future is None:
+            self.activity.miss(model_id, time.time())
             if self._metrics is not None:
                 miss = self._metrics.miss
                 started = time.perf_counter()

@@ -13,13 +13,14 @@ import logging
 import time
 
 from mesh.cluster.codec import Keys, encode
-from mesh.cluster.records import ModelRecord, PlacementState, VModelRecord
+from mesh.cluster.records import ModelRecord, VModelRecord
 from mesh.cluster.store import KeyValueStore
 from mesh.errors import InvalidRequest, MeshError, ModelNotFound
 from mesh.gen import management_pb2 as mpb
 from mesh.gen import runtime_pb2 as rpb
 from mesh.ids import check_id, check_registered_path
 from mesh.router.core import Router
+from mesh.router.overview import ModelView, model_view, snapshot, vmodel_view
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,11 @@ class Management:
         self._router = router
         self._transitions: dict[str, asyncio.Task[None]] = {}
         self._transition_errors: dict[str, str] = {}
+
+    @property
+    def transition_errors(self) -> dict[str, str]:
+        """Why this router's vmodel transitions are blocked, by vmodel."""
+        return self._transition_errors
 
     @property
     def _mirror(self):  # type: ignore[no-untyped-def]
@@ -115,43 +121,40 @@ class Management:
         return mpb.ListModelsResponse(models=[self._status(m) for m in sorted(self._mirror.models)])
 
     def _status(self, model_id: str) -> mpb.ModelStatusResponse:
+        view = model_view(model_id, self._mirror, self._router.failures, time.time())
         record = self._mirror.models.get(model_id)
-        if record is None:
+        if view is None or record is None:
             raise ModelNotFound(f"model {model_id!r} is not registered")
-        response = mpb.ModelStatusResponse(
-            model_id=model_id,
-            format=record.format,
-            storage_key=record.storage_key,
-            storage_path=record.storage_path,
-            options=mpb.ModelOptions(
-                min_copies=record.min_copies,
-                max_copies=record.max_copies,
-                pinned_pods=record.pinned_pods,
-                required_labels=dict(record.required_labels),
-                preferred_labels=dict(record.preferred_labels),
-                runtime_options=dict(record.options),
-                size_estimate=record.size_estimate,
-            ),
+        return model_message(view, record)
+
+    async def mesh_status(self, request: mpb.GetMeshStatusRequest) -> mpb.MeshStatusResponse:
+        view = snapshot(
+            self._mirror,
+            self._router.activity,
+            self._router.failures,
+            time.time(),
+            self._transition_errors,
         )
-        states = set()
-        for pod_id, p in sorted(self._mirror.placements.get(model_id, {}).items()):
-            response.copies.add(
-                pod_id=pod_id, state=p.state.value, size_bytes=p.size, since=p.since, error=p.error
-            )
-            states.add(p.state)
-            if p.state is PlacementState.FAILED:
-                response.last_failure = f"{pod_id}: {p.error}"
-        failures = self._router.failures.for_model(model_id, time.time())
-        if failures is not None and not response.last_failure:
-            response.last_failure = failures.describe(time.time())
-        if PlacementState.LOADED in states:
-            response.state = "LOADED"
-        elif PlacementState.LOADING in states:
-            response.state = "LOADING"
-        elif response.last_failure:
-            response.state = "FAILED"
-        else:
-            response.state = "NOT_LOADED"
+        response = mpb.MeshStatusResponse(now=view.now)
+        for pod in view.pods:
+            response.pods.add(
+                pod_id=pod.pod_id, address=pod.address, capacity_bytes=pod.capacity,
+                used_bytes=pod.used, models=[m.model_id for m in pod.models],
+                loading_count=pod.loading, in_flight=pod.in_flight, lru_time=pod.lru_time,
+                draining=pod.draining, updated_at=pod.updated_at, labels=dict(pod.labels),
+                runtimes=list(pod.runtimes), host_capacity_bytes=pod.host_capacity,
+                host_used_bytes=pod.host_used, host_models=list(pod.host_models),
+                device=pod.device,
+            )  # fmt: skip
+        for model in view.models:
+            record = self._mirror.models.get(model.model_id)
+            if record is not None:
+                response.models.append(model_message(model, record))
+        for v in view.vmodels:
+            response.vmodels.add(
+                vmodel_id=v.vmodel_id, active_model_id=v.active, target_model_id=v.target,
+                transition=v.transition, last_failure=v.last_failure,
+            )  # fmt: skip
         return response
 
     # -- vmodels -------------------------------------------------------------------------------
@@ -209,25 +212,41 @@ class Management:
         return self._vmodel_status(request.vmodel_id)
 
     def _vmodel_status(self, vmodel_id: str) -> mpb.VModelStatusResponse:
-        record = self._mirror.vmodels.get(vmodel_id)
-        if record is None:
-            raise ModelNotFound(f"vmodel {vmodel_id!r} does not exist")
         error = self._transition_errors.get(vmodel_id, "")
-        if record.previous and not error and record.target in self._mirror.models:
-            # The transition may run on another router: the target's failures are the mesh's.
-            target = self._status(record.target)
-            if target.state == "FAILED":
-                error = target.last_failure
-        if not record.previous:
-            transition = "UP_TO_DATE"
-        elif error:
-            transition = "BLOCKED_BY_FAILED_LOAD"
-        else:
-            transition = "IN_PROGRESS"
+        view = vmodel_view(vmodel_id, self._mirror, self._router.failures, time.time(), error)
+        if view is None:
+            raise ModelNotFound(f"vmodel {vmodel_id!r} does not exist")
         return mpb.VModelStatusResponse(
             vmodel_id=vmodel_id,
-            active_model_id=record.active,
-            target_model_id=record.target,
-            transition=transition,
-            last_failure=error,
+            active_model_id=view.active,
+            target_model_id=view.target,
+            transition=view.transition,
+            last_failure=view.last_failure,
         )
+
+
+def model_message(view: ModelView, record: ModelRecord) -> mpb.ModelStatusResponse:
+    response = mpb.ModelStatusResponse(
+        model_id=view.model_id,
+        format=record.format,
+        storage_key=record.storage_key,
+        storage_path=record.storage_path,
+        options=mpb.ModelOptions(
+            min_copies=record.min_copies,
+            max_copies=record.max_copies,
+            pinned_pods=record.pinned_pods,
+            required_labels=dict(record.required_labels),
+            preferred_labels=dict(record.preferred_labels),
+            runtime_options=dict(record.options),
+            size_estimate=record.size_estimate,
+        ),
+        last_failure=view.last_failure,
+        state=view.state,
+        last_used=view.last_used,
+    )
+    for c in view.copies:
+        response.copies.add(
+            pod_id=c.pod_id, state=c.state, size_bytes=c.size, since=c.since, error=c.error,
+            last_used=c.last_used,
+        )  # fmt: skip
+    return response

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import signal
 import socket
+import time
 
 import grpc
 from grpc import aio
@@ -27,13 +28,15 @@ from mesh.grpcutil import ErrorInterceptor
 from mesh.health import Health
 from mesh.http.app import HttpApp, server_tls
 from mesh.http.v2 import V2Endpoints
-from mesh.lifecycle import MetricsEndpoint, Service, stop_task
+from mesh.lifecycle import MetricsEndpoint, Service, check_port_free, stop_task
 from mesh.placement.copies import CopyPolicy
 from mesh.retry import Backoff
+from mesh.router import dashboard
 from mesh.router.background import LeaderWork
 from mesh.router.core import Router, RouterPolicy
 from mesh.router.management import Management
 from mesh.router.metrics import RouterMetrics
+from mesh.router.overview import Overview, snapshot
 from mesh.router.pods import PodPool
 from mesh.router.rest import RouterBackend
 from mesh.router.service import ManagementService, RouterInference
@@ -112,6 +115,12 @@ class RouterServer(Service):
 
     async def start(self) -> None:
         s = self.settings
+        # Before anything starts: a port in use is one clear line, not a half-started router.
+        check_port_free(s.host, s.port, "the router's gRPC port; --port")
+        if s.metrics_port is not None:
+            check_port_free(s.host, s.metrics_port, "the metrics port; --metrics-port")
+        if s.rest_port is not None:
+            check_port_free(s.host, s.rest_port, "the REST port; --rest-port")
         self.store: KeyValueStore = self._given_store or EtcdStore(
             EtcdConfig.parse(s.etcd, s.etcd_ca, s.etcd_cert, s.etcd_key)
         )
@@ -134,6 +143,9 @@ class RouterServer(Service):
             metrics=metrics,
         )  # fmt: skip
         self.mirror.subscribe(self._forget_gone_pods)
+        activity = self.router.activity
+        activity.seed(self.mirror)
+        self.mirror.subscribe(lambda changes: activity.observe(changes, self.mirror, time.time()))
         election = LeaderElection(self.store, keys.leader, self.router.router_id, ttl=s.lease_ttl)
         copy_policy = CopyPolicy(
             add_rate=s.copy_add_rate,
@@ -200,6 +212,15 @@ class RouterServer(Service):
         """Every route of the router's HTTP port. Components add theirs here, one call each,
         with what they need of the router (mesh.http.app says how)."""
         app.mount_v2(V2Endpoints(self.backend), control_token=self.settings.management_token)
+        dashboard.mount(app, self.overview, self.settings.management_token)
+
+    def overview(self) -> Overview:
+        """The mesh at a glance, from this router's mirror (the capacity page, mesh status)."""
+        assert self.router is not None
+        return snapshot(
+            self.mirror, self.router.activity, self.router.failures, time.time(),
+            self.management.transition_errors,
+        )  # fmt: skip
 
     def _forget_gone_pods(self, changes: list[Change]) -> None:
         assert self.router is not None

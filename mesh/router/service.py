@@ -234,5 +234,8 @@ class ManagementService:
             "GetVModelStatus": method(
                 m.vmodel_status, mpb.GetVModelStatusRequest, mpb.VModelStatusResponse
             ),
+            "GetMeshStatus": method(
+                m.mesh_status, mpb.GetMeshStatusRequest, mpb.MeshStatusResponse
+            ),
         }
         return grpc.method_handlers_generic_handler(MANAGEMENT_SERVICE, methods)

@@ -8,7 +8,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from mesh.controller.controller import Controller, ControllerPolicy
-from mesh.controller.kube import LeaseLock, PredictorApi
+from mesh.controller.kube import EventRecorder, LeaseLock, PredictorApi
 from mesh.controller.meshapi import MeshApi
 from mesh.controller.metrics import ControllerMetrics
 from tests.cluster.conftest import etcd, prefix  # noqa: F401  (shared fixtures)
@@ -42,12 +42,15 @@ def build_controller(
     mesh: MeshApi | Any,
     identity: str | None = None,
     registry: CollectorRegistry | None = None,
+    events: bool = False,
     **policy: Any,
 ) -> Controller:
     """A controller on the fake API server; with `identity`, one of replicas on a 2 s Lease."""
     client = kube.client()
     lock = LeaseLock(client, NAMESPACE, "mesh-controller", identity, 2.0) if identity else None
     metrics = ControllerMetrics(registry) if registry is not None else None
+    recorder = EventRecorder(client, NAMESPACE, instance=identity or "test") if events else None
     return Controller(
-        PredictorApi(client, NAMESPACE), mesh, dataclasses.replace(POLICY, **policy), lock, metrics
-    )
+        PredictorApi(client, NAMESPACE), mesh, dataclasses.replace(POLICY, **policy), lock,
+        metrics, events=recorder,
+    )  # fmt: skip

@@ -13,11 +13,16 @@ class FakeMesh:
         self.models: dict[str, PredictorSpec] = {}
         self.vmodels: dict[str, str] = {}
         self.calls: list[tuple[str, str]] = []
+        # Pods that drain, with the models each holds (what GetMeshStatus reports).
+        self.draining: dict[str, int] = {}
         self._lock = threading.Lock()
 
     def _call(self, method: str, arg: str) -> None:
         with self._lock:
             self.calls.append((method, arg))
+
+    def draining_pods(self) -> dict[str, int]:
+        return dict(self.draining)
 
     def model(self, model_id: str) -> ModelView | None:
         if model_id not in self.models:

@@ -971,10 +971,12 @@ def test_dockerfile_targets() -> None:
     assert {"wheel", "cpu", "cuda"} <= set(stages)
     assert any("pip wheel" in line for line in stages["wheel"])
     assert list(stages)[-1] == "cpu", "a build without --target should give the CPU image"
+    # A wheel's file name spells the distribution with underscores (PEP 427).
+    wheel = re.escape(pyproject["project"]["name"].replace("-", "_"))
     installs = {}
     for name in ("cpu-build", "cuda-build"):
         lines = " ".join(stages[name])
-        (wanted,) = re.findall(r"mesh-\*\.whl\)\[([a-z0-9,-]+)\]", lines)
+        (wanted,) = re.findall(rf"/wheels/{wheel}-\*\.whl\)\[([a-z0-9,-]+)\]", lines)
         installs[name] = set(wanted.split(","))
         assert installs[name] <= extras, f"{name}: extras not in pyproject: {installs[name]}"
         assert "--index-url" in lines and "torch" in lines

@@ -133,7 +133,9 @@ LEASES = Resource(
     builtin=True,
     micro_time_fields=("spec.acquireTime", "spec.renewTime"),
 )
-DEFAULT_RESOURCES: tuple[Resource, ...] = (PREDICTORS, LEASES)
+# core/v1 Events, as a controller records them (kubectl describe shows them).
+EVENTS = Resource("", "v1", "events", "Event", builtin=True)
+DEFAULT_RESOURCES: tuple[Resource, ...] = (PREDICTORS, LEASES, EVENTS)
 
 
 _REASONS = {

@@ -388,4 +388,10 @@ def test_metrics_endpoint_serves_capacity_and_latency(model_dir: Path) -> None:
     assert 'mesh_pod_device_memory_bytes{device="host",kind="used"}' in text
     assert "mesh_pod_inference_seconds_count 1.0" in text
     assert "mesh_pod_models_loaded 1.0" in text
-    assert 'model="' not in text  # no per-model labels unless asked for
+    # The totals carry no model label unless asked for; per-model series are the bounded ones.
+    labelled = {line.split("{")[0] for line in text.splitlines() if 'model="' in line}
+    assert labelled <= {
+        "mesh_pod_model_requests_total", "mesh_pod_model_requests_created",
+        "mesh_pod_model_inference_seconds_bucket", "mesh_pod_model_inference_seconds_count",
+        "mesh_pod_model_inference_seconds_sum", "mesh_pod_model_inference_seconds_created",
+    }, labelled  # fmt: skip

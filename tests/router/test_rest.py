@@ -461,4 +461,6 @@ def test_a_rest_port_in_use_fails_the_start_with_one_clear_error(
             await router.aclose()
             return "started"
 
-        assert f"cannot listen for HTTP on 127.0.0.1:{port}" in asyncio.run(start())
+        message = asyncio.run(start())
+        # Refused before anything starts (mesh.lifecycle.check_port_free), naming the port.
+        assert f"cannot listen on 127.0.0.1:{port}" in message and "--rest-port" in message
