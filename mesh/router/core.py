@@ -49,7 +49,7 @@ from mesh.errors import (
 from mesh.gen import runtime_pb2 as rpb
 from mesh.placement.choose import NoPod, choose_pod
 from mesh.placement.failures import FailureLog, FailurePolicy
-from mesh.placement.snapshot import Snapshot
+from mesh.placement.snapshot import Snapshot, TypicalSizes
 from mesh.router.metrics import RouterMetrics
 from mesh.router.overview import Activity
 from mesh.router.pods import PodClient, PodPool, pod_left
@@ -121,6 +121,7 @@ class Router:
             FailurePolicy(ttl=self.policy.failure_ttl, max_attempts=self.policy.failure_attempts)
         )
         self.vanished = VanishedPods(self.policy.vanished_grace)
+        self._typical: TypicalSizes | None = None
         self._loads: dict[str, asyncio.Future[str]] = {}
         self._fresh: dict[str, dict[str, float]] = {}
         self._size_writes: set[asyncio.Task[None]] = set()
@@ -159,6 +160,8 @@ class Router:
         for change in changes:
             if change.kind != "model":
                 continue
+            if self._typical is not None:
+                self._typical.update(change.previous, change.record)
             old, new = change.previous, change.record
             if (
                 old is None
@@ -168,6 +171,28 @@ class Router:
             ):
                 self.failures.clear(change.key)
         return self.vanished.observe(changes, self.mirror.instances)
+
+    def _placement_view(self, model_id: str, record: ModelRecord) -> Snapshot:
+        """The snapshot a miss decides from, in time that grows with the copies placed, not
+        with the models registered: the records of the models that have placements (so that
+        copies loading elsewhere are charged their own size, not the default) and this one's,
+        with the per-format estimates kept up to date from the mirror's changes."""
+        placements = self.mirror.placements
+        models = self.mirror.models
+        records = [models[m] for m in placements if m in models]
+        if model_id not in placements:
+            records.append(record)
+        return Snapshot.from_records(
+            self.mirror.instances.values(),
+            (p for pods in placements.values() for p in pods.values()),
+            records,
+            typical=self._typical_sizes().sizes(),
+        )
+
+    def _typical_sizes(self) -> TypicalSizes:
+        if self._typical is None:  # once; then the mirror's changes keep it (observe)
+            self._typical = TypicalSizes(self.mirror.models.values())
+        return self._typical
 
     def instance(self, pod_id: str) -> InstanceRecord | None:
         """A pod's record: the mirror's, else the last one of a pod that vanished recently."""
@@ -395,14 +420,7 @@ class Router:
                     return pod_id
                 continue
             now = time.time()
-            # Every model's record, so that copies being loaded elsewhere are charged their
-            # own size, not the default: with only this model's, a pod with any load in
-            # flight looked full.
-            snapshot = Snapshot.from_records(
-                self.mirror.instances.values(),
-                (p for pods in self.mirror.placements.values() for p in pods.values()),
-                self.mirror.models.values(),
-            )
+            snapshot = self._placement_view(model_id, record)
             requirements = snapshot.requirements(model_id)
             assert requirements is not None
             measured = max((p.size for p in self.mirror.placements.get(model_id, {}).values()),

@@ -6,6 +6,8 @@ import doctest
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import mesh.placement.choose
 import mesh.placement.copies
@@ -148,3 +150,35 @@ def test_a_model_never_loaded_is_estimated_by_its_formats_measured_sizes() -> No
     assert sizes["a"] == 6 << 20 and sizes["b"] == 5 << 20  # each its own measurement
     assert sizes["given"] == 1 << 30  # an estimate given at registration wins
     assert sizes["other"] == DEFAULT_SIZE  # nothing of its format measured yet
+
+
+@settings(max_examples=200)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["a", "b", "c", "d", "e"]),
+            st.sampled_from(["onnx", "xgboost", None]),  # None: unregistered
+            st.integers(0, 5),
+        ),
+        max_size=40,
+    )
+)
+def test_typical_sizes_kept_change_by_change_equal_those_computed_afresh(
+    changes: list[tuple[str, str | None, int]],
+) -> None:
+    """The router keeps the per-format estimates from the mirror's changes; after any sequence
+    of registrations, size updates, format changes and unregistrations they are what a full
+    recomputation over the records gives."""
+    from mesh.placement.snapshot import TypicalSizes, typical_sizes
+
+    records: dict[str, ModelRecord] = {}
+    kept = TypicalSizes()
+    for model_id, fmt, size in changes:
+        previous = records.get(model_id)
+        record = None if fmt is None else ModelRecord(model_id, fmt, measured_size=size * 10)
+        if record is None:
+            records.pop(model_id, None)
+        else:
+            records[model_id] = record
+        kept.update(previous, record)
+        assert kept.sizes() == typical_sizes(records.values())
