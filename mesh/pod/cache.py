@@ -72,9 +72,15 @@ class ModelSource:
     file: Path
     config: ModelConfig = field(default_factory=ModelConfig)
     options: Mapping[str, str] = field(default_factory=dict)
+    # The model is its file's whole directory (a Hugging Face layout), not the file alone.
+    directory: bool = False
+    # An adapter's base model id: loaded first, on this pod, and kept while the adapter is.
+    base: str | None = None
 
     def disk_bytes(self) -> int:
         try:
+            if self.directory:
+                return sum(p.stat().st_size for p in self.file.parent.iterdir() if p.is_file())
             return self.file.stat().st_size
         except OSError:
             return 0
