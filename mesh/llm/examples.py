@@ -12,6 +12,7 @@ seconds on a CPU; nothing is downloaded. Needs the `llm` extra.
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,9 @@ def _tokenizer(sentences: Sequence[str]) -> Any:
 def _train(model: Any, tokenizer: Any, sentences: Sequence[str], steps: int, lr: float) -> None:
     import torch
 
+    # Tiny matrices: one thread is fastest, and many threads on a shared machine are slowest.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     torch.manual_seed(0)
     batch = tokenizer(
         [f"{s} {tokenizer.eos_token}" for s in sentences], return_tensors="pt", padding=True
@@ -74,6 +78,7 @@ def _train(model: Any, tokenizer: Any, sentences: Sequence[str], steps: int, lr:
         loss.backward()
         optimizer.step()
     model.eval()
+    torch.set_num_threads(threads)
 
 
 def _write(directory: Path, model: Any, tokenizer: Any) -> Path:
@@ -154,7 +159,9 @@ def lora_adapter(
         targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     config = LoraConfig(r=rank, lora_alpha=rank, target_modules=targets, lora_dropout=0.0)
     torch.manual_seed(seed)
-    model = get_peft_model(base, config)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # peft calls transformers' deprecated API
+        model = get_peft_model(base, config)
     _train(model, tokenizer, ADAPTER_SENTENCES, steps, 2e-2)
     directory.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(directory), safe_serialization=True)

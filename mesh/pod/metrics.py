@@ -19,6 +19,7 @@ import collections
 import contextlib
 import time
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -238,6 +239,54 @@ class PodMetrics:
             self.model_requests.remove(model, status)
         with contextlib.suppress(KeyError):  # no successful request yet: no latency series
             self.model_latency.remove(model)
+
+        # Generative models. Their label is the model only with per-model labels (as above).
+        gen_labels = ["model"] if per_model else []
+        self.time_to_first_token = Histogram(
+            "mesh_pod_time_to_first_token_seconds",
+            "Generative requests: from arrival to the first token",
+            gen_labels,
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.time_per_output_token = Histogram(
+            "mesh_pod_time_per_output_token_seconds",
+            "Generative requests: mean time per token after the first",
+            gen_labels,
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.generation_queue = Histogram(
+            "mesh_pod_generation_queue_seconds",
+            "Generative requests: waiting for a place in the model's batch",
+            gen_labels,
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.output_tokens = Counter(
+            "mesh_pod_output_tokens",
+            "Tokens generated (rate() of it is tokens/s)",
+            gen_labels,
+            registry=registry,
+        )
+        self.prompt_tokens = Counter(
+            "mesh_pod_prompt_tokens", "Prompt tokens processed", gen_labels, registry=registry
+        )
+
+    def observe_generation(self, model: str, stats: Any) -> None:
+        """One finished generative request (mesh.llm.engine.Stats)."""
+
+        def of(metric: Any) -> Any:
+            return metric.labels(model) if self.per_model else metric
+
+        of(self.time_to_first_token).observe(stats.first_token_seconds)
+        if stats.completion_tokens > 1:
+            of(self.time_per_output_token).observe(
+                stats.decode_seconds / (stats.completion_tokens - 1)
+            )
+        of(self.generation_queue).observe(stats.queue_seconds)
+        of(self.output_tokens).inc(stats.completion_tokens)
+        of(self.prompt_tokens).inc(stats.prompt_tokens)
 
     def observe_request(self, model: str, status: str, seconds: float | None) -> None:
         if self.top.k:
