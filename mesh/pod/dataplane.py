@@ -9,6 +9,7 @@ in parallel.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import logging
 import time
@@ -48,6 +49,8 @@ log = logging.getLogger(__name__)
 SERVER_NAME = "mesh"
 # Prefix of the model options that go to the puller rather than the runtime.
 STORAGE_OPTION = "storage."
+# The option a router sets on an adapter's LoadModel: its base, as registered in the mesh.
+BASE_OPTION = "adapter.base"
 # Attempts to get a model loaded and acquired: a just-loaded model can be evicted by another
 # load before this request takes it, when every other model is busy.
 _ACQUIRE_ATTEMPTS = 3
@@ -287,6 +290,8 @@ class DataPlane:
         """Load from a local path, or from storage through the pod's puller."""
         self._refuse_if_draining()
         check_model_id(model_id)
+        options = dict(options or {})
+        base = options.pop(BASE_OPTION, None)
         present = self.cache.source_of(model_id)
         if present is not None:  # loaded or loading: share it, pull nothing
             return await self.cache.load(present, retry_failed=True)
@@ -294,7 +299,9 @@ class DataPlane:
         if demoted is not None:  # in the host tier: a promotion, with no pull
             return await self.cache.load(demoted, retry_failed=True)
         if path:
-            source = source_for(model_id, Path(path), self.runtimes, format, options)
+            source = _with_base(
+                source_for(model_id, Path(path), self.runtimes, format, options), base
+            )
             return await self._load_source(source, retry_failed=True)
         if not storage_path:
             raise InvalidRequest(f"model {model_id!r}: give a path or a storage_path")
@@ -315,7 +322,7 @@ class DataPlane:
         self._pulled.add(model_id)
         try:
             source = source_for(model_id, Path(local), self.runtimes, format, options)
-            return await self._load_source(source, retry_failed=True)
+            return await self._load_source(_with_base(source, base), retry_failed=True)
         except BaseException:
             if self.cache.source_of(model_id) is None:
                 self._release(model_id)
@@ -427,6 +434,16 @@ class DataPlane:
     def _leave(self) -> None:
         if self._metrics is not None:
             self._metrics.in_flight.dec()
+
+
+def _with_base(source: ModelSource, base: str | None) -> ModelSource:
+    """The base a router named for an adapter wins over what the adapter's files say."""
+    if not base:
+        return source
+    check_model_id(base)
+    if source.base is None:
+        raise InvalidRequest(f"model {source.model_id!r} is not an adapter but was given a base")
+    return dataclasses.replace(source, base=base)
 
 
 TextPrompt = str | Sequence[Mapping[str, Any]]  # a prompt, or chat messages
