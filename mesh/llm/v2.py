@@ -36,9 +36,13 @@ _OPTIONAL = {
 _TEXT = TensorSpec(TEXT_INPUT, "BYTES", (-1,))
 
 
+CHAT_PARAMETER = "mesh_chat"
+
+
 @dataclass(frozen=True, slots=True)
 class TextRequest:
-    prompt: str
+    # The prompt, or chat messages ({"role", "content"}) for the model's chat template.
+    prompt: str | list[dict[str, Any]]
     params: SamplingParams
     stream: bool
     echo: bool  # put the prompt before the generated text
@@ -61,6 +65,9 @@ def decode_text_request(request: pb.ModelInferRequest) -> TextRequest:
     prompt = _one(decoded[TEXT_INPUT], TEXT_INPUT)
     text = prompt.decode("utf-8", "strict") if isinstance(prompt, bytes) else str(prompt)
     raw: dict[str, Any] = {k: _param(v) for k, v in request.parameters.items()}
+    prompt_or_chat: str | list[dict[str, Any]] = text
+    if raw.pop(CHAT_PARAMETER, False):
+        prompt_or_chat = parse_messages(text)
     if "sampling_parameters" in decoded:
         blob = _one(decoded["sampling_parameters"], "sampling_parameters")
         try:
@@ -76,7 +83,37 @@ def decode_text_request(request: pb.ModelInferRequest) -> TextRequest:
         if "exclude_input_in_output" in decoded
         else True
     )
-    return TextRequest(text, SamplingParams.parse(raw), stream, not exclude)
+    return TextRequest(prompt_or_chat, SamplingParams.parse(raw), stream, not exclude)
+
+
+def parse_messages(text: str) -> list[dict[str, Any]]:
+    """Chat messages as JSON: a list of {"role": str, "content": str}."""
+    try:
+        messages = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidRequest(f"chat messages are not JSON: {exc}") from None
+    return check_messages(messages)
+
+
+def check_messages(messages: Any) -> list[dict[str, Any]]:
+    if not isinstance(messages, list) or not messages:
+        raise InvalidRequest("messages must be a non-empty list")
+    checked = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise InvalidRequest(f"messages[{i}] must be an object")
+        role, content = message.get("role"), message.get("content")
+        if not isinstance(role, str) or not role:
+            raise InvalidRequest(f"messages[{i}].role must be a string")
+        if isinstance(content, list):  # OpenAI's content parts: text parts only
+            texts = [p.get("text") for p in content if isinstance(p, dict)]
+            if any(not isinstance(t, str) for t in texts) or len(texts) != len(content):
+                raise InvalidRequest(f"messages[{i}].content: only text parts are supported")
+            content = "".join(t for t in texts if isinstance(t, str))
+        if not isinstance(content, str):
+            raise InvalidRequest(f"messages[{i}].content must be a string")
+        checked.append({"role": role, "content": content})
+    return checked
 
 
 def text_response(

@@ -195,7 +195,8 @@ class DataPlane:
     ) -> pb.ModelInferResponse:
         """ModelInfer on a generative model: the whole text in one response."""
         text_request = decode_text_request(request)
-        parts = [text_request.prompt] if text_request.echo else []
+        echo = text_request.echo and isinstance(text_request.prompt, str)
+        parts = [str(text_request.prompt)] if echo else []
         last = None
         async for chunk in self._stream(model, name, text_request):
             parts.append(chunk.text)
@@ -253,7 +254,7 @@ class DataPlane:
             return
         generation = await self.generate(name, text_request.prompt, text_request.params)
         try:
-            if text_request.echo:
+            if text_request.echo and isinstance(text_request.prompt, str):
                 yield text_response(request, name, text_request.prompt, None, False)
             async for chunk in generation:
                 final = chunk.finish_reason is not None
@@ -263,7 +264,8 @@ class DataPlane:
             await generation.aclose()
 
     async def _stream(self, model: Any, name: str, request: TextRequest) -> AsyncIterator[Chunk]:
-        ids = model.encode(request.prompt)
+        prompt = request.prompt
+        ids = model.encode(prompt if isinstance(prompt, str) else model.chat_prompt(prompt))
         model.check(ids, request.params)
         stream = model.stream(ids, request.params)
         try:
