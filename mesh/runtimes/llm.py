@@ -236,13 +236,17 @@ def _attach(engine: Engine, name: str, directory: str) -> int:
 
 
 def _detach(engine: Engine, name: str) -> None:
+    import warnings
+
     from peft import PeftModel
 
     if name not in engine.adapters or not isinstance(engine.model, PeftModel):
         return
     engine.adapters.discard(name)
     if engine.adapters:
-        engine.model.delete_adapter(name)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "adapter was active, now deleted"
+            engine.model.delete_adapter(name)
     else:
         # The last adapter: take peft's layers out and keep the untouched base model.
         engine.model = engine.model.unload()
