@@ -170,3 +170,20 @@ def lora_adapter(
     raw["base_model_name_or_path"] = base_id
     path.write_text(json.dumps(raw, indent=2))
     return directory
+
+
+def main() -> None:
+    """`python -m mesh.llm.examples DIR`: a Llama, a GPT-2 and a LoRA adapter under DIR."""
+    import sys
+
+    if len(sys.argv) != 2:
+        raise SystemExit("usage: python -m mesh.llm.examples DIR")
+    root = Path(sys.argv[1])
+    tiny_llama(root / "llama")
+    tiny_gpt2(root / "gpt2")
+    lora_adapter(root / "llama-lora", root / "llama", "llama")
+    print(f"wrote {root}/llama, {root}/gpt2 and {root}/llama-lora (an adapter on llama)")
+
+
+if __name__ == "__main__":
+    main()

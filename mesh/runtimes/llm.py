@@ -15,6 +15,7 @@ the framework's error otherwise (the pod turns it into ModelLoadFailed).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
@@ -141,6 +142,9 @@ class TransformersRuntime:
         transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
         transformers.utils.logging.set_verbosity_error()  # type: ignore[no-untyped-call]
         from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
+
+        with contextlib.suppress(ImportError):  # adapters need it; without it they fail to load
+            import peft  # noqa: F401
 
         with torch.inference_mode():
             torch.nn.Linear(2, 2)(torch.zeros(1, 2))
