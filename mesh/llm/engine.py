@@ -127,6 +127,7 @@ class Engine:
         self._mask: Any = None
         self._reserved = 0
         self._closed = False
+        self.tokens_generated = 0  # every token this engine produced, for tests and debugging
         # transformers 5.x renamed the forward's past_key_values to cache.
         self._cache_kw = "past_key_values"
         try:
@@ -383,6 +384,7 @@ class Engine:
         if not seq.generated:
             seq.first = now
         seq.generated.append(token)
+        self.tokens_generated += 1
         finish: str | None = None
         produced = seq.generated
         if token in self.eos_ids and not seq.params.ignore_eos:

@@ -13,6 +13,7 @@ from mesh.errors import InvalidRequest
 from mesh.llm.params import SamplingParams
 from mesh.runtimes.base import Device, LoadRequest, ModelConfig
 from mesh.runtimes.llm import GenerativeModel, TransformersRuntime
+from tests.helpers import wait_until
 
 PROMPTS = ["the quick brown", "hello world", "the mesh", "a router", "models that", "tokens"]
 GREEDY = SamplingParams(max_tokens=10, temperature=0)
@@ -140,19 +141,21 @@ def test_a_request_beyond_the_kv_budget_is_refused(llm_dir: Path) -> None:
 
 
 def test_a_cancelled_stream_leaves_the_batch_within_a_token(llama: GenerativeModel) -> None:
-    params = SamplingParams(max_tokens=100, temperature=1.0, ignore_eos=True)
+    params = SamplingParams(max_tokens=120, temperature=1.0, ignore_eos=True)
 
-    async def abandon() -> int:
+    async def abandon() -> tuple[int, Any]:
         stream = llama.stream(llama.encode("hello"), params)
         async for _ in stream:
             break  # the client goes away after its first token
-        await asyncio.sleep(0)
-        return 0
+        seq = stream._seq
+        with llama.engine._cond:  # no step runs while we read the count and cancel
+            at_cancel = len(seq.generated)
+            stream.cancel()
+        return at_cancel, seq
 
-    asyncio.run(abandon())
-    from tests.helpers import wait_until
-
+    at_cancel, seq = asyncio.run(abandon())
     wait_until(lambda: llama.engine.busy() == 0, what="the abandoned sequence to leave")
+    assert len(seq.generated) <= at_cancel + 1 < 120
 
 
 def test_adapter_and_base_interleave_without_leaking(llm_dir: Path) -> None:

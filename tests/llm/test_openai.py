@@ -183,6 +183,9 @@ def test_v2_generate_extension(pod_front: Front) -> None:
 
 def test_a_client_that_leaves_an_sse_stream_stops_its_generation(pod_front: Front) -> None:
     plane = pod_front.plane_of("llama")
+    pod_front.sdk.completions.create(model="llama", prompt="hello", max_tokens=1)  # loaded
+    engine = plane.cache._entries["llama"].model.engine
+    before = engine.tokens_generated
     with httpx.stream(
         "POST",
         f"{pod_front.url}/v1/completions",
@@ -197,8 +200,8 @@ def test_a_client_that_leaves_an_sse_stream_stops_its_generation(pod_front: Fron
         for line in raw.iter_lines():
             if line.startswith("data: "):
                 break  # first token: leave
-    engine = plane.cache._entries["llama"].model.engine
     wait_until(lambda: engine.busy() == 0, what="the generation to stop")
+    assert engine.tokens_generated - before < 100  # of the 120 it was asked for
 
 
 def test_openai_sdk_through_the_router_with_an_adapter(

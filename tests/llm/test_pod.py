@@ -178,14 +178,18 @@ def test_an_abandoned_stream_stops_its_generation(pod: RunningPod) -> None:
     request.inputs.add(
         name="sampling_parameters", datatype="BYTES", shape=[1]
     ).contents.bytes_contents.append(params)
-    stub = pod.v2
-    call = stub.ModelStreamInfer(iter([request]))
+    client = triton.InferenceServerClient(pod.address)  # loads it: the engine exists
+    client.infer("llama", _inputs("hello", None, max_tokens=1))
+    client.close()
+    call = pod.v2.ModelStreamInfer(iter([request]))
+    engine = pod.plane.cache._entries["llama"].model.engine
+    before = engine.tokens_generated
     first = next(call)
     assert not first.error_message
-    engine = pod.plane.cache._entries["llama"].model.engine
     assert engine.busy() == 1
     call.cancel()
     wait_until(lambda: engine.busy() == 0, what="the generation to stop")
+    assert engine.tokens_generated - before < 100  # of the 120 it was asked for
     text = pod.metrics_text()
     assert "mesh_pod_time_to_first_token_seconds_count" in text
 

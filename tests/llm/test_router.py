@@ -153,6 +153,7 @@ def test_a_client_leaving_a_routed_stream_stops_the_pods_generation(
         engine = holder.plane.cache._entries["gpt2"].model.engine
         call.cancel()
         wait_until(lambda: engine.busy() == 0, what="the pod's generation to stop")
+        assert engine.tokens_generated < 100  # of the 120 it was asked for
 
 
 def test_200_first_requests_over_two_routers_make_one_load(

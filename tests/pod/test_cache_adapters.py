@@ -3,6 +3,7 @@ base stays while any adapter on it is in use. Fake runtime: sizes are exact."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from pathlib import Path
 
@@ -67,7 +68,8 @@ async def test_a_base_stays_while_an_adapter_on_it_is_in_use(tmp_path: Path) -> 
     await cache.load(fake_source(tmp_path, "other", 4 * KB))
     held = cache.acquire("lora")  # the base itself is idle and least recently used
     assert held is not None
-    outcome = await cache.load(fake_source(tmp_path, "x", 4 * KB))
+    # (Were the base chosen, its unload would wait for the adapter's request: bounded here.)
+    outcome = await asyncio.wait_for(cache.load(fake_source(tmp_path, "x", 4 * KB)), 10)
     assert outcome.evicted == ("other",)
     assert cache.is_loaded("base") and cache.is_loaded("lora")
     with pytest.raises(CapacityExhausted):
