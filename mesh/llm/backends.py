@@ -27,8 +27,7 @@ from mesh.errors import MeshError
 from mesh.gen import grpc_predict_v2_pb2 as pb
 from mesh.llm.engine import Chunk, Stats
 from mesh.llm.params import SamplingParams
-from mesh.llm.v2 import CHAT_PARAMETER, TEXT_INPUT, TEXT_OUTPUT
-from mesh.runtimes.hf import TRANSFORMERS
+from mesh.llm.protocol import CHAT_PARAMETER, GENERATIVE_FORMAT, TEXT_INPUT, TEXT_OUTPUT
 
 Prompt = str | list[dict[str, Any]]
 
@@ -73,7 +72,7 @@ class PodBackend:
         view = self._plane.status()
         for m in view.models:
             source = self._plane.cache.source_of(m.model_id)
-            if source is not None and source.format == TRANSFORMERS:
+            if source is not None and source.format == GENERATIVE_FORMAT:
                 cards[m.model_id] = ModelCard(m.model_id, source.base, int(m.loaded_at))
         repository = self._plane.repository
         if repository is not None:
@@ -84,7 +83,7 @@ class PodBackend:
                     source = repository.resolve(name)
                 except MeshError:
                     continue
-                if source.format == TRANSFORMERS:
+                if source.format == GENERATIVE_FORMAT:
                     created = int(source.file.stat().st_mtime)
                     cards[name] = ModelCard(name, source.base, created)
         return sorted(cards.values(), key=lambda c: c.id)
@@ -108,7 +107,7 @@ class RouterBackend:
             (
                 ModelCard(r.model_id, r.base or None, int(r.registered_at))
                 for r in self._router.mirror.models.values()
-                if r.format == TRANSFORMERS
+                if r.format == GENERATIVE_FORMAT
             ),
             key=lambda c: c.id,
         )

@@ -37,7 +37,7 @@ from mesh.errors import InvalidRequest, MeshError, ModelNotFound
 from mesh.llm.backends import ModelCard, OpenGeneration, Prompt, TextBackend
 from mesh.llm.engine import Chunk
 from mesh.llm.params import SamplingParams
-from mesh.llm.v2 import check_messages
+from mesh.llm.protocol import check_messages
 
 log = logging.getLogger(__name__)
 

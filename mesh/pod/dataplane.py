@@ -33,13 +33,13 @@ from mesh.errors import (
 from mesh.gen import grpc_predict_v2_pb2 as pb
 from mesh.llm.engine import Chunk, Stats
 from mesh.llm.params import SamplingParams
-from mesh.llm.v2 import TextRequest, decode_text_request, is_generative, text_response
 from mesh.pod.batching import Batcher, BatchPolicy
 from mesh.pod.cache import CachedModel, CacheView, LoadOutcome, ModelCache, ModelSource
 from mesh.pod.codec import decode_request, encode_response
 from mesh.pod.devices import DeviceMemory
 from mesh.pod.metrics import PodMetrics
 from mesh.pod.repository import ModelRepository, check_model_id, source_for
+from mesh.pod.text import TextRequest, decode_text_request, is_generative, text_response
 from mesh.runtimes.base import Device, LoadedModel
 from mesh.runtimes.registry import RuntimeRegistry
 from mesh.tensors import Signature

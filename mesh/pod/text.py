@@ -1,4 +1,4 @@
-"""Generative requests in v2 tensors: the convention of Triton's LLM backends.
+"""Generative requests in v2 tensors (the pod's side): the convention of Triton's LLM backends.
 
 Inputs: `text_input` (BYTES, one element: the prompt), and optionally `stream` (BOOL),
 `sampling_parameters` (BYTES: a JSON object of SamplingParams' keys) and
@@ -23,20 +23,16 @@ from mesh.errors import InvalidRequest
 from mesh.gen import grpc_predict_v2_pb2 as pb
 from mesh.llm.engine import Chunk
 from mesh.llm.params import SamplingParams
+from mesh.llm.protocol import CHAT_PARAMETER, TEXT_INPUT, TEXT_OUTPUT, parse_messages
 from mesh.pod.codec import decode_request, encode_response
 from mesh.tensors import Signature, TensorSpec
 
-TEXT_INPUT = "text_input"
-TEXT_OUTPUT = "text_output"
 _OPTIONAL = {
     "stream": TensorSpec("stream", "BOOL", (-1,)),
     "sampling_parameters": TensorSpec("sampling_parameters", "BYTES", (-1,)),
     "exclude_input_in_output": TensorSpec("exclude_input_in_output", "BOOL", (-1,)),
 }
 _TEXT = TensorSpec(TEXT_INPUT, "BYTES", (-1,))
-
-
-CHAT_PARAMETER = "mesh_chat"
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,36 +80,6 @@ def decode_text_request(request: pb.ModelInferRequest) -> TextRequest:
         else True
     )
     return TextRequest(prompt_or_chat, SamplingParams.parse(raw), stream, not exclude)
-
-
-def parse_messages(text: str) -> list[dict[str, Any]]:
-    """Chat messages as JSON: a list of {"role": str, "content": str}."""
-    try:
-        messages = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InvalidRequest(f"chat messages are not JSON: {exc}") from None
-    return check_messages(messages)
-
-
-def check_messages(messages: Any) -> list[dict[str, Any]]:
-    if not isinstance(messages, list) or not messages:
-        raise InvalidRequest("messages must be a non-empty list")
-    checked = []
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict):
-            raise InvalidRequest(f"messages[{i}] must be an object")
-        role, content = message.get("role"), message.get("content")
-        if not isinstance(role, str) or not role:
-            raise InvalidRequest(f"messages[{i}].role must be a string")
-        if isinstance(content, list):  # OpenAI's content parts: text parts only
-            texts = [p.get("text") for p in content if isinstance(p, dict)]
-            if any(not isinstance(t, str) for t in texts) or len(texts) != len(content):
-                raise InvalidRequest(f"messages[{i}].content: only text parts are supported")
-            content = "".join(t for t in texts if isinstance(t, str))
-        if not isinstance(content, str):
-            raise InvalidRequest(f"messages[{i}].content must be a string")
-        checked.append({"role": role, "content": content})
-    return checked
 
 
 def text_response(
