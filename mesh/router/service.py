@@ -113,7 +113,13 @@ class RouterInference:
                 if not name:
                     raise InvalidRequest("the request names no model (model_name or mm-model-id)")
                 model_id = self._router.resolve(name)
+                first = True
                 async for message in self._router.stream(data, model_id, _timeout(context)):
+                    if self._metrics is not None:
+                        if first:
+                            self._metrics.stream_first.observe(time.perf_counter() - started)
+                        self._metrics.stream_responses.inc()
+                    first = False
                     await out.put(message)
             except PodAnswer as answer:
                 status = answer.code.name

@@ -89,6 +89,10 @@ def test_stream_through_the_router_loads_on_a_miss_and_streams_tokens(
                 "this is a tiny language model",
             ]
             assert all(len(by_id[i]) > 3 for i in "01")  # forwarded token by token
+            from prometheus_client import generate_latest
+
+            metrics = generate_latest(router.server.registry).decode()
+            assert "mesh_router_stream_first_response_seconds_count 2.0" in metrics
             whole = client.infer("llama", _inputs("the mesh", None, temperature=0))
             assert _text(whole) == "serves many models on few machines"
             assert len(_holders(pods, "llama")) == 1
