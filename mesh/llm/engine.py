@@ -1,7 +1,7 @@
 """Token generation for one causal LM, with concurrent requests batched step by step.
 
 One engine thread per loaded model owns the model and runs a loop: admit waiting requests (each
-prefilled alone, then merged into the running batch), then one decode step for every running
+prefilled together, then merged into the running batch), then one decode step for every running
 sequence in a single forward pass, then hand each sequence its token. A request joins at the
 next step and leaves as soon as it ends, so short requests never wait for long ones: this is
 step-wise (iteration-level) continuous batching, as Orca describes it, over Hugging Face's own
@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import inspect
 import itertools
 import logging
@@ -117,6 +118,8 @@ class Engine:
         self.kv_tokens = kv_tokens
         self.context = context
         self.eos_ids = frozenset(eos_ids)
+        pad = getattr(tokenizer, "pad_token_id", None)
+        self.pad_id = pad if isinstance(pad, int) else 0  # masked out: any id will do
         self.device = device
         self.adapters: set[str] = set()  # adapters attached to this base
         self._cond = threading.Condition()
@@ -231,8 +234,8 @@ class Engine:
                     except BaseException as exc:
                         future.set_exception(exc)
                 self._drop(lambda s: s.cancelled, "cancelled")
-                for seq in admitted:
-                    self._guarded(lambda seq=seq: self._prefill(seq), [seq])  # type: ignore[misc]
+                if admitted:
+                    self._guarded(functools.partial(self._prefill, admitted), admitted)
                 if self._rows:
                     self._guarded(self._step, list(self._rows))
             self._fail_all(Unavailable(f"model {self.name!r} was unloaded"))
@@ -283,14 +286,26 @@ class Engine:
             kwargs["adapter_names"] = [s.adapter or BASE_ADAPTER for s in rows]
         return self.model(use_cache=True, **kwargs)
 
-    def _prefill(self, seq: Sequence_) -> None:
+    def _prefill(self, seqs: list[Sequence_]) -> None:
+        """Prompts admitted together, in one forward pass (left-padded), then into the batch."""
         import torch
 
-        ids = torch.tensor([seq.prompt], dtype=torch.long, device=self.device)
-        out = self._forward([seq], input_ids=ids)
-        token = self._pick(seq, out.logits[0, -1])
-        self._merge(seq, _cache_of(out), len(seq.prompt))
-        self._accept(seq, token)
+        width = max(len(s.prompt) for s in seqs)
+        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long, device=self.device)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long, device=self.device)
+        for i, seq in enumerate(seqs):
+            ids[i, width - len(seq.prompt) :] = torch.tensor(seq.prompt, dtype=torch.long)
+            mask[i, width - len(seq.prompt) :] = 1
+        if len(seqs) == 1:
+            out = self._forward(seqs, input_ids=ids)
+        else:
+            positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+            out = self._forward(seqs, input_ids=ids, attention_mask=mask, position_ids=positions)
+        logits = out.logits[:, -1]
+        tokens = [self._pick(seq, logits[i]) for i, seq in enumerate(seqs)]
+        self._merge(seqs, _cache_of(out), mask)
+        for seq, token in zip(seqs, tokens, strict=True):
+            self._accept(seq, token)
         self._drop(lambda s: s.done, None)
 
     def _step(self) -> None:
@@ -315,16 +330,15 @@ class Engine:
                 self._accept(seq, self._pick(seq, logits[i]))
         self._drop(lambda s: s.done, None)
 
-    def _merge(self, seq: Sequence_, cache: Any, length: int) -> None:
-        """Add one prefilled sequence's cache to the batch's, left-padding the shorter."""
+    def _merge(self, seqs: list[Sequence_], cache: Any, mask: Any) -> None:
+        """Add prefilled sequences' cache to the batch's, left-padding the shorter."""
         import torch
         import torch.nn.functional as F
 
-        mask = torch.ones((1, length), dtype=torch.long, device=self.device)
         if self._cache is None or not self._rows:
-            self._cache, self._mask, self._rows = cache, mask, [seq]
+            self._cache, self._mask, self._rows = cache, mask, list(seqs)
             return
-        width = self._mask.shape[1]
+        width, length = self._mask.shape[1], mask.shape[1]
         target = max(width, length)
         for mine, theirs in zip(self._cache.layers, cache.layers, strict=True):
             mine.keys = torch.cat([_pad(mine.keys, target), _pad(theirs.keys, target)], dim=0)
@@ -332,7 +346,7 @@ class Engine:
         self._mask = torch.cat(
             [F.pad(self._mask, (target - width, 0)), F.pad(mask, (target - length, 0))], dim=0
         )
-        self._rows.append(seq)
+        self._rows.extend(seqs)
 
     def _drop(self, leaves: Callable[[Sequence_], bool], reason: str | None) -> None:
         """Take the rows that `leaves` out of the batch; trim padding nobody needs."""
