@@ -244,7 +244,7 @@ def bench_adapters(storage: Path, n: int) -> dict[str, Any]:
     def load(name: str, marker: Path, base: Any = None) -> tuple[Any, float, int]:
         gc.collect()
         before, started = rss(), time.perf_counter()
-        model = runtime.load(LoadRequest(name, marker, ModelConfig(), {}, Device(), base))
+        model = runtime.load(LoadRequest(name, marker, ModelConfig(), {}, Device(), base=base))
         seconds = time.perf_counter() - started
         # safetensors maps weights lazily: one token touches them all, as serving would.
         model.complete(model.encode(PROMPT), one)

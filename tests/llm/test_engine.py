@@ -23,7 +23,7 @@ def _load(directory: Path, name: str, base: Any = None, **options: str) -> Gener
     runtime = TransformersRuntime()
     runtime.warm_up()
     marker = "adapter_config.json" if base is not None else "config.json"
-    request = LoadRequest(name, directory / marker, ModelConfig(), options, Device(), base)
+    request = LoadRequest(name, directory / marker, ModelConfig(), options, Device(), base=base)
     return runtime.load(request)
 
 
