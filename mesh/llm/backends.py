@@ -25,7 +25,7 @@ import grpc
 
 from mesh.errors import MeshError
 from mesh.gen import grpc_predict_v2_pb2 as pb
-from mesh.llm.engine import Chunk, Stats
+from mesh.llm.chunks import Chunk, Stats
 from mesh.llm.params import SamplingParams
 from mesh.llm.protocol import CHAT_PARAMETER, GENERATIVE_FORMAT, TEXT_INPUT, TEXT_OUTPUT
 

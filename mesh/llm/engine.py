@@ -40,32 +40,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mesh.errors import InvalidRequest, MeshError, RuntimeFailure, Unavailable
+from mesh.llm.chunks import Chunk, Stats
 from mesh.llm.params import SamplingParams
 
 log = logging.getLogger(__name__)
 
 BASE_ADAPTER = "__base__"  # peft's name for "no adapter" in a mixed batch
-
-
-@dataclass(frozen=True, slots=True)
-class Stats:
-    """One finished request's timings, for metrics and `usage`."""
-
-    prompt_tokens: int
-    completion_tokens: int
-    queue_seconds: float
-    first_token_seconds: float  # submit to first token
-    decode_seconds: float  # first token to last
-
-
-@dataclass(frozen=True, slots=True)
-class Chunk:
-    """New text of one request. The last chunk has a finish_reason and stats."""
-
-    text: str
-    token_ids: tuple[int, ...]
-    finish_reason: str | None = None  # "stop", "length" or "cancelled"
-    stats: Stats | None = None
 
 
 Emit = Callable[[Chunk | BaseException], None]

@@ -35,7 +35,7 @@ from aiohttp import web
 
 from mesh.errors import InvalidRequest, MeshError, ModelNotFound
 from mesh.llm.backends import ModelCard, OpenGeneration, Prompt, TextBackend
-from mesh.llm.engine import Chunk
+from mesh.llm.chunks import Chunk
 from mesh.llm.params import SamplingParams
 from mesh.llm.protocol import check_messages
 

@@ -31,7 +31,7 @@ from mesh.errors import (
     Unavailable,
 )
 from mesh.gen import grpc_predict_v2_pb2 as pb
-from mesh.llm.engine import Chunk, Stats
+from mesh.llm.chunks import Chunk, Stats
 from mesh.llm.params import SamplingParams
 from mesh.pod.batching import Batcher, BatchPolicy
 from mesh.pod.cache import CachedModel, CacheView, LoadOutcome, ModelCache, ModelSource

@@ -21,7 +21,7 @@ import numpy as np
 
 from mesh.errors import InvalidRequest
 from mesh.gen import grpc_predict_v2_pb2 as pb
-from mesh.llm.engine import Chunk
+from mesh.llm.chunks import Chunk
 from mesh.llm.params import SamplingParams
 from mesh.llm.protocol import CHAT_PARAMETER, TEXT_INPUT, TEXT_OUTPUT, parse_messages
 from mesh.pod.codec import decode_request, encode_response

@@ -23,7 +23,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from mesh.errors import InvalidRequest, ModelNotReady
-from mesh.llm.engine import AsyncStream, Chunk, Engine, collect
+from mesh.llm.chunks import Chunk
+from mesh.llm.engine import AsyncStream, Engine, collect
 from mesh.llm.params import SamplingParams
 from mesh.runtimes.base import LoadRequest, int_option
 from mesh.runtimes.hf import ADAPTER_CONFIG, TRANSFORMERS

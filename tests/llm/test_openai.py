@@ -257,3 +257,14 @@ def test_openai_sdk_through_the_router_with_an_adapter(
             assert "top_p" in err.value.response.json()["error"]["message"]
         finally:
             router.run(runner.cleanup())
+
+
+def test_a_standalone_pods_rest_port_serves_the_openai_routes(llm_dir: Path) -> None:
+    with running_pod(models=llm_dir, rest_port=0) as pod:
+        base = f"http://127.0.0.1:{pod.server.rest_port}"
+        sdk = openai.OpenAI(base_url=f"{base}/openai/v1", api_key="unused", max_retries=0)
+        stream = sdk.completions.create(
+            model="gpt2", prompt="the mesh", max_tokens=12, stream=True, **GREEDY
+        )
+        assert "".join(c.choices[0].text for c in stream) == "serves many models on few machines"
+        assert httpx.get(f"{base}/v2/health/ready").status_code == 200  # v2 REST beside it
