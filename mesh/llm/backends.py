@@ -51,8 +51,9 @@ class TextBackend(Protocol):
     async def models(self) -> list[ModelCard]: ...
 
 
-class StatusError(MeshError):
-    """An error a pod answered on a stream, with its gRPC status."""
+class StatusError(Exception):
+    """An error a pod answered on a stream, with its gRPC status (passed on as it came, as the
+    router's PodAnswer is: the HTTP routes map `code`)."""
 
     def __init__(self, code: grpc.StatusCode, message: str) -> None:
         super().__init__(message)

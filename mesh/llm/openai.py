@@ -109,7 +109,8 @@ def _guard(handler: Handler) -> Handler:
             status, body = _error_of(exc)
             return _json(body, status)
         except Exception as exc:
-            log.exception("%s %s failed", request.method, request.path)
+            if not isinstance(getattr(exc, "code", None), grpc.StatusCode):
+                log.exception("%s %s failed", request.method, request.path)
             status, body = _error_of(exc)
             return _json(body, status)
 
@@ -397,7 +398,7 @@ async def _pump(
         except (ConnectionError, RuntimeError):
             raise  # the client went away: nothing more to send
         except Exception as exc:
-            if not isinstance(exc, MeshError):
+            if not isinstance(getattr(exc, "code", None), grpc.StatusCode):
                 log.exception("a stream failed")
             _, body = _error_of(exc)
             await sse.send(body)
