@@ -13,6 +13,7 @@ import grpc
 import pytest
 import tritonclient.grpc as triton
 
+from mesh import cli
 from mesh.gen import grpc_predict_v2_pb2 as pb
 from mesh.gen import management_pb2 as mpb
 from mesh.pod.artifacts import DirectoryArtifacts
@@ -115,7 +116,11 @@ def test_adapters_are_served_beside_their_base_on_one_pod(
     with running_router(etcd=etcd.url, etcd_prefix=prefix) as router:
         _register(router, "llama", "llama")
         router.run(router.server.mirror.wait_for(lambda m: "llama" in m.models))
-        _register(router, "llama-lora", "llama-lora", base="llama")
+        # The adapter through `mesh register --base`, as an operator would.
+        assert cli.main(
+            ["register", "llama-lora", "--format", "transformers", "--storage-path",
+             "llama-lora", "--base", "llama", "--router", router.address]
+        ) == 0  # fmt: skip
         with pytest.raises(grpc.RpcError) as err:
             _register(router, "orphan", "llama-lora", base="missing")
         assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
