@@ -64,7 +64,7 @@ class Management:
         if o.min_copies < 0 or o.max_copies < 0 or (o.max_copies and o.min_copies > o.max_copies):
             raise InvalidRequest(f"model {request.model_id!r}: copies must satisfy 0 <= min <= max")
         if request.base:
-            check_model_id(request.base)
+            check_id(request.base, "base model id")
             if request.base == request.model_id:
                 raise InvalidRequest(f"model {request.model_id!r} names itself as its base")
             base = self._mirror.models.get(request.base)
