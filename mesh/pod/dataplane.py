@@ -9,7 +9,6 @@ in parallel.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import enum
 import logging
 import time
@@ -301,9 +300,7 @@ class DataPlane:
         if demoted is not None:  # in the host tier: a promotion, with no pull
             return await self.cache.load(demoted, retry_failed=True)
         if path:
-            source = _with_base(
-                source_for(model_id, Path(path), self.runtimes, format, options), base
-            )
+            source = source_for(model_id, Path(path), self.runtimes, format, options, base)
             return await self._load_source(source, retry_failed=True)
         if not storage_path:
             raise InvalidRequest(f"model {model_id!r}: give a path or a storage_path")
@@ -323,8 +320,8 @@ class DataPlane:
         local = await self.artifacts.pull(model_id, storage_key, storage_path, pull_options)
         self._pulled.add(model_id)
         try:
-            source = source_for(model_id, Path(local), self.runtimes, format, options)
-            return await self._load_source(_with_base(source, base), retry_failed=True)
+            source = source_for(model_id, Path(local), self.runtimes, format, options, base)
+            return await self._load_source(source, retry_failed=True)
         except BaseException:
             if self.cache.source_of(model_id) is None:
                 self._release(model_id)
@@ -436,16 +433,6 @@ class DataPlane:
     def _leave(self) -> None:
         if self._metrics is not None:
             self._metrics.in_flight.dec()
-
-
-def _with_base(source: ModelSource, base: str | None) -> ModelSource:
-    """The base a router named for an adapter wins over what the adapter's files say."""
-    if not base:
-        return source
-    check_model_id(base)
-    if source.base is None:
-        raise InvalidRequest(f"model {source.model_id!r} is not an adapter but was given a base")
-    return dataclasses.replace(source, base=base)
 
 
 TextPrompt = str | Sequence[Mapping[str, Any]]  # a prompt, or chat messages
