@@ -53,10 +53,13 @@ class TopModels:
         self.labelled: set[str] = set()
         self._next = clock() + interval
 
-    def label(self, model: str) -> str:
+    def label(self, model: str, count: bool = True) -> str:
+        """The model's label; `count=False` for a second series of one request (it does not
+        count the request again towards the K busiest)."""
         if self.k == 0:
             return OTHER
-        self._counts[model] += 1
+        if count:
+            self._counts[model] += 1
         if self._clock() >= self._next:
             self._rotate()
         if model in self.labelled:
@@ -215,33 +218,10 @@ class PodMetrics:
         self.in_flight = Gauge(
             "mesh_pod_inference_in_flight", "Inference requests in flight", registry=registry
         )
-        self.top = TopModels(top_models, top_interval, self._forget_model, clock)
-        if top_models:
-            self.model_requests = Counter(
-                "mesh_pod_model_requests",
-                f"Inference requests of the pod's {top_models} busiest models by gRPC status "
-                f"(the rest as model={OTHER!r})",
-                ["model", "status"],
-                registry=registry,
-            )
-            self.model_latency = Histogram(
-                "mesh_pod_model_inference_seconds",
-                f"Inference latency of the pod's {top_models} busiest models "
-                f"(the rest as model={OTHER!r})",
-                ["model"],
-                buckets=_LATENCY_BUCKETS,
-                registry=registry,
-            )
-        self._statuses: dict[str, set[str]] = collections.defaultdict(set)
-
-    def _forget_model(self, model: str) -> None:
-        for status in self._statuses.pop(model, ()):
-            self.model_requests.remove(model, status)
-        with contextlib.suppress(KeyError):  # no successful request yet: no latency series
-            self.model_latency.remove(model)
-
-        # Generative models. Their label is the model only with per-model labels (as above).
-        gen_labels = ["model"] if per_model else []
+        # Generative models, labelled as the requests are: every model with per-model labels,
+        # else the top-K busiest (the rest as "other"), else none.
+        self._gen_labelled = bool(per_model or top_models)
+        gen_labels = ["model"] if self._gen_labelled else []
         self.time_to_first_token = Histogram(
             "mesh_pod_time_to_first_token_seconds",
             "Generative requests: from arrival to the first token",
@@ -272,12 +252,52 @@ class PodMetrics:
         self.prompt_tokens = Counter(
             "mesh_pod_prompt_tokens", "Prompt tokens processed", gen_labels, registry=registry
         )
+        self.top = TopModels(top_models, top_interval, self._forget_model, clock)
+        if top_models:
+            self.model_requests = Counter(
+                "mesh_pod_model_requests",
+                f"Inference requests of the pod's {top_models} busiest models by gRPC status "
+                f"(the rest as model={OTHER!r})",
+                ["model", "status"],
+                registry=registry,
+            )
+            self.model_latency = Histogram(
+                "mesh_pod_model_inference_seconds",
+                f"Inference latency of the pod's {top_models} busiest models "
+                f"(the rest as model={OTHER!r})",
+                ["model"],
+                buckets=_LATENCY_BUCKETS,
+                registry=registry,
+            )
+        self._statuses: dict[str, set[str]] = collections.defaultdict(set)
+
+    def _forget_model(self, model: str) -> None:
+        for status in self._statuses.pop(model, ()):
+            self.model_requests.remove(model, status)
+        with contextlib.suppress(KeyError):  # no successful request yet: no latency series
+            self.model_latency.remove(model)
+        if not self.per_model:
+            for metric in self._generation_metrics():
+                with contextlib.suppress(KeyError):  # not a generative model
+                    metric.remove(model)
+
+    def _generation_metrics(self) -> tuple[Any, ...]:
+        return (
+            self.time_to_first_token,
+            self.time_per_output_token,
+            self.generation_queue,
+            self.output_tokens,
+            self.prompt_tokens,
+        )
 
     def observe_generation(self, model: str, stats: Any) -> None:
         """One finished generative request (mesh.llm.engine.Stats)."""
 
+        # The request itself counts the model towards the top K (observe_request).
+        label = model if self.per_model else self.top.label(model, count=False)
+
         def of(metric: Any) -> Any:
-            return metric.labels(model) if self.per_model else metric
+            return metric.labels(label) if self._gen_labelled else metric
 
         of(self.time_to_first_token).observe(stats.first_token_seconds)
         if stats.completion_tokens > 1:

@@ -92,7 +92,9 @@ def _text(result: Any) -> str:
     return "".join(x.decode() for x in result.as_numpy("text_output").reshape(-1))
 
 
-def test_triton_stream_sends_tokens_as_they_come(client: triton.InferenceServerClient) -> None:
+def test_triton_stream_sends_tokens_as_they_come(
+    client: triton.InferenceServerClient, pod: RunningPod
+) -> None:
     prompts = ["the quick brown", "hello world", "the mesh"]
     greedy = {"temperature": 0, "max_tokens": 12}
     by_id = _stream(client, "llama", [_inputs(p, True, **greedy) for p in prompts])
@@ -108,6 +110,10 @@ def test_triton_stream_sends_tokens_as_they_come(client: triton.InferenceServerC
         last = responses[-1].get_response().parameters
         assert last["finish_reason"].string_param == "stop"
         assert last["completion_tokens"].int64_param == 7
+    # Tokens and time to first token by model (the pod's top-K label, bounded).
+    metrics = pod.metrics_text()
+    assert 'mesh_pod_output_tokens_total{model="llama"} 21.0' in metrics
+    assert 'mesh_pod_time_to_first_token_seconds_count{model="llama"} 3.0' in metrics
 
 
 def test_model_infer_on_a_generative_model_returns_the_whole_text(
