@@ -167,6 +167,7 @@ def add_admin_parsers(sub: Any) -> None:
     p.add_argument("--min-copies", type=int, default=0, help="copies kept loaded when idle")
     p.add_argument("--max-copies", type=int, default=0, help="most copies (0: no bound)")
     p.add_argument("--load-now", action="store_true", help="return once a copy is loaded")
+    p.add_argument("--base", default="", help="a LoRA adapter's base model (registered)")
     p = sub.add_parser(
         "unregister", help="unregister a model", description="Forget a model, unload it."
     )
@@ -232,6 +233,7 @@ def _call(stub: Any, args: argparse.Namespace, settings: AdminSettings) -> Any:
             mpb.RegisterModelRequest(
                 model_id=args.model_id, format=args.format, storage_key=args.storage_key,
                 storage_path=args.storage_path, options=options, load_now=args.load_now,
+                base=args.base,
             ),
             **kw,
         )  # fmt: skip

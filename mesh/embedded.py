@@ -44,9 +44,10 @@ async def register_directory(store: MemoryStore, keys: Keys, models: Path) -> li
             log.warning("skipping %s: %s", name, exc)
             continue
         path = source.file.parent if source.file.parent != models else source.file
+        # An adapter names its base: the router loads it beside the base.
         record = ModelRecord(
             name, source.format, storage_path=str(path.relative_to(models)),
-            registered_at=time.time(),
+            registered_at=time.time(), base=source.base or "",
         )  # fmt: skip
         await store.put(keys.model(name), encode(record))
         registered.append(name)

@@ -26,10 +26,13 @@ else:
 
 
 def service_handler(
-    service: str, methods: Mapping[str, tuple[Handler, type[Any], type[Any]]]
+    service: str,
+    methods: Mapping[str, tuple[Handler, type[Any], type[Any]]],
+    streams: Mapping[str, MethodHandler] | None = None,
 ) -> grpc.GenericRpcHandler:
-    """Register `{method: (coroutine, request type, response type)}` as `service`."""
-    handlers = {
+    """Register `{method: (coroutine, request type, response type)}` as `service`, and
+    streaming methods as given."""
+    handlers: dict[str, Any] = {
         name: grpc.unary_unary_rpc_method_handler(
             handler,
             request_deserializer=request_type.FromString,
@@ -37,6 +40,7 @@ def service_handler(
         )
         for name, (handler, request_type, response_type) in methods.items()
     }
+    handlers.update(streams or {})
     return grpc.method_handlers_generic_handler(service, handlers)
 
 

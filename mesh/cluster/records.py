@@ -47,6 +47,8 @@ class ModelRecord:
     # Runtime options passed to LoadModel.
     options: Mapping[str, str] = field(default_factory=dict)
     registered_at: float = 0.0
+    # A LoRA adapter's base model id: the adapter is loaded on a pod holding the base.
+    base: str = ""
     version: int = SCHEMA_VERSION
 
 

@@ -45,20 +45,22 @@ class ModelOptions(_message.Message):
     def __init__(self, min_copies: _Optional[int] = ..., max_copies: _Optional[int] = ..., pinned_pods: _Optional[_Iterable[str]] = ..., required_labels: _Optional[_Mapping[str, str]] = ..., runtime_options: _Optional[_Mapping[str, str]] = ..., size_estimate: _Optional[int] = ..., preferred_labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class RegisterModelRequest(_message.Message):
-    __slots__ = ("model_id", "format", "storage_key", "storage_path", "options", "load_now")
+    __slots__ = ("model_id", "format", "storage_key", "storage_path", "options", "load_now", "base")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     STORAGE_KEY_FIELD_NUMBER: _ClassVar[int]
     STORAGE_PATH_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
     LOAD_NOW_FIELD_NUMBER: _ClassVar[int]
+    BASE_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     format: str
     storage_key: str
     storage_path: str
     options: ModelOptions
     load_now: bool
-    def __init__(self, model_id: _Optional[str] = ..., format: _Optional[str] = ..., storage_key: _Optional[str] = ..., storage_path: _Optional[str] = ..., options: _Optional[_Union[ModelOptions, _Mapping]] = ..., load_now: bool = ...) -> None: ...
+    base: str
+    def __init__(self, model_id: _Optional[str] = ..., format: _Optional[str] = ..., storage_key: _Optional[str] = ..., storage_path: _Optional[str] = ..., options: _Optional[_Union[ModelOptions, _Mapping]] = ..., load_now: bool = ..., base: _Optional[str] = ...) -> None: ...
 
 class UnregisterModelRequest(_message.Message):
     __slots__ = ("model_id",)

@@ -45,6 +45,7 @@ from mesh.errors import (
     MeshError,
     ModelLoadFailed,
     ModelNotFound,
+    ModelNotReady,
 )
 from mesh.placement.eviction import Candidate, choose_victims
 from mesh.pod.batching import BatchPolicy, runtime_options
@@ -72,9 +73,15 @@ class ModelSource:
     file: Path
     config: ModelConfig = field(default_factory=ModelConfig)
     options: Mapping[str, str] = field(default_factory=dict)
+    # The model is its file's whole directory (a Hugging Face layout), not the file alone.
+    directory: bool = False
+    # An adapter's base model id: loaded first, on this pod, and kept while the adapter is.
+    base: str | None = None
 
     def disk_bytes(self) -> int:
         try:
+            if self.directory:
+                return sum(p.stat().st_size for p in self.file.parent.iterdir() if p.is_file())
             return self.file.stat().st_size
         except OSError:
             return 0
@@ -90,6 +97,7 @@ class CachedModel:
     """One model's place in the cache. Mutated only on the event loop."""
 
     __slots__ = (
+        "dependents",
         "error",
         "estimated",
         "gone",
@@ -126,6 +134,7 @@ class CachedModel:
         self.settled = asyncio.Event()  # the load ended, either way
         self.gone = asyncio.Event()  # the model left the cache
         self.idle: asyncio.Event | None = None  # set when in_flight drops to 0, while unloading
+        self.dependents: set[str] = set()  # adapters loaded on this base
 
 
 @dataclass(frozen=True, slots=True)
@@ -354,11 +363,20 @@ class ModelCache:
             raise ModelNotFound(f"model {model_id!r}: no model file at {source.file}")
         else:
             estimated = self.estimate(source)
-        victims = self._plan(model_id, estimated)
+        base = None
+        if source.base is not None:
+            base = self._entries.get(source.base)
+            if base is None or base.state is not State.LOADED:
+                raise ModelNotReady(
+                    f"adapter {model_id!r}: its base model {source.base!r} is not loaded here"
+                )
+        victims = self._plan(model_id, estimated, keep=source.base)
 
         now = self._clock()
         entry = CachedModel(source, estimated, now)
         self._entries[model_id] = entry
+        if base is not None:
+            base.dependents.add(model_id)
         for victim in victims:
             victim.state = State.UNLOADING
         self._state_changed()
@@ -377,7 +395,17 @@ class ModelCache:
         try:
             evicted = [v.model_id for v in victims]
             await asyncio.gather(*(self._unload(v, "capacity") for v in victims))
-            request = LoadRequest(model_id, source.file, source.config, options, self._device)
+            base = self._entries.get(source.base) if source.base is not None else None
+            if source.base is not None and (base is None or base.model is None):
+                raise ModelNotReady(f"adapter {model_id!r}: its base {source.base!r} went away")
+            request = LoadRequest(
+                model_id,
+                source.file,
+                source.config,
+                options,
+                self._device,
+                base=base.model if base is not None else None,
+            )
             model, measured, host_measured = await self._run_load(entry, load, request)
             entry.model = model
             entry.measured = measured
@@ -388,7 +416,7 @@ class ModelCache:
             )
             if measured is not None and promoting is None:
                 self._learn(source, measured)
-            evicted += await self._fit_after_load(entry)
+            evicted += await self._fit_after_load(entry, keep=source.base)
         except BaseException as exc:
             if promoting is not None:
                 _release_copy(promoting, model_id)
@@ -430,11 +458,23 @@ class ModelCache:
             promoted=promoting is not None,
         )
 
-    def _plan(self, model_id: str, need_bytes: int, *, charged: bool = False) -> list[CachedModel]:
+    def _plan(
+        self,
+        model_id: str,
+        need_bytes: int,
+        *,
+        charged: bool = False,
+        keep: str | None = None,
+    ) -> list[CachedModel]:
         """Victims to unload so that a model of `need_bytes` fits; CapacityExhausted if none do.
 
         `charged`: the model is already counted in `used` (a load measured larger than its
         estimate), so only the excess must go, and the model itself is no candidate.
+        `keep`: a model that must stay (the base of the adapter being loaded).
+
+        A base and its adapters are one candidate: its size is theirs together, it is in use
+        while any of them is, and it was used when any of them last was; an adapter is also a
+        candidate of its own.
         """
         if need_bytes > self.capacity:
             raise CapacityExhausted(
@@ -446,9 +486,11 @@ class ModelCache:
         if need <= 0:
             return []
         loaded = [
-            e for e in self._entries.values() if e.state is State.LOADED and e.model_id != model_id
+            e
+            for e in self._entries.values()
+            if e.state is State.LOADED and e.model_id != model_id and e.model_id != keep
         ]
-        candidates = [Candidate(e.model_id, e.size, e.last_used, e.in_flight) for e in loaded]
+        candidates = [self._candidate(e) for e in loaded]
         now = self._clock()
         chosen = choose_victims(candidates, need, now, self._min_age)
         if chosen is None:
@@ -465,13 +507,25 @@ class ModelCache:
                 f"{self._min_age:g}s cannot be evicted)"
             )
         by_id = {e.model_id: e for e in loaded}
-        return [by_id[m] for m in chosen]
+        victims = [by_id[m] for m in chosen]
+        bases = {v.model_id for v in victims}
+        # An adapter whose base goes is unloaded with its base (first), not on its own.
+        return [v for v in victims if v.source.base not in bases]
 
-    async def _fit_after_load(self, entry: CachedModel) -> list[str]:
+    def _candidate(self, entry: CachedModel) -> Candidate:
+        group = [entry, *(self._entries[d] for d in entry.dependents if d in self._entries)]
+        return Candidate(
+            entry.model_id,
+            sum(e.size for e in group),
+            max(e.last_used for e in group),
+            sum(e.in_flight for e in group),
+        )
+
+    async def _fit_after_load(self, entry: CachedModel, keep: str | None = None) -> list[str]:
         """The measured size may exceed the estimate: evict more, or give the model up."""
         if self.used <= self.capacity:
             return []
-        victims = self._plan(entry.model_id, entry.size, charged=True)
+        victims = self._plan(entry.model_id, entry.size, charged=True, keep=keep)
         for victim in victims:
             victim.state = State.UNLOADING
         await asyncio.gather(*(self._unload(v, "capacity") for v in victims))
@@ -556,6 +610,8 @@ class ModelCache:
             )
         entry.error = error
         self._entries.pop(entry.model_id, None)
+        if entry.source.base is not None and entry.source.base in self._entries:
+            self._entries[entry.source.base].dependents.discard(entry.model_id)
         if not isinstance(error, CapacityExhausted) and not isinstance(exc, asyncio.CancelledError):
             self._failures[entry.model_id] = Failure(
                 entry.model_id,
@@ -605,6 +661,15 @@ class ModelCache:
 
     async def _unload(self, entry: CachedModel, reason: str) -> None:
         started = time.perf_counter()
+        dependents = [self._entries[d] for d in entry.dependents if d in self._entries]
+        if dependents:
+            # A base's adapters go first: they run inside it.
+            for dep in dependents:
+                if dep.state is State.LOADED:
+                    dep.state = State.UNLOADING
+            await asyncio.gather(
+                *(self._unload(d, reason) for d in dependents if d.state is State.UNLOADING)
+            )
         if entry.in_flight:
             entry.idle = asyncio.Event()
             await entry.idle.wait()
@@ -628,6 +693,8 @@ class ModelCache:
                 await loop.run_in_executor(self._unload_pool, self._closed, model, entry)
         finally:
             self._entries.pop(entry.model_id, None)
+            if entry.source.base is not None and entry.source.base in self._entries:
+                self._entries[entry.source.base].dependents.discard(entry.model_id)
             entry.gone.set()
             self._gone(entry.model_id)
             if self._metrics is not None:

@@ -12,10 +12,10 @@ import asyncio
 import enum
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import grpc  # only for status names in metrics
 from google.protobuf.message import DecodeError
@@ -30,12 +30,15 @@ from mesh.errors import (
     Unavailable,
 )
 from mesh.gen import grpc_predict_v2_pb2 as pb
+from mesh.llm.chunks import Chunk, Stats
+from mesh.llm.params import SamplingParams
 from mesh.pod.batching import Batcher, BatchPolicy
 from mesh.pod.cache import CachedModel, CacheView, LoadOutcome, ModelCache, ModelSource
 from mesh.pod.codec import decode_request, encode_response
 from mesh.pod.devices import DeviceMemory
 from mesh.pod.metrics import PodMetrics
 from mesh.pod.repository import ModelRepository, check_model_id, source_for
+from mesh.pod.text import TextRequest, decode_text_request, is_generative, text_response
 from mesh.runtimes.base import Device, LoadedModel
 from mesh.runtimes.registry import RuntimeRegistry
 from mesh.tensors import Signature
@@ -45,6 +48,8 @@ log = logging.getLogger(__name__)
 SERVER_NAME = "mesh"
 # Prefix of the model options that go to the puller rather than the runtime.
 STORAGE_OPTION = "storage."
+# The option a router sets on an adapter's LoadModel: its base, as registered in the mesh.
+BASE_OPTION = "adapter.base"
 # Attempts to get a model loaded and acquired: a just-loaded model can be evicted by another
 # load before this request takes it, when every other model is busy.
 _ACQUIRE_ATTEMPTS = 3
@@ -152,6 +157,8 @@ class DataPlane:
             entry = await self._acquire(name)
             try:
                 model = _model_of(entry)
+                if is_generative(model):
+                    return await self._infer_text(model, name, request)
                 batcher = self._batcher(entry, model)
                 if batcher is not None:
                     return await batcher.infer(request, name)
@@ -180,6 +187,98 @@ class DataPlane:
         response = await self.infer(request, name or None)
         return response.SerializeToString()
 
+    # -- generative models ---------------------------------------------------------------------
+
+    async def _infer_text(
+        self, model: Any, name: str, request: pb.ModelInferRequest
+    ) -> pb.ModelInferResponse:
+        """ModelInfer on a generative model: the whole text in one response."""
+        text_request = decode_text_request(request)
+        echo = text_request.echo and isinstance(text_request.prompt, str)
+        parts = [str(text_request.prompt)] if echo else []
+        last = None
+        async for chunk in self._stream(model, name, text_request):
+            parts.append(chunk.text)
+            last = chunk
+        return text_response(request, name, "".join(parts), last, True)
+
+    async def generate(self, name: str, prompt: TextPrompt, params: SamplingParams) -> Generation:
+        """Start generating on model `name`; iterate the result, `aclose` it to stop early.
+
+        Errors a client caused (unknown model, not generative, bad prompt or parameters) are
+        raised here, before any text, so that a protocol can still answer with a status.
+        """
+        self._enter()
+        try:
+            entry = await self._acquire(name)
+        except BaseException:
+            self._leave()
+            raise
+        try:
+            model: Any = _model_of(entry)
+            if not is_generative(model):
+                raise InvalidRequest(f"model {name!r} is not a generative model")
+            text = prompt if isinstance(prompt, str) else model.chat_prompt(prompt)
+            ids = model.encode(text)
+            model.check(ids, params)
+            stream = model.stream(ids, params)
+        except BaseException:
+            self.cache.release(entry)
+            self._leave()
+            raise
+        return Generation(self, entry, name, stream, model)
+
+    async def stream_infer(
+        self, request: pb.ModelInferRequest, name: str | None = None
+    ) -> AsyncIterator[pb.ModelInferResponse]:
+        """One request on ModelStreamInfer: a generative model's text as it comes (when the
+        request asks to stream), else one response."""
+        name = name or request.model_name
+        check_model_id(name)
+        entry = self.cache.acquire(name)
+        generative = entry is not None and is_generative(entry.model)
+        if entry is not None:
+            self.cache.release(entry)
+        if entry is None:
+            # Load it (or fail) the way ModelInfer would, then look again.
+            got = await self._acquire(name)
+            generative = is_generative(got.model)
+            self.cache.release(got)
+        if not generative:
+            yield await self.infer(request, name)
+            return
+        text_request = decode_text_request(request)
+        if not text_request.stream:
+            yield await self.infer(request, name)
+            return
+        generation = await self.generate(name, text_request.prompt, text_request.params)
+        try:
+            if text_request.echo and isinstance(text_request.prompt, str):
+                yield text_response(request, name, text_request.prompt, None, False)
+            async for chunk in generation:
+                final = chunk.finish_reason is not None
+                if chunk.text or final:
+                    yield text_response(request, name, chunk.text, chunk, final)
+        finally:
+            await generation.aclose()
+
+    async def _stream(self, model: Any, name: str, request: TextRequest) -> AsyncIterator[Chunk]:
+        prompt = request.prompt
+        ids = model.encode(prompt if isinstance(prompt, str) else model.chat_prompt(prompt))
+        model.check(ids, request.params)
+        stream = model.stream(ids, request.params)
+        try:
+            async for chunk in stream:
+                if chunk.stats is not None:
+                    self._observe_generation(name, chunk.stats)
+                yield chunk
+        finally:
+            stream.cancel()
+
+    def _observe_generation(self, name: str, stats: Stats) -> None:
+        if self._metrics is not None:
+            self._metrics.observe_generation(name, stats)
+
     async def load(
         self,
         model_id: str,
@@ -192,6 +291,8 @@ class DataPlane:
         """Load from a local path, or from storage through the pod's puller."""
         self._refuse_if_draining()
         check_model_id(model_id)
+        options = dict(options or {})
+        base = options.pop(BASE_OPTION, None)
         present = self.cache.source_of(model_id)
         if present is not None:  # loaded or loading: share it, pull nothing
             return await self.cache.load(present, retry_failed=True)
@@ -199,8 +300,8 @@ class DataPlane:
         if demoted is not None:  # in the host tier: a promotion, with no pull
             return await self.cache.load(demoted, retry_failed=True)
         if path:
-            source = source_for(model_id, Path(path), self.runtimes, format, options)
-            return await self.cache.load(source, retry_failed=True)
+            source = source_for(model_id, Path(path), self.runtimes, format, options, base)
+            return await self._load_source(source, retry_failed=True)
         if not storage_path:
             raise InvalidRequest(f"model {model_id!r}: give a path or a storage_path")
         if self.artifacts is None:
@@ -219,12 +320,33 @@ class DataPlane:
         local = await self.artifacts.pull(model_id, storage_key, storage_path, pull_options)
         self._pulled.add(model_id)
         try:
-            source = source_for(model_id, Path(local), self.runtimes, format, options)
-            return await self.cache.load(source, retry_failed=True)
+            source = source_for(model_id, Path(local), self.runtimes, format, options, base)
+            return await self._load_source(source, retry_failed=True)
         except BaseException:
             if self.cache.source_of(model_id) is None:
                 self._release(model_id)
             raise
+
+    async def _load_source(self, source: ModelSource, *, retry_failed: bool = False) -> LoadOutcome:
+        """Load a model; an adapter's base first, on this pod, from this pod's repository."""
+        if source.base is not None and not self.cache.is_loaded(source.base):
+            base = self.cache.source_of(source.base) or self._resolve_base(source)
+            await self._load_source(base)
+        return await self.cache.load(source, retry_failed=retry_failed)
+
+    def _resolve_base(self, source: ModelSource) -> ModelSource:
+        base = source.base
+        assert base is not None
+        try:
+            found = self._resolve(base)
+        except ModelNotFound:
+            found = None
+        if found is None:
+            raise ModelNotReady(
+                f"adapter {source.model_id!r}: its base model {base!r} is not loaded on this pod "
+                "and is not in its model directory; load the base first"
+            )
+        return found
 
     def _release(self, model_id: str) -> None:
         """The model left the cache: its artifact may go from the puller's disk cache."""
@@ -269,7 +391,7 @@ class DataPlane:
                 if failure is not None:
                     raise failure.kind(failure.error)
                 raise ModelNotFound(f"model {name!r} is not loaded on this pod")
-            await self.cache.load(source)
+            await self._load_source(source)
             entry = self.cache.acquire(name)
             if entry is not None:
                 return entry
@@ -311,6 +433,57 @@ class DataPlane:
     def _leave(self) -> None:
         if self._metrics is not None:
             self._metrics.in_flight.dec()
+
+
+TextPrompt = str | Sequence[Mapping[str, Any]]  # a prompt, or chat messages
+
+
+class Generation:
+    """A generation in progress: its chunks, in order; `aclose` stops it (client gone).
+
+    Holds the model in use (so it is not evicted) until the last chunk or `aclose`.
+    """
+
+    def __init__(
+        self, plane: DataPlane, entry: CachedModel, name: str, stream: Any, model: Any
+    ) -> None:
+        self._plane = plane
+        self._entry: CachedModel | None = entry
+        self.name = name
+        self.model = model
+        self._stream = stream
+        self._started = time.perf_counter()
+        self._status = "OK"
+
+    def __aiter__(self) -> AsyncIterator[Chunk]:
+        return self._chunks()
+
+    async def _chunks(self) -> AsyncIterator[Chunk]:
+        try:
+            async for chunk in self._stream:
+                if chunk.stats is not None:
+                    self._plane._observe_generation(self.name, chunk.stats)
+                yield chunk
+        except MeshError as exc:
+            self._status = exc.code.name
+            raise
+        except (asyncio.CancelledError, GeneratorExit):
+            self._status = grpc.StatusCode.CANCELLED.name
+            raise
+        finally:
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        self._stream.cancel()
+        entry, self._entry = self._entry, None
+        if entry is None:
+            return
+        self._plane.cache.release(entry)
+        self._plane._leave()
+        if self._plane._metrics is not None:
+            ok = self._status == "OK"
+            elapsed = time.perf_counter() - self._started if ok else None
+            self._plane._metrics.observe_request(self.name, self._status, elapsed)
 
 
 def _model_of(entry: CachedModel) -> LoadedModel:

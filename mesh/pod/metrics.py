@@ -19,6 +19,7 @@ import collections
 import contextlib
 import time
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -52,10 +53,13 @@ class TopModels:
         self.labelled: set[str] = set()
         self._next = clock() + interval
 
-    def label(self, model: str) -> str:
+    def label(self, model: str, count: bool = True) -> str:
+        """The model's label; `count=False` for a second series of one request (it does not
+        count the request again towards the K busiest)."""
         if self.k == 0:
             return OTHER
-        self._counts[model] += 1
+        if count:
+            self._counts[model] += 1
         if self._clock() >= self._next:
             self._rotate()
         if model in self.labelled:
@@ -214,6 +218,40 @@ class PodMetrics:
         self.in_flight = Gauge(
             "mesh_pod_inference_in_flight", "Inference requests in flight", registry=registry
         )
+        # Generative models, labelled as the requests are: every model with per-model labels,
+        # else the top-K busiest (the rest as "other"), else none.
+        self._gen_labelled = bool(per_model or top_models)
+        gen_labels = ["model"] if self._gen_labelled else []
+        self.time_to_first_token = Histogram(
+            "mesh_pod_time_to_first_token_seconds",
+            "Generative requests: from arrival to the first token",
+            gen_labels,
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.time_per_output_token = Histogram(
+            "mesh_pod_time_per_output_token_seconds",
+            "Generative requests: mean time per token after the first",
+            gen_labels,
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.generation_queue = Histogram(
+            "mesh_pod_generation_queue_seconds",
+            "Generative requests: waiting for a place in the model's batch",
+            gen_labels,
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.output_tokens = Counter(
+            "mesh_pod_output_tokens",
+            "Tokens generated (rate() of it is tokens/s)",
+            gen_labels,
+            registry=registry,
+        )
+        self.prompt_tokens = Counter(
+            "mesh_pod_prompt_tokens", "Prompt tokens processed", gen_labels, registry=registry
+        )
         self.top = TopModels(top_models, top_interval, self._forget_model, clock)
         if top_models:
             self.model_requests = Counter(
@@ -238,6 +276,37 @@ class PodMetrics:
             self.model_requests.remove(model, status)
         with contextlib.suppress(KeyError):  # no successful request yet: no latency series
             self.model_latency.remove(model)
+        if not self.per_model:
+            for metric in self._generation_metrics():
+                with contextlib.suppress(KeyError):  # not a generative model
+                    metric.remove(model)
+
+    def _generation_metrics(self) -> tuple[Any, ...]:
+        return (
+            self.time_to_first_token,
+            self.time_per_output_token,
+            self.generation_queue,
+            self.output_tokens,
+            self.prompt_tokens,
+        )
+
+    def observe_generation(self, model: str, stats: Any) -> None:
+        """One finished generative request (mesh.llm.engine.Stats)."""
+
+        # The request itself counts the model towards the top K (observe_request).
+        label = model if self.per_model else self.top.label(model, count=False)
+
+        def of(metric: Any) -> Any:
+            return metric.labels(label) if self._gen_labelled else metric
+
+        of(self.time_to_first_token).observe(stats.first_token_seconds)
+        if stats.completion_tokens > 1:
+            of(self.time_per_output_token).observe(
+                stats.decode_seconds / (stats.completion_tokens - 1)
+            )
+        of(self.generation_queue).observe(stats.queue_seconds)
+        of(self.output_tokens).inc(stats.completion_tokens)
+        of(self.prompt_tokens).inc(stats.prompt_tokens)
 
     def observe_request(self, model: str, status: str, seconds: float | None) -> None:
         if self.top.k:

@@ -16,6 +16,13 @@ from mesh.errors import InvalidRequest, ModelNotFound
 from mesh.ids import check_id, is_valid_id
 from mesh.pod.cache import ModelSource
 from mesh.runtimes.base import CONFIG_NAME, ModelConfig
+from mesh.runtimes.hf import (
+    ADAPTER_CONFIG,
+    HF_CONFIG,
+    TRANSFORMERS,
+    adapter_base,
+    is_hf_model_dir,
+)
 from mesh.runtimes.registry import RuntimeRegistry
 
 
@@ -30,8 +37,12 @@ def source_for(
     runtimes: RuntimeRegistry,
     format: str = "",
     options: Mapping[str, str] | None = None,
+    base: str | None = None,
 ) -> ModelSource:
-    """Where `path` (a model file or a directory holding one) keeps its model, and its format."""
+    """Where `path` (a model file or a directory holding one) keeps its model, and its format.
+
+    `base`: an adapter's base as the mesh registered it, over what the adapter's files say.
+    """
     check_model_id(model_id)
     if path.is_dir():
         config = ModelConfig.read(path)
@@ -39,6 +50,12 @@ def source_for(
             version = latest_version(path)
             if version is not None:  # models/fraud/v3/model.ubj: fraud is its newest version
                 path, config = version, ModelConfig.read(version)
+        hf = _hf_source(model_id, path, config, runtimes, format, options, base)
+        if hf is not None:
+            return hf
+    if base:
+        raise InvalidRequest(f"model {model_id!r} is not a LoRA adapter but was given a base")
+    if path.is_dir():
         file = _model_file(model_id, path, config, runtimes)
     elif path.is_file():
         config = ModelConfig.read(path.parent) if path.name != CONFIG_NAME else ModelConfig()
@@ -74,6 +91,52 @@ def _model_files(directory: Path, runtimes: RuntimeRegistry) -> list[Path]:
         p
         for p in directory.iterdir()
         if p.is_file() and p.name != CONFIG_NAME and runtimes.format_of(p) is not None
+    )
+
+
+def _hf_source(
+    model_id: str,
+    directory: Path,
+    config: ModelConfig,
+    runtimes: RuntimeRegistry,
+    format: str,
+    options: Mapping[str, str] | None,
+    base_override: str | None = None,
+) -> ModelSource | None:
+    """A Hugging Face layout (config.json) or a peft adapter (adapter_config.json), if it is one.
+
+    The format is `transformers` unless mesh.json or the caller says otherwise; an adapter's
+    base is the caller's, else mesh.json's `base`, else the adapter's `base_model_name_or_path`
+    when that is a model id (a hub path such as "org/name" is not: then mesh.json must say).
+    """
+    fmt = format or config.format
+    if fmt not in (None, TRANSFORMERS):
+        return None
+    adapter = directory / ADAPTER_CONFIG
+    hf_config = directory / HF_CONFIG
+    if adapter.is_file():
+        named = adapter_base(adapter)
+        base = base_override or config.base or (named if named and is_valid_id(named) else None)
+        if base is None:
+            found = f" (it names {named!r}, which is not a model id here)" if named else ""
+            raise InvalidRequest(
+                f"adapter {model_id!r}: name its base model in {CONFIG_NAME} ('base') or in "
+                f"{ADAPTER_CONFIG}'s base_model_name_or_path{found}"
+            )
+        check_model_id(base)
+        if base == model_id:
+            raise InvalidRequest(f"adapter {model_id!r} names itself as its base")
+        file = adapter
+    elif hf_config.is_file() and (fmt == TRANSFORMERS or is_hf_model_dir(hf_config)):
+        if base_override:
+            raise InvalidRequest(f"model {model_id!r} is not a LoRA adapter but was given a base")
+        base = None
+        file = hf_config
+    else:
+        return None
+    runtimes.get(TRANSFORMERS)  # refuses it where the llm extra is not installed
+    return ModelSource(
+        model_id, TRANSFORMERS, file, config, dict(options or {}), directory=True, base=base
     )
 
 

@@ -34,6 +34,8 @@ from mesh.health import Health
 from mesh.http.app import HttpApp
 from mesh.http.v2 import V2Endpoints
 from mesh.lifecycle import MetricsEndpoint, Service, check_port_free
+from mesh.llm import openai as openai_routes
+from mesh.llm.backends import PodBackend as TextBackend
 from mesh.pod.artifacts import DirectoryArtifacts
 from mesh.pod.cache import ModelCache
 from mesh.pod.capacity import choose_device, default_capacity
@@ -188,6 +190,7 @@ class PodServer(Service):
         if s.rest_port is not None:
             self._http = HttpApp(s.max_message_bytes)
             self._http.mount_v2(V2Endpoints(PodBackend(self.plane)))
+            openai_routes.mount(self._http, TextBackend(self.plane))
             self.rest_port = await self._http.start(s.host, s.rest_port)
         if s.metrics_port is not None:
             self.metrics_port = self._metrics.start(s.metrics_port, s.host, self.registry)

@@ -5,18 +5,23 @@ Convert, call the data plane, convert back; errors are mapped by mesh.grpcutil.E
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 from grpc import aio
 
-from mesh.errors import InvalidRequest
+from mesh.errors import InvalidRequest, MeshError
 from mesh.gen import grpc_predict_v2_pb2 as pb
 from mesh.gen import runtime_pb2 as rpb
 from mesh.grpcutil import service_handler
 from mesh.pod.dataplane import DataPlane, ServerState
 from mesh.pod.rest import PodBackend
 from mesh.tensors import TensorSpec
+
+log = logging.getLogger(__name__)
 
 V2_SERVICE = "inference.GRPCInferenceService"
 RUNTIME_SERVICE = "mesh.runtime.v1.Runtime"
@@ -47,6 +52,24 @@ def _tensor_metadata(
 def _one_repository(name: str) -> None:
     if name:
         raise InvalidRequest(f"repository {name!r}: this server has one repository; leave it empty")
+
+
+def _model_override(context: Context) -> str | None:
+    """A router resolves vmodels and names the model it chose in mm-model-id."""
+    for key, value in context.invocation_metadata() or ():
+        if key == "mm-model-id" and value:
+            return value.decode() if isinstance(value, bytes) else str(value)
+    return None
+
+
+def _stream_error(
+    request: pb.ModelInferRequest, status: str, message: str
+) -> pb.ModelStreamInferResponse:
+    response = pb.ModelStreamInferResponse(error_message=message)
+    response.infer_response.id = request.id
+    response.infer_response.model_name = request.model_name
+    response.infer_response.parameters["mesh_status"].string_param = status
+    return response
 
 
 class InferenceService:
@@ -109,17 +132,60 @@ class InferenceService:
         )
 
     async def model_infer(self, request: pb.ModelInferRequest, context: Context) -> Any:
-        # A router resolves vmodels and names the model it chose in mm-model-id.
-        for key, value in context.invocation_metadata() or ():
-            if key == "mm-model-id" and value:
-                name = value.decode() if isinstance(value, bytes) else value
-                return await self._plane.infer(request, name)
-        return await self._plane.infer(request)
+        return await self._plane.infer(request, _model_override(context))
+
+    async def model_stream_infer(
+        self, requests: AsyncIterator[pb.ModelInferRequest], context: Context
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        """Triton's stream: every request runs at once; responses go out as they come.
+
+        A request's error is a response with `error_message` (the stream goes on), whose
+        `infer_response` names the request's id and carries the status as `mesh_status`.
+        """
+        override = _model_override(context)
+        out: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def serve(request: pb.ModelInferRequest) -> None:
+            try:
+                async for response in self._plane.stream_infer(request, override):
+                    await out.put(pb.ModelStreamInferResponse(infer_response=response))
+            except MeshError as exc:
+                await out.put(_stream_error(request, exc.code.name, str(exc)))
+            except Exception as exc:
+                log.exception("ModelStreamInfer failed")
+                await out.put(_stream_error(request, "INTERNAL", f"{type(exc).__name__}: {exc}"))
+
+        async def read() -> None:
+            try:
+                async for request in requests:
+                    task = asyncio.create_task(serve(request))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                while tasks:
+                    await asyncio.gather(*tasks, return_exceptions=True)
+            finally:
+                await out.put(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (item := await out.get()) is not None:
+                yield item
+        finally:
+            reader.cancel()
+            for task in list(tasks):
+                task.cancel()
 
     def handler(self) -> grpc.GenericRpcHandler:
+        stream = grpc.stream_stream_rpc_method_handler(
+            self.model_stream_infer,
+            request_deserializer=pb.ModelInferRequest.FromString,
+            response_serializer=pb.ModelStreamInferResponse.SerializeToString,
+        )
         return service_handler(
             V2_SERVICE,
-            {
+            streams={"ModelStreamInfer": stream},
+            methods={
                 "ServerLive": (self.server_live, pb.ServerLiveRequest, pb.ServerLiveResponse),
                 "ServerReady": (self.server_ready, pb.ServerReadyRequest, pb.ServerReadyResponse),
                 "ServerMetadata": (

@@ -27,7 +27,7 @@ import dataclasses
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +46,7 @@ from mesh.errors import (
     StoreUnavailable,
     Unavailable,
 )
+from mesh.gen import grpc_predict_v2_pb2 as pb
 from mesh.gen import runtime_pb2 as rpb
 from mesh.placement.choose import NoPod, choose_pod
 from mesh.placement.failures import FailureLog, FailurePolicy
@@ -58,6 +59,9 @@ from mesh.router.vanished import VanishedPods
 log = logging.getLogger(__name__)
 
 _RETRYABLE = {grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAVAILABLE}
+# LoadModel's option naming an adapter's base, for the pod (mesh.pod.dataplane).
+BASE_OPTION = "adapter.base"
+_RETRYABLE_NAMES = {code.name for code in _RETRYABLE}
 # How long a copy this router loaded counts as loaded before the mirror shows it.
 _FRESH_FOR = 10.0
 
@@ -321,6 +325,78 @@ class Router:
             raise last
         raise Unavailable(f"model {model_id!r}: no copy answered")
 
+    async def stream(
+        self, data: bytes, model_id: str, timeout: float | None
+    ) -> AsyncIterator[bytes]:
+        """One ModelStreamInfer request, forwarded to a copy: the pod's responses as they come.
+
+        The miss path is ModelInfer's (single-flight, claim, placement, load). A pod that
+        answers the request's first response with NOT_FOUND or UNAVAILABLE (as `mesh_status`)
+        is retried on another copy; once a response has gone to the client, nothing is retried.
+        Closing the iterator (the client went away) cancels the pod's call, which stops its
+        generation; the client's deadline goes with the call.
+        """
+        deadline = time.monotonic() + (timeout if timeout is not None else self.policy.load_timeout)
+        self.requests[model_id] += 1
+        self.in_flight[model_id] += 1
+        try:
+            exclude: list[str] = []
+            for attempt in range(self.policy.forward_attempts):
+                pod = await self._copy(model_id, exclude, deadline)
+                if pod is None:
+                    continue
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise DeadlineExceeded(f"model {model_id!r}: deadline passed before forwarding")
+                pod.outstanding += 1
+                call = pod.stream(
+                    iter((data,)), timeout=remaining, metadata=(("mm-model-id", model_id),)
+                )
+                try:
+                    try:
+                        first = await call.read()
+                    except aio.AioRpcError as exc:
+                        if exc.code() in _RETRYABLE and attempt + 1 < self.policy.forward_attempts:
+                            exclude.append(pod.pod_id)
+                            continue
+                        raise PodAnswer(exc.code(), exc.details() or "") from None
+                    if first is aio.EOF:
+                        raise Unavailable(f"pod {pod.pod_id} ended the stream without an answer")
+                    status = _stream_status(first)
+                    if status in _RETRYABLE_NAMES and attempt + 1 < self.policy.forward_attempts:
+                        if status == "NOT_FOUND":
+                            self._forget_fresh(model_id, pod.pod_id)
+                        exclude.append(pod.pod_id)
+                        continue
+                    yield first
+                    while (message := await call.read()) is not aio.EOF:
+                        yield message
+                    return
+                except aio.AioRpcError as exc:
+                    raise PodAnswer(exc.code(), exc.details() or "") from None
+                finally:
+                    pod.outstanding -= 1
+                    call.cancel()
+            raise Unavailable(f"model {model_id!r}: no copy answered")
+        finally:
+            self.in_flight[model_id] -= 1
+            if not self.in_flight[model_id]:
+                del self.in_flight[model_id]
+
+    async def _copy(self, model_id: str, exclude: list[str], deadline: float) -> PodClient | None:
+        """A copy to send to, loading one on a miss; None when its pod left (try again)."""
+        copies = self.holders(model_id, exclude)
+        if copies:
+            return self._pool.pick(copies)
+        pod_id = await self.ensure_loaded(model_id, exclude, deadline)
+        if pod_id in exclude:
+            pod_id = await self.add_copy_for(model_id, exclude, deadline)
+        instance = self.mirror.instances.get(pod_id)
+        if instance is None:
+            exclude.append(pod_id)
+            return None
+        return self._pool.client(pod_id, instance.address)
+
     async def _forward(self, pod: PodClient, data: bytes, model_id: str, deadline: float) -> bytes:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
@@ -458,6 +534,10 @@ class Router:
                     f"{decision.reason}" + (f"; last error: {last_error}" if last_error else "")
                 )
             pod_id = decision.pod_id
+            if record.base:
+                # An adapter goes where its base is: onto a pod holding it, least busy first,
+                # or where the base is loaded now.
+                pod_id = await self._base_pod(record.base, exclude, deadline)
             claimed = await self._claim(model_id, pod_id, requirements.size)
             if not claimed:
                 pod_id = await self._wait_for_other(model_id, deadline)
@@ -477,6 +557,12 @@ class Router:
             finally:
                 await self._release_claim(model_id, pod_id, claimed)
         raise ModelLoadFailed(f"model {model_id!r} ({_spec(record)}) failed to load: {last_error}")
+
+    async def _base_pod(self, base: str, exclude: list[str], deadline: float) -> str:
+        holders = self.holders(base, exclude)
+        if holders:
+            return min(holders, key=lambda p: p.outstanding).pod_id
+        return await self.ensure_loaded(base, exclude, deadline)
 
     async def _wait_for_pods(self, exclude: Sequence[str], deadline: float) -> set[str]:
         """Pods that registered (anew) within the grace and the deadline; empty if none did."""
@@ -585,7 +671,7 @@ class Router:
             format=record.format,
             storage_key=record.storage_key,
             storage_path=record.storage_path,
-            options=dict(record.options),
+            options={**record.options, **({BASE_OPTION: record.base} if record.base else {})},
         )
         self.loads_started += 1
         outcome = "failed"
@@ -602,3 +688,12 @@ class Router:
         finally:
             if self._metrics is not None:
                 self._metrics.loads.labels(outcome).inc()
+
+
+def _stream_status(message: bytes) -> str | None:
+    """The status a pod put in an error response of ModelStreamInfer (`mesh_status`)."""
+    response = pb.ModelStreamInferResponse.FromString(message)
+    if not response.error_message:
+        return None
+    status = response.infer_response.parameters.get("mesh_status")
+    return status.string_param if status is not None else "UNKNOWN"

@@ -63,6 +63,19 @@ class Management:
         o = request.options
         if o.min_copies < 0 or o.max_copies < 0 or (o.max_copies and o.min_copies > o.max_copies):
             raise InvalidRequest(f"model {request.model_id!r}: copies must satisfy 0 <= min <= max")
+        if request.base:
+            check_id(request.base, "base model id")
+            if request.base == request.model_id:
+                raise InvalidRequest(f"model {request.model_id!r} names itself as its base")
+            base = self._mirror.models.get(request.base)
+            if base is None:
+                raise InvalidRequest(
+                    f"model {request.model_id!r}: its base {request.base!r} is not registered"
+                )
+            if base.base:
+                raise InvalidRequest(
+                    f"model {request.model_id!r}: its base {request.base!r} is itself an adapter"
+                )
         record = ModelRecord(
             model_id=request.model_id,
             format=request.format,
@@ -76,6 +89,7 @@ class Management:
             preferred_labels=dict(o.preferred_labels),
             options=dict(o.runtime_options),
             registered_at=time.time(),
+            base=request.base,
         )
         old = self._mirror.models.get(record.model_id)
         if old is not None and _same_artifact(old, record):

@@ -32,6 +32,17 @@ class RouterMetrics:
             "mesh_router_cache_miss_seconds", "Time to get a copy loaded on a cache miss",
             buckets=_BUCKETS, registry=registry,
         )  # fmt: skip
+        # ModelStreamInfer: from the request to the first response forwarded (for a generative
+        # model, its first token, miss included), and the responses forwarded (tokens).
+        self.stream_first = Histogram(
+            "mesh_router_stream_first_response_seconds",
+            "Time to the first response of a stream request (first token)",
+            buckets=_BUCKETS, registry=registry,
+        )  # fmt: skip
+        self.stream_responses = Counter(
+            "mesh_router_stream_responses", "Responses forwarded on streams (tokens)",
+            registry=registry,
+        )  # fmt: skip
         self.retries = Counter(
             "mesh_router_retries", "Forwards retried on another copy", ["reason"],
             registry=registry,

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 LocalInfer = Callable[[bytes, str], Awaitable[bytes]]
 
 INFER = "/inference.GRPCInferenceService/ModelInfer"
+STREAM = "/inference.GRPCInferenceService/ModelStreamInfer"
 METADATA = "/inference.GRPCInferenceService/ModelMetadata"
 LOAD = "/mesh.runtime.v1.Runtime/LoadModel"
 UNLOAD = "/mesh.runtime.v1.Runtime/UnloadModel"
@@ -50,6 +51,7 @@ class PodClient:
         # Bytes in, bytes out: the router never decodes a tensor. `infer` is the hot path and
         # is left unwrapped: the router's forward handles a closed channel itself.
         self.infer: Any = self.channel.unary_unary(INFER)
+        self.stream: Any = self.channel.stream_stream(STREAM)
         self.metadata = self._guarded(self.channel.unary_unary(METADATA))
         self.load = self._guarded(
             self.channel.unary_unary(

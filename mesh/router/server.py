@@ -29,6 +29,8 @@ from mesh.health import Health
 from mesh.http.app import HttpApp, server_tls
 from mesh.http.v2 import V2Endpoints
 from mesh.lifecycle import MetricsEndpoint, Service, check_port_free, stop_task
+from mesh.llm import openai as openai_routes
+from mesh.llm.backends import RouterBackend as TextBackend
 from mesh.placement.copies import CopyPolicy
 from mesh.retry import Backoff
 from mesh.router import dashboard
@@ -213,6 +215,8 @@ class RouterServer(Service):
         with what they need of the router (mesh.http.app says how)."""
         app.mount_v2(V2Endpoints(self.backend), control_token=self.settings.management_token)
         dashboard.mount(app, self.overview, self.settings.management_token)
+        assert self.router is not None  # built before the HTTP app
+        openai_routes.mount(app, TextBackend(self.router))
 
     def overview(self) -> Overview:
         """The mesh at a glance, from this router's mirror (the capacity page, mesh status)."""

@@ -3,14 +3,18 @@ management service."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc import aio
 
 from mesh import __version__
-from mesh.errors import InvalidRequest, ModelNotFound, Unimplemented
+from mesh.errors import InvalidRequest, MeshError, ModelNotFound, Unimplemented
 from mesh.gen import grpc_predict_v2_pb2 as pb
 from mesh.gen import management_pb2 as mpb
 from mesh.grpcutil import Handler
@@ -19,6 +23,8 @@ from mesh.router.core import PodAnswer, Router
 from mesh.router.management import Management
 from mesh.router.rest import RouterBackend
 from mesh.router.wire import model_name_of, name_from_headers
+
+log = logging.getLogger(__name__)
 
 V2_SERVICE = "inference.GRPCInferenceService"
 MANAGEMENT_SERVICE = "mesh.management.v1.Management"
@@ -38,6 +44,19 @@ def _bearer(context: Context, token: str | None) -> bool:
         key == "authorization" and value == f"Bearer {token}"
         for key, value in context.invocation_metadata() or ()
     )
+
+
+def _stream_error(data: bytes, status: str, message: str) -> bytes:
+    """An error response on ModelStreamInfer naming the request's id, as a pod sends it."""
+    response = pb.ModelStreamInferResponse(error_message=message)
+    try:
+        request = pb.ModelInferRequest.FromString(data)
+        response.infer_response.id = request.id
+        response.infer_response.model_name = request.model_name
+    except DecodeError:
+        pass
+    response.infer_response.parameters["mesh_status"].string_param = status
+    return response.SerializeToString()
 
 
 class RouterInference:
@@ -75,6 +94,69 @@ class RouterInference:
         finally:
             if self._metrics is not None:
                 self._metrics.observe("ModelInfer", status, time.perf_counter() - started)
+
+    async def model_stream_infer(
+        self, requests: AsyncIterator[bytes], context: Context
+    ) -> AsyncIterator[bytes]:
+        """Triton's stream through the router: every request is forwarded on a stream of its
+        own to a copy of its model, and the copies' responses are interleaved as they come.
+        A request that fails gets an error response (the stream goes on), as from a pod."""
+        header, _ = name_from_headers(context.invocation_metadata())
+        out: asyncio.Queue[bytes | None] = asyncio.Queue()
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def serve(data: bytes) -> None:
+            started = time.perf_counter()
+            status = "OK"
+            try:
+                name = model_name_of(data) or header
+                if not name:
+                    raise InvalidRequest("the request names no model (model_name or mm-model-id)")
+                model_id = self._router.resolve(name)
+                first = True
+                async for message in self._router.stream(data, model_id, _timeout(context)):
+                    if self._metrics is not None:
+                        if first:
+                            self._metrics.stream_first.observe(time.perf_counter() - started)
+                        self._metrics.stream_responses.inc()
+                    first = False
+                    await out.put(message)
+            except PodAnswer as answer:
+                status = answer.code.name
+                await out.put(_stream_error(data, status, answer.details))
+            except MeshError as exc:
+                status = exc.code.name
+                await out.put(_stream_error(data, status, str(exc)))
+            except asyncio.CancelledError:
+                status = "CANCELLED"
+                raise
+            except Exception as exc:
+                status = "INTERNAL"
+                log.exception("ModelStreamInfer failed")
+                await out.put(_stream_error(data, status, f"{type(exc).__name__}: {exc}"))
+            finally:
+                if self._metrics is not None:
+                    self._metrics.observe("ModelStreamInfer", status, time.perf_counter() - started)
+
+        async def read() -> None:
+            try:
+                async for data in requests:
+                    task = asyncio.create_task(serve(data))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                while tasks:
+                    await asyncio.gather(*tasks, return_exceptions=True)
+            finally:
+                await out.put(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (item := await out.get()) is not None:
+                yield item
+        finally:
+            reader.cancel()
+            for task in list(tasks):
+                task.cancel()
 
     async def server_live(self, request: pb.ServerLiveRequest, context: Context) -> Any:
         return pb.ServerLiveResponse(live=True)
@@ -161,6 +243,7 @@ class RouterInference:
         methods = {
             # Bytes in, bytes out: no deserializer, no serializer.
             "ModelInfer": grpc.unary_unary_rpc_method_handler(self.model_infer),
+            "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(self.model_stream_infer),
             "ServerLive": unary(self.server_live, pb.ServerLiveRequest, pb.ServerLiveResponse),
             "ServerReady": unary(self.server_ready, pb.ServerReadyRequest, pb.ServerReadyResponse),
             "ServerMetadata": unary(

@@ -51,6 +51,8 @@ class ModelConfig:
     inputs: tuple[TensorSpec, ...] | None = None
     outputs: tuple[TensorSpec, ...] | None = None
     options: Mapping[str, str] = field(default_factory=dict)
+    # An adapter's base model, by model id (docs/llm.md).
+    base: str | None = None
 
     @classmethod
     def read(cls, directory: Path) -> ModelConfig:
@@ -67,7 +69,7 @@ class ModelConfig:
     def parse(cls, raw: Any) -> ModelConfig:
         if not isinstance(raw, dict):
             raise InvalidRequest(f"{CONFIG_NAME} must hold a JSON object")
-        unknown = set(raw) - {"format", "file", "inputs", "outputs", "options"}
+        unknown = set(raw) - {"format", "file", "inputs", "outputs", "options", "base"}
         if unknown:
             raise InvalidRequest(f"{CONFIG_NAME}: unknown keys {sorted(unknown)}")
 
@@ -81,7 +83,7 @@ class ModelConfig:
         options = raw.get("options", {})
         if not isinstance(options, dict):
             raise InvalidRequest(f"{CONFIG_NAME}: options must be an object")
-        for key in ("format", "file"):
+        for key in ("format", "file", "base"):
             if key in raw and not isinstance(raw[key], str):
                 raise InvalidRequest(f"{CONFIG_NAME}: {key} must be a string")
         return cls(
@@ -90,6 +92,7 @@ class ModelConfig:
             inputs=tensors("inputs"),
             outputs=tensors("outputs"),
             options={str(k): str(v) for k, v in options.items()},
+            base=raw.get("base"),
         )
 
 
@@ -105,6 +108,8 @@ class LoadRequest:
     # The model file's bytes, already in memory (a promotion from the pod's host tier): a
     # runtime whose `accepts_bytes` is true loads from them instead of reading `file`.
     data: bytes | None = None
+    # An adapter's base model, loaded on this pod (None for every other model).
+    base: LoadedModel | None = None
 
 
 class LoadedModel(Protocol):

@@ -329,7 +329,7 @@ def test_control_api_load_status_unload(pod: RunningPod, model_dir: Path) -> Non
     status = pod.control.RuntimeStatus(rpb.RuntimeStatusRequest())
     assert status.state == rpb.RuntimeStatusResponse.READY
     assert status.capacity_bytes == 2**30
-    assert set(status.runtimes) == {"onnx", "xgboost", "torch"}
+    assert set(status.runtimes) == {"onnx", "xgboost", "torch", "transformers"}
     (model,) = [m for m in status.models if m.model_id == "fraud-v1"]
     assert model.state == rpb.ModelStatus.LOADED
     assert model.format == "xgboost"

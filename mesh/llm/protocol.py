@@ -1,0 +1,48 @@
+"""The names generative requests use on the wire, and chat messages' check.
+
+Imports no component: the router's HTTP routes use it as the pod's data plane does.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from mesh.errors import InvalidRequest
+
+# The format name of generative models (mesh.runtimes.llm).
+GENERATIVE_FORMAT = "transformers"
+TEXT_INPUT = "text_input"
+TEXT_OUTPUT = "text_output"
+# A request parameter: text_input holds chat messages as JSON, for the model's chat template.
+CHAT_PARAMETER = "mesh_chat"
+
+
+def parse_messages(text: str) -> list[dict[str, Any]]:
+    """Chat messages as JSON: a list of {"role": str, "content": str}."""
+    try:
+        messages = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidRequest(f"chat messages are not JSON: {exc}") from None
+    return check_messages(messages)
+
+
+def check_messages(messages: Any) -> list[dict[str, Any]]:
+    if not isinstance(messages, list) or not messages:
+        raise InvalidRequest("messages must be a non-empty list")
+    checked = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise InvalidRequest(f"messages[{i}] must be an object")
+        role, content = message.get("role"), message.get("content")
+        if not isinstance(role, str) or not role:
+            raise InvalidRequest(f"messages[{i}].role must be a string")
+        if isinstance(content, list):  # OpenAI's content parts: text parts only
+            texts = [p.get("text") for p in content if isinstance(p, dict)]
+            if any(not isinstance(t, str) for t in texts) or len(texts) != len(content):
+                raise InvalidRequest(f"messages[{i}].content: only text parts are supported")
+            content = "".join(t for t in texts if isinstance(t, str))
+        if not isinstance(content, str):
+            raise InvalidRequest(f"messages[{i}].content must be a string")
+        checked.append({"role": role, "content": content})
+    return checked
