@@ -103,6 +103,8 @@ class Seen:
     method: str
     path: str
     range: str | None
+    authorization: str | None = None
+    fault: str | None = None  # the fault this request got ("status 403", "cut", ...), if any
 
 
 @dataclass
@@ -138,12 +140,25 @@ class FaultServer:
 
             def _answer(self, body: bool) -> None:
                 with state.lock:
-                    state.seen.append(Seen(self.command, self.path, self.headers.get("Range")))
                     fault = None
                     for i, f in enumerate(state.faults):
                         if f.method == self.command:
                             fault = state.faults.pop(i)
                             break
+                    fired = None
+                    if fault is not None:
+                        fired = (
+                            f"{fault.kind} {fault.status}" if fault.kind == "status" else fault.kind
+                        )
+                    state.seen.append(
+                        Seen(
+                            self.command,
+                            self.path,
+                            self.headers.get("Range"),
+                            self.headers.get("Authorization"),
+                            fired,
+                        )
+                    )
                 if body and state.before_get is not None:
                     state.before_get(self.path)
                 if fault is not None and fault.kind == "status":
@@ -225,6 +240,15 @@ class FaultServer:
     def fail(self, *faults: Fault) -> None:
         with self.state.lock:
             self.state.faults.extend(faults)
+
+    def fired(self) -> list[str]:
+        """The faults that were served, in order, as "METHOD kind [status]"."""
+        with self.state.lock:
+            return [f"{s.method} {s.fault}" for s in self.state.seen if s.fault is not None]
+
+    def pending(self) -> list[Fault]:
+        with self.state.lock:
+            return list(self.state.faults)
 
     def gets(self, path: str) -> list[Seen]:
         with self.state.lock:
