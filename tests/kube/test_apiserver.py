@@ -639,6 +639,12 @@ def test_fail_next_answers_the_error_instead(api: FakeKubeAPI, crd: CustomObject
             conflicts.append(exc.status)
 
     assert status_of(list_failed) == (500, "InternalError")
+    assert [(f.method, f.code, f.watch) for f in api.fired] == [
+        ("GET", 500, False),
+        ("PATCH", 409, False),
+        ("PATCH", 409, False),
+    ]
+    assert api.unfired() == []
     assert len(listed["items"]) == 1
     assert conflicts == [409, 409]
     assert api.get(PLURAL, NS, "mlp")["status"] == {"phase": "Ready"}
