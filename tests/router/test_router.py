@@ -15,7 +15,7 @@ from tritonclient.utils import InferenceServerException
 from mesh.gen import management_pb2 as mpb
 from mesh.gen import runtime_pb2 as rpb
 from tests.cluster.etcd_server import EtcdServer
-from tests.helpers import RunningPod, infer_request, output_array, running_router
+from tests.helpers import RunningPod, infer_request, output_array, running_router, wait_until
 
 
 def _register(router, model_id: str, fmt: str, path: str, **kw) -> mpb.ModelStatusResponse:  # type: ignore[no-untyped-def]
@@ -230,24 +230,21 @@ def test_the_leader_keeps_min_copies_loaded_and_publishes_totals(
             status = router.management.GetModelStatus(mpb.GetModelStatusRequest(model_id="mlp"))
             return sorted(c.pod_id for c in status.copies if c.state == "loaded")
 
-        import time
-
-        deadline = time.monotonic() + 20
-        while copies() != ["pod-0", "pod-1"] and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert copies() == ["pod-0", "pod-1"]  # loaded with no request at all
-        time.sleep(0.7)
+        wait_until(lambda: copies() == ["pod-0", "pod-1"], timeout=20)  # with no request at all
+        # The totals are published on the leader's next pass after the copies are seen.
+        registry = router.server.registry
+        wait_until(lambda: registry.get_sample_value("mesh_cluster_copies") == 2.0)
         text = generate_latest(router.server.registry).decode()
         assert "mesh_router_leader 1.0" in text
         assert "mesh_cluster_models_registered 1.0" in text
         assert "mesh_cluster_copies 2.0" in text
         assert "mesh_cluster_pods 2.0" in text
         # The age of the mesh's least recently used model, and each pod's own.
-        registry = router.server.registry
-        deadline = time.monotonic() + 10
-        while not registry.get_sample_value("mesh_cluster_lru_age_seconds"):
-            assert time.monotonic() < deadline, "no cluster LRU age published"
-            time.sleep(0.2)
+        wait_until(
+            lambda: registry.get_sample_value("mesh_cluster_lru_age_seconds"),
+            timeout=10,
+            what="a cluster LRU age",
+        )
         assert 0 < registry.get_sample_value("mesh_cluster_lru_age_seconds") < 60
         assert registry.get_sample_value("mesh_cluster_models_failed") == 0
         for pod in pods:
