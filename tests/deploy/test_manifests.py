@@ -669,7 +669,6 @@ def test_serving_pod_and_puller_share_the_cache() -> None:
 
 
 def test_pod_reads_its_memory_limit() -> None:
-    from mesh.pod.settings import PodSettings
 
     spec = find(BASE, "Deployment", "mesh-pod")["spec"]["template"]["spec"]
     pod = spec["containers"][0]

@@ -10,28 +10,8 @@ from mesh.errors import InvalidRequest, ModelLoadFailed
 from mesh.pod.cache import ModelCache
 from mesh.pod.dataplane import DataPlane
 from mesh.runtimes.registry import RuntimeRegistry
-from tests.fakes import FakeRuntime
+from tests.fakes import FakePuller, FakeRuntime
 from tests.helpers import wait_until_async
-
-
-class FakePuller:
-    """Serves files from a directory standing in for object storage."""
-
-    def __init__(self, storage: Path) -> None:
-        self.storage = storage
-        self.pulls: list[tuple[str, str, str]] = []
-        self.options: list[dict[str, str]] = []
-        self.released: list[str] = []
-
-    async def pull(
-        self, model_id: str, storage_key: str, path: str, options: dict[str, str] | None = None
-    ) -> str:
-        self.pulls.append((model_id, storage_key, path))
-        self.options.append(dict(options or {}))
-        return str(self.storage / path)
-
-    async def release(self, model_id: str) -> None:
-        self.released.append(model_id)
 
 
 @pytest.fixture
