@@ -15,7 +15,7 @@ depth 6, 64 features), both made on the spot by mesh.examples:
    of one Python gRPC hop;
 4. ratios to that floor and the pod's overhead over the runtime at concurrency 1 (no peer
    figures: MLServer and KServe are compared only when run beside the pod in the same run,
-   which this script does not do);
+   which bench/peers.py does);
 5. load time through the control API (LoadModel) against loading in process;
 6. RSS growth of the pod over many load/unload cycles.
 

@@ -22,8 +22,8 @@ child processes), models built on the spot by mesh.examples:
    per request of the client, the hop (router or proxy) and the pod over the measured window
    (/proc/PID/stat). Goals: a router within 15% of the bare proxy (req/s >= 0.85x and p50
    <= 1.15x the proxy's, every cell), both measured in the same run. No peer figures: MLServer
-   or KServe is compared only when run beside the mesh in the same run, which this script does
-   not do.
+   or KServe is compared only when run beside the mesh in the same run (bench/peers.py),
+   not here.
 
 2. **Zipf over 1,000 models.** Five copies of the small ONNX MLP are loaded through the router
    on the first mesh, one at a time, and the median of the pods' charged size (RuntimeStatus
