@@ -181,3 +181,44 @@ def test_the_client_deadline_reaches_the_pod_and_ends_the_forward(
             assert not release.is_set()
         finally:
             release.set()
+
+
+def test_a_caller_giving_up_does_not_cancel_the_load_others_wait_for(
+    etcd: EtcdServer, prefix: str, stub: StubPod
+) -> None:
+    release = threading.Event()
+    active_at_release: list[bool] = []
+
+    def slow_load(context: Any) -> bytes:
+        release.wait(30)
+        active_at_release.append(context.is_active())
+        return b""  # an empty LoadModelResponse
+
+    stub.load = slow_load
+    stub.infer = lambda context: pb.ModelInferResponse(model_name="m").SerializeToString()
+    with running_router(etcd=etcd.url, etcd_prefix=prefix) as router:
+        register(router, "m")
+        publish(router, prefix, stub.address)  # type: ignore[attr-defined]
+        outcomes: dict[str, Any] = {}
+
+        def call(name: str, timeout: float) -> None:
+            try:
+                outcomes[name] = router.v2.ModelInfer(infer_request("m", input=X), timeout=timeout)
+            except grpc.RpcError as exc:
+                outcomes[name] = exc.code()
+
+        impatient = threading.Thread(target=call, args=("impatient", 1.0))
+        impatient.start()
+        wait_until(lambda: stub.calls == ["LoadModel"], what="the load to start")
+        # The shared load is not bounded by the first caller's 1 s: it outlives that caller.
+        (load_deadline,) = stub.remaining
+        assert load_deadline is not None and load_deadline > 10
+        patient = threading.Thread(target=call, args=("patient", 30.0))
+        patient.start()
+        impatient.join(30)
+        assert outcomes["impatient"] == grpc.StatusCode.DEADLINE_EXCEEDED
+        release.set()  # the load finishes after the first caller gave up...
+        patient.join(30)
+        assert active_at_release == [True]  # ...its call was still open...
+        assert outcomes["patient"].model_name == "m"  # ...and the second caller got its answer
+        assert stub.calls == ["LoadModel", "ModelInfer"]  # from that one load
