@@ -158,6 +158,25 @@ async def test_measured_overshoot_evicts_more(
     await cache.aclose()
 
 
+async def test_a_measured_overshoot_nothing_can_make_room_for_unloads_the_new_model(
+    runtime: FakeRuntime, clock: Clock, tmp_path: Path
+) -> None:
+    cache = make_cache(runtime, clock, min_model_age=60)  # "a" and "b" stay: used just now
+    await cache.load(fake_source(tmp_path, "a", 4 * KB))
+    await cache.load(fake_source(tmp_path, "b", 4 * KB))
+    held = runtime.memory.read()
+    # 1 KB on disk, so estimated to fit, but it really holds 5 KB: 13 KB in a 10 KB pod.
+    src = fake_source(tmp_path, "c", 1 * KB)
+    src = type(src)(src.model_id, src.format, src.file, options={"size": str(5 * KB)})
+    with pytest.raises(CapacityExhausted, match="'c'"):
+        await cache.load(src)
+    assert not cache.is_loaded("c")  # the new model went, not a guarded one
+    assert cache.is_loaded("a") and cache.is_loaded("b")
+    assert cache.used <= cache.capacity
+    assert runtime.memory.read() == held  # and its memory with it
+    await cache.aclose()
+
+
 async def test_concurrent_loads_of_one_model_share_it(
     runtime: FakeRuntime, clock: Clock, tmp_path: Path
 ) -> None:
