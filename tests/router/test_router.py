@@ -405,3 +405,34 @@ def test_preferred_labels_are_registered_and_reported(etcd: EtcdServer, prefix: 
         status = router.management.GetModelStatus(mpb.GetModelStatusRequest(model_id="prefers-gpu"))
         assert dict(status.options.preferred_labels) == {"gpu": "true"}
         assert dict(status.options.required_labels) == {}
+
+
+@pytest.mark.slow
+def test_a_vmodel_switch_to_a_model_that_fails_is_blocked_and_the_old_one_keeps_serving(
+    etcd: EtcdServer, prefix: str, pods: list[RunningPod]
+) -> None:
+    with running_router(etcd=etcd.url, etcd_prefix=prefix, leader_interval=0.3) as router:
+        _register(router, "scorer-a", "onnx", "mlp")
+        _register(router, "scorer-bad", "onnx", "corrupt")
+        _register(router, "scorer-b", "onnx", "mlp")
+        set_vmodel = router.management.SetVModel
+        set_vmodel(mpb.SetVModelRequest(vmodel_id="scorer", target_model_id="scorer-a", wait=True))
+        set_vmodel(mpb.SetVModelRequest(vmodel_id="scorer", target_model_id="scorer-bad"))
+
+        def status() -> mpb.VModelStatusResponse:
+            return router.management.GetVModelStatus(mpb.GetVModelStatusRequest(vmodel_id="scorer"))
+
+        blocked = wait_until(
+            lambda: status() if status().transition == "BLOCKED_BY_FAILED_LOAD" else None,
+            what="the transition to be blocked",
+        )
+        assert (blocked.active_model_id, blocked.target_model_id) == ("scorer-a", "scorer-bad")
+        assert "INVALID_PROTOBUF" in blocked.last_failure  # the load error, for the operator
+        x = np.ones((1, 64), np.float32)
+        response = router.v2.ModelInfer(infer_request("scorer", input=x))
+        assert response.model_name == "scorer-a"  # clients keep the old model meanwhile
+        # Pointing it at a model that loads unblocks it.
+        set_vmodel(mpb.SetVModelRequest(vmodel_id="scorer", target_model_id="scorer-b", wait=True))
+        final = status()
+        assert (final.active_model_id, final.transition) == ("scorer-b", "UP_TO_DATE")
+        assert router.v2.ModelInfer(infer_request("scorer", input=x)).model_name == "scorer-b"
