@@ -7,6 +7,7 @@ import hashlib
 import json
 import re
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -120,9 +121,10 @@ class _State:
 
 
 class FaultServer:
-    """HTTP on loopback serving objects from memory; faults are consumed in order."""
+    """HTTP on loopback serving objects from memory; faults are consumed in order. With `tls`
+    (a certificate file and its key), HTTPS."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: tuple[Path, Path] | None = None) -> None:
         self.state = _State()
         state = self.state
 
@@ -219,7 +221,13 @@ class FaultServer:
                 pass  # clients that hang up (a cancelled range) are expected here
 
         self._server = Server(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        scheme = "http"
+        if tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+            scheme = "https"
+        self.url = f"{scheme}://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
         )

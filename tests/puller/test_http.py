@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from mesh.errors import ArtifactChanged, ArtifactNotFound, StorageAccessDenied, StorageUnavailable
+from tests.certs import make_certs
 from tests.puller.conftest import Rig, every_log_line
 from tests.puller.servers import Fault, FaultServer
 
@@ -141,3 +143,29 @@ async def test_a_credential_the_server_echoes_back_is_scrubbed(
     assert "you sent ***" in str(unavailable.value)
     assert "tok-9d2f61a0b8c54e7f" not in every_log_line(caplog)
     assert "500" in str(unavailable.value)
+
+
+async def test_https_with_a_custom_ca_is_verified_against_that_ca(
+    tmp_path: Path, make_rig: Callable[..., Rig]
+) -> None:
+    certs = make_certs(tmp_path / "certs")
+    server = FaultServer(tls=(certs / "server.crt", certs / "server.key")).start()
+    try:
+        data = os.urandom(100_000)
+        server.put("models/m.bin", data)
+        ca = (certs / "ca.crt").read_text()
+        rig = make_rig(
+            {
+                "trusted": {"type": "http", "url": f"{server.url}/models", "certificate": ca},
+                "untrusted": {"type": "http", "url": f"{server.url}/models"},
+            },
+            retries=0,
+        )
+        pulled = await rig.puller.pull("m", "trusted", "m.bin")
+        assert pulled.local_path.read_bytes() == data
+        # Without the CA the server's certificate is not trusted: refused, nothing fetched.
+        with pytest.raises(StorageUnavailable, match="storage 'untrusted'"):
+            await rig.puller.pull("m2", "untrusted", "m.bin")
+        assert [s.path for s in server.state.seen if s.method == "GET"] == ["/models/m.bin"]
+    finally:
+        server.stop()
