@@ -30,6 +30,7 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
+from mesh import examples
 from mesh.controller.meshapi import MeshApi
 from mesh.gen import management_pb2 as mpb
 from mesh.puller.client import PullerClient
@@ -46,6 +47,7 @@ from tests.router.test_retries import StubPod, publish, stub  # noqa: F401  (fix
 ROOT = Path(__file__).resolve().parents[1]
 MIB = 2**20
 X = np.ones((1, 64), np.float32)
+WIDE = 4096  # inputs of the TorchScript MLP: 4096 x 32 FP32 weights, 0.5 MiB
 
 
 def documented_metrics() -> set[str]:
@@ -117,6 +119,7 @@ def test_every_documented_metric_is_emitted_after_a_scenario(
 ) -> None:
     storage = tmp_path / "storage"
     shutil.copytree(model_dir / "mlp", storage / "mlp")
+    examples.torchscript_mlp(storage / "wide", n_in=WIDE)
     shutil.copytree(model_dir / "corrupt", storage / "corrupt")
     for name in ("big-1.bin", "big-2.bin"):
         (storage / name).write_bytes(np.random.default_rng(0).bytes(MIB + MIB // 4))
@@ -156,12 +159,15 @@ def test_every_documented_metric_is_emitted_after_a_scenario(
         )
         register = router.management.RegisterModel
         small = mpb.ModelOptions(size_estimate=MIB // 4)
-        for i in range(6):
-            register(mpb.RegisterModelRequest(model_id=f"m{i}", format="onnx",
-                                              storage_path="mlp", options=small))  # fmt: skip
-        for i in range(6):  # each a miss; the small pod evicts as it goes
-            router.v2.ModelInfer(infer_request(f"m{i}", input=X), timeout=30)
-        router.v2.ModelInfer(infer_request("m5", input=X), timeout=30)  # a hit
+        # A TorchScript model whose parameters alone are 0.5 MiB (torch counts them, so the pod
+        # charges at least that whatever RSS says): four cannot share the 2 MiB pod.
+        for i in range(5):
+            register(mpb.RegisterModelRequest(model_id=f"m{i}", format="torch",
+                                              storage_path="wide", options=small))  # fmt: skip
+        wide = {"x": np.ones((1, WIDE), np.float32)}
+        for i in range(5):  # each a miss; the small pod evicts as it goes
+            router.v2.ModelInfer(infer_request(f"m{i}", **wide), timeout=30)
+        router.v2.ModelInfer(infer_request("m4", **wide), timeout=30)  # a hit
         register(mpb.RegisterModelRequest(model_id="broken", format="onnx",
                                           storage_path="corrupt", options=small))  # fmt: skip
         with pytest.raises(grpc.RpcError):
