@@ -211,3 +211,16 @@ def test_equal_copies_are_chosen_between_at_random() -> None:
     snap = Snapshot((pod("a", 500.0), pod("b", 500.0), pod("c", 500.0)))
     chosen = {choose_copy_to_remove(snap, MODEL, random.Random(seed)) for seed in range(40)}
     assert chosen == {"a", "b", "c"}  # every tied pod can go, and always some pod
+
+
+def test_live_copies_leave_out_dead_and_draining_pods() -> None:
+    dead = pod("dead", 10.0)
+    draining = pod("draining", 10.0)
+    snap = Snapshot(
+        (
+            pod("up", 10.0),
+            PodView("dead", 100, used=10, lru_time=10.0, alive=False, models=dead.models),
+            PodView("draining", 100, used=10, lru_time=10.0, draining=True, models=draining.models),
+        )
+    )
+    assert live_copies(snap, "m") == 1
