@@ -168,6 +168,10 @@ def test_every_documented_metric_is_emitted_after_a_scenario(
         for i in range(5):  # each a miss; the small pod evicts as it goes
             router.v2.ModelInfer(infer_request(f"m{i}", **wide), timeout=30)
         router.v2.ModelInfer(infer_request("m4", **wide), timeout=30)  # a hit
+        batching = mpb.ModelOptions(size_estimate=MIB // 4, runtime_options={"batch.max_size": "4"})
+        register(mpb.RegisterModelRequest(model_id="batched", format="onnx",
+                                          storage_path="mlp", options=batching))  # fmt: skip
+        router.v2.ModelInfer(infer_request("batched", input=X), timeout=30)
         register(mpb.RegisterModelRequest(model_id="broken", format="onnx",
                                           storage_path="corrupt", options=small))  # fmt: skip
         with pytest.raises(grpc.RpcError):
