@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,9 +56,9 @@ class StubPod:
         return grpc.unary_unary_rpc_method_handler(handle)  # bytes in, bytes out
 
 
-@pytest.fixture
-def stub(etcd: EtcdServer, prefix: str, request: pytest.FixtureRequest) -> Iterator[StubPod]:
-    """A stub pod in the mesh, published with lots of free room (placement prefers it)."""
+@contextmanager
+def stub_pod() -> Iterator[StubPod]:
+    """A stub pod's gRPC server on loopback (its address in `.address`)."""
     stub = StubPod()
     server = grpc.server(futures.ThreadPoolExecutor(4))
     server.add_generic_rpc_handlers(
@@ -75,11 +76,22 @@ def stub(etcd: EtcdServer, prefix: str, request: pytest.FixtureRequest) -> Itera
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     stub.address = f"127.0.0.1:{port}"  # type: ignore[attr-defined]
-    yield stub
-    server.stop(0)
+    try:
+        yield stub
+    finally:
+        server.stop(0)
 
 
-def publish(router: RunningRouter, prefix: str, address: str, holds: str = "") -> None:
+@pytest.fixture
+def stub(etcd: EtcdServer, prefix: str) -> Iterator[StubPod]:
+    """A stub pod for the mesh, published with lots of free room (placement prefers it)."""
+    with stub_pod() as running:
+        yield running
+
+
+def publish(
+    router: RunningRouter, prefix: str, address: str, holds: str = "", pod_id: str = "stub"
+) -> None:
     """Put the stub pod in etcd as a pod would, optionally holding a loaded copy of `holds`;
     it carries the label stub=yes, which a model can prefer."""
     keys = Keys(prefix)
@@ -88,22 +100,22 @@ def publish(router: RunningRouter, prefix: str, address: str, holds: str = "") -
         store = router.server.store
         lease = await store.grant(30)
         instance = InstanceRecord(
-            "stub",
+            pod_id,
             address,
             2**40,
             runtimes=("onnx", "xgboost"),
             labels={"stub": "yes"},
             updated_at=time.time(),
         )
-        await store.put(keys.instance("stub"), encode(instance), lease)
+        await store.put(keys.instance(pod_id), encode(instance), lease)
         if holds:
-            copy = PlacementRecord(holds, "stub", PlacementState.LOADED, time.time(), 1000)
-            await store.put(keys.placement(holds, "stub"), encode(copy), lease)
+            copy = PlacementRecord(holds, pod_id, PlacementState.LOADED, time.time(), 1000)
+            await store.put(keys.placement(holds, pod_id), encode(copy), lease)
 
     router.run(put())
-    router.run(router.server.mirror.wait_for(lambda m: "stub" in m.instances))
+    router.run(router.server.mirror.wait_for(lambda m: pod_id in m.instances))
     if holds:
-        router.run(router.server.mirror.wait_for(lambda m: "stub" in m.placements.get(holds, {})))
+        router.run(router.server.mirror.wait_for(lambda m: pod_id in m.placements.get(holds, {})))
 
 
 def register(router: RunningRouter, model_id: str, **options: Any) -> None:
@@ -222,3 +234,49 @@ def test_a_caller_giving_up_does_not_cancel_the_load_others_wait_for(
         assert active_at_release == [True]  # ...its call was still open...
         assert outcomes["patient"].model_name == "m"  # ...and the second caller got its answer
         assert stub.calls == ["LoadModel", "ModelInfer"]  # from that one load
+
+
+def test_failed_loads_are_capped_then_expire_and_the_model_is_tried_again(
+    etcd: EtcdServer, prefix: str
+) -> None:
+    from mesh.placement.failures import FailureLog, FailurePolicy
+
+    def bad_weights(context: Any) -> bytes:
+        context.abort(grpc.StatusCode.FAILED_PRECONDITION, "bad weights")
+
+    with ExitStack() as stack, running_router(etcd=etcd.url, etcd_prefix=prefix) as router:
+        stubs = [stack.enter_context(stub_pod()) for _ in range(4)]
+        for i, s in enumerate(stubs):
+            s.load = bad_weights
+            s.infer = lambda context: pb.ModelInferResponse(model_name="m").SerializeToString()
+            publish(router, prefix, s.address, pod_id=f"stub-{i}")  # type: ignore[attr-defined]
+        # A short memory of failures (the default is 15 minutes), 3 attempts as by default.
+        router.server.router.failures = FailureLog(FailurePolicy(ttl=3.0, max_attempts=3))
+        register(router, "m")
+
+        def loads() -> int:
+            return sum(s.calls.count("LoadModel") for s in stubs)
+
+        with pytest.raises(grpc.RpcError) as first:
+            router.v2.ModelInfer(infer_request("m", input=X), timeout=30)
+        assert first.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "bad weights" in first.value.details()
+        assert loads() == 3  # three pods tried, the fourth spared
+        with pytest.raises(grpc.RpcError) as again:
+            router.v2.ModelInfer(infer_request("m", input=X), timeout=30)
+        assert again.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert loads() == 3  # capped: no fourth load while the failures stand
+        status = router.management.GetModelStatus(mpb.GetModelStatusRequest(model_id="m"))
+        assert status.state == "FAILED" and "bad weights" in status.last_failure
+        for s in stubs:  # the weights are fixed; once the failures expire the model loads
+            s.load = lambda context: b""
+
+        def served() -> bool:
+            try:
+                router.v2.ModelInfer(infer_request("m", input=X), timeout=30)
+                return True
+            except grpc.RpcError:
+                return False
+
+        wait_until(served, timeout=30, what="the model to be tried again after expiry")
+        assert loads() == 4
