@@ -211,6 +211,11 @@ def test_equal_copies_are_chosen_between_at_random() -> None:
     snap = Snapshot((pod("a", 500.0), pod("b", 500.0), pod("c", 500.0)))
     chosen = {choose_copy_to_remove(snap, MODEL, random.Random(seed)) for seed in range(40)}
     assert chosen == {"a", "b", "c"}  # every tied pod can go, and always some pod
+    pair = Snapshot((pod("a", 500.0), pod("b", 500.0)))
+    assert {choose_copy_to_remove(pair, MODEL, random.Random(seed)) for seed in range(40)} == {
+        "a",
+        "b",
+    }
 
 
 def test_live_copies_leave_out_dead_and_draining_pods() -> None:
