@@ -4,6 +4,7 @@ hand-off nobody completes (here no router's leader runs) does not keep the pod f
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -50,28 +51,48 @@ def two_pods(
         yield going, staying
 
 
+class Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.text = ""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.text += record.getMessage() + "\n"
+
+
+@pytest.fixture
+def drain_log() -> Iterator[Lines]:
+    """The pod server's log lines, caught on its own logger (whatever a test before configured)."""
+    logger = logging.getLogger("mesh.pod.server")
+    lines, level = Lines(), logger.level
+    logger.addHandler(lines)
+    logger.setLevel(logging.INFO)
+    yield lines
+    logger.removeHandler(lines)
+    logger.setLevel(level)
+
+
 def load(pod: RunningPod) -> None:
     pod.control.LoadModel(rpb.LoadModelRequest(model_id="mlp", format="onnx", storage_path="mlp"))
 
 
 def test_a_hand_off_nobody_completes_ends_at_the_timeout(
-    two_pods: tuple[RunningPod, RunningPod], caplog: pytest.LogCaptureFixture
+    two_pods: tuple[RunningPod, RunningPod], drain_log: Lines
 ) -> None:
     going, staying = two_pods
     load(going)
     going.run(going.server.aclose(), timeout=30)  # returns: the 1 s hand-off ran out
-    assert "1 of 1 models are loaded nowhere else (mlp); leaving" in caplog.text
+    assert "1 of 1 models are loaded nowhere else (mlp); leaving" in drain_log.text
     assert staying.plane.cache.loaded_ids() == []  # nobody took it: it really was not handed off
 
 
 def test_a_hand_off_ends_as_soon_as_the_model_is_loaded_elsewhere(
-    two_pods: tuple[RunningPod, RunningPod], caplog: pytest.LogCaptureFixture
+    two_pods: tuple[RunningPod, RunningPod], drain_log: Lines
 ) -> None:
-    caplog.set_level("INFO", logger="mesh.pod.server")
     going, staying = two_pods
     load(going)
     load(staying)
     wait_until(lambda: "mlp" in staying.plane.cache.loaded_ids())
     going.run(going.server.aclose(), timeout=30)
-    assert "drain: 1 of 1 models loaded elsewhere" in caplog.text
-    assert "loaded nowhere else" not in caplog.text
+    assert "drain: 1 of 1 models loaded elsewhere" in drain_log.text
+    assert "loaded nowhere else" not in drain_log.text

@@ -239,19 +239,21 @@ def test_a_caller_giving_up_does_not_cancel_the_load_others_wait_for(
 def test_failed_loads_are_capped_then_expire_and_the_model_is_tried_again(
     etcd: EtcdServer, prefix: str
 ) -> None:
-    from mesh.placement.failures import FailureLog, FailurePolicy
-
     def bad_weights(context: Any) -> bytes:
         context.abort(grpc.StatusCode.FAILED_PRECONDITION, "bad weights")
 
-    with ExitStack() as stack, running_router(etcd=etcd.url, etcd_prefix=prefix) as router:
+    # A short memory of failures (the default is 15 minutes), 3 attempts as by default.
+    with (
+        ExitStack() as stack,
+        running_router(
+            etcd=etcd.url, etcd_prefix=prefix, failure_ttl=3.0, failure_attempts=3
+        ) as router,
+    ):
         stubs = [stack.enter_context(stub_pod()) for _ in range(4)]
         for i, s in enumerate(stubs):
             s.load = bad_weights
             s.infer = lambda context: pb.ModelInferResponse(model_name="m").SerializeToString()
             publish(router, prefix, s.address, pod_id=f"stub-{i}")  # type: ignore[attr-defined]
-        # A short memory of failures (the default is 15 minutes), 3 attempts as by default.
-        router.server.router.failures = FailureLog(FailurePolicy(ttl=3.0, max_attempts=3))
         register(router, "m")
 
         def loads() -> int:
