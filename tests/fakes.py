@@ -220,6 +220,8 @@ class CountingPuller:
 
         self.pulls.append(model_id)
         source = self.store / path
+        if not source.exists():  # as the puller answers (tests/puller/test_source_contract.py)
+            raise ArtifactNotFound(f"storage {storage_key!r}: {path} does not exist")
         target = self.cache / model_id / source.name
         shutil.rmtree(target.parent, ignore_errors=True)
         if source.is_dir():

@@ -1,5 +1,5 @@
 """The contract of a pod's artifact source (mesh.pod.dataplane.ArtifactSource), run on the
-FakePuller the pod tests use and on the real puller (server and client over its unix socket,
+FakePuller and CountingPuller the pod tests use and on the real puller (server and client over its unix socket,
 a `file` storage entry): the fake must answer the way the pod relies on the puller to answer.
 
 What the pod relies on: a pull returns a local path holding the stored bytes (a file or a
@@ -18,18 +18,22 @@ from typing import Any
 import pytest
 
 from mesh.errors import ArtifactNotFound
-from tests.fakes import FakePuller
+from tests.fakes import CountingPuller, FakePuller
 
 KEY = "models"
 
 Source = Callable[[Path], Awaitable[Any]]
 
 
-@pytest.fixture(params=["fake", "puller"])
-def make_source(request: pytest.FixtureRequest, serve_puller: Callable[..., Any]) -> Source:
+@pytest.fixture(params=["fake", "counting", "puller"])
+def make_source(
+    request: pytest.FixtureRequest, serve_puller: Callable[..., Any], tmp_path: Path
+) -> Source:
     async def make(storage: Path) -> Any:
         if request.param == "fake":
             return FakePuller(storage)
+        if request.param == "counting":
+            return CountingPuller(storage, tmp_path / "counting-cache")
         served = await serve_puller({KEY: {"type": "file", "root": str(storage)}})
         return served.client
 
