@@ -6,7 +6,8 @@ etcd, a router that is leader, one pod with a small capacity and its puller (a `
 an HTTP entry on a server that fails once), a stub pod answering NOT_FOUND, and the controller
 on the test Kubernetes API server. It does what makes each documented series move: misses,
 hits, evictions, a load that fails, a retry, a puller cache hit, miss, retry, failure and
-eviction, a Predictor reconciled, a dropped watch.
+eviction, a Predictor reconciled, a dropped watch, and on a second pod (a fake device with a
+host tier, outside the mesh) demotions, a promotion, host-tier evictions and a recycle.
 
 "Emitted" means: a counter or histogram has counted something (its _total or _count above 0);
 a gauge has a sample (0 can be its true value). Names that the prometheus-adapter derives
@@ -33,11 +34,15 @@ from prometheus_client import CollectorRegistry
 from mesh import examples
 from mesh.controller.meshapi import MeshApi
 from mesh.gen import management_pb2 as mpb
+from mesh.gen import runtime_pb2 as rpb
+from mesh.pod.devices import FakeDevice
 from mesh.puller.client import PullerClient
 from mesh.puller.server import PullerServer
+from mesh.runtimes.registry import RuntimeRegistry
 from tests.cluster.conftest import etcd, prefix  # noqa: F401  (shared fixtures)
 from tests.cluster.etcd_server import EtcdServer
 from tests.controller.conftest import NAMESPACE, build_controller, predictor
+from tests.fakes import CountingPuller, DeviceRuntime
 from tests.helpers import infer_request, running_pod, running_router, wait_until
 from tests.kube.apiserver import FakeKubeAPI
 from tests.puller.conftest import settings as puller_settings
@@ -219,9 +224,61 @@ def test_every_documented_metric_is_emitted_after_a_scenario(
         kube.wait_for_watches(1)
         kube.drop_watches()
 
+        # A pod on a (fake) device with a host tier, outside the mesh: models demote to host
+        # memory, come back on a request, the host tier evicts; a runtime that keeps device
+        # memory after unloads has the pod recycle itself (done last: the pod then refuses).
+        device = FakeDevice(total=100 * MIB, baseline=2 * MIB)
+        for name in ("a", "b", "c", "d", "e", "f", "g", "leaky"):
+            (storage / f"{name}.fgpu").write_bytes(name.encode() * 100)
+        device_pod = stack.enter_context(
+            running_pod(
+                runtimes=RuntimeRegistry([DeviceRuntime(device)]),
+                artifacts=CountingPuller(storage, tmp_path / "device-disk"),
+                device_memory=device,
+                capacity=30 * MIB,
+                host_tier="25M",
+            )
+        )
+
+        def device_load(model_id: str, path: str, **options: str) -> None:
+            device_pod.control.LoadModel(
+                rpb.LoadModelRequest(model_id=model_id, storage_path=path, options=options),
+                timeout=60,
+            )
+
+        for m in "abcd":  # 10 MiB each in 30: "a" demotes to host memory
+            device_load(m, f"{m}.fgpu", size=str(10 * MIB))
+        device_load("a", "a.fgpu", size=str(10 * MIB))  # back from the host tier: a promotion
+        device_pod.v2.ModelInfer(infer_request("b", x=np.arange(4, dtype=np.float32)))  # another
+        for m in "efg":  # more demotions than the 25 MB host tier holds: it evicts
+            device_load(m, f"{m}.fgpu", size=str(10 * MIB))
+        leaky_device = FakeDevice(total=100 * MIB)
+        leaky_pod = stack.enter_context(
+            running_pod(
+                runtimes=RuntimeRegistry([DeviceRuntime(leaky_device)]),
+                artifacts=CountingPuller(storage, tmp_path / "leaky-disk"),
+                device_memory=leaky_device,
+                capacity=50 * MIB,
+                unload_leak_bound="5M",
+                unload_settle=0.1,
+            )
+        )
+        for _ in range(2):  # 3 MiB kept each time: past the 5M bound, the pod recycles
+            leaky_pod.control.LoadModel(
+                rpb.LoadModelRequest(
+                    model_id="leaky",
+                    storage_path="leaky.fgpu",
+                    options={"size": str(10 * MIB), "leak": str(3 * MIB)},
+                ),
+                timeout=60,
+            )
+            leaky_pod.control.UnloadModel(rpb.UnloadModelRequest(model_id="leaky"))
+
         registries = [
             router.server.registry,
             pod.server.registry,
+            device_pod.server.registry,
+            leaky_pod.server.registry,
             puller.registry,
             controller_registry,
         ]
