@@ -60,7 +60,8 @@ def documented_metrics() -> set[str]:
     texts += [p.read_text() for p in sorted((ROOT / "deploy" / "grafana").glob("*.json"))]
     names = set()
     for text in texts:
-        for name in re.findall(r"\bmesh_[a-z0-9_]*[a-z0-9]\b", text):
+        # A metric name, not a file name such as the wheel's mesh_serving-*.whl.
+        for name in re.findall(r"\bmesh_[a-z0-9_]*[a-z0-9]\b(?!-)", text):
             names.add(re.sub(r"_(bucket|count|sum)$", "", name))
     adapter = yaml.safe_load((ROOT / "deploy/examples/prometheus-adapter-values.yaml").read_text())
     derived = {rule["name"]["as"] for rule in adapter["rules"]["custom"]}
