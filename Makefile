@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 GRPC_TOOLS := grpcio-tools==1.64.3
 PYTEST_ARGS ?=
 
-.PHONY: install test test-quick lint proto proto-env etcd browser demo bench clean
+.PHONY: install test test-quick lint proto proto-env etcd browser kubectl demo bench clean
 
 install: $(BIN)/.installed
 	@echo "mesh is installed in $(VENV)/: run $(BIN)/mesh, or put it on PATH with: . $(BIN)/activate"
@@ -31,6 +31,15 @@ browser:
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
 	  else echo "chromium is missing: install Debian's chromium and chromium-driver"; exit 1; fi; }
+
+# kubectl (with kustomize v5), for rendering the deploy/ overlays in the tests: the `kubectl`
+# package where the package sources have it (Debian's own kubernetes-client is 1.20, too old).
+# Missing and not installable is an error here, never a skipped test.
+kubectl:
+	@command -v kubectl >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kubectl; \
+	  else echo "kubectl is missing: install a kubectl 1.27+ (kustomize v5) on PATH"; exit 1; fi; }
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -57,11 +66,11 @@ lint: install
 	$(BIN)/lint-imports
 
 # The whole suite, lint and types included.
-test: install proto-env etcd browser lint
+test: install proto-env etcd browser kubectl lint
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 # The quick subset: no end-to-end processes, no large payloads.
-test-quick: install proto-env etcd browser
+test-quick: install proto-env etcd browser kubectl
 	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 # Start a pod with example models, query it with tritonclient, print what it holds.

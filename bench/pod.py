@@ -13,8 +13,9 @@ depth 6, 64 features), both made on the spot by mesh.examples:
    requests/s, p50, p99;
 3. a null grpc.aio server (bench/echo_server.py, a subprocess) with the same client: the floor
    of one Python gRPC hop;
-4. ratios to that floor, the pod's overhead over the runtime at concurrency 1, and the
-   reference figures for MLServer and KServe (measured earlier, not by this run);
+4. ratios to that floor and the pod's overhead over the runtime at concurrency 1 (no peer
+   figures: MLServer and KServe are compared only when run beside the pod in the same run,
+   which bench/peers.py does);
 5. load time through the control API (LoadModel) against loading in process;
 6. RSS growth of the pod over many load/unload cycles.
 
@@ -62,13 +63,7 @@ BATCHES = (1, 32)
 N_FEATURES = 64
 MLP_SIZES = (64, 256, 256, 10)
 
-# Reference, not this run: measured earlier on this machine for the XGBoost model at batch 1.
-REF_MLSERVER_P50_C1_MS = 6.0  # MLServer 1.7.1, p50 at concurrency 1
-REF_MLSERVER_RPS_C32 = 170.0  # MLServer 1.7.1, requests/s at concurrency 32
-REF_KSERVE_RPS = 270.0  # KServe 0.21, requests/s
-TARGET_RPS_C32 = 3 * REF_MLSERVER_RPS_C32  # >= 510 req/s
-TARGET_P50_C1_MS = 2.0  # <= 1/3 of MLServer's 6.0 ms
-TARGET_LOAD_RATIO = 2.0  # pod LoadModel <= 2x loading in process
+TARGET_LOAD_RATIO = 2.0  # pod LoadModel <= 2x loading in process (same run)
 
 STARTUP_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 15.0
@@ -662,55 +657,6 @@ def report(results: Results) -> str:
             rows,
         )
     )
-
-    pod_xgb = {
-        r["concurrency"]: r
-        for r in results.grpc
-        if r["server"] == "pod" and r["model"] == "xgb" and r["batch"] == 1
-    }
-    if 1 in pod_xgb and 32 in pod_xgb:
-        p50_c1 = pod_xgb[1]["p50_ms"]
-        rps_c32 = pod_xgb[32]["rps"]
-        out.append("\n4. XGBoost, batch 1: this run against reference figures\n")
-        out.append(
-            table(
-                [
-                    "measure",
-                    "pod (this run)",
-                    "MLServer 1.7.1 (reference, not this run)",
-                    "KServe 0.21 (reference, not this run)",
-                    "target",
-                    "verdict",
-                ],
-                [
-                    [
-                        "p50 at c=1",
-                        f"{p50_c1:.2f} ms",
-                        f"{REF_MLSERVER_P50_C1_MS:.1f} ms",
-                        "",
-                        f"<= {TARGET_P50_C1_MS:.1f} ms",
-                        verdict(p50_c1 <= TARGET_P50_C1_MS),
-                    ],
-                    [
-                        "req/s at c=32",
-                        f"{rps_c32:,.0f}",
-                        f"~{REF_MLSERVER_RPS_C32:.0f}",
-                        f"~{REF_KSERVE_RPS:.0f}",
-                        f">= {TARGET_RPS_C32:.0f}",
-                        verdict(rps_c32 >= TARGET_RPS_C32),
-                    ],
-                    [
-                        "vs MLServer",
-                        "",
-                        f"{REF_MLSERVER_P50_C1_MS / p50_c1:.1f}x lower p50, "
-                        f"{rps_c32 / REF_MLSERVER_RPS_C32:.1f}x req/s",
-                        "",
-                        ">= 3x both",
-                        "",
-                    ],
-                ],
-            )
-        )
 
     if results.load:
         out.append("\n5. Load time (median; pod = LoadModel round trip, fresh model ids)\n")

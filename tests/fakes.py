@@ -1,7 +1,8 @@
 """Fake runtimes for the cache and data-plane tests: sizes, delays and failures on demand.
 
 A FakeRuntime's models "hold" the bytes their `size` option says, in a FakeMemory that stands
-in for the process RSS, so the cache's measurement path runs for real.
+in for the process RSS, so the cache's measurement path runs for real. Both pass the contract in
+tests/pod/test_runtime_contract.py beside a real runtime and the real RSS meter.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from mesh.errors import ArtifactNotFound
 from mesh.pod.cache import ModelSource
 from mesh.runtimes.base import LoadRequest
 from mesh.tensors import Signature, TensorSpec
@@ -82,6 +84,8 @@ class FakeRuntime:
             if gate is not None:
                 gate.wait(30)
             time.sleep(float(request.options.get("delay", 0)))
+            if not request.file.exists():  # as a framework fails (tests/pod/test_runtime_contract)
+                raise FileNotFoundError(f"no model file {request.file}")
             if request.options.get("fail"):
                 raise RuntimeError(request.options["fail"])
             size = int(request.options.get("size", 1000))
@@ -216,6 +220,8 @@ class CountingPuller:
 
         self.pulls.append(model_id)
         source = self.store / path
+        if not source.exists():  # as the puller answers (tests/puller/test_source_contract.py)
+            raise ArtifactNotFound(f"storage {storage_key!r}: {path} does not exist")
         target = self.cache / model_id / source.name
         shutil.rmtree(target.parent, ignore_errors=True)
         if source.is_dir():
@@ -230,3 +236,27 @@ class CountingPuller:
 
         self.released.append(model_id)
         shutil.rmtree(self.cache / model_id, ignore_errors=True)
+
+
+class FakePuller:
+    """Serves files from a directory standing in for object storage, as the puller's client
+    does (the contract in tests/puller/test_source_contract.py, which the real one passes)."""
+
+    def __init__(self, storage: Path) -> None:
+        self.storage = storage
+        self.pulls: list[tuple[str, str, str]] = []
+        self.options: list[dict[str, str]] = []
+        self.released: list[str] = []
+
+    async def pull(
+        self, model_id: str, storage_key: str, path: str, options: dict[str, str] | None = None
+    ) -> str:
+        self.pulls.append((model_id, storage_key, path))
+        self.options.append(dict(options or {}))
+        local = self.storage / path
+        if not local.exists():
+            raise ArtifactNotFound(f"storage {storage_key!r}: {path} does not exist")
+        return str(local)
+
+    async def release(self, model_id: str) -> None:
+        self.released.append(model_id)

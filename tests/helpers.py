@@ -65,6 +65,15 @@ def wait_until(check: Callable[[], Any], timeout: float = 30, what: str = "") ->
     return value
 
 
+async def wait_until_async(check: Callable[[], Any], timeout: float = 30, what: str = "") -> Any:
+    """`wait_until` for a test running on an event loop: the loop keeps running while it polls."""
+    deadline = time.monotonic() + timeout
+    while not (value := check()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what or check}"
+        await asyncio.sleep(0.01)
+    return value
+
+
 @contextmanager
 def running_pod(
     runtimes: RuntimeRegistry | None = None,

@@ -277,7 +277,9 @@ async def run_all(coros: Iterable[Coroutine[Any, Any, None]]) -> None:
             for coro in coros:
                 group.create_task(coro)
     except BaseExceptionGroup as group_exc:
-        raise _first(group_exc) from None
+        first = _first(group_exc)
+        # Keep the failure's own cause (the scrubbed third-party error): `from None` would drop it.
+        raise first from first.__cause__
 
 
 def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:

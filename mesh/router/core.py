@@ -440,7 +440,11 @@ class Router:
                 miss = None
             future = asyncio.get_running_loop().create_future()
             self._loads[model_id] = future
-            task = asyncio.create_task(self._load(model_id, list(exclude), deadline))
+            # The load is shared: the first caller's deadline bounds only that caller's wait.
+            # A caller that gives up must not cut the load others wait for (or the copy the
+            # next request would find): it runs for the longer of that and the load timeout.
+            load_deadline = max(deadline, time.monotonic() + self.policy.load_timeout)
+            task = asyncio.create_task(self._load(model_id, list(exclude), load_deadline))
             task.add_done_callback(lambda t: self._settle(model_id, future, t))
             if miss is not None:
                 task.add_done_callback(lambda t: miss.observe(time.perf_counter() - started))

@@ -15,9 +15,12 @@ from tests.helpers import free_port
 
 
 class EtcdServer:
-    """etcd on 127.0.0.1 with a temporary data directory; stop() and start() keep the data."""
+    """etcd on 127.0.0.1 with a temporary data directory; stop() and start() keep the data.
 
-    def __init__(self, data_dir: Path) -> None:
+    With `certs` (a directory from tests.certs.make_certs), clients speak TLS and must show a
+    certificate the CA signed (etcd's --client-cert-auth)."""
+
+    def __init__(self, data_dir: Path, certs: Path | None = None) -> None:
         binary = shutil.which("etcd")
         if binary is None:
             raise RuntimeError("no etcd on PATH: install Debian's etcd-server (make test does)")
@@ -25,7 +28,9 @@ class EtcdServer:
         self.data_dir = data_dir
         self.client_port = free_port()
         self.peer_port = free_port()
-        self.url = f"http://127.0.0.1:{self.client_port}"
+        self.certs = certs
+        scheme = "https" if certs is not None else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.client_port}"
         self.log = data_dir.parent / f"etcd-{self.client_port}.log"
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -51,6 +56,7 @@ class EtcdServer:
                 f"mesh-test={peer}",
                 "--log-level",
                 "warn",
+                *self._tls_flags(),
             ],
             stdout=log,
             stderr=log,
@@ -58,9 +64,28 @@ class EtcdServer:
         log.close()
         self._wait_ready()
 
+    def _tls_flags(self) -> list[str]:
+        if self.certs is None:
+            return []
+        c = self.certs
+        return [
+            "--cert-file", str(c / "server.crt"), "--key-file", str(c / "server.key"),
+            "--trusted-ca-file", str(c / "ca.crt"), "--client-cert-auth",
+        ]  # fmt: skip
+
     def _wait_ready(self, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
-        channel = grpc.insecure_channel(f"127.0.0.1:{self.client_port}")
+        target = f"127.0.0.1:{self.client_port}"
+        if self.certs is None:
+            channel = grpc.insecure_channel(target)
+        else:
+            c = self.certs
+            credentials = grpc.ssl_channel_credentials(
+                (c / "ca.crt").read_bytes(),
+                (c / "client.key").read_bytes(),
+                (c / "client.crt").read_bytes(),
+            )
+            channel = grpc.secure_channel(target, credentials)
         stub = rpc_sync_kv(channel)
         try:
             while time.monotonic() < deadline:

@@ -20,6 +20,7 @@ from mesh.cluster.mirror import Mirror
 from mesh.cluster.records import InstanceRecord, PlacementRecord, PlacementState
 from mesh.cluster.registration import PodRegistration, PodState
 from mesh.cluster.store import KeyValueStore
+from mesh.errors import LeaseNotFound
 from mesh.gen import grpc_predict_v2_pb2 as pb
 from mesh.gen import grpc_predict_v2_pb2_grpc as pb_grpc
 from mesh.retry import Backoff
@@ -67,15 +68,18 @@ async def test_registration_publishes_and_follows_the_pod(
         registration.notify()
         await mirror.wait_for(lambda m: "a" in m.placements and m.instances["pod-1"].used == 100)
         assert mirror.placements["a"]["pod-1"].state is PlacementState.LOADED
-        del pod.models["a"]
-        registration.notify()
-        await mirror.wait_for(lambda m: "a" not in m.placements)
-        await asyncio.sleep(0.2)  # the registration counts its writes after etcd answers
-        writes = registration.writes
+        # Each write is one etcd transaction, one revision: count revisions, not the client's
+        # counter (which moves only once etcd has answered).
+        before = await store.revision()
         for _ in range(10):  # nothing changed: notifications write nothing
             registration.notify()
-            await asyncio.sleep(0.06)
-        assert registration.writes == writes
+            await asyncio.sleep(0.06)  # spaced past min_interval: ten chances to publish
+        del pod.models["a"]  # then one change, published after all of them
+        registration.notify()
+        await mirror.wait_for(lambda m: "a" not in m.placements)
+        # Two writes for it: the instance (its model count) and the placement's
+        # compare-and-delete, which comes last; nothing for the ten notifications.
+        assert await store.revision() == before + 2
     finally:
         await registration.aclose(revoke=True)
     await mirror.wait_for(lambda m: "pod-1" not in m.instances)  # revoked: gone at once
@@ -186,12 +190,15 @@ async def test_a_killed_pod_disappears_with_its_placements_within_the_ttl(
         stub = pb_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(address))
         await asyncio.to_thread(stub.ModelMetadata, pb.ModelMetadataRequest(name="slow"))
         await mirror.wait_for(lambda m: "slow" in m.placements)
+        entry = await store.get(keys.instance("pod-p"))
+        assert entry is not None and entry.lease != 0
         proc.send_signal(signal.SIGKILL)
-        killed = time.monotonic()
         await mirror.wait_for(
             lambda m: "pod-p" not in m.instances and "slow" not in m.placements, timeout=10
         )
-        assert time.monotonic() - killed < 2 + 2  # lease TTL 2 s, plus etcd's expiry tick
+        # Gone because its lease expired (nobody deleted it: the pod was killed).
+        with pytest.raises(LeaseNotFound):
+            await store.keep_alive(entry.lease)
     finally:
         proc.kill()
         proc.wait(10)

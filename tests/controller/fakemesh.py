@@ -1,11 +1,13 @@
 """An in-memory stand-in for the routers' management API, for the controller's Kubernetes-side
-tests (watches, conflicts, leader election) where no model needs to load."""
+tests (watches, conflicts, leader election) where no model needs to load. It passes the contract
+in tests/controller/test_mesh_contract.py, which MeshApi passes against a real router."""
 
 from __future__ import annotations
 
 import threading
 
 from mesh.controller.predictor import ModelView, PredictorSpec, VModelView
+from mesh.errors import ModelNotFound
 
 
 class FakeMesh:
@@ -49,6 +51,8 @@ class FakeMesh:
 
     def set_vmodel(self, name: str, target: str) -> None:
         self._call("set_vmodel", f"{name}={target}")
+        if target not in self.models:  # as the router refuses it
+            raise ModelNotFound(f"vmodel {name!r}: target model {target!r} is not registered")
         self.vmodels[name] = target
 
     def delete_vmodel(self, name: str) -> bool:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import grpc
 import numpy as np
 import pytest
+from prometheus_client import CollectorRegistry
 
 from mesh.cluster.etcd import EtcdConfig, EtcdStore
 from mesh.controller.controller import Controller
@@ -57,9 +57,16 @@ def router(etcd: EtcdServer, prefix: str, pods: list[RunningPod]) -> Iterator[Ru
 
 
 @pytest.fixture
-def controller(kube: FakeKubeAPI, router: RunningRouter) -> Iterator[Controller]:
+def registry() -> CollectorRegistry:
+    return CollectorRegistry()
+
+
+@pytest.fixture
+def controller(
+    kube: FakeKubeAPI, router: RunningRouter, registry: CollectorRegistry
+) -> Iterator[Controller]:
     mesh = MeshApi(router.address, timeout=10)
-    controller = build_controller(kube, mesh)
+    controller = build_controller(kube, mesh, registry=registry)
     controller.start()
     yield controller
     controller.stop()
@@ -87,13 +94,24 @@ def test_a_predictor_is_registered_served_and_reports_loaded(
 
 
 def test_status_is_written_only_when_it_changes(
-    kube: FakeKubeAPI, router: RunningRouter, controller: Controller
+    kube: FakeKubeAPI, router: RunningRouter, controller: Controller, registry: CollectorRegistry
 ) -> None:
     kube.create("predictors", predictor("steady", "xgboost", "xgb"))
-    wait_until(lambda: status_of(kube, "steady").get("activeModelState") == "Loaded")
-    time.sleep(0.5)
+    wait_until(
+        lambda: (
+            status_of(kube, "steady").get("activeModelState") == "Loaded"
+            and status_of(kube, "steady").get("transitionStatus") == "UpToDate"
+        ),
+        what="the final status",
+    )
+
+    def reconciles() -> float:
+        return registry.get_sample_value("mesh_controller_reconciles_total", {"result": "ok"}) or 0
+
     kube.reset_requests()
-    time.sleep(3.5)  # three resyncs: each reconciles, none changes anything
+    before = reconciles()
+    # Three resyncs (1 s apart): each reconciles the Predictor, none changes anything.
+    wait_until(lambda: reconciles() >= before + 3, what="three resyncs")
     writes = [r for r in kube.requests if r.method == "PATCH" and r.path.endswith("/status")]
     assert writes == []
 
@@ -107,7 +125,7 @@ def test_a_spec_change_moves_clients_with_no_failed_request(
     wait_until(lambda: status_of(kube, "scorer").get("activeModelState") == "Loaded")
     first = router.management.GetVModelStatus(mpb.GetVModelStatusRequest(vmodel_id="scorer"))
     with Load(router, {"scorer": {"input": X}}) as load:
-        time.sleep(0.3)
+        wait_until(lambda: load.ok["scorer"] > 0, what="requests before the change")
         kube.patch("predictors", NAMESPACE, "scorer",
                    {"spec": {"modelType": {"name": "onnx", "version": "2"}}})  # fmt: skip
 
@@ -116,9 +134,9 @@ def test_a_spec_change_moves_clients_with_no_failed_request(
             return v.active_model_id != first.active_model_id and v.transition == "UP_TO_DATE"
 
         wait_until(switched, what="the vmodel to switch")
-        time.sleep(0.5)
+        after = load.ok["scorer"]
+        wait_until(lambda: load.ok["scorer"] > after, what="requests after the switch")
     assert load.failed["scorer"] == []
-    assert load.ok["scorer"] > 0
     wait_until(lambda: status_of(kube, "scorer").get("transitionStatus") == "UpToDate"
                and status_of(kube, "scorer").get("activeModelState") == "Loaded")  # fmt: skip
 

@@ -69,6 +69,7 @@ def test_an_expired_watch_lists_again(
     kube.create("predictors", predictor("meanwhile", "xgboost", "x"))
     kube.compact()  # the watch's resourceVersion is now too old: 410 Gone
     wait_until(lambda: reconciled(kube, "meanwhile"), what="the relist to find it")
+    assert [(f.method, f.code, f.watch) for f in kube.fired] == [("GET", 500, True)] * 2
     gone = registry.get_sample_value("mesh_controller_watch_restarts_total", {"reason": "gone"})
     assert gone is not None and gone >= 1
 
@@ -82,6 +83,10 @@ def test_a_conflict_on_a_write_is_retried_with_the_newer_object(
     kube.create("predictors", predictor("racy", "onnx", "a"))
     wait_until(lambda: reconciled(kube, "racy"))
     assert FINALIZER in kube.get("predictors", NAMESPACE, "racy")["metadata"]["finalizers"]
+    assert [(f.method, f.path.rsplit("/", 2)[-2:], f.code) for f in kube.fired] == [
+        ("PATCH", ["predictors", "racy"], 409),
+        ("PATCH", ["racy", "status"], 409),
+    ]
     conflicts = registry.get_sample_value(
         "mesh_controller_reconciles_total", {"result": "conflict"}
     )
@@ -91,9 +96,15 @@ def test_a_conflict_on_a_write_is_retried_with_the_newer_object(
 def test_an_api_server_error_backs_off_and_recovers(
     kube: FakeKubeAPI, mesh: FakeMesh, running: tuple[Controller, CollectorRegistry]
 ) -> None:
+    _, registry = running
     kube.fail_next("PATCH", r"/predictors/flaky/status$", 500, times=2)
     kube.create("predictors", predictor("flaky", "onnx", "a"))
     wait_until(lambda: reconciled(kube, "flaky"))
+    # Both failures were answered (and counted as errors), then the third write went through.
+    assert [(f.method, f.code) for f in kube.fired] == [("PATCH", 500)] * 2
+    assert kube.unfired() == []
+    errors = registry.get_sample_value("mesh_controller_reconciles_total", {"result": "error"})
+    assert errors == 2
 
 
 def test_deletion_unregisters_then_releases_the_finalizer(

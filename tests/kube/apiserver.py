@@ -30,7 +30,8 @@ streams), with the real server's semantics where a controller would notice them:
   ``ApiException`` with ``.status`` set.
 
 Test controls (all thread-safe): ``drop_watches()``, ``compact()``, ``fail_next()``,
-``requests``, ``objects()``, ``get()``, ``create()``, ``replace()``, ``patch()``, ``delete()``,
+``fired`` (the injected failures that were answered, in order) and ``unfired()`` (those still
+waiting for a request), ``requests``, ``objects()``, ``get()``, ``create()``, ``replace()``, ``patch()``, ``delete()``,
 ``watch_count()``, ``wait_for_watches()``, ``send_bookmarks()``.
 
 Left out: authentication and authorization (no TLS, any caller may do anything), admission
@@ -520,6 +521,15 @@ class ServedRequest(NamedTuple):
     content_type: str | None
 
 
+class FiredFault(NamedTuple):
+    """One injected failure answered instead of processing a request."""
+
+    method: str
+    path: str  # the request's path, without the query string
+    code: int
+    watch: bool
+
+
 @dataclass
 class _Injection:
     method: str
@@ -569,6 +579,7 @@ class FakeKubeAPI:
         self._accepted = 0
         self._requests: list[ServedRequest] = []
         self._injections: list[_Injection] = []
+        self._fired: list[FiredFault] = []
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -652,6 +663,18 @@ class FakeKubeAPI:
         """A copy of every request received so far, injected failures included, in order."""
         with self._lock:
             return list(self._requests)
+
+    @property
+    def fired(self) -> list[FiredFault]:
+        """Every injected failure answered so far, in order: a test that injects a fault checks
+        here that it reached the server (a fault nobody hit proves nothing)."""
+        with self._lock:
+            return list(self._fired)
+
+    def unfired(self) -> list[tuple[str, str, int, int]]:
+        """(method, path regex, code, remaining) of each injection not yet used up."""
+        with self._lock:
+            return [(i.method, i.path.pattern, i.code, i.remaining) for i in self._injections]
 
     def reset_requests(self) -> None:
         with self._lock:
@@ -1161,6 +1184,7 @@ class FakeKubeAPI:
                     inj.remaining -= 1
                     if inj.remaining <= 0:
                         self._injections.remove(inj)
+                    self._fired.append(FiredFault(method, path, inj.code, is_watch))
                     return KubeError(inj.code, f"{inj.message} (fail_next)")
         return None
 

@@ -497,3 +497,10 @@ def test_a_warm_pod_that_can_take_the_model_always_gets_it(
         }
         if warm and not (failures is not None and failures.exhausted):
             assert isinstance(decision, Placement) and decision.pod_id in warm
+
+
+def test_eligible_pods_bounds_copies_by_the_pinned_pods() -> None:
+    snap = Snapshot((pod("a"), pod("b"), pod("c", models=[held("new", 40, 1.0)])))
+    assert eligible_pods(snap, model()) == 3  # a holder counts as a place for a copy
+    assert eligible_pods(snap, model(pinned_pods=("b",))) == 1
+    assert eligible_pods(snap, model(pinned_pods=("b", "c"))) == 2

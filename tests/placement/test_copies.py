@@ -187,3 +187,45 @@ def test_the_copy_removed_is_idle_and_where_room_is_most_contended() -> None:
     assert choose_copy_to_remove(snap, off_pin, random.Random(0)) == "old-pod"
     only_loading = Snapshot((pod("loading", 950.0, state=PlacementState.LOADING),))
     assert choose_copy_to_remove(only_loading, MODEL, random.Random(0)) is None
+
+
+def test_the_copy_removed_skips_loading_and_dead_copies_wherever_they_are_listed() -> None:
+    dead = pod("dead", 990.0)
+    snap = Snapshot(
+        (
+            pod("loading", 999.0, state=PlacementState.LOADING),
+            PodView("dead", 100, used=10, lru_time=990.0, alive=False, models=dead.models),
+            pod("kept", 500.0),
+        )
+    )
+    assert choose_copy_to_remove(snap, MODEL, random.Random(0)) == "kept"
+
+
+def test_one_request_in_flight_keeps_a_copy() -> None:
+    # "busy" would go (its room is the most contended) but for the one request it is serving.
+    snap = Snapshot((pod("busy", 900.0, in_flight=1), pod("idle", 100.0)))
+    assert choose_copy_to_remove(snap, MODEL, random.Random(0)) == "idle"
+
+
+def test_equal_copies_are_chosen_between_at_random() -> None:
+    snap = Snapshot((pod("a", 500.0), pod("b", 500.0), pod("c", 500.0)))
+    chosen = {choose_copy_to_remove(snap, MODEL, random.Random(seed)) for seed in range(40)}
+    assert chosen == {"a", "b", "c"}  # every tied pod can go, and always some pod
+    pair = Snapshot((pod("a", 500.0), pod("b", 500.0)))
+    assert {choose_copy_to_remove(pair, MODEL, random.Random(seed)) for seed in range(40)} == {
+        "a",
+        "b",
+    }
+
+
+def test_live_copies_leave_out_dead_and_draining_pods() -> None:
+    dead = pod("dead", 10.0)
+    draining = pod("draining", 10.0)
+    snap = Snapshot(
+        (
+            pod("up", 10.0),
+            PodView("dead", 100, used=10, lru_time=10.0, alive=False, models=dead.models),
+            PodView("draining", 100, used=10, lru_time=10.0, draining=True, models=draining.models),
+        )
+    )
+    assert live_copies(snap, "m") == 1

@@ -101,3 +101,11 @@ def test_what_is_remembered_is_exactly_what_happened_within_the_window(
     assert failures.pods == {pod for _, pod in recent}
     assert failures.exhausted == (len(recent) >= 3)
     assert [f.at for f in failures.failures] == sorted(float(at) for at, _ in recent)
+
+
+def test_failures_from_records_keep_the_policy_given() -> None:
+    records = [PlacementRecord("m", "pod-a", PlacementState.FAILED, since=50.0, error="oom")]
+    log = FailureLog.from_records(records, FailurePolicy(ttl=10.0, max_attempts=1))
+    failures = log.for_model("m", 55.0)
+    assert failures is not None and failures.exhausted  # one attempt is the cap here
+    assert log.for_model("m", 61.0) is None  # and 10 s is the window

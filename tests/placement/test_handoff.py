@@ -53,3 +53,25 @@ def test_unregistered_and_still_loading_models_are_left() -> None:
 def test_nothing_drains_nothing_to_do() -> None:
     pod = PodView("a", 1 << 30, models={"m": held("m", 1)})
     assert plan_handoff(Snapshot((pod,), registered("m"))) == []
+
+
+def test_the_order_is_by_last_use_not_by_name() -> None:
+    going = PodView(
+        "a",
+        1 << 30,
+        draining=True,
+        models={"a-old": held("a-old", 0.0), "z-hot": held("z-hot", 0.5)},
+    )
+    assert plan_handoff(Snapshot((going, PodView("b", 1 << 30)), registered("a-old", "z-hot"))) == [
+        "z-hot",
+        "a-old",
+    ]
+
+
+def test_a_model_on_two_draining_pods_counts_its_latest_use_wherever_it_is_listed() -> None:
+    first = PodView("a", 1 << 30, draining=True, models={"m1": held("m1", 40)})
+    second = PodView(
+        "b", 1 << 30, draining=True, models={"m1": held("m1", 10), "m2": held("m2", 20)}
+    )
+    staying = PodView("c", 1 << 30)  # listed first: pods that stay are passed over, not a stop
+    assert plan_handoff(Snapshot((staying, first, second), registered("m1", "m2"))) == ["m1", "m2"]

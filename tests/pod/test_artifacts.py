@@ -10,27 +10,8 @@ from mesh.errors import InvalidRequest, ModelLoadFailed
 from mesh.pod.cache import ModelCache
 from mesh.pod.dataplane import DataPlane
 from mesh.runtimes.registry import RuntimeRegistry
-from tests.fakes import FakeRuntime
-
-
-class FakePuller:
-    """Serves files from a directory standing in for object storage."""
-
-    def __init__(self, storage: Path) -> None:
-        self.storage = storage
-        self.pulls: list[tuple[str, str, str]] = []
-        self.options: list[dict[str, str]] = []
-        self.released: list[str] = []
-
-    async def pull(
-        self, model_id: str, storage_key: str, path: str, options: dict[str, str] | None = None
-    ) -> str:
-        self.pulls.append((model_id, storage_key, path))
-        self.options.append(dict(options or {}))
-        return str(self.storage / path)
-
-    async def release(self, model_id: str) -> None:
-        self.released.append(model_id)
+from tests.fakes import FakePuller, FakeRuntime
+from tests.helpers import wait_until_async
 
 
 @pytest.fixture
@@ -58,8 +39,7 @@ async def test_load_from_storage_pulls_once_and_releases_on_unload_and_eviction(
     await dp.load("c", "", options=opts, storage_path="c.fake")  # evicts "a" (LRU)
     assert "a" in puller.released
     assert await dp.unload("b") is not None
-    await _settle()
-    assert sorted(puller.released) == ["a", "b"]
+    await wait_until_async(lambda: sorted(puller.released) == ["a", "b"], what="both released")
     await dp.aclose()
 
 
@@ -82,8 +62,7 @@ async def test_a_failed_load_from_storage_releases_what_it_pulled(
     dp, puller = plane
     with pytest.raises(ModelLoadFailed):
         await dp.load("x", "", options={"fail": "bad weights"}, storage_path="broken.fake")
-    await _settle()
-    assert puller.released == ["x"]
+    await wait_until_async(lambda: puller.released == ["x"], what="the failed load's release")
     await dp.aclose()
 
 
@@ -95,10 +74,3 @@ async def test_storage_without_a_puller_is_refused_clearly(tmp_path: Path) -> No
     with pytest.raises(InvalidRequest, match="path or a storage_path"):
         await dp.load("a", "")
     await dp.aclose()
-
-
-async def _settle() -> None:
-    import asyncio
-
-    for _ in range(5):
-        await asyncio.sleep(0.01)

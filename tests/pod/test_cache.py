@@ -15,6 +15,7 @@ from mesh.errors import CapacityExhausted, DeadlineExceeded, ModelLoadFailed
 from mesh.pod.cache import ModelCache
 from mesh.runtimes.registry import RuntimeRegistry
 from tests.fakes import FakeRuntime, fake_source
+from tests.helpers import wait_until_async
 
 KB = 10_000  # above the cache's one-page floor on a model's size
 
@@ -158,6 +159,25 @@ async def test_measured_overshoot_evicts_more(
     await cache.aclose()
 
 
+async def test_a_measured_overshoot_nothing_can_make_room_for_unloads_the_new_model(
+    runtime: FakeRuntime, clock: Clock, tmp_path: Path
+) -> None:
+    cache = make_cache(runtime, clock, min_model_age=60)  # "a" and "b" stay: used just now
+    await cache.load(fake_source(tmp_path, "a", 4 * KB))
+    await cache.load(fake_source(tmp_path, "b", 4 * KB))
+    held = runtime.memory.read()
+    # 1 KB on disk, so estimated to fit, but it really holds 5 KB: 13 KB in a 10 KB pod.
+    src = fake_source(tmp_path, "c", 1 * KB)
+    src = type(src)(src.model_id, src.format, src.file, options={"size": str(5 * KB)})
+    with pytest.raises(CapacityExhausted, match="'c'"):
+        await cache.load(src)
+    assert not cache.is_loaded("c")  # the new model went, not a guarded one
+    assert cache.is_loaded("a") and cache.is_loaded("b")
+    assert cache.used <= cache.capacity
+    assert runtime.memory.read() == held  # and its memory with it
+    await cache.aclose()
+
+
 async def test_concurrent_loads_of_one_model_share_it(
     runtime: FakeRuntime, clock: Clock, tmp_path: Path
 ) -> None:
@@ -211,12 +231,30 @@ async def test_load_timeout_keeps_bytes_until_the_thread_ends(
     assert not cache.is_loaded("slow")
     assert cache.used == 3 * KB  # the stuck thread still holds its estimate
     gate.set()
-    for _ in range(100):
-        if cache.used == 0:
-            break
-        await asyncio.sleep(0.02)
-    assert cache.used == 0
-    assert runtime.closed == 1  # what the late thread loaded was closed, not leaked
+    await wait_until_async(lambda: cache.used == 0, what="the late thread's bytes freed")
+    await wait_until_async(lambda: runtime.closed == 1)  # what it loaded was closed, not leaked
+    await cache.aclose()
+
+
+async def test_two_timed_out_loads_hold_both_their_bytes_until_their_threads_end(
+    runtime: FakeRuntime, clock: Clock, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache = make_cache(runtime, clock, load_timeout=0.2, load_concurrency=2)
+    gates = {m: runtime.gates.setdefault(m, threading.Event()) for m in ("slow-a", "slow-b")}
+    await asyncio.gather(
+        *(
+            cache.load(fake_source(tmp_path, "slow-a", 3 * KB)),
+            cache.load(fake_source(tmp_path, "slow-b", 4 * KB, fail="late and broken")),
+        ),
+        return_exceptions=True,
+    )
+    assert cache.used == 7 * KB  # both stuck threads still hold their estimates
+    gates["slow-b"].set()  # this one ends in an error: its bytes go, nothing to close
+    await wait_until_async(lambda: cache.used == 3 * KB, what="slow-b's bytes freed")
+    assert runtime.closed == 0
+    gates["slow-a"].set()
+    await wait_until_async(lambda: cache.used == 0 and runtime.closed == 1)
+    assert "Exception in callback" not in caplog.text  # a late failure is handled, not raised
     await cache.aclose()
 
 

@@ -20,9 +20,10 @@ import tritonclient.grpc as triton
 
 from mesh.gen import grpc_predict_v2_pb2 as pb
 from mesh.gen import grpc_predict_v2_pb2_grpc as pb_grpc
+from mesh.gen import health_pb2 as hpb
+from mesh.gen import health_pb2_grpc, runtime_pb2_grpc
 from mesh.gen import runtime_pb2 as rpb
-from mesh.gen import runtime_pb2_grpc
-from tests.helpers import free_port, infer_request, output_array
+from tests.helpers import free_port, infer_request, output_array, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 MESH = Path(sys.executable).parent / "mesh"
@@ -110,11 +111,26 @@ def test_sigterm_drains_requests_in_flight_then_exits(tmp_path: Path) -> None:
             except grpc.RpcError as exc:
                 result["error"] = exc
 
+        control = runtime_pb2_grpc.RuntimeStub(grpc.insecure_channel(address))
+
+        def in_flight() -> int:
+            status = control.RuntimeStatus(rpb.RuntimeStatusRequest(), timeout=5)
+            return sum(m.in_flight for m in status.models)
+
         caller = threading.Thread(target=slow_call)
         caller.start()
-        time.sleep(0.5)  # the request is in flight, sleeping in the model
+        wait_until(lambda: in_flight() == 1, what="the request in flight, sleeping in the model")
         proc.send_signal(signal.SIGTERM)
-        time.sleep(0.3)
+        health = health_pb2_grpc.HealthStub(grpc.insecure_channel(address))
+
+        def refusing_new_calls() -> bool:  # not ready, or no longer taking calls at all
+            try:
+                check = health.Check(hpb.HealthCheckRequest(), timeout=5)
+            except grpc.RpcError:
+                return True
+            return check.status != hpb.HealthCheckResponse.SERVING
+
+        wait_until(refusing_new_calls, what="the pod to drain")
         with pytest.raises(grpc.RpcError):  # no new calls once draining
             stub.ModelInfer(infer_request("slow", x=np.arange(4, dtype=np.float32)), timeout=5)
         caller.join(30)

@@ -7,6 +7,7 @@ import hashlib
 import json
 import re
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -103,6 +104,8 @@ class Seen:
     method: str
     path: str
     range: str | None
+    authorization: str | None = None
+    fault: str | None = None  # the fault this request got ("status 403", "cut", ...), if any
 
 
 @dataclass
@@ -118,9 +121,10 @@ class _State:
 
 
 class FaultServer:
-    """HTTP on loopback serving objects from memory; faults are consumed in order."""
+    """HTTP on loopback serving objects from memory; faults are consumed in order. With `tls`
+    (a certificate file and its key), HTTPS."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: tuple[Path, Path] | None = None) -> None:
         self.state = _State()
         state = self.state
 
@@ -138,12 +142,25 @@ class FaultServer:
 
             def _answer(self, body: bool) -> None:
                 with state.lock:
-                    state.seen.append(Seen(self.command, self.path, self.headers.get("Range")))
                     fault = None
                     for i, f in enumerate(state.faults):
                         if f.method == self.command:
                             fault = state.faults.pop(i)
                             break
+                    fired = None
+                    if fault is not None:
+                        fired = (
+                            f"{fault.kind} {fault.status}" if fault.kind == "status" else fault.kind
+                        )
+                    state.seen.append(
+                        Seen(
+                            self.command,
+                            self.path,
+                            self.headers.get("Range"),
+                            self.headers.get("Authorization"),
+                            fired,
+                        )
+                    )
                 if body and state.before_get is not None:
                     state.before_get(self.path)
                 if fault is not None and fault.kind == "status":
@@ -204,7 +221,13 @@ class FaultServer:
                 pass  # clients that hang up (a cancelled range) are expected here
 
         self._server = Server(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        scheme = "http"
+        if tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+            scheme = "https"
+        self.url = f"{scheme}://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
         )
@@ -225,6 +248,15 @@ class FaultServer:
     def fail(self, *faults: Fault) -> None:
         with self.state.lock:
             self.state.faults.extend(faults)
+
+    def fired(self) -> list[str]:
+        """The faults that were served, in order, as "METHOD kind [status]"."""
+        with self.state.lock:
+            return [f"{s.method} {s.fault}" for s in self.state.seen if s.fault is not None]
+
+    def pending(self) -> list[Fault]:
+        with self.state.lock:
+            return list(self.state.faults)
 
     def gets(self, path: str) -> list[Seen]:
         with self.state.lock:

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from mesh.errors import ArtifactChanged, ArtifactNotFound, StorageAccessDenied, StorageUnavailable
+from tests.certs import make_certs
 from tests.puller.conftest import Rig, every_log_line
 from tests.puller.servers import Fault, FaultServer
 
@@ -117,18 +119,53 @@ async def test_a_credential_the_server_echoes_back_is_scrubbed(
 ) -> None:
     caplog.set_level("DEBUG")
     http_server.put("models/m.bin", b"x" * 1000)
-    http_server.fail(Fault("status", 403, method="HEAD"), Fault("status", 500, method="HEAD"))
+    # On GET: the server puts the Authorization header it received into its error body, and
+    # object stores quote that body in their error (checked below: the faults fired).
+    http_server.fail(Fault("status", 403), Fault("status", 500))
     rig = make_rig(http_entry(http_server, headers={"Authorization": TOKEN}), retries=0)
     with pytest.raises(StorageAccessDenied) as denied:
         await rig.puller.pull("m", "web", "m.bin")
     with pytest.raises(StorageUnavailable) as unavailable:  # a 500 whose body has the token
         await rig.puller.pull("m", "web", "m.bin")
+    # Both faults were served, to requests that carried the token: it reached the puller.
+    assert http_server.fired() == ["GET status 403", "GET status 500"]
+    assert http_server.pending() == []
+    assert all(s.authorization == TOKEN for s in http_server.state.seen if s.fault)
     for err in (denied.value, unavailable.value):
         assert "storage 'web'" in str(err)
-        assert "tok-9d2f61a0b8c54e7f" not in str(err)
-        cause = err.__cause__
-        assert cause is not None and "tok-9d2f61a0b8c54e7f" not in str(cause)
+        chain: BaseException | None = err
+        while chain is not None:  # the message and every chained cause
+            assert "tok-9d2f61a0b8c54e7f" not in str(chain)
+            chain = chain.__cause__ or chain.__context__
+    # The chained cause is kept for debugging (scrubbed too, checked above).
+    assert unavailable.value.__cause__ is not None
+    # The server's body was quoted, with the echoed token replaced.
+    assert "you sent ***" in str(unavailable.value)
     assert "tok-9d2f61a0b8c54e7f" not in every_log_line(caplog)
     assert "500" in str(unavailable.value)
-    # The header was sent: the server saw it.
-    assert http_server.state.seen[0].method == "HEAD"
+
+
+async def test_https_with_a_custom_ca_is_verified_against_that_ca(
+    tmp_path: Path, make_rig: Callable[..., Rig]
+) -> None:
+    certs = make_certs(tmp_path / "certs")
+    server = FaultServer(tls=(certs / "server.crt", certs / "server.key")).start()
+    try:
+        data = os.urandom(100_000)
+        server.put("models/m.bin", data)
+        ca = (certs / "ca.crt").read_text()
+        rig = make_rig(
+            {
+                "trusted": {"type": "http", "url": f"{server.url}/models", "certificate": ca},
+                "untrusted": {"type": "http", "url": f"{server.url}/models"},
+            },
+            retries=0,
+        )
+        pulled = await rig.puller.pull("m", "trusted", "m.bin")
+        assert pulled.local_path.read_bytes() == data
+        # Without the CA the server's certificate is not trusted: refused, nothing fetched.
+        with pytest.raises(StorageUnavailable, match="storage 'untrusted'"):
+            await rig.puller.pull("m2", "untrusted", "m.bin")
+        assert [s.path for s in server.state.seen if s.method == "GET"] == ["/models/m.bin"]
+    finally:
+        server.stop()

@@ -166,7 +166,7 @@ def iam_user(moto: MotoServer) -> tuple[str, str]:
     return key["AccessKeyId"], key["SecretAccessKey"]
 
 
-async def test_wrong_credentials_are_denied_without_the_secret_in_any_message_or_log(
+async def test_wrong_credentials_are_denied_and_a_fixed_entry_works_without_a_restart(
     moto: MotoServer,
     bucket: str,
     serve_puller: Callable[..., Any],
@@ -201,9 +201,13 @@ async def test_wrong_credentials_are_denied_without_the_secret_in_any_message_or
         assert status.code() == grpc.StatusCode.PERMISSION_DENIED
         assert "storage 'wrong'" in status.details()
         assert "s3://" in status.details()
-        assert WRONG_SECRET not in status.details()
-        assert WRONG_SECRET not in str(err)
+        # SigV4 never sends the secret and a 403's message does not quote the store's body, so
+        # these only guard against a message that starts quoting it (moto's body names the key
+        # id). Scrubbing itself is shown by the HTTP echo test, on the same obstore path.
+        for credential in (WRONG_SECRET, key_id):
+            assert credential not in status.details()
+            assert credential not in str(err)
     logged = every_log_line(caplog)
     assert "storage 'wrong'" in logged  # the failures were logged...
-    assert WRONG_SECRET not in logged  # ...without the secret
+    assert WRONG_SECRET not in logged and key_id not in logged  # ...with no credential
     assert served.metric("mesh_puller_failures_total", reason="StorageAccessDenied") == 2

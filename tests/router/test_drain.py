@@ -16,7 +16,7 @@ from mesh.gen import health_pb2_grpc, runtime_pb2_grpc
 from mesh.gen import management_pb2 as mpb
 from mesh.gen import runtime_pb2 as rpb
 from tests.cluster.etcd_server import EtcdServer
-from tests.helpers import infer_request, running_router
+from tests.helpers import infer_request, running_router, wait_until
 from tests.router.test_faults import Load, pod_processes
 
 MODELS = {"m-old": "mlp", "m-mid": "mlp", "m-hot": "mlp"}  # in order of last use
@@ -47,25 +47,25 @@ def test_sigterm_hands_the_models_to_another_pod_then_exits(
             status = router.management.GetModelStatus(mpb.GetModelStatusRequest(model_id=model))
             return sorted(c.pod_id for c in status.copies if c.state == "loaded")
 
-        deadline = time.monotonic() + 20
-        while any(holders(m) != ["proc-0"] for m in MODELS) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert all(holders(m) == ["proc-0"] for m in MODELS)
+        wait_until(lambda: all(holders(m) == ["proc-0"] for m in MODELS), timeout=20)
         x = {"input": np.ones((1, 64), np.float32)}
         for model in MODELS:  # through the router, to proc-0, the only holder
             router.v2.ModelInfer(infer_request(model, **x))
-            time.sleep(0.05)
+            time.sleep(0.05)  # pacing: distinct last-use times, so the LRU order is the dict's
         assert not staying_runtime.RuntimeStatus(rpb.RuntimeStatusRequest()).models
 
         busy = ["m-mid", "m-hot"]  # m-old sees no request: only the hand-off moves it
         with Load(router, dict.fromkeys(busy, x)) as load:
-            time.sleep(0.5)
+            wait_until(lambda: all(load.ok[m] > 0 for m in busy), what="requests before SIGTERM")
             going.send_signal(signal.SIGTERM)
             # Readiness fails at once, while the pod still serves and hands off.
-            deadline = time.monotonic() + 5
-            while health.Check(hpb.HealthCheckRequest()).status == hpb.HealthCheckResponse.SERVING:
-                assert time.monotonic() < deadline, "readiness did not turn false"
-                time.sleep(0.05)
+            wait_until(
+                lambda: (
+                    health.Check(hpb.HealthCheckRequest()).status != hpb.HealthCheckResponse.SERVING
+                ),
+                timeout=5,
+                what="readiness to turn false",
+            )
             assert going.poll() is None
             try:
                 going.wait(60)  # it leaves once the models are elsewhere, not at its 60 s timeout
@@ -73,7 +73,8 @@ def test_sigterm_hands_the_models_to_another_pod_then_exits(
                 going.send_signal(signal.SIGUSR1)  # its threads' stacks, into its log
                 time.sleep(1)
                 pytest.fail("the pod did not exit:\n" + (tmp_path / "proc-0.log").read_text())
-            time.sleep(0.5)
+            after = {m: load.ok[m] for m in busy}  # and requests go on once it has gone
+            wait_until(lambda: all(load.ok[m] > after[m] for m in busy), what="requests after")
         assert going.returncode == 0
         assert {m: load.failed[m] for m in busy} == {m: [] for m in busy}
         assert all(load.ok[m] > 0 for m in busy)

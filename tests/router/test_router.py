@@ -15,7 +15,7 @@ from tritonclient.utils import InferenceServerException
 from mesh.gen import management_pb2 as mpb
 from mesh.gen import runtime_pb2 as rpb
 from tests.cluster.etcd_server import EtcdServer
-from tests.helpers import RunningPod, infer_request, output_array, running_router
+from tests.helpers import RunningPod, infer_request, output_array, running_router, wait_until
 
 
 def _register(router, model_id: str, fmt: str, path: str, **kw) -> mpb.ModelStatusResponse:  # type: ignore[no-untyped-def]
@@ -230,24 +230,21 @@ def test_the_leader_keeps_min_copies_loaded_and_publishes_totals(
             status = router.management.GetModelStatus(mpb.GetModelStatusRequest(model_id="mlp"))
             return sorted(c.pod_id for c in status.copies if c.state == "loaded")
 
-        import time
-
-        deadline = time.monotonic() + 20
-        while copies() != ["pod-0", "pod-1"] and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert copies() == ["pod-0", "pod-1"]  # loaded with no request at all
-        time.sleep(0.7)
+        wait_until(lambda: copies() == ["pod-0", "pod-1"], timeout=20)  # with no request at all
+        # The totals are published on the leader's next pass after the copies are seen.
+        registry = router.server.registry
+        wait_until(lambda: registry.get_sample_value("mesh_cluster_copies") == 2.0)
         text = generate_latest(router.server.registry).decode()
         assert "mesh_router_leader 1.0" in text
         assert "mesh_cluster_models_registered 1.0" in text
         assert "mesh_cluster_copies 2.0" in text
         assert "mesh_cluster_pods 2.0" in text
         # The age of the mesh's least recently used model, and each pod's own.
-        registry = router.server.registry
-        deadline = time.monotonic() + 10
-        while not registry.get_sample_value("mesh_cluster_lru_age_seconds"):
-            assert time.monotonic() < deadline, "no cluster LRU age published"
-            time.sleep(0.2)
+        wait_until(
+            lambda: registry.get_sample_value("mesh_cluster_lru_age_seconds"),
+            timeout=10,
+            what="a cluster LRU age",
+        )
         assert 0 < registry.get_sample_value("mesh_cluster_lru_age_seconds") < 60
         assert registry.get_sample_value("mesh_cluster_models_failed") == 0
         for pod in pods:
@@ -408,3 +405,34 @@ def test_preferred_labels_are_registered_and_reported(etcd: EtcdServer, prefix: 
         status = router.management.GetModelStatus(mpb.GetModelStatusRequest(model_id="prefers-gpu"))
         assert dict(status.options.preferred_labels) == {"gpu": "true"}
         assert dict(status.options.required_labels) == {}
+
+
+@pytest.mark.slow
+def test_a_vmodel_switch_to_a_model_that_fails_is_blocked_and_the_old_one_keeps_serving(
+    etcd: EtcdServer, prefix: str, pods: list[RunningPod]
+) -> None:
+    with running_router(etcd=etcd.url, etcd_prefix=prefix, leader_interval=0.3) as router:
+        _register(router, "scorer-a", "onnx", "mlp")
+        _register(router, "scorer-bad", "onnx", "corrupt")
+        _register(router, "scorer-b", "onnx", "mlp")
+        set_vmodel = router.management.SetVModel
+        set_vmodel(mpb.SetVModelRequest(vmodel_id="scorer", target_model_id="scorer-a", wait=True))
+        set_vmodel(mpb.SetVModelRequest(vmodel_id="scorer", target_model_id="scorer-bad"))
+
+        def status() -> mpb.VModelStatusResponse:
+            return router.management.GetVModelStatus(mpb.GetVModelStatusRequest(vmodel_id="scorer"))
+
+        blocked = wait_until(
+            lambda: status() if status().transition == "BLOCKED_BY_FAILED_LOAD" else None,
+            what="the transition to be blocked",
+        )
+        assert (blocked.active_model_id, blocked.target_model_id) == ("scorer-a", "scorer-bad")
+        assert "INVALID_PROTOBUF" in blocked.last_failure  # the load error, for the operator
+        x = np.ones((1, 64), np.float32)
+        response = router.v2.ModelInfer(infer_request("scorer", input=x))
+        assert response.model_name == "scorer-a"  # clients keep the old model meanwhile
+        # Pointing it at a model that loads unblocks it.
+        set_vmodel(mpb.SetVModelRequest(vmodel_id="scorer", target_model_id="scorer-b", wait=True))
+        final = status()
+        assert (final.active_model_id, final.transition) == ("scorer-b", "UP_TO_DATE")
+        assert router.v2.ModelInfer(infer_request("scorer", input=x)).model_name == "scorer-b"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ssl
-import subprocess
 from pathlib import Path
 
 import grpc
@@ -14,28 +13,15 @@ from mesh.gen import grpc_predict_v2_pb2 as pb
 from mesh.gen import grpc_predict_v2_pb2_grpc as pb_grpc
 from mesh.gen import management_pb2 as mpb
 from mesh.gen import management_pb2_grpc
+from tests.certs import make_certs
 from tests.cluster.etcd_server import EtcdServer
 from tests.helpers import running_router
-
-
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
 
 
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A CA, a server certificate for 127.0.0.1 and a client certificate, made with openssl."""
-    d = tmp_path_factory.mktemp("certs")
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out",
-             "ca.crt", "-days", "1", "-subj", "/CN=mesh-test-ca", cwd=d)  # fmt: skip
-    (d / "san.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    for name in ("server", "client"):
-        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out",
-                 f"{name}.csr", "-subj", f"/CN={name}", cwd=d)  # fmt: skip
-        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-                 "-CAcreateserial", "-out", f"{name}.crt", "-days", "1", "-extfile", "san.cnf",
-                 cwd=d)  # fmt: skip
-    return d
+    return make_certs(tmp_path_factory.mktemp("certs"))
 
 
 def test_mutual_tls_admits_only_clients_with_a_certificate(

@@ -1,0 +1,98 @@
+"""A draining pod waits for its models to be loaded elsewhere, but only `handoff_timeout`: a
+hand-off nobody completes (here no router's leader runs) does not keep the pod from stopping."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import pytest
+
+from mesh.cluster.codec import Keys, encode
+from mesh.cluster.etcd import EtcdConfig, EtcdStore
+from mesh.cluster.records import ModelRecord
+from mesh.gen import runtime_pb2 as rpb
+from mesh.pod.artifacts import DirectoryArtifacts
+from tests.cluster.conftest import etcd, prefix  # noqa: F401  (shared fixtures)
+from tests.cluster.etcd_server import EtcdServer
+from tests.helpers import RunningPod, running_pod, wait_until
+
+
+@pytest.fixture
+def two_pods(
+    etcd: EtcdServer,  # noqa: F811
+    prefix: str,  # noqa: F811
+    model_dir: Path,
+) -> Iterator[tuple[RunningPod, RunningPod]]:
+    async def register() -> None:  # as a router would, with no router (and so no leader)
+        store = EtcdStore(EtcdConfig.parse(etcd.url))
+        record = ModelRecord("mlp", "onnx", storage_path="mlp")
+        await store.put(Keys(prefix).model("mlp"), encode(record))
+        await store.aclose()
+
+    asyncio.run(register())
+    with ExitStack() as stack:
+        going, staying = (
+            stack.enter_context(
+                running_pod(
+                    artifacts=DirectoryArtifacts(model_dir),
+                    etcd=etcd.url,
+                    etcd_prefix=prefix,
+                    pod_id=pod_id,
+                    lease_ttl=5,
+                    handoff_timeout=1.0,
+                )
+            )
+            for pod_id in ("going", "staying")
+        )
+        yield going, staying
+
+
+class Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.text = ""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.text += record.getMessage() + "\n"
+
+
+@pytest.fixture
+def drain_log() -> Iterator[Lines]:
+    """The pod server's log lines, caught on its own logger (whatever a test before configured)."""
+    logger = logging.getLogger("mesh.pod.server")
+    lines, level = Lines(), logger.level
+    logger.addHandler(lines)
+    logger.setLevel(logging.INFO)
+    yield lines
+    logger.removeHandler(lines)
+    logger.setLevel(level)
+
+
+def load(pod: RunningPod) -> None:
+    pod.control.LoadModel(rpb.LoadModelRequest(model_id="mlp", format="onnx", storage_path="mlp"))
+
+
+def test_a_hand_off_nobody_completes_ends_at_the_timeout(
+    two_pods: tuple[RunningPod, RunningPod], drain_log: Lines
+) -> None:
+    going, staying = two_pods
+    load(going)
+    going.run(going.server.aclose(), timeout=30)  # returns: the 1 s hand-off ran out
+    assert "1 of 1 models are loaded nowhere else (mlp); leaving" in drain_log.text
+    assert staying.plane.cache.loaded_ids() == []  # nobody took it: it really was not handed off
+
+
+def test_a_hand_off_ends_as_soon_as_the_model_is_loaded_elsewhere(
+    two_pods: tuple[RunningPod, RunningPod], drain_log: Lines
+) -> None:
+    going, staying = two_pods
+    load(going)
+    load(staying)
+    wait_until(lambda: "mlp" in staying.plane.cache.loaded_ids())
+    going.run(going.server.aclose(), timeout=30)
+    assert "drain: 1 of 1 models loaded elsewhere" in drain_log.text
+    assert "loaded nowhere else" not in drain_log.text
