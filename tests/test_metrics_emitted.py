@@ -6,8 +6,9 @@ etcd, a router that is leader, one pod with a small capacity and its puller (a `
 an HTTP entry on a server that fails once), a stub pod answering NOT_FOUND, and the controller
 on the test Kubernetes API server. It does what makes each documented series move: misses,
 hits, evictions, a load that fails, a retry, a puller cache hit, miss, retry, failure and
-eviction, a Predictor reconciled, a dropped watch, and on a second pod (a fake device with a
-host tier, outside the mesh) demotions, a promotion, host-tier evictions and a recycle.
+eviction, a Predictor reconciled, a dropped watch, on a second pod (a fake device with a host
+tier, outside the mesh) demotions, a promotion, host-tier evictions and a recycle, and a
+generative model streamed through the router from a pod of its own.
 
 "Emitted" means: a counter or histogram has counted something (its _total or _count above 0);
 a gauge has a sample (0 can be its true value). Names that the prometheus-adapter derives
@@ -28,6 +29,7 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
+import tritonclient.grpc as triton
 import yaml
 from prometheus_client import CollectorRegistry
 
@@ -45,6 +47,8 @@ from tests.controller.conftest import NAMESPACE, build_controller, predictor
 from tests.fakes import CountingPuller, DeviceRuntime
 from tests.helpers import infer_request, running_pod, running_router, wait_until
 from tests.kube.apiserver import FakeKubeAPI
+from tests.llm.conftest import llm_dir  # noqa: F401  (shared fixture)
+from tests.llm.test_pod import _inputs, _stream
 from tests.puller.conftest import settings as puller_settings
 from tests.puller.servers import Fault, FaultServer
 from tests.router.test_retries import StubPod, publish, stub  # noqa: F401  (fixture)
@@ -60,8 +64,10 @@ def documented_metrics() -> set[str]:
     texts += [p.read_text() for p in sorted((ROOT / "deploy" / "grafana").glob("*.json"))]
     names = set()
     for text in texts:
-        # A metric name, not a file name such as the wheel's mesh_serving-*.whl.
-        for name in re.findall(r"\bmesh_[a-z0-9_]*[a-z0-9]\b(?!-)", text):
+        # A metric: mesh_<component>_..., not a file name such as the wheel's
+        # mesh_serving-*.whl, nor a request parameter such as ModelStreamInfer's mesh_chat.
+        metric = r"\bmesh_(?:pod|router|puller|controller|cluster)_[a-z0-9_]*[a-z0-9]\b(?!-)"
+        for name in re.findall(metric, text):
             names.add(re.sub(r"_(bucket|count|sum)$", "", name))
     adapter = yaml.safe_load((ROOT / "deploy/examples/prometheus-adapter-values.yaml").read_text())
     derived = {rule["name"]["as"] for rule in adapter["rules"]["custom"]}
@@ -120,6 +126,7 @@ def test_every_documented_metric_is_emitted_after_a_scenario(
     etcd: EtcdServer,  # noqa: F811
     prefix: str,  # noqa: F811
     model_dir: Path,
+    llm_dir: Path,  # noqa: F811
     tmp_path: Path,
     stub: StubPod,  # noqa: F811
 ) -> None:
@@ -275,9 +282,29 @@ def test_every_documented_metric_is_emitted_after_a_scenario(
             )
             leaky_pod.control.UnloadModel(rpb.UnloadModelRequest(model_id="leaky"))
 
+        # A generative model streamed through the router, on a pod of its own in the mesh.
+        llm_pod = stack.enter_context(
+            running_pod(
+                artifacts=CountingPuller(llm_dir, tmp_path / "llm-disk"),
+                etcd=etcd.url,
+                etcd_prefix=prefix,
+                pod_id="pod-llm",
+                capacity=1 << 30,
+            )
+        )
+        register(mpb.RegisterModelRequest(
+            model_id="llama", format="transformers", storage_path="llama",
+            options=mpb.ModelOptions(pinned_pods=["pod-llm"]),
+        ))  # fmt: skip
+        client = triton.InferenceServerClient(router.address)
+        stack.callback(client.close)
+        by_id = _stream(client, "llama", [_inputs("the quick brown", True, max_tokens=4)])
+        assert by_id["0"], "the stream answered nothing"
+
         registries = [
             router.server.registry,
             pod.server.registry,
+            llm_pod.server.registry,
             device_pod.server.registry,
             leaky_pod.server.registry,
             puller.registry,
