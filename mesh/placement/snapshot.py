@@ -194,10 +194,12 @@ class TypicalSizes:
         if old == new:
             return
         if old is not None and old[1] > 0:
-            sizes = self._sorted[old[0]]
-            del sizes[bisect.bisect_left(sizes, old[1])]
+            sizes = self._sorted.get(old[0], [])
+            i = bisect.bisect_left(sizes, old[1])
+            if i < len(sizes) and sizes[i] == old[1]:  # a change never seen adds, never drifts
+                del sizes[i]
             if not sizes:
-                del self._sorted[old[0]]
+                self._sorted.pop(old[0], None)
         if new is not None and new[1] > 0:
             bisect.insort(self._sorted.setdefault(new[0], []), new[1])
         self._cache = None
