@@ -105,7 +105,7 @@ def _pod_parser(sub: Any) -> None:
     g.add_argument("--etcd-ca", type=Path, help="CA certificate for etcd's TLS")
     g.add_argument("--etcd-cert", type=Path, help="client certificate for etcd")
     g.add_argument("--etcd-key", type=Path, help="client key for etcd")
-    g.add_argument("--pod-id", help="this pod's name in the mesh (default: host name and process id)")
+    g.add_argument("--pod-id", help="this pod's name in the mesh (default: host name-pid)")
     g.add_argument("--advertise", help="host:port routers use to reach this pod")
     g.add_argument("--lease-ttl", type=int, help="seconds a dead pod stays visible (default 10)")
     g.add_argument(
