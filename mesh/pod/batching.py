@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from mesh.errors import InvalidRequest, MeshError, RuntimeFailure
+from mesh.errors import InvalidRequest, MeshError, RuntimeFailure, Unavailable
 from mesh.gen import grpc_predict_v2_pb2 as pb
 from mesh.pod.codec import DecodedRequest, decode_request, encode_response
 from mesh.runtimes.base import LoadedModel
@@ -100,6 +100,7 @@ class _Item:
     rows: int
     future: asyncio.Future[pb.ModelInferResponse]
     queued_at: float
+    call: asyncio.Task[None] | None = None  # the framework call it went into
 
 
 class Batcher:
@@ -124,44 +125,61 @@ class Batcher:
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def infer(self, request: pb.ModelInferRequest, name: str) -> pb.ModelInferResponse:
-        decoded = decode_request(request, self.model.signature)
-        rows = _rows_of(decoded)
         loop = asyncio.get_running_loop()
+        # Decoded in a worker, as every request is: typed contents and BYTES cost per element.
+        decoded = await loop.run_in_executor(
+            self._executor, decode_request, request, self.model.signature
+        )
+        rows = _rows_of(decoded)
         if rows is None or rows > self.policy.max_size:
             return await loop.run_in_executor(
                 self._executor, _run_one, self.model, name, request, decoded
             )
-        future: asyncio.Future[pb.ModelInferResponse] = loop.create_future()
-        key = _key_of(decoded)
-        self._queues.setdefault(key, deque()).append(
-            _Item(request, name, decoded, rows, future, self._clock())
-        )
+        item = _Item(request, name, decoded, rows, loop.create_future(), self._clock())
+        self._queues.setdefault(_key_of(decoded), deque()).append(item)
         self._kick()
-        return await future  # cancelling it takes the request out of its batch
+        try:
+            return await item.future  # cancelling it takes the request out of its batch
+        except asyncio.CancelledError:
+            if item.call is not None:
+                # Already in a framework call: keep the caller's hold on the model until the
+                # call is over, so that it is neither evicted nor demoted under the call.
+                await asyncio.shield(item.call)
+            raise
 
     def _kick(self) -> None:
-        """Start framework calls while a worker is free and requests wait."""
+        """Start framework calls while a worker is free and requests wait: the queue waiting
+        longest first, past any whose batch may still wait for more (batch.max_delay_ms)."""
         while self._running < self.policy.concurrency:
-            key = self._oldest()
-            if key is None:
+            now = self._clock()
+            ready, wake = None, None
+            for key in self._by_age():
+                queue = self._queues[key]
+                waited = now - queue[0].queued_at
+                short = sum(i.rows for i in queue) < self.policy.max_size
+                if short and waited < self.policy.max_delay:  # may wait for more
+                    left = self.policy.max_delay - waited
+                    wake = left if wake is None else min(wake, left)
+                    continue
+                ready = key
+                break
+            if ready is None:
+                if wake is not None:
+                    self._wake_in(wake)
                 return
-            queue = self._queues[key]
-            waited = self._clock() - queue[0].queued_at
-            short = sum(i.rows for i in queue) < self.policy.max_size
-            if short and waited < self.policy.max_delay:  # wait for more, up to the delay
-                self._wake_in(self.policy.max_delay - waited)
-                return
-            items = self._take(key)
+            items = self._take(ready)
             if not items:
                 continue
             self._running += 1
             task = asyncio.get_running_loop().create_task(self._run(items))
+            for item in items:
+                item.call = task
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    def _oldest(self) -> tuple[Any, ...] | None:
-        """The queue whose first live request has waited longest; empty queues are dropped."""
-        best, best_at = None, 0.0
+    def _by_age(self) -> list[tuple[Any, ...]]:
+        """The queues by how long their first live request has waited; empty ones dropped."""
+        heads = []
         for key in list(self._queues):
             queue = self._queues[key]
             while queue and queue[0].future.done():  # its caller gave up
@@ -169,9 +187,9 @@ class Batcher:
             if not queue:
                 del self._queues[key]
                 continue
-            if best is None or queue[0].queued_at < best_at:
-                best, best_at = key, queue[0].queued_at
-        return best
+            heads.append((queue[0].queued_at, key))
+        heads.sort(key=lambda head: head[0])
+        return [key for _, key in heads]
 
     def _take(self, key: tuple[Any, ...]) -> list[_Item]:
         queue = self._queues[key]
@@ -187,13 +205,17 @@ class Batcher:
         return items
 
     def _wake_in(self, delay: float) -> None:
-        if self._timer is None:
+        loop = asyncio.get_running_loop()
+        if self._timer is not None:
+            if self._timer.when() <= loop.time() + delay:
+                return
+            self._timer.cancel()
 
-            def wake() -> None:
-                self._timer = None
-                self._kick()
+        def wake() -> None:
+            self._timer = None
+            self._kick()
 
-            self._timer = asyncio.get_running_loop().call_later(delay, wake)
+        self._timer = loop.call_later(delay, wake)
 
     async def _run(self, items: list[_Item]) -> None:
         try:
@@ -227,7 +249,7 @@ class Batcher:
         for queue in self._queues.values():
             for item in queue:
                 if not item.future.done():
-                    item.future.set_exception(RuntimeFailure("the pod is stopping"))
+                    item.future.set_exception(Unavailable("the pod is stopping"))
         self._queues.clear()
 
 
