@@ -514,11 +514,13 @@ class ModelCache:
 
     def _candidate(self, entry: CachedModel) -> Candidate:
         group = [entry, *(self._entries[d] for d in entry.dependents if d in self._entries)]
+        # An adapter loading into its base keeps the base as busy as a request would.
+        loading = sum(e.state is State.LOADING for e in group[1:])
         return Candidate(
             entry.model_id,
             sum(e.size for e in group),
             max(e.last_used for e in group),
-            sum(e.in_flight for e in group),
+            sum(e.in_flight for e in group) + loading,
         )
 
     async def _fit_after_load(self, entry: CachedModel, keep: str | None = None) -> list[str]:
@@ -663,15 +665,27 @@ class ModelCache:
         started = time.perf_counter()
         dependents = [self._entries[d] for d in entry.dependents if d in self._entries]
         if dependents:
-            # A base's adapters go first: they run inside it.
+            # A base's adapters go first: they run inside it. One still loading is waited for;
+            # one another caller is unloading already is waited for, not unloaded twice.
             for dep in dependents:
+                if dep.state is State.LOADING:
+                    await dep.settled.wait()
+            mine: list[CachedModel] = []
+            theirs: list[CachedModel] = []
+            for dep in dependents:
+                if self._entries.get(dep.model_id) is not dep:
+                    continue  # gone meanwhile (its load failed, or it was unloaded)
                 if dep.state is State.LOADED:
                     dep.state = State.UNLOADING
+                    mine.append(dep)
+                elif dep.state is State.UNLOADING:
+                    theirs.append(dep)
             await asyncio.gather(
-                *(self._unload(d, reason) for d in dependents if d.state is State.UNLOADING)
+                *(self._unload(d, reason) for d in mine), *(d.gone.wait() for d in theirs)
             )
         if entry.in_flight:
-            entry.idle = asyncio.Event()
+            if entry.idle is None:
+                entry.idle = asyncio.Event()
             await entry.idle.wait()
         model, entry.model = entry.model, None
         loop = asyncio.get_running_loop()

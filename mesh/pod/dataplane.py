@@ -297,8 +297,14 @@ class DataPlane:
         if present is not None:  # loaded or loading: share it, pull nothing
             return await self.cache.load(present, retry_failed=True)
         demoted = self.cache.demoted_source(model_id)
+        if demoted is not None:
+            runtime_options = {k: v for k, v in options.items() if not k.startswith(STORAGE_OPTION)}
+            other_format = bool(format) and format != demoted.format
+            if other_format or runtime_options != dict(demoted.options):
+                await self.cache.unload(model_id)  # registered anew: not the copy it keeps
+                demoted = None
         if demoted is not None:  # in the host tier: a promotion, with no pull
-            return await self.cache.load(demoted, retry_failed=True)
+            return await self._load_source(demoted, retry_failed=True)
         if path:
             source = source_for(model_id, Path(path), self.runtimes, format, options, base)
             return await self._load_source(source, retry_failed=True)

@@ -104,7 +104,10 @@ class Management:
     async def unregister(self, request: mpb.UnregisterModelRequest) -> mpb.UnregisterModelResponse:
         model_id = request.model_id
         existed = await self._store.delete(self._keys.model(model_id))
-        copies = sorted(self._router.known_copies(model_id))
+        # Pods holding it in their host tier too: a re-registration must not promote the old
+        # files there (UnloadModel drops both tiers).
+        warm = {i.pod_id for i in self._mirror.instances.values() if model_id in i.host_models}
+        copies = sorted(self._router.known_copies(model_id) | warm)
         results = await asyncio.gather(
             *(self._unload(model_id, pod_id) for pod_id in copies), return_exceptions=True
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import threading
 from pathlib import Path
 
 import pytest
@@ -96,4 +97,50 @@ async def test_unloading_a_base_unloads_its_adapters(tmp_path: Path) -> None:
     assert await cache.unload("base") == 4 * KB
     assert cache.loaded_ids() == []
     assert cache.used == 0
+    await cache.aclose()
+
+
+async def test_unloading_an_adapter_then_its_base_while_the_adapter_is_busy_ends_both(
+    tmp_path: Path,
+) -> None:
+    """An adapter serving a request is asked to unload, then its base: both unloads end once
+    the request does (the base's unload waits for the adapter's, never starts it twice)."""
+    runtime = FakeRuntime()
+    cache = _cache(runtime)
+    await cache.load(fake_source(tmp_path, "base", 4 * KB))
+    await cache.load(_adapter(tmp_path, "lora", "base"))
+    held = cache.acquire("lora")
+    assert held is not None
+    adapter = asyncio.create_task(cache.unload("lora"))
+    base = asyncio.create_task(cache.unload("base"))
+    for _ in range(5):  # a few turns of the loop: both unloads reach their waits
+        await asyncio.sleep(0)
+    cache.release(held)
+    await asyncio.wait_for(asyncio.gather(adapter, base), 10)
+    assert cache.loaded_ids() == []
+    assert runtime.closed == 2  # each model closed once
+    await cache.aclose()
+
+
+async def test_a_base_with_an_adapter_loading_into_it_is_not_evicted(tmp_path: Path) -> None:
+    runtime = FakeRuntime()
+    cache = _cache(runtime, capacity=10 * KB)
+    await cache.load(fake_source(tmp_path, "base", 4 * KB))
+    await cache.load(fake_source(tmp_path, "other", 3 * KB))
+    busy = cache.acquire("other")  # only the base could make room
+    assert busy is not None
+    gate = threading.Event()
+    runtime.gates["lora"] = gate
+    lora = asyncio.create_task(cache.load(_adapter(tmp_path, "lora", "base", KB)))
+    for _ in range(1000):  # until the adapter's load is in the runtime
+        if runtime.running:
+            break
+        await asyncio.sleep(0.01)
+    assert runtime.running == 1
+    with pytest.raises(CapacityExhausted):
+        await cache.load(fake_source(tmp_path, "x", 4 * KB))
+    gate.set()
+    await asyncio.wait_for(lora, 10)
+    assert cache.is_loaded("base") and cache.is_loaded("lora")
+    cache.release(busy)
     await cache.aclose()

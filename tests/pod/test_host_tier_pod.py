@@ -233,3 +233,16 @@ def test_mesh_pods_serve_drains_and_exits_75_when_a_runtime_keeps_device_memory(
         return await asyncio.wait_for(running, 60)
 
     assert asyncio.run(main()) == EXIT_RECYCLE
+
+
+def test_a_model_registered_anew_is_pulled_not_promoted_from_the_host_tier(
+    cpu_pod: tuple[RunningPod, CountingPuller],
+) -> None:
+    """The host tier keeps the copy of what was loaded: a LoadModel for the same id with other
+    runtime options (a new registration) loads it anew through the puller."""
+    pod, puller = cpu_pod
+    demote_a(pod)
+    pulls = len(puller.pulls)
+    load(pod, "a", "big", intra_op_threads="2")
+    assert len(puller.pulls) == pulls + 1 and puller.pulls[-1] == "a"
+    assert "a" not in pod.run(_state(pod)).instance.host_models
