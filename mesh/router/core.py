@@ -354,9 +354,19 @@ class Router:
                 )
                 try:
                     try:
-                        first = await call.read()
+                        try:
+                            first = await call.read()
+                        except (asyncio.CancelledError, aio.UsageError):
+                            left = pod_left(pod.pod_id)  # its pod left and the channel closed
+                            if left is None:
+                                raise  # our own client gave up
+                            raise left from None
                     except aio.AioRpcError as exc:
                         if exc.code() in _RETRYABLE and attempt + 1 < self.policy.forward_attempts:
+                            if exc.code() is grpc.StatusCode.NOT_FOUND:
+                                self._forget_fresh(model_id, pod.pod_id)
+                            else:
+                                self._unreachable(pod.pod_id)
                             exclude.append(pod.pod_id)
                             continue
                         raise PodAnswer(exc.code(), exc.details() or "") from None
@@ -391,7 +401,7 @@ class Router:
         pod_id = await self.ensure_loaded(model_id, exclude, deadline)
         if pod_id in exclude:
             pod_id = await self.add_copy_for(model_id, exclude, deadline)
-        instance = self.mirror.instances.get(pod_id)
+        instance = self.instance(pod_id)
         if instance is None:
             exclude.append(pod_id)
             return None
