@@ -16,9 +16,9 @@ once while it has more than `max_pods`, which an operator may have lowered). The
 the one whose models matter least: first the fewest bytes of sole copies of models in use (used
 within the window or with requests in flight), which its hand-off must load elsewhere, then the
 fewest bytes in use. The decision names those models (`handoff`, most recently used first) and is
-taken only when the pods that stay have the free room for them; the caller drains the pod through
-the existing hand-off, so a sole copy of a model in use is never lost with its pod. With
-`min_pods` 0 a
+taken only when the pods that stay have the free room for them, each copy on one pod; the caller
+drains the pod through the existing hand-off, so a sole copy of a model in use is never lost with
+its pod. With `min_pods` 0 a
 pool with no use within the window and nothing in flight goes to zero pods; a request held for a
 pool with no pod is in-flight demand and brings one back.
 
@@ -168,23 +168,37 @@ def _thrashing(pods: list[PodView], signals: PoolSignals, policy: PoolPolicy) ->
 
 def _removable(pods: list[PodView], since: float) -> tuple[str, tuple[str, ...]] | None:
     """The pod to drain and the sole copies in use it must hand off, or None when no pod's
-    hand-off would fit in the free room of the pods that stay."""
+    hand-off would fit in the free room of the pods that stay (each copy on one pod)."""
     holders: dict[str, int] = {}
     for pod in pods:
         for model_id in pod.models:
             holders[model_id] = holders.get(model_id, 0) + 1
-    free = sum(max(p.free, 0) for p in pods)
     best: tuple[int, int, str] | None = None
     best_handoff: tuple[str, ...] = ()
     for pod in pods:
         used = [m for m in pod.models.values() if m.last_used >= since or m.in_flight]
         sole = [m for m in used if holders[m.model_id] == 1]
-        sole_bytes = sum(m.size for m in sole)
-        if sole_bytes > free - max(pod.free, 0):
+        others = [p for p in pods if p.pod_id != pod.pod_id]
+        if not _fits([m.size for m in sole], [max(p.free, 0) for p in others]):
             continue  # the others could not take its hand-off
-        key = (sole_bytes, sum(m.size for m in used), pod.pod_id)
+        key = (sum(m.size for m in sole), sum(m.size for m in used), pod.pod_id)
         if best is None or key < best:
             best = key
             ordered = sorted(sole, key=lambda m: (-m.last_used, m.model_id))
             best_handoff = tuple(m.model_id for m in ordered)
     return None if best is None else (best[2], best_handoff)
+
+
+def _fits(sizes: list[int], free: list[int]) -> bool:
+    """Whether every size finds a pod with room for it, largest first into the roomiest pod
+    (first fit decreasing: it may refuse a packing that exists, never accepts one that does
+    not)."""
+    room = sorted(free, reverse=True)
+    for size in sorted(sizes, reverse=True):
+        for i, r in enumerate(room):
+            if size <= r:
+                room[i] -= size
+                break
+        else:
+            return False
+    return True

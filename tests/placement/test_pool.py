@@ -76,7 +76,10 @@ def test_a_pod_drained_hands_off_every_sole_copy_in_use_to_room_that_exists(
     (gone,) = [p for p in signals.pods if p.pod_id == decision.remove]
     sole = {m for m in in_use(gone) if not any(m in p.models for p in staying)}
     assert set(decision.handoff) == sole
-    assert sum(gone.models[m].size for m in sole) <= sum(max(p.free, 0) for p in staying)
+    room = sorted((max(p.free, 0) for p in staying), reverse=True)
+    for size in sorted((gone.models[m].size for m in sole), reverse=True):
+        i = next(i for i, r in enumerate(room) if size <= r)  # each copy fits on one pod
+        room[i] -= size
     last_used = [gone.models[m].last_used for m in decision.handoff]
     assert last_used == sorted(last_used, reverse=True)  # most recently used first
 
@@ -158,3 +161,16 @@ def test_the_pod_drained_is_the_one_with_the_least_to_hand_off() -> None:
     assert (decision.remove, decision.handoff) == ("p1", ("c", "b"))
     full = (pod("p0", 60, a=(55, NOW - 5)), pod("p1", 60, b=(55, NOW - 5)))
     assert decide_pool(policy, PoolSignals(full, now=NOW)).remove is None  # no room to hand off
+
+
+def test_a_sole_copy_too_large_for_any_one_pod_keeps_its_pod() -> None:
+    """Room spread over two pods is no room for one copy larger than either share."""
+    policy = PoolPolicy(min_pods=0, max_pods=4, window=WINDOW, headroom=0.0, scale_down_after=0.0)
+    pods = (
+        pod("p0", 100, big=(60, NOW - 5)),  # 30 + 30 free elsewhere, but 60 in one piece
+        pod("p1", 100, a=(70, NOW - 5)),
+        pod("p2", 100, b=(70, NOW - 5)),
+    )
+    decision = decide_pool(policy, PoolSignals(pods, now=NOW))
+    assert decision.needs["bytes"] == 2  # the pool would shrink if a hand-off fitted
+    assert decision.remove is None
