@@ -133,7 +133,7 @@ class Batcher:
         rows = _rows_of(decoded)
         if rows is None or rows > self.policy.max_size:
             return await loop.run_in_executor(
-                self._executor, _run_one, self.model, name, request, decoded
+                self._executor, run_one, self.model, name, request, decoded
             )
         item = _Item(request, name, decoded, rows, loop.create_future(), self._clock())
         self._queues.setdefault(_key_of(decoded), deque()).append(item)
@@ -281,9 +281,10 @@ def _predict(model: LoadedModel, name: str, decoded: DecodedRequest) -> Mapping[
     return results
 
 
-def _run_one(
+def run_one(
     model: LoadedModel, name: str, request: pb.ModelInferRequest, decoded: DecodedRequest
 ) -> pb.ModelInferResponse:
+    """Predict and encode one decoded request, in a worker thread (batched or not)."""
     return encode_response(request, name, _predict(model, name, decoded), decoded.outputs)
 
 
@@ -291,7 +292,7 @@ def _run_batch(model: LoadedModel, items: list[_Item]) -> list[pb.ModelInferResp
     """One framework call for every item, split back by rows; in a worker thread."""
     if len(items) == 1:
         item = items[0]
-        return [_run_one(model, item.name, item.request, item.decoded)]
+        return [run_one(model, item.name, item.request, item.decoded)]
     first = items[0]
     merged = DecodedRequest(
         inputs={

@@ -26,15 +26,14 @@ from mesh.errors import (
     MeshError,
     ModelNotFound,
     ModelNotReady,
-    RuntimeFailure,
     Unavailable,
 )
 from mesh.gen import grpc_predict_v2_pb2 as pb
 from mesh.llm.chunks import Chunk, Stats
 from mesh.llm.params import SamplingParams
-from mesh.pod.batching import Batcher, BatchPolicy
+from mesh.pod.batching import Batcher, BatchPolicy, run_one
 from mesh.pod.cache import CachedModel, CacheView, LoadOutcome, ModelCache, ModelSource
-from mesh.pod.codec import decode_request, encode_response
+from mesh.pod.codec import decode_request
 from mesh.pod.devices import DeviceMemory
 from mesh.pod.metrics import PodMetrics
 from mesh.pod.repository import ModelRepository, check_model_id, source_for
@@ -501,14 +500,4 @@ def _model_of(entry: CachedModel) -> LoadedModel:
 
 def _infer(model: LoadedModel, name: str, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
     """Decode, predict and encode, in a worker thread."""
-    decoded = decode_request(request, model.signature)
-    try:
-        results = model.predict(decoded.inputs, decoded.outputs)
-    except MeshError:
-        raise
-    except Exception as exc:
-        raise RuntimeFailure(f"model {name!r} failed: {type(exc).__name__}: {exc}") from exc
-    missing = [o for o in decoded.outputs if o not in results]
-    if missing:
-        raise RuntimeFailure(f"model {name!r} returned no outputs {missing}")
-    return encode_response(request, name, results, decoded.outputs)
+    return run_one(model, name, request, decode_request(request, model.signature))
