@@ -7,9 +7,10 @@ pass-through methods the same way.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any, TypeAlias
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 import grpc
 from grpc import aio
@@ -17,6 +18,9 @@ from grpc import aio
 from mesh.errors import MeshError
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 Handler = Callable[[Any, aio.ServicerContext[Any, Any]], Awaitable[Any]]
 if TYPE_CHECKING:
@@ -116,3 +120,34 @@ def _wrap(handler: MethodHandler, method: str) -> MethodHandler:
         request_deserializer=_tolerant(handler.request_deserializer),
         response_serializer=handler.response_serializer,
     )
+
+
+async def fan_in(
+    requests: AsyncIterator[T],
+    serve: Callable[[T, Callable[[R], Awaitable[None]]], Coroutine[Any, Any, None]],
+) -> AsyncIterator[R]:
+    """A bidirectional stream's requests each served at once, `serve(request, put)` putting its
+    responses as they come; the responses interleaved in the order they are put. The stream
+    ends once the requests have and every request is served; closing it cancels them all."""
+    out: asyncio.Queue[R | None] = asyncio.Queue()
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def read() -> None:
+        try:
+            async for request in requests:
+                task: asyncio.Task[None] = asyncio.create_task(serve(request, out.put))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            while tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
+            await out.put(None)
+
+    reader = asyncio.create_task(read())
+    try:
+        while (item := await out.get()) is not None:
+            yield item
+    finally:
+        reader.cancel()
+        for task in list(tasks):
+            task.cancel()

@@ -5,9 +5,8 @@ Convert, call the data plane, convert back; errors are mapped by mesh.grpcutil.E
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -16,12 +15,15 @@ from grpc import aio
 from mesh.errors import InvalidRequest, MeshError
 from mesh.gen import grpc_predict_v2_pb2 as pb
 from mesh.gen import runtime_pb2 as rpb
-from mesh.grpcutil import service_handler
+from mesh.grpcutil import fan_in, service_handler
 from mesh.pod.dataplane import DataPlane, ServerState
 from mesh.pod.rest import PodBackend
 from mesh.tensors import TensorSpec
 
 log = logging.getLogger(__name__)
+
+# Puts one response on a stream (mesh.grpcutil.fan_in).
+Put = Callable[[pb.ModelStreamInferResponse], Awaitable[None]]
 
 V2_SERVICE = "inference.GRPCInferenceService"
 RUNTIME_SERVICE = "mesh.runtime.v1.Runtime"
@@ -143,38 +145,22 @@ class InferenceService:
         `infer_response` names the request's id and carries the status as `mesh_status`.
         """
         override = _model_override(context)
-        out: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
-        tasks: set[asyncio.Task[None]] = set()
 
-        async def serve(request: pb.ModelInferRequest) -> None:
+        async def serve(
+            request: pb.ModelInferRequest,
+            put: Callable[[pb.ModelStreamInferResponse], Awaitable[None]],
+        ) -> None:
             try:
                 async for response in self._plane.stream_infer(request, override):
-                    await out.put(pb.ModelStreamInferResponse(infer_response=response))
+                    await put(pb.ModelStreamInferResponse(infer_response=response))
             except MeshError as exc:
-                await out.put(_stream_error(request, exc.code.name, str(exc)))
+                await put(_stream_error(request, exc.code.name, str(exc)))
             except Exception as exc:
                 log.exception("ModelStreamInfer failed")
-                await out.put(_stream_error(request, "INTERNAL", f"{type(exc).__name__}: {exc}"))
+                await put(_stream_error(request, "INTERNAL", f"{type(exc).__name__}: {exc}"))
 
-        async def read() -> None:
-            try:
-                async for request in requests:
-                    task = asyncio.create_task(serve(request))
-                    tasks.add(task)
-                    task.add_done_callback(tasks.discard)
-                while tasks:
-                    await asyncio.gather(*tasks, return_exceptions=True)
-            finally:
-                await out.put(None)
-
-        reader = asyncio.create_task(read())
-        try:
-            while (item := await out.get()) is not None:
-                yield item
-        finally:
-            reader.cancel()
-            for task in list(tasks):
-                task.cancel()
+        async for item in fan_in(requests, serve):
+            yield item
 
     def handler(self) -> grpc.GenericRpcHandler:
         stream = grpc.stream_stream_rpc_method_handler(

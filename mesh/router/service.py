@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -17,7 +17,7 @@ from mesh import __version__
 from mesh.errors import InvalidRequest, MeshError, ModelNotFound, Unimplemented
 from mesh.gen import grpc_predict_v2_pb2 as pb
 from mesh.gen import management_pb2 as mpb
-from mesh.grpcutil import Handler
+from mesh.grpcutil import Handler, fan_in
 from mesh.http.v2 import EXTENSIONS
 from mesh.router.core import PodAnswer, Router
 from mesh.router.management import Management
@@ -102,10 +102,8 @@ class RouterInference:
         own to a copy of its model, and the copies' responses are interleaved as they come.
         A request that fails gets an error response (the stream goes on), as from a pod."""
         header, _ = name_from_headers(context.invocation_metadata())
-        out: asyncio.Queue[bytes | None] = asyncio.Queue()
-        tasks: set[asyncio.Task[None]] = set()
 
-        async def serve(data: bytes) -> None:
+        async def serve(data: bytes, put: Callable[[bytes], Awaitable[None]]) -> None:
             started = time.perf_counter()
             status = "OK"
             try:
@@ -120,43 +118,26 @@ class RouterInference:
                             self._metrics.stream_first.observe(time.perf_counter() - started)
                         self._metrics.stream_responses.inc()
                     first = False
-                    await out.put(message)
+                    await put(message)
             except PodAnswer as answer:
                 status = answer.code.name
-                await out.put(_stream_error(data, status, answer.details))
+                await put(_stream_error(data, status, answer.details))
             except MeshError as exc:
                 status = exc.code.name
-                await out.put(_stream_error(data, status, str(exc)))
+                await put(_stream_error(data, status, str(exc)))
             except asyncio.CancelledError:
                 status = "CANCELLED"
                 raise
             except Exception as exc:
                 status = "INTERNAL"
                 log.exception("ModelStreamInfer failed")
-                await out.put(_stream_error(data, status, f"{type(exc).__name__}: {exc}"))
+                await put(_stream_error(data, status, f"{type(exc).__name__}: {exc}"))
             finally:
                 if self._metrics is not None:
                     self._metrics.observe("ModelStreamInfer", status, time.perf_counter() - started)
 
-        async def read() -> None:
-            try:
-                async for data in requests:
-                    task = asyncio.create_task(serve(data))
-                    tasks.add(task)
-                    task.add_done_callback(tasks.discard)
-                while tasks:
-                    await asyncio.gather(*tasks, return_exceptions=True)
-            finally:
-                await out.put(None)
-
-        reader = asyncio.create_task(read())
-        try:
-            while (item := await out.get()) is not None:
-                yield item
-        finally:
-            reader.cancel()
-            for task in list(tasks):
-                task.cancel()
+        async for item in fan_in(requests, serve):
+            yield item
 
     async def server_live(self, request: pb.ServerLiveRequest, context: Context) -> Any:
         return pb.ServerLiveResponse(live=True)
