@@ -6,7 +6,8 @@ mesh unregister fraud-v3
 mesh vmodel set fraud --to fraud-v3 | mesh vmodel status fraud | mesh vmodel delete fraud
 
 Each prints a table, or JSON or YAML with -o; the router, its token and TLS come from flags or
-MESH_ROUTER, MESH_TOKEN, MESH_TLS_CA, MESH_TLS_CERT, MESH_TLS_KEY (AdminSettings).
+MESH_ROUTER, MESH_TOKEN, MESH_TLS, MESH_TLS_CA, MESH_TLS_CERT, MESH_TLS_KEY,
+MESH_TLS_SERVER_NAME and MESH_TIMEOUT (AdminSettings).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 
 import grpc
 from pydantic import Field, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from mesh import logs
 from mesh.errors import MeshError
@@ -36,62 +37,25 @@ from mesh.present import (
     to_data,
     vmodel_detail,
 )
+from mesh.settings import CommandSettings, add_flags
 
 COMMANDS = ("register", "unregister", "status", "list", "vmodel", "load")
 
 
 def add_router_parser(sub: Any) -> None:
+    from mesh.router.settings import RouterSettings
+
     p = sub.add_parser("router", help="run a router", description="Run a router.")
-    p.add_argument("--etcd", help="etcd endpoints (default http://127.0.0.1:2379)")
-    p.add_argument("--etcd-prefix", help="root key prefix of the mesh (default /mesh/)")
-    p.add_argument("--host", help="address to listen on (default 0.0.0.0)")
-    p.add_argument("--port", type=int, help="gRPC port (default 8033)")
-    p.add_argument("--rest-port", type=int, help="v2 REST port (default 8008)")
-    p.add_argument("--no-rest", action="store_true", help="serve no REST port")
-    p.add_argument("--metrics-port", type=int, help="Prometheus port (default 2112)")
-    p.add_argument("--router-id", help="this router's name (default: host name and a suffix)")
-    p.add_argument("--tls-cert", help="certificate for the client-facing port")
-    p.add_argument("--tls-key", help="private key for the client-facing port")
-    p.add_argument("--tls-ca", help="CA that client certificates must chain to (mutual TLS)")
-    p.add_argument("--management-token", help="bearer token the management API requires")
-    p.add_argument("--load-timeout", type=float, help="longest a cache miss may take (120 s)")
-    p.add_argument("--failure-ttl", type=float, help="seconds a failed load is remembered (900)")
-    p.add_argument(
-        "--failure-attempts", type=int, help="failed loads within the TTL that stop retries (3)"
-    )
-    p.add_argument("--forward-attempts", type=int, help="copies a request may try (default 3)")
-    p.add_argument("--load-attempts", type=int, help="pods a cache miss may try (default 3)")
-    p.add_argument("--lease-ttl", type=int, help="seconds this router's load claims live (10)")
-    p.add_argument(
-        "--leader-interval", type=float, help="seconds between the leader's rounds (default 5)"
-    )
-    p.add_argument(
-        "--copy-add-rate", type=float, help="requests/s per copy above which a copy is added (50)"
-    )
-    p.add_argument(
-        "--copy-add-after", type=float, help="seconds above --copy-add-rate before it is (30)"
-    )
-    p.add_argument(
-        "--copy-remove-rate", type=float, help="requests/s per copy below which one goes (5)"
-    )
-    p.add_argument(
-        "--copy-remove-after", type=float, help="seconds below --copy-remove-rate first (300)"
-    )
-    p.add_argument("--log-level", help="DEBUG, INFO, WARNING (default INFO)")
+    add_flags(p, RouterSettings)
 
 
 def run_router(args: argparse.Namespace) -> int:
     from mesh.router.server import serve
     from mesh.router.settings import RouterSettings
 
-    overrides = {
-        k: v for k, v in vars(args).items() if v is not None and k not in ("command", "no_rest")
-    }
-    if args.no_rest:
-        overrides["rest_port"] = None
     try:
-        settings = RouterSettings(**overrides)
-    except ValidationError as exc:
+        settings = RouterSettings.from_args(args)
+    except (ValidationError, ValueError) as exc:
         print(f"mesh router: invalid settings:\n{exc}", file=sys.stderr)
         return 2
     logs.configure(settings.log_level, settings.log_json)
@@ -103,25 +67,23 @@ def run_router(args: argparse.Namespace) -> int:
     return 0
 
 
-class AdminSettings(BaseSettings):
-    """Where the admin commands find the router, from flags and MESH_* environment variables.
+class AdminSettings(CommandSettings):
+    """Where the admin commands find the router, from flags and MESH_* environment variables
+    (MESH_ROUTER, MESH_TOKEN, MESH_TLS, MESH_TLS_CA, ...: mesh.settings)."""
 
-    MESH_ROUTER, MESH_TOKEN, MESH_TLS (use TLS with the system's CAs), MESH_TLS_CA (a CA
-    file; implies TLS), MESH_TLS_CERT and MESH_TLS_KEY (a client certificate, for mutual
-    TLS), MESH_TLS_SERVER_NAME (the name the router's certificate carries, when it differs
-    from the address).
-    """
-
+    # Other MESH_* variables belong to other commands.
     model_config = SettingsConfigDict(env_prefix="MESH_", extra="ignore")
 
-    router: str = "127.0.0.1:8033"
-    token: str | None = None
-    tls: bool = False
-    tls_ca: Path | None = None
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    tls_server_name: str | None = None
-    timeout: float = Field(30.0, gt=0)
+    router: str = Field("127.0.0.1:8033", description="router address")
+    token: str | None = Field(None, description="bearer token for the management API")
+    tls: bool = Field(False, description="use TLS with the system's CAs")
+    tls_ca: Path | None = Field(None, description="CA of the router's certificate; implies TLS")
+    tls_cert: Path | None = Field(None, description="client certificate, for mutual TLS")
+    tls_key: Path | None = Field(None, description="the client certificate's key")
+    tls_server_name: str | None = Field(
+        None, description="the name the router's certificate carries, when not its address"
+    )
+    timeout: float = Field(30.0, gt=0, description="seconds to wait for an answer")
 
     def channel(self) -> grpc.Channel:
         if self.tls_cert is not None and self.tls_key is None:
@@ -141,18 +103,7 @@ class AdminSettings(BaseSettings):
 
 def add_admin_parsers(sub: Any) -> None:
     def common(p: argparse.ArgumentParser) -> None:
-        g = p.add_argument_group("the router")
-        g.add_argument("--router", help="router address (MESH_ROUTER; default 127.0.0.1:8033)")
-        g.add_argument("--token", help="bearer token for the management API (MESH_TOKEN)")
-        g.add_argument(
-            "--tls", action="store_true", default=None,
-            help="use TLS with the system's CAs (MESH_TLS)",
-        )  # fmt: skip
-        g.add_argument("--tls-ca", type=Path, help="CA of the router's certificate; implies TLS")
-        g.add_argument("--tls-cert", type=Path, help="client certificate, for mutual TLS")
-        g.add_argument("--tls-key", type=Path, help="the client certificate's key")
-        g.add_argument("--tls-server-name", help="name in the router's certificate")
-        g.add_argument("--timeout", type=float, help="seconds to wait for an answer (30)")
+        add_flags(p, AdminSettings, section="the router")
         p.add_argument(
             "-o", "--output", choices=OUTPUTS, default="table",
             help="table (default), json or yaml",
@@ -204,9 +155,7 @@ def add_admin_parsers(sub: Any) -> None:
 
 
 def _settings(args: argparse.Namespace) -> AdminSettings:
-    names = ("router", "token", "tls", "tls_ca", "tls_cert", "tls_key", "tls_server_name",
-             "timeout")  # fmt: skip
-    return AdminSettings(**{n: getattr(args, n) for n in names if getattr(args, n) is not None})
+    return AdminSettings.from_args(args)
 
 
 def _show(response: Any, args: argparse.Namespace, now: float) -> str:

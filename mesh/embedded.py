@@ -15,7 +15,9 @@ import logging
 import signal
 import time
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import Field
 
 from mesh.cluster.codec import Keys, encode
 from mesh.cluster.memory import MemoryStore
@@ -28,6 +30,8 @@ from mesh.pod.settings import PodSettings
 from mesh.router.server import RouterServer
 from mesh.router.settings import RouterSettings
 from mesh.runtimes.registry import RuntimeRegistry
+from mesh.settings import CommandSettings, Nested, ServerSettings
+from mesh.units import ByteSize
 
 log = logging.getLogger(__name__)
 
@@ -54,19 +58,53 @@ async def register_directory(store: MemoryStore, keys: Keys, models: Path) -> li
     return registered
 
 
+class ServeSettings(CommandSettings, env_prefix="MESH_SERVE_"):
+    """Every knob of `mesh serve`."""
+
+    models: Path = Field(description="directory of models, each registered by its name")
+    # The router's ports; the pod beside it opens none.
+    server: Annotated[ServerSettings, Nested(prefix="")] = ServerSettings(
+        host="127.0.0.1", port=8033, rest_port=8008, metrics_port=2112
+    )
+    capacity: ByteSize | None = Field(
+        None, gt=0, description="bytes of models to hold, e.g. 4Gi (unset: as `mesh pod`)"
+    )
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR")
+    log_json: bool = Field(False, description="log JSON lines")
+
+
+async def serve_settings(settings: ServeSettings) -> None:
+    """`mesh serve` with its settings: until SIGTERM or SIGINT."""
+    s = settings.server
+    await serve(
+        settings.models, s.port, s.host, settings.capacity, s.rest_port, metrics_port=s.metrics_port
+    )
+
+
 async def serve(
-    models: Path, port: int, host: str, capacity: str | None, rest_port: int | None = 8008
+    models: Path,
+    port: int,
+    host: str,
+    capacity: str | int | None,
+    rest_port: int | None = 8008,
+    *,
+    metrics_port: int | None = 2112,
 ) -> None:
     store = MemoryStore()
     keys = Keys()
     names = await register_directory(store, keys, models)
     overrides: dict[str, Any] = {"capacity": capacity} if capacity else {}
     pod_settings = PodSettings(
-        host="127.0.0.1", port=0, metrics_port=None, pod_id="embedded", **overrides
+        server=ServerSettings(host="127.0.0.1", port=0, metrics_port=None),
+        pod_id="embedded",
+        **overrides,
     )
     pod = PodServer(pod_settings, artifacts=DirectoryArtifacts(models), store=store)
     await pod.start()
-    router = RouterServer(RouterSettings(host=host, port=port, rest_port=rest_port), store=store)
+    router_settings = RouterSettings(
+        server=ServerSettings(host=host, port=port, rest_port=rest_port, metrics_port=metrics_port)
+    )
+    router = RouterServer(router_settings, store=store)
     try:
         await router.start()
     except BaseException:

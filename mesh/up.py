@@ -26,29 +26,39 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from pydantic import Field, ValidationError
 
 from mesh.errors import MeshError
 from mesh.lifecycle import check_port_free
+from mesh.settings import CommandSettings, add_flags
 from mesh.units import parse_bytes
+
+
+class UpSettings(CommandSettings, env_prefix="MESH_UP_"):
+    """Every knob of `mesh up`."""
+
+    storage: Path = Field(description="directory of model files (a `file` store)")
+    pods: int = Field(2, ge=0, description="serving pods")
+    capacity: str = Field(
+        "1Gi", description="model bytes per pod; each puller's disk cache is twice it"
+    )
+    port: int = Field(8033, ge=0, le=65535, description="the router's gRPC port (0: a free one)")
+    rest_port: int = Field(
+        8008,
+        ge=0,
+        le=65535,
+        description="the router's v2 REST port, with the capacity page at /dashboard "
+        "(0: a free one)",
+    )
+    host: str = Field("127.0.0.1", description="address the router and the pods listen on")
+    data_dir: Path | None = Field(None, description="etcd's data (unset: a temporary directory)")
+    prefix: str = Field("/mesh/", description="root key prefix in etcd")
 
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("up", help="run a local mesh: etcd, a router and pods",
                        description=__doc__.splitlines()[0])  # fmt: skip
-    p.add_argument("--storage", type=Path, required=True, help="directory of model files")
-    p.add_argument("--pods", type=int, default=2, help="serving pods (default 2)")
-    p.add_argument(
-        "--capacity", default="1Gi",
-        help="model bytes per pod (default 1Gi); each puller's disk cache is twice it",
-    )  # fmt: skip
-    p.add_argument("--port", type=int, default=8033, help="the router's gRPC port")
-    p.add_argument(
-        "--rest-port", type=int, default=8008,
-        help="the router's v2 REST port, with the capacity page at /dashboard (default 8008)",
-    )  # fmt: skip
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--data-dir", type=Path, help="etcd's data (default: a temporary directory)")
-    p.add_argument("--prefix", default="/mesh/", help="root key prefix in etcd")
+    add_flags(p, UpSettings)
 
 
 def free_port() -> int:
@@ -121,7 +131,7 @@ def wait_tcp(port: int, proc: subprocess.Popen[bytes], what: str, timeout: float
 
 
 @contextlib.contextmanager
-def local_mesh(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
+def local_mesh(args: UpSettings | argparse.Namespace) -> Iterator[dict[str, Any]]:
     etcd = shutil.which("etcd")
     if etcd is None:
         raise SystemExit("mesh up: no etcd on PATH (Debian: apt-get install etcd-server)")
@@ -239,12 +249,17 @@ def describe(mesh: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        settings = UpSettings.from_args(args)
+    except (ValidationError, ValueError) as exc:
+        print(f"mesh up: invalid settings:\n{exc}", file=sys.stderr)
+        return 2
     # Ctrl-C (or SIGTERM), even while starting, stops what was started, quietly. Installed
     # explicitly: a shell's background job inherits SIGINT ignored.
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
     try:
-        with local_mesh(args) as mesh:
+        with local_mesh(settings) as mesh:
             print("mesh up: listening on", describe(mesh), sep="\n")
             print(
                 f"Register models with `mesh register --router {mesh['router']}`; "

@@ -68,13 +68,15 @@ def build(
 
 
 def run(settings: ControllerSettings) -> None:
-    if settings.metrics_port is not None:
-        check_port_free(settings.metrics_host, settings.metrics_port, "--metrics-port")
+    if settings.metrics.metrics_port is not None:
+        check_port_free(
+            settings.metrics.metrics_host, settings.metrics.metrics_port, "--metrics-port"
+        )
     registry = CollectorRegistry()
     controller, mesh = build(settings, api_client(settings), registry)
     endpoint = MetricsEndpoint()
-    if settings.metrics_port is not None:
-        endpoint.start(settings.metrics_port, settings.metrics_host, registry)
+    if settings.metrics.metrics_port is not None:
+        endpoint.start(settings.metrics.metrics_port, settings.metrics.metrics_host, registry)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

@@ -3,39 +3,49 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from mesh.settings import CommandSettings, MetricsSettings, Nested
 
 _SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
-class ControllerSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="MESH_CONTROLLER_", extra="forbid")
+class ControllerSettings(CommandSettings, env_prefix="MESH_CONTROLLER_"):
+    """Every knob of `mesh controller`; durations in seconds."""
 
-    # The routers' management API (a Service in the cluster).
-    router: str = "mesh-router:8033"
-    router_token: str | None = None  # the management API's bearer token, if it requires one
-    router_ca: Path | None = None  # CA of the router's TLS certificate, if it serves TLS
-    # The namespace whose Predictors this controller serves (default: its own).
-    namespace: str | None = None
-    # A kubeconfig file; default: the in-cluster service account, then ~/.kube/config.
-    kubeconfig: Path | None = None
-    resync: float = Field(60.0, gt=0)
-    poll: float = Field(2.0, gt=0)
-    watch_timeout: int = Field(300, ge=5)
-    # Leader election among replicas on a coordination.k8s.io Lease.
-    leader_election: bool = True
-    lease_name: str = "mesh-controller"
-    lease_duration: float = Field(15.0, ge=2)
-    identity: str | None = None  # default: the host name (the pod's name)
-    # Written into each Predictor's status for clients to find the mesh.
-    grpc_endpoint: str = ""
-    http_endpoint: str = ""
-    metrics_port: int | None = Field(2112, ge=0, le=65535)
-    metrics_host: str = "0.0.0.0"
-    log_level: str = "INFO"
-    log_json: bool = False
+    router: str = Field(
+        "mesh-router:8033", description="the routers' management API (a Service in the cluster)"
+    )
+    router_token: str | None = Field(None, description="bearer token of the management API")
+    router_ca: Path | None = Field(
+        None, description="CA of the router's TLS certificate (unset: plaintext)"
+    )
+    namespace: str | None = Field(
+        None, description="namespace of the Predictors (unset: the pod's own)"
+    )
+    kubeconfig: Path | None = Field(
+        None, description="kubeconfig (unset: in-cluster service account, then ~/.kube/config)"
+    )
+    resync: float = Field(60.0, gt=0, description="seconds between full resyncs")
+    poll: float = Field(2.0, gt=0, description="seconds between looks at a loading model")
+    watch_timeout: int = Field(300, ge=5, description="seconds one watch stays open")
+    leader_election: bool = Field(
+        True,
+        description="elect a leader among replicas on a coordination.k8s.io Lease "
+        "(--no-leader-election: a single replica)",
+    )
+    lease_name: str = Field("mesh-controller", description="the Lease replicas elect a leader on")
+    lease_duration: float = Field(15.0, ge=2, description="seconds a Lease holds")
+    identity: str | None = Field(
+        None, description="this replica's name in the Lease (unset: the host name)"
+    )
+    grpc_endpoint: str = Field("", description="written into each Predictor's status.grpcEndpoint")
+    http_endpoint: str = Field("", description="written into each Predictor's status.httpEndpoint")
+    metrics: Annotated[MetricsSettings, Nested(prefix="")] = MetricsSettings()
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR")
+    log_json: bool = Field(False, description="log JSON lines")
 
     def resolved_namespace(self) -> str:
         if self.namespace:

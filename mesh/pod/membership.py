@@ -70,7 +70,7 @@ def pod_state(plane: DataPlane, pod_id: str, address: str, labels: dict[str, str
 def advertised_address(settings: PodSettings, port: int) -> str:
     if settings.advertise:
         return settings.advertise
-    host = settings.host
+    host = settings.server.host
     if host in ("0.0.0.0", "::", ""):
         host = socket.gethostname()
     return f"{host}:{port}"
@@ -107,9 +107,9 @@ def join(
     """The store and registration of a pod in a mesh (not yet started): etcd from the
     settings, or the store given (the embedded mode's in-memory store)."""
     if store is None:
-        assert settings.etcd is not None
+        assert settings.etcd.endpoints is not None
         config = EtcdConfig.parse(
-            settings.etcd, settings.etcd_ca, settings.etcd_cert, settings.etcd_key
+            settings.etcd.endpoints, settings.etcd.ca, settings.etcd.cert, settings.etcd.key
         )
         store = EtcdStore(config)
     pod_id = pod_id_of(settings)
@@ -117,7 +117,7 @@ def join(
     labels = dict(settings.labels)
     registration = PodRegistration(
         store,
-        Keys(settings.etcd_prefix),
+        Keys(settings.etcd.prefix),
         lambda: pod_state(plane, pod_id, address, labels),
         ttl=settings.lease_ttl,
     )

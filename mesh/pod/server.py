@@ -100,11 +100,13 @@ class PodServer(Service):
     async def start(self) -> None:
         s = self.settings
         # Before anything starts: a port in use is one clear line, not a half-started pod.
-        check_port_free(s.host, s.port, "the pod's gRPC port; --port")
-        if s.metrics_port is not None:
-            check_port_free(s.host, s.metrics_port, "the metrics port; --metrics-port")
-        if s.rest_port is not None:
-            check_port_free(s.host, s.rest_port, "the REST port; --rest-port")
+        check_port_free(s.server.host, s.server.port, "the pod's gRPC port; --port")
+        if s.server.metrics_port is not None:
+            check_port_free(
+                s.server.host, s.server.metrics_port, "the metrics port; --metrics-port"
+            )
+        if s.server.rest_port is not None:
+            check_port_free(s.server.host, s.server.rest_port, "the REST port; --rest-port")
         runtimes = self._runtimes or RuntimeRegistry.discover(s.runtimes)
         if not runtimes.names:
             raise InvalidRequest(
@@ -182,19 +184,21 @@ class PodServer(Service):
                 self.health.handler(),
             )
         )
-        self.port = server.add_insecure_port(f"{s.host}:{s.port}")
+        self.port = server.add_insecure_port(f"{s.server.host}:{s.server.port}")
         if self.port == 0:
-            raise InvalidRequest(f"cannot listen on {s.host}:{s.port}")
+            raise InvalidRequest(f"cannot listen on {s.server.host}:{s.server.port}")
         await server.start()
         self._server = server
-        if s.rest_port is not None:
+        if s.server.rest_port is not None:
             self._http = HttpApp(s.max_message_bytes)
             self._http.mount_v2(V2Endpoints(PodBackend(self.plane)))
             openai_routes.mount(self._http, TextBackend(self.plane))
-            self.rest_port = await self._http.start(s.host, s.rest_port)
-        if s.metrics_port is not None:
-            self.metrics_port = self._metrics.start(s.metrics_port, s.host, self.registry)
-        if s.etcd or self._given_store is not None:
+            self.rest_port = await self._http.start(s.server.host, s.server.rest_port)
+        if s.server.metrics_port is not None:
+            self.metrics_port = self._metrics.start(
+                s.server.metrics_port, s.server.host, self.registry
+            )
+        if s.etcd.endpoints or self._given_store is not None:
             store, self.registration = join(s, self.plane, self.port, self._given_store)
             if self._given_store is None:
                 self._store = store
@@ -204,7 +208,7 @@ class PodServer(Service):
         log.info(
             "pod listening on %s:%d (metrics %s), device %s (memory from %s), capacity %d bytes,"
             " host tier %d bytes, runtimes %s%s",
-            s.host,
+            s.server.host,
             self.port,
             self.metrics_port,
             device,
@@ -274,7 +278,7 @@ class PodServer(Service):
         if not held or timeout <= 0:
             return
         pod_id = pod_id_of(self.settings)
-        mirror = Mirror(store, Keys(self.settings.etcd_prefix))
+        mirror = Mirror(store, Keys(self.settings.etcd.prefix))
         started = time.monotonic()
         synced = False
         try:

@@ -110,8 +110,10 @@ class PullerServer(Service):
         self.address = (
             address if address.startswith("unix:") else f"{address.rpartition(':')[0]}:{self.port}"
         )
-        if s.metrics_port is not None:
-            self.metrics_port = self._metrics.start(s.metrics_port, s.metrics_host, self.registry)
+        if s.metrics.metrics_port is not None:
+            self.metrics_port = self._metrics.start(
+                s.metrics.metrics_port, s.metrics.metrics_host, self.registry
+            )
         log.info(
             "puller listening on %s (metrics %s), cache %s of %d bytes, storage config %s",
             self.address,

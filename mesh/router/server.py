@@ -118,15 +118,17 @@ class RouterServer(Service):
     async def start(self) -> None:
         s = self.settings
         # Before anything starts: a port in use is one clear line, not a half-started router.
-        check_port_free(s.host, s.port, "the router's gRPC port; --port")
-        if s.metrics_port is not None:
-            check_port_free(s.host, s.metrics_port, "the metrics port; --metrics-port")
-        if s.rest_port is not None:
-            check_port_free(s.host, s.rest_port, "the REST port; --rest-port")
+        check_port_free(s.server.host, s.server.port, "the router's gRPC port; --port")
+        if s.server.metrics_port is not None:
+            check_port_free(
+                s.server.host, s.server.metrics_port, "the metrics port; --metrics-port"
+            )
+        if s.server.rest_port is not None:
+            check_port_free(s.server.host, s.server.rest_port, "the REST port; --rest-port")
         self.store: KeyValueStore = self._given_store or EtcdStore(
-            EtcdConfig.parse(s.etcd, s.etcd_ca, s.etcd_cert, s.etcd_key)
+            EtcdConfig.parse(s.etcd.endpoints, s.etcd.ca, s.etcd.cert, s.etcd.key)
         )
-        keys = Keys(s.etcd_prefix)
+        keys = Keys(s.etcd.prefix)
         self.mirror = Mirror(self.store, keys)
         await self.mirror.start(timeout=60)
         self.lease = RouterLease(self.store, s.lease_ttl)
@@ -177,12 +179,12 @@ class RouterServer(Service):
                 self.health.handler(),
             )
         )
-        address = f"{s.host}:{s.port}"
-        if s.tls_cert is not None and s.tls_key is not None:
+        address = f"{s.server.host}:{s.server.port}"
+        if s.tls.cert is not None and s.tls.key is not None:
             creds = grpc.ssl_server_credentials(
-                [(s.tls_key.read_bytes(), s.tls_cert.read_bytes())],
-                root_certificates=s.tls_ca.read_bytes() if s.tls_ca else None,
-                require_client_auth=s.tls_ca is not None,
+                [(s.tls.key.read_bytes(), s.tls.cert.read_bytes())],
+                root_certificates=s.tls.ca.read_bytes() if s.tls.ca else None,
+                require_client_auth=s.tls.ca is not None,
             )
             self.port = server.add_secure_port(address, creds)
         else:
@@ -191,23 +193,25 @@ class RouterServer(Service):
             raise InvalidRequest(f"cannot listen on {address}")
         await server.start()
         self._server = server
-        if s.rest_port is not None:
+        if s.server.rest_port is not None:
             self.http = HttpApp(s.max_message_bytes)
             self._mount_http(self.http)
-            tls = server_tls(s.tls_cert, s.tls_key, s.tls_ca) if s.tls_cert and s.tls_key else None
+            tls = server_tls(s.tls.cert, s.tls.key, s.tls.ca) if s.tls.cert and s.tls.key else None
             try:
-                self.rest_port = await self.http.start(s.host, s.rest_port, tls)
+                self.rest_port = await self.http.start(s.server.host, s.server.rest_port, tls)
             except MeshError:
                 self.http = None
                 await self.aclose()  # what started so far, so that the process can exit
                 raise
-        if s.metrics_port is not None:
-            self.metrics_port = self._metrics.start(s.metrics_port, s.host, self.registry)
+        if s.server.metrics_port is not None:
+            self.metrics_port = self._metrics.start(
+                s.server.metrics_port, s.server.host, self.registry
+            )
         inference.ready = True
         self.health.serving()
         log.info(
             "router listening on %s:%d (REST %s), etcd %s prefix %s",
-            s.host, self.port, self.rest_port or "off", s.etcd, s.etcd_prefix,
+            s.server.host, self.port, self.rest_port or "off", s.etcd.endpoints, s.etcd.prefix,
         )  # fmt: skip
 
     def _mount_http(self, app: HttpApp) -> None:

@@ -1,59 +1,80 @@
-"""The router's settings, from flags and MESH_ROUTER_* environment variables."""
+"""The router's settings, from flags and MESH_ROUTER_* environment variables (mesh.settings)."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import Annotated
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from mesh.settings import CommandSettings, EtcdSettings, Flag, Nested, ServerSettings, ServerTLS
 from mesh.units import ByteSize
 
 
-class RouterSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="MESH_ROUTER_", extra="forbid")
+class RouterEtcd(EtcdSettings):
+    """A router always has a cluster store: etcd on loopback unless told otherwise."""
 
-    host: str = "0.0.0.0"
-    port: int = Field(8033, ge=0, le=65535)
-    # The v2 REST front (and the routes others mount on it); None: no REST.
-    rest_port: int | None = Field(8008, ge=0, le=65535)
-    metrics_port: int | None = Field(2112, ge=0, le=65535)
-    etcd: str = "http://127.0.0.1:2379"
-    etcd_prefix: str = "/mesh/"
-    etcd_ca: Path | None = None
-    etcd_cert: Path | None = None
-    etcd_key: Path | None = None
-    router_id: str | None = None
-    max_message_bytes: ByteSize = Field(64 * 2**20, gt=0)
-    forward_attempts: int = Field(3, ge=1)
-    load_attempts: int = Field(3, ge=1)
-    load_timeout: float = Field(120.0, gt=0)
-    lease_ttl: int = Field(10, ge=2)
-    # How long a pod whose records vanished without draining (its lease expired while etcd
-    # was away) still gets requests for the models it held, and how long a miss that finds
-    # no pod waits for one to register (docs/router.md). About one pod lease TTL; 0: never.
-    vanished_pod_grace: float = Field(10.0, ge=0)
-    # A failed load is remembered this many seconds; failure_attempts of them within that time
-    # stop the model from being tried until one expires, its registration changes, or
-    # `mesh load MODEL` asks for a retry.
-    failure_ttl: float = Field(900.0, gt=0)
-    failure_attempts: int = Field(3, ge=1)
-    # How often the elected router keeps min_copies loaded and publishes cluster totals.
-    leader_interval: float = Field(5.0, gt=0)
-    # Copy scaling (docs/placement.md): a copy is added when a model's requests per second per
-    # copy stay above copy_add_rate for copy_add_after seconds, and an extra copy removed when
-    # they stay below copy_remove_rate for copy_remove_after seconds.
-    copy_add_rate: float = Field(50.0, gt=0)
-    copy_add_after: float = Field(30.0, ge=0)
-    copy_remove_rate: float = Field(5.0, ge=0)
-    copy_remove_after: float = Field(300.0, ge=0)
-    # Half-life in seconds of the request rate's moving average.
-    copy_half_life: float = Field(15.0, gt=0)
-    # TLS on the client-facing port; with tls_ca, clients must present certificates (mTLS).
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    tls_ca: Path | None = None
-    # Required as "authorization: Bearer <token>" on the management API when set.
-    management_token: str | None = None
-    log_level: str = "INFO"
-    log_json: bool = False
+    endpoints: Annotated[str, Flag(primary=True)] = Field(
+        "http://127.0.0.1:2379",
+        description="etcd endpoints, e.g. http://etcd-0:2379,http://etcd-1:2379",
+    )
+
+
+class RouterSettings(CommandSettings, env_prefix="MESH_ROUTER_"):
+    """Every knob of `mesh router`; durations in seconds, sizes in bytes ("64Mi" works)."""
+
+    server: Annotated[ServerSettings, Nested(prefix="")] = ServerSettings(port=8033, rest_port=8008)
+    etcd: Annotated[RouterEtcd, Nested(section="cluster store")] = RouterEtcd()
+    # TLS on the client-facing ports (gRPC and REST).
+    tls: Annotated[ServerTLS, Nested(section="TLS")] = ServerTLS()
+    router_id: str | None = Field(
+        None, description="this router's name (unset: host name and a suffix)"
+    )
+    max_message_bytes: ByteSize = Field(64 * 2**20, gt=0, description="largest request or response")
+    forward_attempts: int = Field(3, ge=1, description="copies a request may try")
+    load_attempts: int = Field(3, ge=1, description="pods a cache miss may try")
+    load_timeout: float = Field(120.0, gt=0, description="seconds a cache miss may take")
+    lease_ttl: int = Field(10, ge=2, description="seconds this router's load claims live")
+    vanished_pod_grace: float = Field(
+        10.0,
+        ge=0,
+        description="seconds a pod whose records vanished without draining (its lease expired "
+        "while etcd was away) still gets requests for the models it held, and a miss that "
+        "finds no pod waits for one to register (about one pod lease TTL; 0: never)",
+    )
+    failure_ttl: float = Field(
+        900.0,
+        gt=0,
+        description="seconds a failed load is remembered; --failure-attempts of them within it "
+        "stop the model from being tried until one expires, its registration changes, or "
+        "`mesh load MODEL` asks for a retry",
+    )
+    failure_attempts: int = Field(
+        3, ge=1, description="failed loads within --failure-ttl that stop retries"
+    )
+    leader_interval: float = Field(
+        5.0,
+        gt=0,
+        description="seconds between the elected router's rounds (min copies, cluster totals)",
+    )
+    # Copy scaling (docs/placement.md).
+    copy_add_rate: float = Field(
+        50.0, gt=0, description="requests/s per copy above which a copy is added"
+    )
+    copy_add_after: float = Field(
+        30.0, ge=0, description="seconds above --copy-add-rate before a copy is added"
+    )
+    copy_remove_rate: float = Field(
+        5.0, ge=0, description="requests/s per copy below which an extra copy is removed"
+    )
+    copy_remove_after: float = Field(
+        300.0, ge=0, description="seconds below --copy-remove-rate before it is removed"
+    )
+    copy_half_life: float = Field(
+        15.0, gt=0, description="half-life in seconds of the request rate's moving average"
+    )
+    management_token: str | None = Field(
+        None,
+        description='bearer token the management API requires ("authorization: Bearer <token>")',
+    )
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR")
+    log_json: bool = Field(False, description="log JSON lines")

@@ -655,17 +655,17 @@ def test_serving_pod_and_puller_share_the_cache() -> None:
     assert secret == "storage-config"
     # Two processes in one network namespace: their metrics ports differ.
     declared = {c["name"]: {p["containerPort"] for p in c["ports"]} for c in (pod, puller)}
-    assert pod_settings.metrics_port in declared["pod"]
-    assert pod_settings.port in declared["pod"]
-    assert puller_settings.metrics_port in declared["puller"]
-    assert pod_settings.metrics_port != puller_settings.metrics_port
+    assert pod_settings.server.metrics_port in declared["pod"]
+    assert pod_settings.server.port in declared["pod"]
+    assert puller_settings.metrics.metrics_port in declared["puller"]
+    assert pod_settings.server.metrics_port != puller_settings.metrics.metrics_port
     # SIGTERM: the hand-off, then requests in flight, then unloading, within the grace period.
     drain = pod_settings.handoff_timeout + pod_settings.drain_timeout
     assert spec["terminationGracePeriodSeconds"] >= drain + 10
     # The pod registers its own name and its pod IP with the port it serves on.
     assert pod_settings.pod_id == FIELD_VALUES["metadata.name"]
-    assert pod_settings.advertise == f"{FIELD_VALUES['status.podIP']}:{pod_settings.port}"
-    assert pod_settings.etcd == "http://mesh-etcd:2379"
+    assert pod_settings.advertise == f"{FIELD_VALUES['status.podIP']}:{pod_settings.server.port}"
+    assert pod_settings.etcd.endpoints == "http://mesh-etcd:2379"
 
 
 def test_pod_reads_its_memory_limit() -> None:
@@ -766,12 +766,13 @@ def test_mesh_arguments_are_accepted(command: str) -> None:
     settings = run_mesh(c)
     ports = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
     if command in ("pod", "router"):
-        assert settings.port == ports["grpc"]
+        assert settings.server.port == ports["grpc"]
     if command == "router":
-        assert settings.etcd == "http://mesh-etcd:2379"
+        assert settings.etcd.endpoints == "http://mesh-etcd:2379"
         assert settings.router_id == FIELD_VALUES["metadata.name"]
     if "metrics" in ports or "puller-metrics" in ports:
-        assert settings.metrics_port in ports.values()
+        metrics = settings.metrics if command == "puller" else settings.server
+        assert metrics.metrics_port in ports.values()
 
 
 def test_controller_arguments_are_accepted() -> None:
@@ -784,7 +785,7 @@ def test_controller_arguments_are_accepted() -> None:
     assert settings.lease_name == "mesh-controller"
     assert settings.grpc_endpoint == f"grpc://mesh-router.{namespace}:8033"
     assert settings.http_endpoint == f"http://mesh-router.{namespace}:8008"
-    assert settings.metrics_port == c["ports"][0]["containerPort"]
+    assert settings.metrics.metrics_port == c["ports"][0]["containerPort"]
     # The Role lets it get and update only the Lease it elects a leader on.
     role = find(BASE, "Role", "mesh-controller")
     leases = [r for r in role["rules"] if "leases" in r["resources"] and "update" in r["verbs"]]
