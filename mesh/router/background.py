@@ -29,7 +29,6 @@ from mesh.cluster.mirror import Change
 from mesh.cluster.records import PlacementState, VModelRecord
 from mesh.cluster.store import Compare, Put
 from mesh.errors import MeshError
-from mesh.gen import runtime_pb2 as rpb
 from mesh.placement.copies import (
     DEFAULT_COPY_POLICY,
     CopyAction,
@@ -332,4 +331,4 @@ class LeaderWork:
             return
         log.info("removing the copy of %s on %s: %s", model_id, pod_id, reason)
         pod = self._router.pod_client(pod_id, instance.address)
-        await pod.unload(rpb.UnloadModelRequest(model_id=model_id), timeout=60)
+        await pod.unload(model_id, timeout=60)

@@ -31,9 +31,6 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import grpc
-from grpc import aio
-
 from mesh.cluster.codec import Keys, encode
 from mesh.cluster.mirror import Mirror
 from mesh.cluster.records import InstanceRecord, ModelRecord, PlacementRecord, PlacementState
@@ -43,25 +40,26 @@ from mesh.errors import (
     MeshError,
     ModelLoadFailed,
     ModelNotFound,
+    ModelNotReady,
     StoreUnavailable,
     Unavailable,
 )
-from mesh.gen import grpc_predict_v2_pb2 as pb
-from mesh.gen import runtime_pb2 as rpb
 from mesh.placement.choose import NoPod, choose_pod
 from mesh.placement.failures import FailureLog, FailurePolicy
 from mesh.placement.snapshot import Snapshot, TypicalSizes
 from mesh.router.metrics import RouterMetrics
 from mesh.router.overview import Activity
-from mesh.router.pods import PodClient, PodPool, pod_left
+from mesh.router.pods import PodPool
+from mesh.router.transport import LoadRequest, PodTransport
 from mesh.router.vanished import VanishedPods
 
 log = logging.getLogger(__name__)
 
-_RETRYABLE = {grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAVAILABLE}
+# A pod's answers that another copy may not give: it does not hold the model (any more), or it
+# cannot serve now (draining, unloading, gone).
+_RETRYABLE = (ModelNotFound, ModelNotReady, Unavailable)
 # LoadModel's option naming an adapter's base, for the pod (mesh.pod.dataplane).
 BASE_OPTION = "adapter.base"
-_RETRYABLE_NAMES = {code.name for code in _RETRYABLE}
 # How long a copy this router loaded counts as loaded before the mirror shows it.
 _FRESH_FOR = 10.0
 
@@ -89,13 +87,10 @@ def _spec(record: ModelRecord) -> str:
     return f"{record.format} from {record.storage_key or 'default'}:{record.storage_path}"
 
 
-class PodAnswer(Exception):
-    """A pod's gRPC error, to hand to the client unchanged."""
-
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        super().__init__(details)
-        self.code = code
-        self.details = details
+def _retry_reason(exc: MeshError | type[MeshError]) -> str:
+    """The label of a retry in the metrics: the status the pod's answer stands for."""
+    cls = exc if isinstance(exc, type) else type(exc)
+    return "NOT_FOUND" if issubclass(cls, ModelNotFound) else "UNAVAILABLE"
 
 
 class Router:
@@ -221,10 +216,10 @@ class Router:
 
     # -- the request path ----------------------------------------------------------------------
 
-    def pod_client(self, pod_id: str, address: str) -> PodClient:
+    def pod_client(self, pod_id: str, address: str) -> PodTransport:
         return self._pool.client(pod_id, address)
 
-    def holders(self, model_id: str, exclude: Sequence[str] = ()) -> list[PodClient]:
+    def holders(self, model_id: str, exclude: Sequence[str] = ()) -> list[PodTransport]:
         """Pods serving a loaded copy, not draining, not excluded.
 
         A copy this router has just loaded counts before the pod's own record of it reaches
@@ -286,7 +281,7 @@ class Router:
 
     async def _infer(self, data: bytes, model_id: str, deadline: float) -> bytes:
         exclude: list[str] = []
-        last: PodAnswer | None = None
+        last: MeshError | None = None
         for _ in range(self.policy.forward_attempts):
             copies = self.holders(model_id, exclude)
             if copies:
@@ -304,20 +299,16 @@ class Router:
                 pod = self._pool.client(pod_id, instance.address)
             try:
                 return await self._forward(pod, data, model_id, deadline)
-            except PodAnswer as answer:
-                if answer.code not in _RETRYABLE:
-                    raise
-                if answer.code is grpc.StatusCode.NOT_FOUND:
+            except _RETRYABLE as answer:
+                reason = _retry_reason(answer)
+                if isinstance(answer, ModelNotFound):
                     self._forget_fresh(model_id, pod.pod_id)  # evicted since we loaded it
                 else:
                     self._unreachable(pod.pod_id)
                 if self._metrics is not None:
-                    self._metrics.retries.labels(answer.code.name).inc()
+                    self._metrics.retries.labels(reason).inc()
                 log.info(
-                    "pod %s answered %s for %s; trying another copy",
-                    pod.pod_id,
-                    answer.code.name,
-                    model_id,
+                    "pod %s answered %s for %s; trying another copy", pod.pod_id, reason, model_id
                 )
                 exclude.append(pod.pod_id)
                 last = answer
@@ -349,41 +340,35 @@ class Router:
                 if remaining <= 0:
                     raise DeadlineExceeded(f"model {model_id!r}: deadline passed before forwarding")
                 pod.outstanding += 1
-                call = pod.stream(
-                    iter((data,)), timeout=remaining, metadata=(("mm-model-id", model_id),)
-                )
+                call = pod.stream(data, model_id, remaining)
                 try:
                     try:
-                        try:
-                            first = await call.read()
-                        except (asyncio.CancelledError, aio.UsageError):
-                            left = pod_left(pod.pod_id)  # its pod left and the channel closed
-                            if left is None:
-                                raise  # our own client gave up
-                            raise left from None
-                    except aio.AioRpcError as exc:
-                        if exc.code() in _RETRYABLE and attempt + 1 < self.policy.forward_attempts:
-                            if exc.code() is grpc.StatusCode.NOT_FOUND:
-                                self._forget_fresh(model_id, pod.pod_id)
-                            else:
-                                self._unreachable(pod.pod_id)
-                            exclude.append(pod.pod_id)
-                            continue
-                        raise PodAnswer(exc.code(), exc.details() or "") from None
-                    if first is aio.EOF:
+                        first = await call.read()
+                    except _RETRYABLE as exc:
+                        if attempt + 1 >= self.policy.forward_attempts:
+                            raise
+                        if isinstance(exc, ModelNotFound):
+                            self._forget_fresh(model_id, pod.pod_id)
+                        else:
+                            self._unreachable(pod.pod_id)
+                        exclude.append(pod.pod_id)
+                        continue
+                    if first is None:
                         raise Unavailable(f"pod {pod.pod_id} ended the stream without an answer")
-                    status = _stream_status(first)
-                    if status in _RETRYABLE_NAMES and attempt + 1 < self.policy.forward_attempts:
-                        if status == "NOT_FOUND":
+                    error = pod.stream_error(first)
+                    if (
+                        error is not None
+                        and issubclass(error, _RETRYABLE)
+                        and attempt + 1 < self.policy.forward_attempts
+                    ):
+                        if issubclass(error, ModelNotFound):
                             self._forget_fresh(model_id, pod.pod_id)
                         exclude.append(pod.pod_id)
                         continue
                     yield first
-                    while (message := await call.read()) is not aio.EOF:
+                    while (message := await call.read()) is not None:
                         yield message
                     return
-                except aio.AioRpcError as exc:
-                    raise PodAnswer(exc.code(), exc.details() or "") from None
                 finally:
                     pod.outstanding -= 1
                     call.cancel()
@@ -393,7 +378,9 @@ class Router:
             if not self.in_flight[model_id]:
                 del self.in_flight[model_id]
 
-    async def _copy(self, model_id: str, exclude: list[str], deadline: float) -> PodClient | None:
+    async def _copy(
+        self, model_id: str, exclude: list[str], deadline: float
+    ) -> PodTransport | None:
         """A copy to send to, loading one on a miss; None when its pod left (try again)."""
         copies = self.holders(model_id, exclude)
         if copies:
@@ -407,26 +394,21 @@ class Router:
             return None
         return self._pool.client(pod_id, instance.address)
 
-    async def _forward(self, pod: PodClient, data: bytes, model_id: str, deadline: float) -> bytes:
+    async def _forward(
+        self, pod: PodTransport, data: bytes, model_id: str, deadline: float
+    ) -> bytes:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise DeadlineExceeded(f"model {model_id!r}: deadline passed before forwarding")
         pod.outstanding += 1
         started = time.perf_counter()
         try:
-            response: bytes = await pod.infer(
-                data, timeout=remaining, metadata=(("mm-model-id", model_id),)
-            )
+            # A pod's answer is raised as its mesh error, to pass on or retry (_infer); a pod
+            # that left during the call is Unavailable (mesh.router.transport).
+            response = await pod.infer(data, model_id, remaining)
             if self._metrics is not None:
                 self._metrics.forward.observe(time.perf_counter() - started)
             return response
-        except aio.AioRpcError as exc:
-            raise PodAnswer(exc.code(), exc.details() or "") from None
-        except (asyncio.CancelledError, aio.UsageError):
-            left = pod_left(pod.pod_id)  # the pod left the mirror and its channel closed
-            if left is None:
-                raise
-            raise PodAnswer(left.code(), left.details() or "") from None
         finally:
             pod.outstanding -= 1
 
@@ -680,7 +662,7 @@ class Router:
         if instance is None:
             raise ModelLoadFailed(f"pod {pod_id} left the mesh")
         pod = self._pool.client(pod_id, instance.address)
-        request = rpb.LoadModelRequest(
+        request = LoadRequest(
             model_id=record.model_id,
             format=record.format,
             storage_key=record.storage_key,
@@ -690,24 +672,15 @@ class Router:
         self.loads_started += 1
         outcome = "failed"
         try:
-            response = await pod.load(request, timeout=max(deadline - time.monotonic(), 0.001))
+            size = await pod.load(request, timeout=max(deadline - time.monotonic(), 0.001))
             outcome = "loaded"
-            return int(response.size_bytes)
-        except aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-                raise DeadlineExceeded(
-                    f"model {record.model_id!r}: load on {pod_id} outlived the deadline"
-                ) from None
-            raise ModelLoadFailed(f"{pod_id}: {exc.code().name}: {exc.details()}") from None
+            return size
+        except DeadlineExceeded:
+            raise DeadlineExceeded(
+                f"model {record.model_id!r}: load on {pod_id} outlived the deadline"
+            ) from None
+        except MeshError as exc:
+            raise ModelLoadFailed(f"{pod_id}: {exc}") from None
         finally:
             if self._metrics is not None:
                 self._metrics.loads.labels(outcome).inc()
-
-
-def _stream_status(message: bytes) -> str | None:
-    """The status a pod put in an error response of ModelStreamInfer (`mesh_status`)."""
-    response = pb.ModelStreamInferResponse.FromString(message)
-    if not response.error_message:
-        return None
-    status = response.infer_response.parameters.get("mesh_status")
-    return status.string_param if status is not None else "UNKNOWN"

@@ -36,6 +36,7 @@ from mesh.retry import Backoff
 from mesh.router import dashboard
 from mesh.router.background import LeaderWork
 from mesh.router.core import Router, RouterPolicy
+from mesh.router.grpcpods import GrpcPods
 from mesh.router.management import Management
 from mesh.router.metrics import RouterMetrics
 from mesh.router.overview import Overview, snapshot
@@ -133,7 +134,7 @@ class RouterServer(Service):
         await self.mirror.start(timeout=60)
         self.lease = RouterLease(self.store, s.lease_ttl)
         await self.lease.start()
-        self.pool = PodPool(s.max_message_bytes)
+        self.pool = PodPool(GrpcPods(s.max_message_bytes))
         metrics = RouterMetrics(self.registry)
         self.router = Router(
             self.store, self.mirror, keys, self.pool,
