@@ -39,7 +39,7 @@ from mesh.placement.copies import (
     observe,
 )
 from mesh.placement.handoff import plan_handoff
-from mesh.placement.snapshot import ModelRequirements, Snapshot
+from mesh.placement.snapshot import ModelRequirements
 from mesh.router.core import Router
 from mesh.router.metrics import RouterMetrics
 
@@ -144,11 +144,7 @@ class LeaderWork:
         mirror = self._router.mirror
         if not any(i.draining for i in mirror.instances.values()):
             return []
-        snapshot = Snapshot.from_records(
-            mirror.instances.values(),
-            (p for pods in mirror.placements.values() for p in pods.values()),
-            mirror.models.values(),
-        )
+        snapshot = self._router.copies.snapshot()
         started = [m for m in plan_handoff(snapshot) if m not in self._handing_off]
         for model_id in started:
             self._handing_off.add(model_id)
@@ -320,11 +316,7 @@ class LeaderWork:
         self, model_id: str, requirements: ModelRequirements, reason: str
     ) -> None:
         mirror = self._router.mirror
-        snapshot = Snapshot.from_records(
-            mirror.instances.values(),
-            (p for pods in mirror.placements.values() for p in pods.values()),
-            (mirror.models[model_id],),
-        )
+        snapshot = self._router.copies.snapshot((mirror.models[model_id],))
         pod_id = choose_copy_to_remove(snapshot, requirements, self._rng)
         instance = mirror.instances.get(pod_id) if pod_id else None
         if pod_id is None or instance is None:

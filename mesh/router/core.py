@@ -47,6 +47,7 @@ from mesh.errors import (
 from mesh.placement.choose import NoPod, choose_pod
 from mesh.placement.failures import FailureLog, FailurePolicy
 from mesh.placement.snapshot import Snapshot, TypicalSizes
+from mesh.router.copies import CopyView
 from mesh.router.metrics import RouterMetrics
 from mesh.router.overview import Activity
 from mesh.router.pods import PodPool
@@ -60,8 +61,6 @@ log = logging.getLogger(__name__)
 _RETRYABLE = (ModelNotFound, ModelNotReady, Unavailable)
 # LoadModel's option naming an adapter's base, for the pod (mesh.pod.dataplane).
 BASE_OPTION = "adapter.base"
-# How long a copy this router loaded counts as loaded before the mirror shows it.
-_FRESH_FOR = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,9 +119,10 @@ class Router:
             FailurePolicy(ttl=self.policy.failure_ttl, max_attempts=self.policy.failure_attempts)
         )
         self.vanished = VanishedPods(self.policy.vanished_grace)
+        # Where copies are (holders, fresh loads) and the one snapshot of the mirror.
+        self.copies = CopyView(mirror, pool, self.vanished)
         self._typical: TypicalSizes | None = None
         self._loads: dict[str, asyncio.Future[str]] = {}
-        self._fresh: dict[str, dict[str, float]] = {}
         self._size_writes: set[asyncio.Task[None]] = set()
         # Requests and requests in flight per model, for copy scaling (mesh.router.background).
         self.requests: collections.Counter[str] = collections.Counter()
@@ -141,14 +141,7 @@ class Router:
 
     def forget_copy(self, model_id: str, pod_id: str) -> None:
         """The copy on `pod_id` was unloaded: stop counting it before the mirror shows it."""
-        self._forget_fresh(model_id, pod_id)
-
-    def _forget_fresh(self, model_id: str, pod_id: str) -> None:
-        fresh = self._fresh.get(model_id)
-        if fresh is not None:
-            fresh.pop(pod_id, None)
-            if not fresh:
-                del self._fresh[model_id]
+        self.copies.forget(model_id, pod_id)
 
     def observe(self, changes: Sequence[Any]) -> list[str]:
         """Follow the mirror (a subscriber): the pods gone for good, whose channels may close.
@@ -181,12 +174,7 @@ class Router:
         records = [models[m] for m in placements if m in models]
         if model_id not in placements:
             records.append(record)
-        return Snapshot.from_records(
-            self.mirror.instances.values(),
-            (p for pods in placements.values() for p in pods.values()),
-            records,
-            typical=self._typical_sizes().sizes(),
-        )
+        return self.copies.snapshot(records, typical=self._typical_sizes().sizes())
 
     def _typical_sizes(self) -> TypicalSizes:
         if self._typical is None:  # once; then the mirror's changes keep it (observe)
@@ -195,13 +183,7 @@ class Router:
 
     def instance(self, pod_id: str) -> InstanceRecord | None:
         """A pod's record: the mirror's, else the last one of a pod that vanished recently."""
-        instance = self.mirror.instances.get(pod_id)
-        return instance if instance is not None else self.vanished.instance(pod_id)
-
-    def _unreachable(self, pod_id: str) -> None:
-        if self.vanished.drop(pod_id):
-            log.info("pod %s, whose records vanished, is unreachable: forgotten", pod_id)
-            self._pool.forget(pod_id)
+        return self.copies.instance(pod_id)
 
     # -- names ---------------------------------------------------------------------------------
 
@@ -220,53 +202,16 @@ class Router:
         return self._pool.client(pod_id, address)
 
     def holders(self, model_id: str, exclude: Sequence[str] = ()) -> list[PodTransport]:
-        """Pods serving a loaded copy, not draining, not excluded.
-
-        A copy this router has just loaded counts before the pod's own record of it reaches
-        the mirror (the pod publishes within a fraction of a second; requests come sooner).
-        """
-        copies = self.mirror.placements.get(model_id, {})
-        pod_ids = [p for p, rec in copies.items() if rec.state is PlacementState.LOADED]
-        fresh = self._fresh.get(model_id)
-        if fresh:
-            now = time.monotonic()
-            for pod_id, at in list(fresh.items()):
-                if now - at > _FRESH_FOR or pod_id in pod_ids:
-                    del fresh[pod_id]
-                else:
-                    pod_ids.append(pod_id)
-        found = []
-        for pod_id in pod_ids:
-            if pod_id in exclude:
-                continue
-            instance = self.mirror.instances.get(pod_id)
-            if instance is None or instance.draining:
-                continue
-            found.append(self._pool.client(pod_id, instance.address))
-        if not found and self.vanished.grace > 0:
-            for pod_id in self.vanished.expire():
-                self._pool.forget(pod_id)
-            # Its records vanished with an expired lease, but the pod may serve on: better a
-            # try (a failure drops it) than a load on a pod that may not exist either.
-            for instance in self.vanished.holders(model_id):
-                if instance.pod_id not in exclude:
-                    found.append(self._pool.client(instance.pod_id, instance.address))
-        return found
+        """Pods serving a loaded copy, not draining, not excluded (mesh.router.copies)."""
+        return self.copies.holders(model_id, exclude)
 
     def known_copies(self, model_id: str) -> set[str]:
         """Pods that hold, load or just loaded the model, as far as this router knows."""
-        return set(self.mirror.placements.get(model_id, {})) | set(self._fresh.get(model_id, {}))
+        return self.copies.known_copies(model_id)
 
     def loading_elsewhere(self, model_id: str, exclude: Sequence[str] = ()) -> bool:
         """Whether a live pod is loading the model now (another router's claim, or a copy)."""
-        for pod_id, rec in self.mirror.placements.get(model_id, {}).items():
-            if (
-                rec.state is PlacementState.LOADING
-                and pod_id not in exclude
-                and pod_id in self.mirror.instances
-            ):
-                return True
-        return False
+        return self.copies.loading_elsewhere(model_id, exclude)
 
     async def infer(self, data: bytes, model_id: str, timeout: float | None) -> bytes:
         deadline = time.monotonic() + (timeout if timeout is not None else self.policy.load_timeout)
@@ -302,9 +247,9 @@ class Router:
             except _RETRYABLE as answer:
                 reason = _retry_reason(answer)
                 if isinstance(answer, ModelNotFound):
-                    self._forget_fresh(model_id, pod.pod_id)  # evicted since we loaded it
+                    self.copies.forget(model_id, pod.pod_id)  # evicted since we loaded it
                 else:
-                    self._unreachable(pod.pod_id)
+                    self.copies.unreachable(pod.pod_id)
                 if self._metrics is not None:
                     self._metrics.retries.labels(reason).inc()
                 log.info(
@@ -348,9 +293,9 @@ class Router:
                         if attempt + 1 >= self.policy.forward_attempts:
                             raise
                         if isinstance(exc, ModelNotFound):
-                            self._forget_fresh(model_id, pod.pod_id)
+                            self.copies.forget(model_id, pod.pod_id)
                         else:
-                            self._unreachable(pod.pod_id)
+                            self.copies.unreachable(pod.pod_id)
                         exclude.append(pod.pod_id)
                         continue
                     if first is None:
@@ -362,7 +307,7 @@ class Router:
                         and attempt + 1 < self.policy.forward_attempts
                     ):
                         if issubclass(error, ModelNotFound):
-                            self._forget_fresh(model_id, pod.pod_id)
+                            self.copies.forget(model_id, pod.pod_id)
                         exclude.append(pod.pod_id)
                         continue
                     yield first
@@ -543,7 +488,7 @@ class Router:
             try:
                 size = await self._tell_pod_to_load(pod_id, record, deadline)
                 self.failures.clear(model_id)
-                self._fresh.setdefault(model_id, {})[pod_id] = time.monotonic()
+                self.copies.loaded_here(model_id, pod_id)
                 self._remember_size(model_id, size)
                 return pod_id
             except ModelLoadFailed as exc:
