@@ -31,10 +31,11 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from mesh.cluster.claims import LoadClaims
 from mesh.cluster.codec import Keys, encode
 from mesh.cluster.mirror import Mirror
-from mesh.cluster.records import InstanceRecord, ModelRecord, PlacementRecord, PlacementState
-from mesh.cluster.store import Compare, Delete, KeyValueStore, Put
+from mesh.cluster.records import InstanceRecord, ModelRecord
+from mesh.cluster.store import Compare, KeyValueStore, Put
 from mesh.errors import (
     DeadlineExceeded,
     MeshError,
@@ -111,7 +112,6 @@ class Router:
         self._keys = keys
         self._pool = pool
         self.router_id = router_id
-        self._lease = lease  # an object with .id (the router's lease, renewed elsewhere)
         self.policy = policy or RouterPolicy()
         self._rng = rng or random.Random()
         self._metrics = metrics
@@ -121,6 +121,8 @@ class Router:
         self.vanished = VanishedPods(self.policy.vanished_grace)
         # Where copies are (holders, fresh loads) and the one snapshot of the mirror.
         self.copies = CopyView(mirror, pool, self.vanished)
+        # One load per mesh: the claim recipe (mesh.cluster.claims), under this router's lease.
+        self.claims = LoadClaims(store, keys, router_id, lease)
         self._typical: TypicalSizes | None = None
         self._loads: dict[str, asyncio.Future[str]] = {}
         self._size_writes: set[asyncio.Task[None]] = set()
@@ -496,7 +498,7 @@ class Router:
                 self.failures.record(model_id, pod_id, time.time(), last_error)
                 exclude.append(pod_id)
             finally:
-                await self._release_claim(model_id, pod_id, claimed)
+                await self.claims.release(model_id, pod_id, claimed)
         raise ModelLoadFailed(f"model {model_id!r} ({_spec(record)}) failed to load: {last_error}")
 
     async def _base_pod(self, base: str, exclude: list[str], deadline: float) -> str:
@@ -525,58 +527,25 @@ class Router:
         return appeared(self.mirror)
 
     async def _claim(self, model_id: str, pod_id: str, size: int) -> int:
-        """The claim's revision, or 0 if another router holds it. The `loading` record is
-        charged `size`, what placement counted on, until the pod publishes its own estimate."""
-        lease = self._lease.id
-        claim = self._keys.claim(model_id)
-        loading = PlacementRecord(model_id, pod_id, PlacementState.LOADING, time.time(), size)
+        """The claim's revision, or 0 if another router holds it (mesh.cluster.claims)."""
         try:
-            result = await self._store.txn(
-                [Compare.absent(claim)],
-                [
-                    Put(claim, f"{self.router_id} {pod_id}".encode(), lease),
-                    Put(self._keys.placement(model_id, pod_id), encode(loading), lease),
-                ],
-            )
+            return await self.claims.claim(model_id, pod_id, size)
         except StoreUnavailable as exc:
             raise Unavailable(
                 f"model {model_id!r} is not loaded and etcd is unreachable: {exc}"
             ) from exc
-        return result.revision if result.succeeded else 0
-
-    async def _release_claim(self, model_id: str, pod_id: str, revision: int) -> None:
-        """Drop the claim, and our `loading` record unless the pod has written its own."""
-        claim = self._keys.claim(model_id)
-        placement = self._keys.placement(model_id, pod_id)
-        try:
-            await self._store.txn([Compare.mod_revision_is(claim, revision)], [Delete(claim)])
-            await self._store.txn(
-                [Compare.mod_revision_is(placement, revision)], [Delete(placement)]
-            )
-        except MeshError as exc:
-            log.warning(
-                "could not release the claim on %s: %s (it expires with our lease)", model_id, exc
-            )
 
     async def _wait_for_other(self, model_id: str, deadline: float) -> str:
         """Another router claimed the load: the pod holding a copy once loaded, or "" if the
         claim went away without one."""
-        claim = self._keys.claim(model_id)
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise DeadlineExceeded(f"model {model_id!r} was not loaded within the deadline")
-            try:
-                await self.mirror.wait_for(
-                    lambda m: bool(self.holders(model_id)),
-                    timeout=min(remaining, self.policy.claim_check),
-                )
-                return self.holders(model_id)[0].pod_id
-            except TimeoutError:
-                pass
-            if await self._store.get(claim) is None and not self.loading_elsewhere(model_id):
-                copies = self.holders(model_id)
-                return copies[0].pod_id if copies else ""
+        return await self.claims.wait_for_other(
+            self.mirror,
+            model_id,
+            ready=lambda: self.copies.first_holder(model_id),
+            loading=lambda: self.copies.loading_elsewhere(model_id),
+            deadline=deadline,
+            check_every=self.policy.claim_check,
+        )
 
     def _remember_size(self, model_id: str, size: int) -> None:
         """Write what the copy measured into the model's registration (once, or when it moved
