@@ -16,7 +16,6 @@ import collections
 import dataclasses
 import logging
 import random
-import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -26,7 +25,6 @@ from mesh.cluster.mirror import Mirror
 from mesh.cluster.records import InstanceRecord
 from mesh.cluster.store import KeyValueStore
 from mesh.errors import (
-    DeadlineExceeded,
     MeshError,
     ModelNotFound,
     ModelNotReady,
@@ -34,6 +32,7 @@ from mesh.errors import (
 )
 from mesh.placement.failures import FailureLog, FailurePolicy
 from mesh.router.copies import CopyView
+from mesh.router.forward import Forwarder
 from mesh.router.loader import Loader
 from mesh.router.metrics import RouterMetrics
 from mesh.router.overview import Activity
@@ -92,9 +91,11 @@ class Router:
             store, mirror, keys, pool, self.copies, self.claims, self.failures, self.activity,
             self.policy, self._rng, metrics,
         )  # fmt: skip
-        # Requests and requests in flight per model, for copy scaling (mesh.router.background).
-        self.requests: collections.Counter[str] = collections.Counter()
-        self.in_flight: collections.Counter[str] = collections.Counter()
+        # The forward with its retries, and the request counts per model.
+        self.forwarder = Forwarder(pool, self.copies, self.loader, self.policy, metrics)
+        # `infer(data, model_id, timeout)`: the hit path, bound here so that it costs no frame
+        # of the router's own (mesh.router.forward.Forwarder.infer).
+        self.infer = self.forwarder.infer
 
     @property
     def store(self) -> KeyValueStore:
@@ -164,149 +165,23 @@ class Router:
         """Whether a live pod is loading the model now (another router's claim, or a copy)."""
         return self.copies.loading_elsewhere(model_id, exclude)
 
-    async def infer(self, data: bytes, model_id: str, timeout: float | None) -> bytes:
-        deadline = time.monotonic() + (timeout if timeout is not None else self.policy.load_timeout)
-        self.requests[model_id] += 1
-        self.in_flight[model_id] += 1
-        try:
-            return await self._infer(data, model_id, deadline)
-        finally:
-            self.in_flight[model_id] -= 1
-            if not self.in_flight[model_id]:
-                del self.in_flight[model_id]
+    def stream(self, data: bytes, model_id: str, timeout: float | None) -> AsyncIterator[bytes]:
+        """One ModelStreamInfer request, forwarded to a copy: the pod's responses as they come."""
+        return self.forwarder.stream(data, model_id, timeout)
 
-    async def _infer(self, data: bytes, model_id: str, deadline: float) -> bytes:
-        exclude: list[str] = []
-        last: MeshError | None = None
-        for _ in range(self.policy.forward_attempts):
-            copies = self.holders(model_id, exclude)
-            if copies:
-                pod = self._pool.pick(copies)
-            else:
-                pod_id = await self.ensure_loaded(model_id, exclude, deadline)
-                if pod_id in exclude:
-                    # A load shared with other requests went to a pod this request already
-                    # found without the model (evicted since, or dead): load elsewhere.
-                    pod_id = await self.add_copy_for(model_id, exclude, deadline)
-                instance = self.instance(pod_id)
-                if instance is None:
-                    exclude.append(pod_id)
-                    continue
-                pod = self._pool.client(pod_id, instance.address)
-            try:
-                return await self._forward(pod, data, model_id, deadline)
-            except _RETRYABLE as answer:
-                reason = _retry_reason(answer)
-                if isinstance(answer, ModelNotFound):
-                    self.copies.forget(model_id, pod.pod_id)  # evicted since we loaded it
-                else:
-                    self.copies.unreachable(pod.pod_id)
-                if self._metrics is not None:
-                    self._metrics.retries.labels(reason).inc()
-                log.info(
-                    "pod %s answered %s for %s; trying another copy", pod.pod_id, reason, model_id
-                )
-                exclude.append(pod.pod_id)
-                last = answer
-        if last is not None:
-            raise last
-        raise Unavailable(f"model {model_id!r}: no copy answered")
+    @property
+    def requests(self) -> collections.Counter[str]:
+        """Requests per model since copy scaling last took them (mesh.router.background)."""
+        return self.forwarder.requests
 
-    async def stream(
-        self, data: bytes, model_id: str, timeout: float | None
-    ) -> AsyncIterator[bytes]:
-        """One ModelStreamInfer request, forwarded to a copy: the pod's responses as they come.
+    @requests.setter
+    def requests(self, counts: collections.Counter[str]) -> None:
+        self.forwarder.requests = counts
 
-        The miss path is ModelInfer's (single-flight, claim, placement, load). A pod that
-        answers the request's first response with NOT_FOUND or UNAVAILABLE (as `mesh_status`)
-        is retried on another copy; once a response has gone to the client, nothing is retried.
-        Closing the iterator (the client went away) cancels the pod's call, which stops its
-        generation; the client's deadline goes with the call.
-        """
-        deadline = time.monotonic() + (timeout if timeout is not None else self.policy.load_timeout)
-        self.requests[model_id] += 1
-        self.in_flight[model_id] += 1
-        try:
-            exclude: list[str] = []
-            for attempt in range(self.policy.forward_attempts):
-                pod = await self._copy(model_id, exclude, deadline)
-                if pod is None:
-                    continue
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise DeadlineExceeded(f"model {model_id!r}: deadline passed before forwarding")
-                pod.outstanding += 1
-                call = pod.stream(data, model_id, remaining)
-                try:
-                    try:
-                        first = await call.read()
-                    except _RETRYABLE as exc:
-                        if attempt + 1 >= self.policy.forward_attempts:
-                            raise
-                        if isinstance(exc, ModelNotFound):
-                            self.copies.forget(model_id, pod.pod_id)
-                        else:
-                            self.copies.unreachable(pod.pod_id)
-                        exclude.append(pod.pod_id)
-                        continue
-                    if first is None:
-                        raise Unavailable(f"pod {pod.pod_id} ended the stream without an answer")
-                    error = pod.stream_error(first)
-                    if (
-                        error is not None
-                        and issubclass(error, _RETRYABLE)
-                        and attempt + 1 < self.policy.forward_attempts
-                    ):
-                        if issubclass(error, ModelNotFound):
-                            self.copies.forget(model_id, pod.pod_id)
-                        exclude.append(pod.pod_id)
-                        continue
-                    yield first
-                    while (message := await call.read()) is not None:
-                        yield message
-                    return
-                finally:
-                    pod.outstanding -= 1
-                    call.cancel()
-            raise Unavailable(f"model {model_id!r}: no copy answered")
-        finally:
-            self.in_flight[model_id] -= 1
-            if not self.in_flight[model_id]:
-                del self.in_flight[model_id]
-
-    async def _copy(
-        self, model_id: str, exclude: list[str], deadline: float
-    ) -> PodTransport | None:
-        """A copy to send to, loading one on a miss; None when its pod left (try again)."""
-        copies = self.holders(model_id, exclude)
-        if copies:
-            return self._pool.pick(copies)
-        pod_id = await self.ensure_loaded(model_id, exclude, deadline)
-        if pod_id in exclude:
-            pod_id = await self.add_copy_for(model_id, exclude, deadline)
-        instance = self.instance(pod_id)
-        if instance is None:
-            exclude.append(pod_id)
-            return None
-        return self._pool.client(pod_id, instance.address)
-
-    async def _forward(
-        self, pod: PodTransport, data: bytes, model_id: str, deadline: float
-    ) -> bytes:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise DeadlineExceeded(f"model {model_id!r}: deadline passed before forwarding")
-        pod.outstanding += 1
-        started = time.perf_counter()
-        try:
-            # A pod's answer is raised as its mesh error, to pass on or retry (_infer); a pod
-            # that left during the call is Unavailable (mesh.router.transport).
-            response = await pod.infer(data, model_id, remaining)
-            if self._metrics is not None:
-                self._metrics.forward.observe(time.perf_counter() - started)
-            return response
-        finally:
-            pod.outstanding -= 1
+    @property
+    def in_flight(self) -> collections.Counter[str]:
+        """Requests in flight per model."""
+        return self.forwarder.in_flight
 
     # -- cache misses (mesh.router.loader) -----------------------------------------------------
 

@@ -76,7 +76,7 @@ async def test_a_forward_in_flight_when_its_pod_leaves_is_a_retryable_answer(
     pool = PodPool(GrpcPods(2**20))
     router = Router(None, None, Keys("/t/"), pool, router_id="r", lease=None)  # type: ignore[arg-type]
     client = pool.client("gone", f"127.0.0.1:{hanging.port}")
-    forward = asyncio.create_task(router._forward(client, b"", "m", time.monotonic() + 60))
+    forward = asyncio.create_task(router.forwarder.forward(client, b"", "m", time.monotonic() + 60))
     await asyncio.wait_for(hanging.entered.wait(), 10)
     pool.forget("gone")
     with pytest.raises(Unavailable) as answer:
@@ -90,7 +90,7 @@ async def test_a_client_giving_up_still_cancels_the_forward(hanging: HangingPod)
     pool = PodPool(GrpcPods(2**20))
     router = Router(None, None, Keys("/t/"), pool, router_id="r", lease=None)  # type: ignore[arg-type]
     client = pool.client("slow", f"127.0.0.1:{hanging.port}")
-    forward = asyncio.create_task(router._forward(client, b"", "m", time.monotonic() + 60))
+    forward = asyncio.create_task(router.forwarder.forward(client, b"", "m", time.monotonic() + 60))
     await asyncio.wait_for(hanging.entered.wait(), 10)
     forward.cancel()
     with pytest.raises(asyncio.CancelledError):
