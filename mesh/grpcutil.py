@@ -16,6 +16,7 @@ import grpc
 from grpc import aio
 
 from mesh.errors import MeshError
+from mesh.grpcstatus import status_of
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +73,8 @@ def _tolerant(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], A
 
 
 class ErrorInterceptor(aio.ServerInterceptor):
-    """Map MeshError to its gRPC status and anything unexpected to INTERNAL, for every method;
-    a request whose bytes do not decode is INVALID_ARGUMENT.
+    """Map MeshError to its gRPC status (mesh.grpcstatus's table) and anything unexpected to
+    INTERNAL, for every method; a request whose bytes do not decode is INVALID_ARGUMENT.
 
     Wrapped handlers are cached per method, so a call costs one dict lookup beyond the handler.
     """
@@ -108,7 +109,7 @@ def _wrap(handler: MethodHandler, method: str) -> MethodHandler:
         try:
             return await behavior(request, context)
         except MeshError as exc:
-            await context.abort(exc.code, str(exc))
+            await context.abort(status_of(exc), str(exc))
         except aio.AbortError:
             raise
         except Exception as exc:

@@ -18,10 +18,10 @@ own module, `def mount(app: HttpApp, ...) -> None`, called by the composition ro
 is `RouterServer._mount_http` (mesh/router/server.py), which is handed the router core, the
 mirror and the management API; `mesh serve` uses the router's. Conventions every route keeps:
 
-- errors are raised, not built: a MeshError (or anything with a `grpc.StatusCode` in `code`,
-  such as a pod's answer passed on) becomes `{"error": "..."}` with the status of
-  mesh.errors.HTTP_STATUS; aiohttp's own HTTP exceptions (`web.HTTPNotFound`, ...) keep their
-  status and get the same body; anything else is logged and answered 500;
+- errors are raised, not built: a MeshError (a pod's answer passed on is one too) becomes
+  `{"error": "..."}` with its HTTP status from mesh.grpcstatus's table; aiohttp's own HTTP
+  exceptions (`web.HTTPNotFound`, ...) keep their status and get the same body; anything
+  else is logged and answered 500;
 - read bodies with `await app.read_body(request)`: it enforces the body limit (the gRPC message
   limit) with a 413 before the body is read;
 - JSON replies with `json_response(doc, status)`;
@@ -41,10 +41,10 @@ import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import grpc
 from aiohttp import web
 
-from mesh.errors import InvalidRequest, http_status
+from mesh.errors import InvalidRequest, MeshError
+from mesh.grpcstatus import http_status_of
 from mesh.http.v2 import Reply, V2Endpoints
 
 log = logging.getLogger(__name__)
@@ -77,10 +77,8 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
             raise
         return error_response(exc.status, exc.text or exc.reason)
     except Exception as exc:
-        code = getattr(exc, "code", None)
-        if isinstance(code, grpc.StatusCode):
-            message = getattr(exc, "details", None) or str(exc)
-            return error_response(http_status(code), message)
+        if isinstance(exc, MeshError):
+            return error_response(http_status_of(exc), str(exc))
         log.exception("%s %s failed", request.method, request.path)
         return error_response(500, f"{type(exc).__name__}: {exc}")
 

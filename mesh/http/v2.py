@@ -3,8 +3,8 @@
 Each endpoint takes what the URL, the headers and the body say and returns a `Reply` (status,
 body, headers); mesh.http.app mounts them on the HTTP server. A backend is whatever answers the
 v2 protocol in protobuf terms: the router (forwarding to pods, with the miss path) or a pod's
-data plane. Errors are MeshErrors (or a pod's gRPC answer, `PodAnswer`); the app turns both into
-`{"error": "..."}` with the status from mesh.errors.HTTP_STATUS.
+data plane. Errors are MeshErrors (a pod's answer passed on by the router is one too); the app
+turns them into `{"error": "..."}` with the status of mesh.grpcstatus's table.
 
 Endpoints (the v2 REST protocol, plus the model repository extension):
 

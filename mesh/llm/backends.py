@@ -21,10 +21,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import grpc
-
 from mesh.errors import MeshError
 from mesh.gen import grpc_predict_v2_pb2 as pb
+from mesh.grpcstatus import error_class_named
 from mesh.llm.chunks import Chunk, Stats
 from mesh.llm.params import SamplingParams
 from mesh.llm.protocol import CHAT_PARAMETER, GENERATIVE_FORMAT, TEXT_INPUT, TEXT_OUTPUT
@@ -49,15 +48,6 @@ class TextBackend(Protocol):
     async def open(self, model: str, prompt: Prompt, params: SamplingParams) -> OpenGeneration: ...
 
     async def models(self) -> list[ModelCard]: ...
-
-
-class StatusError(Exception):
-    """An error a pod answered on a stream, with its gRPC status (passed on as it came, as the
-    router's PodAnswer is: the HTTP routes map `code`)."""
-
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 class PodBackend:
@@ -162,8 +152,8 @@ class _RoutedGeneration:
         if response.error_message:
             status = response.infer_response.parameters.get("mesh_status")
             name = status.string_param if status is not None else "UNKNOWN"
-            code = getattr(grpc.StatusCode, name, grpc.StatusCode.UNKNOWN)
-            raise StatusError(code, response.error_message)
+            # The pod's error, passed on as it came (the HTTP routes answer its status).
+            raise error_class_named(name)(response.error_message)
         return _chunk_of(response.infer_response)
 
     def __aiter__(self) -> AsyncIterator[Chunk]:

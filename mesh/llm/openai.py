@@ -34,6 +34,7 @@ import grpc
 from aiohttp import web
 
 from mesh.errors import InvalidRequest, MeshError, ModelNotFound
+from mesh.grpcstatus import status_of
 from mesh.llm.backends import ModelCard, OpenGeneration, Prompt, TextBackend
 from mesh.llm.chunks import Chunk
 from mesh.llm.params import SamplingParams
@@ -81,8 +82,8 @@ def error_body(status: int, kind: str, message: str, code: str | None = None) ->
 
 
 def _error_of(exc: BaseException) -> tuple[int, dict[str, Any]]:
-    code = getattr(exc, "code", None)
-    if isinstance(code, grpc.StatusCode):
+    if isinstance(exc, MeshError):
+        code = status_of(exc)
         status, kind = _STATUS.get(code, (500, "server_error"))
         name = "model_not_found" if code is grpc.StatusCode.NOT_FOUND else None
         return status, error_body(status, kind, str(exc) or code.name, name)
@@ -109,8 +110,7 @@ def _guard(handler: Handler) -> Handler:
             status, body = _error_of(exc)
             return _json(body, status)
         except Exception as exc:
-            if not isinstance(getattr(exc, "code", None), grpc.StatusCode):
-                log.exception("%s %s failed", request.method, request.path)
+            log.exception("%s %s failed", request.method, request.path)
             status, body = _error_of(exc)
             return _json(body, status)
 
@@ -398,7 +398,7 @@ async def _pump(
         except (ConnectionError, RuntimeError):
             raise  # the client went away: nothing more to send
         except Exception as exc:
-            if not isinstance(getattr(exc, "code", None), grpc.StatusCode):
+            if not isinstance(exc, MeshError):
                 log.exception("a stream failed")
             _, body = _error_of(exc)
             await sse.send(body)

@@ -17,7 +17,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
 
-import grpc  # only for status names in metrics
 from google.protobuf.message import DecodeError
 
 from mesh import __version__
@@ -29,6 +28,7 @@ from mesh.errors import (
     Unavailable,
 )
 from mesh.gen import grpc_predict_v2_pb2 as pb
+from mesh.grpcstatus import status_name
 from mesh.llm.chunks import Chunk, Stats
 from mesh.llm.params import SamplingParams
 from mesh.pod.batching import Batcher, BatchPolicy, run_one
@@ -166,10 +166,10 @@ class DataPlane:
             finally:
                 self.cache.release(entry)
         except MeshError as exc:
-            status = exc.code.name
+            status = status_name(exc)
             raise
         except asyncio.CancelledError:
-            status = grpc.StatusCode.CANCELLED.name
+            status = "CANCELLED"
             raise
         finally:
             self._leave()
@@ -470,10 +470,10 @@ class Generation:
                     self._plane._observe_generation(self.name, chunk.stats)
                 yield chunk
         except MeshError as exc:
-            self._status = exc.code.name
+            self._status = status_name(exc)
             raise
         except (asyncio.CancelledError, GeneratorExit):
-            self._status = grpc.StatusCode.CANCELLED.name
+            self._status = "CANCELLED"
             raise
         finally:
             await self.aclose()

@@ -15,6 +15,7 @@ from grpc import aio
 from mesh.errors import InvalidRequest, MeshError
 from mesh.gen import grpc_predict_v2_pb2 as pb
 from mesh.gen import runtime_pb2 as rpb
+from mesh.grpcstatus import status_name
 from mesh.grpcutil import fan_in, service_handler
 from mesh.pod.dataplane import DataPlane, ServerState
 from mesh.pod.rest import PodBackend
@@ -154,7 +155,7 @@ class InferenceService:
                 async for response in self._plane.stream_infer(request, override):
                     await put(pb.ModelStreamInferResponse(infer_response=response))
             except MeshError as exc:
-                await put(_stream_error(request, exc.code.name, str(exc)))
+                await put(_stream_error(request, status_name(exc), str(exc)))
             except Exception as exc:
                 log.exception("ModelStreamInfer failed")
                 await put(_stream_error(request, "INTERNAL", f"{type(exc).__name__}: {exc}"))

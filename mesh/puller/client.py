@@ -39,22 +39,25 @@ from mesh.errors import (
     Unavailable,
 )
 from mesh.gen import puller_pb2 as ppb
+from mesh.grpcstatus import code_of
 from mesh.puller.records import PULLER_SERVICE, ArtifactView, CacheView, PullResult
 
-_ERRORS: dict[grpc.StatusCode, type[MeshError]] = {
-    grpc.StatusCode.INVALID_ARGUMENT: InvalidRequest,
-    grpc.StatusCode.NOT_FOUND: ArtifactNotFound,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: CacheFull,
-    grpc.StatusCode.PERMISSION_DENIED: StorageAccessDenied,
-    grpc.StatusCode.FAILED_PRECONDITION: StorageConfigError,
-    grpc.StatusCode.DATA_LOSS: ArtifactCorrupt,
-    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
-    grpc.StatusCode.UNAVAILABLE: Unavailable,
-}
+# The puller's errors, by the code each is answered with (mesh.grpcstatus's table); any other
+# code is a plain MeshError (INTERNAL).
+_ERRORS: tuple[type[MeshError], ...] = (
+    InvalidRequest,
+    ArtifactNotFound,
+    CacheFull,
+    StorageAccessDenied,
+    StorageConfigError,
+    ArtifactCorrupt,
+    DeadlineExceeded,
+    Unavailable,
+)
 
 
 def error_from_status(exc: aio.AioRpcError, target: str) -> MeshError:
-    cls = _ERRORS.get(exc.code(), MeshError)
+    cls = next((c for c in _ERRORS if code_of(c) is exc.code()), MeshError)
     details = exc.details() or exc.code().name
     if exc.code() is grpc.StatusCode.UNAVAILABLE and "storage" not in details:
         details = f"the puller at {target} is unavailable: {details}"

@@ -1,18 +1,9 @@
 """The router's core: resolve a name, forward to a copy, and on a miss get one loaded.
 
 The request path reads only the mirror. A hit costs a dict lookup, a choice between copies
-(power of two choices) and one forward of the request's bytes. A miss is where etcd is
-written, once per load:
-
-1. single-flight in this router: concurrent misses for a model share one attempt;
-2. the placement engine chooses a pod from a snapshot of the mirror;
-3. the load is claimed in one transaction: `claims/{model}` created only if absent, with a
-   `loading` placement record, both under the router's lease (a router that dies mid-load
-   lets its claim expire). A router that loses the claim waits on the mirror for the copy
-   another router is loading;
-4. the chosen pod is told to load (LoadModel with the storage reference, for its puller);
-   a failed load is remembered and the next pod tried, a bounded number of times, then the
-   request fails with FAILED_PRECONDITION and the load's error.
+(power of two choices) and one forward of the request's bytes. A miss is the single-flight
+loader's (mesh.router.loader: placement, the load claim of mesh.cluster.claims, the pod told to
+load); where copies are is the copy view's (mesh.router.copies).
 
 A forward that fails with NOT_FOUND or UNAVAILABLE (a stale mirror, a dead pod) is retried on
 another copy or a fresh placement, with an exclude list and a bounded number of attempts.
@@ -21,81 +12,46 @@ Every wait is bounded by the client's deadline.
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import dataclasses
 import logging
 import random
-import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
-import grpc
-from grpc import aio
-
-from mesh.cluster.codec import Keys, encode
+from mesh.cluster.claims import LoadClaims
+from mesh.cluster.codec import Keys
 from mesh.cluster.mirror import Mirror
-from mesh.cluster.records import InstanceRecord, ModelRecord, PlacementRecord, PlacementState
-from mesh.cluster.store import Compare, Delete, KeyValueStore, Put
+from mesh.cluster.records import InstanceRecord
+from mesh.cluster.store import KeyValueStore
 from mesh.errors import (
-    DeadlineExceeded,
     MeshError,
-    ModelLoadFailed,
     ModelNotFound,
-    StoreUnavailable,
+    ModelNotReady,
     Unavailable,
 )
-from mesh.gen import grpc_predict_v2_pb2 as pb
-from mesh.gen import runtime_pb2 as rpb
-from mesh.placement.choose import NoPod, choose_pod
 from mesh.placement.failures import FailureLog, FailurePolicy
-from mesh.placement.snapshot import Snapshot, TypicalSizes
+from mesh.router.copies import CopyView
+from mesh.router.forward import Forwarder
+from mesh.router.loader import Loader
 from mesh.router.metrics import RouterMetrics
 from mesh.router.overview import Activity
-from mesh.router.pods import PodClient, PodPool, pod_left
+from mesh.router.pods import PodPool
+from mesh.router.policy import RouterPolicy
+from mesh.router.transport import PodTransport
 from mesh.router.vanished import VanishedPods
 
 log = logging.getLogger(__name__)
 
-_RETRYABLE = {grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAVAILABLE}
-# LoadModel's option naming an adapter's base, for the pod (mesh.pod.dataplane).
-BASE_OPTION = "adapter.base"
-_RETRYABLE_NAMES = {code.name for code in _RETRYABLE}
-# How long a copy this router loaded counts as loaded before the mirror shows it.
-_FRESH_FOR = 10.0
+# A pod's answers that another copy may not give: it does not hold the model (any more), or it
+# cannot serve now (draining, unloading, gone).
+_RETRYABLE = (ModelNotFound, ModelNotReady, Unavailable)
 
 
-@dataclass(frozen=True, slots=True)
-class RouterPolicy:
-    forward_attempts: int = 3
-    load_attempts: int = 3
-    # Longest a miss may take when the client sets no deadline.
-    load_timeout: float = 120.0
-    # How often a router waiting on another's claim checks that the claim still stands.
-    claim_check: float = 1.0
-    # How long a pod whose records vanished (its lease expired while etcd was away) is still
-    # sent requests for the models it held, and how long a miss that finds no pod at all
-    # waits for one to register (mesh.router.vanished); about one lease TTL.
-    vanished_grace: float = 10.0
-    # Failed loads: how long each is remembered, and how many within that time stop a model
-    # from being tried again until one expires (or its registration changes, or a retry).
-    failure_ttl: float = 900.0
-    failure_attempts: int = 3
-
-
-def _spec(record: ModelRecord) -> str:
-    """The registration a failure is about, as a message names it."""
-    return f"{record.format} from {record.storage_key or 'default'}:{record.storage_path}"
-
-
-class PodAnswer(Exception):
-    """A pod's gRPC error, to hand to the client unchanged."""
-
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        super().__init__(details)
-        self.code = code
-        self.details = details
+def _retry_reason(exc: MeshError | type[MeshError]) -> str:
+    """The label of a retry in the metrics: the status the pod's answer stands for."""
+    cls = exc if isinstance(exc, type) else type(exc)
+    return "NOT_FOUND" if issubclass(cls, ModelNotFound) else "UNAVAILABLE"
 
 
 class Router:
@@ -117,7 +73,6 @@ class Router:
         self._keys = keys
         self._pool = pool
         self.router_id = router_id
-        self._lease = lease  # an object with .id (the router's lease, renewed elsewhere)
         self.policy = policy or RouterPolicy()
         self._rng = rng or random.Random()
         self._metrics = metrics
@@ -125,16 +80,22 @@ class Router:
             FailurePolicy(ttl=self.policy.failure_ttl, max_attempts=self.policy.failure_attempts)
         )
         self.vanished = VanishedPods(self.policy.vanished_grace)
-        self._typical: TypicalSizes | None = None
-        self._loads: dict[str, asyncio.Future[str]] = {}
-        self._fresh: dict[str, dict[str, float]] = {}
-        self._size_writes: set[asyncio.Task[None]] = set()
-        # Requests and requests in flight per model, for copy scaling (mesh.router.background).
-        self.requests: collections.Counter[str] = collections.Counter()
-        self.in_flight: collections.Counter[str] = collections.Counter()
-        self.loads_started = 0
+        # Where copies are (holders, fresh loads) and the one snapshot of the mirror.
+        self.copies = CopyView(mirror, pool, self.vanished)
+        # One load per mesh: the claim recipe (mesh.cluster.claims), under this router's lease.
+        self.claims = LoadClaims(store, keys, router_id, lease)
         # Loads, evictions, misses and failures over the last minutes (mesh.router.overview).
         self.activity = Activity()
+        # The miss path: single-flight loads, placement, the claim, the pod told to load.
+        self.loader = Loader(
+            store, mirror, keys, pool, self.copies, self.claims, self.failures, self.activity,
+            self.policy, self._rng, metrics,
+        )  # fmt: skip
+        # The forward with its retries, and the request counts per model.
+        self.forwarder = Forwarder(pool, self.copies, self.loader, self.policy, metrics)
+        # `infer(data, model_id, timeout)`: the hit path, bound here so that it costs no frame
+        # of the router's own (mesh.router.forward.Forwarder.infer).
+        self.infer = self.forwarder.infer
 
     @property
     def store(self) -> KeyValueStore:
@@ -146,14 +107,7 @@ class Router:
 
     def forget_copy(self, model_id: str, pod_id: str) -> None:
         """The copy on `pod_id` was unloaded: stop counting it before the mirror shows it."""
-        self._forget_fresh(model_id, pod_id)
-
-    def _forget_fresh(self, model_id: str, pod_id: str) -> None:
-        fresh = self._fresh.get(model_id)
-        if fresh is not None:
-            fresh.pop(pod_id, None)
-            if not fresh:
-                del self._fresh[model_id]
+        self.copies.forget(model_id, pod_id)
 
     def observe(self, changes: Sequence[Any]) -> list[str]:
         """Follow the mirror (a subscriber): the pods gone for good, whose channels may close.
@@ -164,8 +118,7 @@ class Router:
         for change in changes:
             if change.kind != "model":
                 continue
-            if self._typical is not None:
-                self._typical.update(change.previous, change.record)
+            self.loader.observe_model(change.previous, change.record)
             old, new = change.previous, change.record
             if (
                 old is None
@@ -176,37 +129,13 @@ class Router:
                 self.failures.clear(change.key)
         return self.vanished.observe(changes, self.mirror.instances)
 
-    def _placement_view(self, model_id: str, record: ModelRecord) -> Snapshot:
-        """The snapshot a miss decides from, in time that grows with the copies placed, not
-        with the models registered: the records of the models that have placements (so that
-        copies loading elsewhere are charged their own size, not the default) and this one's,
-        with the per-format estimates kept up to date from the mirror's changes."""
-        placements = self.mirror.placements
-        models = self.mirror.models
-        records = [models[m] for m in placements if m in models]
-        if model_id not in placements:
-            records.append(record)
-        return Snapshot.from_records(
-            self.mirror.instances.values(),
-            (p for pods in placements.values() for p in pods.values()),
-            records,
-            typical=self._typical_sizes().sizes(),
-        )
-
-    def _typical_sizes(self) -> TypicalSizes:
-        if self._typical is None:  # once; then the mirror's changes keep it (observe)
-            self._typical = TypicalSizes(self.mirror.models.values())
-        return self._typical
+    @property
+    def loads_started(self) -> int:
+        return self.loader.loads_started
 
     def instance(self, pod_id: str) -> InstanceRecord | None:
         """A pod's record: the mirror's, else the last one of a pod that vanished recently."""
-        instance = self.mirror.instances.get(pod_id)
-        return instance if instance is not None else self.vanished.instance(pod_id)
-
-    def _unreachable(self, pod_id: str) -> None:
-        if self.vanished.drop(pod_id):
-            log.info("pod %s, whose records vanished, is unreachable: forgotten", pod_id)
-            self._pool.forget(pod_id)
+        return self.copies.instance(pod_id)
 
     # -- names ---------------------------------------------------------------------------------
 
@@ -221,493 +150,51 @@ class Router:
 
     # -- the request path ----------------------------------------------------------------------
 
-    def pod_client(self, pod_id: str, address: str) -> PodClient:
+    def pod_client(self, pod_id: str, address: str) -> PodTransport:
         return self._pool.client(pod_id, address)
 
-    def holders(self, model_id: str, exclude: Sequence[str] = ()) -> list[PodClient]:
-        """Pods serving a loaded copy, not draining, not excluded.
-
-        A copy this router has just loaded counts before the pod's own record of it reaches
-        the mirror (the pod publishes within a fraction of a second; requests come sooner).
-        """
-        copies = self.mirror.placements.get(model_id, {})
-        pod_ids = [p for p, rec in copies.items() if rec.state is PlacementState.LOADED]
-        fresh = self._fresh.get(model_id)
-        if fresh:
-            now = time.monotonic()
-            for pod_id, at in list(fresh.items()):
-                if now - at > _FRESH_FOR or pod_id in pod_ids:
-                    del fresh[pod_id]
-                else:
-                    pod_ids.append(pod_id)
-        found = []
-        for pod_id in pod_ids:
-            if pod_id in exclude:
-                continue
-            instance = self.mirror.instances.get(pod_id)
-            if instance is None or instance.draining:
-                continue
-            found.append(self._pool.client(pod_id, instance.address))
-        if not found and self.vanished.grace > 0:
-            for pod_id in self.vanished.expire():
-                self._pool.forget(pod_id)
-            # Its records vanished with an expired lease, but the pod may serve on: better a
-            # try (a failure drops it) than a load on a pod that may not exist either.
-            for instance in self.vanished.holders(model_id):
-                if instance.pod_id not in exclude:
-                    found.append(self._pool.client(instance.pod_id, instance.address))
-        return found
+    def holders(self, model_id: str, exclude: Sequence[str] = ()) -> list[PodTransport]:
+        """Pods serving a loaded copy, not draining, not excluded (mesh.router.copies)."""
+        return self.copies.holders(model_id, exclude)
 
     def known_copies(self, model_id: str) -> set[str]:
         """Pods that hold, load or just loaded the model, as far as this router knows."""
-        return set(self.mirror.placements.get(model_id, {})) | set(self._fresh.get(model_id, {}))
+        return self.copies.known_copies(model_id)
 
     def loading_elsewhere(self, model_id: str, exclude: Sequence[str] = ()) -> bool:
         """Whether a live pod is loading the model now (another router's claim, or a copy)."""
-        for pod_id, rec in self.mirror.placements.get(model_id, {}).items():
-            if (
-                rec.state is PlacementState.LOADING
-                and pod_id not in exclude
-                and pod_id in self.mirror.instances
-            ):
-                return True
-        return False
+        return self.copies.loading_elsewhere(model_id, exclude)
 
-    async def infer(self, data: bytes, model_id: str, timeout: float | None) -> bytes:
-        deadline = time.monotonic() + (timeout if timeout is not None else self.policy.load_timeout)
-        self.requests[model_id] += 1
-        self.in_flight[model_id] += 1
-        try:
-            return await self._infer(data, model_id, deadline)
-        finally:
-            self.in_flight[model_id] -= 1
-            if not self.in_flight[model_id]:
-                del self.in_flight[model_id]
+    def stream(self, data: bytes, model_id: str, timeout: float | None) -> AsyncIterator[bytes]:
+        """One ModelStreamInfer request, forwarded to a copy: the pod's responses as they come."""
+        return self.forwarder.stream(data, model_id, timeout)
 
-    async def _infer(self, data: bytes, model_id: str, deadline: float) -> bytes:
-        exclude: list[str] = []
-        last: PodAnswer | None = None
-        for _ in range(self.policy.forward_attempts):
-            copies = self.holders(model_id, exclude)
-            if copies:
-                pod = self._pool.pick(copies)
-            else:
-                pod_id = await self.ensure_loaded(model_id, exclude, deadline)
-                if pod_id in exclude:
-                    # A load shared with other requests went to a pod this request already
-                    # found without the model (evicted since, or dead): load elsewhere.
-                    pod_id = await self.add_copy_for(model_id, exclude, deadline)
-                instance = self.instance(pod_id)
-                if instance is None:
-                    exclude.append(pod_id)
-                    continue
-                pod = self._pool.client(pod_id, instance.address)
-            try:
-                return await self._forward(pod, data, model_id, deadline)
-            except PodAnswer as answer:
-                if answer.code not in _RETRYABLE:
-                    raise
-                if answer.code is grpc.StatusCode.NOT_FOUND:
-                    self._forget_fresh(model_id, pod.pod_id)  # evicted since we loaded it
-                else:
-                    self._unreachable(pod.pod_id)
-                if self._metrics is not None:
-                    self._metrics.retries.labels(answer.code.name).inc()
-                log.info(
-                    "pod %s answered %s for %s; trying another copy",
-                    pod.pod_id,
-                    answer.code.name,
-                    model_id,
-                )
-                exclude.append(pod.pod_id)
-                last = answer
-        if last is not None:
-            raise last
-        raise Unavailable(f"model {model_id!r}: no copy answered")
+    @property
+    def requests(self) -> collections.Counter[str]:
+        """Requests per model since copy scaling last took them (mesh.router.background)."""
+        return self.forwarder.requests
 
-    async def stream(
-        self, data: bytes, model_id: str, timeout: float | None
-    ) -> AsyncIterator[bytes]:
-        """One ModelStreamInfer request, forwarded to a copy: the pod's responses as they come.
+    @requests.setter
+    def requests(self, counts: collections.Counter[str]) -> None:
+        self.forwarder.requests = counts
 
-        The miss path is ModelInfer's (single-flight, claim, placement, load). A pod that
-        answers the request's first response with NOT_FOUND or UNAVAILABLE (as `mesh_status`)
-        is retried on another copy; once a response has gone to the client, nothing is retried.
-        Closing the iterator (the client went away) cancels the pod's call, which stops its
-        generation; the client's deadline goes with the call.
-        """
-        deadline = time.monotonic() + (timeout if timeout is not None else self.policy.load_timeout)
-        self.requests[model_id] += 1
-        self.in_flight[model_id] += 1
-        try:
-            exclude: list[str] = []
-            for attempt in range(self.policy.forward_attempts):
-                pod = await self._copy(model_id, exclude, deadline)
-                if pod is None:
-                    continue
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise DeadlineExceeded(f"model {model_id!r}: deadline passed before forwarding")
-                pod.outstanding += 1
-                call = pod.stream(
-                    iter((data,)), timeout=remaining, metadata=(("mm-model-id", model_id),)
-                )
-                try:
-                    try:
-                        try:
-                            first = await call.read()
-                        except (asyncio.CancelledError, aio.UsageError):
-                            left = pod_left(pod.pod_id)  # its pod left and the channel closed
-                            if left is None:
-                                raise  # our own client gave up
-                            raise left from None
-                    except aio.AioRpcError as exc:
-                        if exc.code() in _RETRYABLE and attempt + 1 < self.policy.forward_attempts:
-                            if exc.code() is grpc.StatusCode.NOT_FOUND:
-                                self._forget_fresh(model_id, pod.pod_id)
-                            else:
-                                self._unreachable(pod.pod_id)
-                            exclude.append(pod.pod_id)
-                            continue
-                        raise PodAnswer(exc.code(), exc.details() or "") from None
-                    if first is aio.EOF:
-                        raise Unavailable(f"pod {pod.pod_id} ended the stream without an answer")
-                    status = _stream_status(first)
-                    if status in _RETRYABLE_NAMES and attempt + 1 < self.policy.forward_attempts:
-                        if status == "NOT_FOUND":
-                            self._forget_fresh(model_id, pod.pod_id)
-                        exclude.append(pod.pod_id)
-                        continue
-                    yield first
-                    while (message := await call.read()) is not aio.EOF:
-                        yield message
-                    return
-                except aio.AioRpcError as exc:
-                    raise PodAnswer(exc.code(), exc.details() or "") from None
-                finally:
-                    pod.outstanding -= 1
-                    call.cancel()
-            raise Unavailable(f"model {model_id!r}: no copy answered")
-        finally:
-            self.in_flight[model_id] -= 1
-            if not self.in_flight[model_id]:
-                del self.in_flight[model_id]
+    @property
+    def in_flight(self) -> collections.Counter[str]:
+        """Requests in flight per model."""
+        return self.forwarder.in_flight
 
-    async def _copy(self, model_id: str, exclude: list[str], deadline: float) -> PodClient | None:
-        """A copy to send to, loading one on a miss; None when its pod left (try again)."""
-        copies = self.holders(model_id, exclude)
-        if copies:
-            return self._pool.pick(copies)
-        pod_id = await self.ensure_loaded(model_id, exclude, deadline)
-        if pod_id in exclude:
-            pod_id = await self.add_copy_for(model_id, exclude, deadline)
-        instance = self.instance(pod_id)
-        if instance is None:
-            exclude.append(pod_id)
-            return None
-        return self._pool.client(pod_id, instance.address)
-
-    async def _forward(self, pod: PodClient, data: bytes, model_id: str, deadline: float) -> bytes:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise DeadlineExceeded(f"model {model_id!r}: deadline passed before forwarding")
-        pod.outstanding += 1
-        started = time.perf_counter()
-        try:
-            response: bytes = await pod.infer(
-                data, timeout=remaining, metadata=(("mm-model-id", model_id),)
-            )
-            if self._metrics is not None:
-                self._metrics.forward.observe(time.perf_counter() - started)
-            return response
-        except aio.AioRpcError as exc:
-            raise PodAnswer(exc.code(), exc.details() or "") from None
-        except (asyncio.CancelledError, aio.UsageError):
-            left = pod_left(pod.pod_id)  # the pod left the mirror and its channel closed
-            if left is None:
-                raise
-            raise PodAnswer(left.code(), left.details() or "") from None
-        finally:
-            pod.outstanding -= 1
-
-    # -- cache misses --------------------------------------------------------------------------
+    # -- cache misses (mesh.router.loader) -----------------------------------------------------
 
     async def ensure_loaded(
         self, model_id: str, exclude: Sequence[str] = (), deadline: float | None = None
     ) -> str:
         """A pod holding a loaded copy of `model_id`, loading one if there is none."""
-        deadline = deadline or time.monotonic() + self.policy.load_timeout
-        copies = self.holders(model_id, exclude)
-        if copies:
-            return copies[0].pod_id
-        future = self._loads.get(model_id)
-        if future is None:
-            self.activity.miss(model_id, time.time())
-            if self._metrics is not None:
-                miss = self._metrics.miss
-                started = time.perf_counter()
-            else:
-                miss = None
-            future = asyncio.get_running_loop().create_future()
-            self._loads[model_id] = future
-            # The load is shared: the first caller's deadline bounds only that caller's wait.
-            # A caller that gives up must not cut the load others wait for (or the copy the
-            # next request would find): it runs for the longer of that and the load timeout.
-            load_deadline = max(deadline, time.monotonic() + self.policy.load_timeout)
-            task = asyncio.create_task(self._load(model_id, list(exclude), load_deadline))
-            task.add_done_callback(lambda t: self._settle(model_id, future, t))
-            if miss is not None:
-                task.add_done_callback(lambda t: miss.observe(time.perf_counter() - started))
-        remaining = deadline - time.monotonic()
-        try:
-            return await asyncio.wait_for(asyncio.shield(future), max(remaining, 0.001))
-        except TimeoutError:
-            raise DeadlineExceeded(
-                f"model {model_id!r} was not loaded within the deadline"
-            ) from None
-
-    def _settle(self, model_id: str, future: asyncio.Future[str], task: asyncio.Task[str]) -> None:
-        self._loads.pop(model_id, None)
-        if future.done():
-            return
-        if task.cancelled():
-            future.set_exception(Unavailable(f"load of {model_id!r} was cancelled"))
-        elif task.exception() is not None:
-            future.set_exception(task.exception())  # type: ignore[arg-type]
-        else:
-            future.set_result(task.result())
-            return
-        future.exception()  # marks it retrieved: callers that gave up need no warning
+        return await self.loader.ensure_loaded(model_id, exclude, deadline)
 
     async def add_copy_for(self, model_id: str, exclude: Sequence[str], deadline: float) -> str:
         """A loaded copy on a pod outside `exclude`, loading one if needed, by `deadline`."""
-        copies = self.holders(model_id, exclude)
-        if copies:
-            return copies[0].pod_id
-        return await self._load(model_id, list(exclude), deadline, new_copy=True)
+        return await self.loader.add_copy_for(model_id, exclude, deadline)
 
     async def add_copy(self, model_id: str, exclude: Sequence[str]) -> str:
         """Load another copy on a pod not in `exclude` (those holding one already)."""
-        deadline = time.monotonic() + self.policy.load_timeout
-        return await self._load(model_id, list(exclude), deadline, new_copy=True)
-
-    async def _load(
-        self, model_id: str, exclude: list[str], deadline: float, new_copy: bool = False
-    ) -> str:
-        record = self.mirror.models.get(model_id)
-        if record is None:
-            raise ModelNotFound(f"model {model_id!r} is not registered in this mesh")
-        last_error = ""
-        waited = False
-        for _ in range(self.policy.load_attempts):
-            copies = self.holders(model_id, exclude)
-            if copies and not new_copy:
-                return copies[0].pod_id
-            if not new_copy and self.loading_elsewhere(model_id, exclude):
-                # One load per mesh: wait for the copy on its way rather than start another.
-                pod_id = await self._wait_for_other(model_id, deadline)
-                if pod_id:
-                    return pod_id
-                continue
-            now = time.time()
-            snapshot = self._placement_view(model_id, record)
-            requirements = snapshot.requirements(model_id)
-            assert requirements is not None
-            measured = max((p.size for p in self.mirror.placements.get(model_id, {}).values()),
-                           default=0)  # fmt: skip
-            if not record.size_estimate and measured:
-                # What a copy measured on a pod beats the default guess.
-                requirements = dataclasses.replace(requirements, size=measured)
-            decision = choose_pod(
-                snapshot, requirements, now, self._rng, exclude=exclude,
-                failures=self.failures.for_model(model_id, now),
-            )  # fmt: skip
-            if (
-                isinstance(decision, NoPod)
-                and not (record.size_estimate or record.measured_size or measured)
-                and not (failures := self.failures.for_model(model_id, now))
-            ):
-                # The size is a guess (nothing of the model measured, nothing given): a pod too
-                # small or too full for the guess may well take the model, evicting what it
-                # must by its own estimate (file size times its learned factor). Let it judge.
-                requirements = dataclasses.replace(requirements, size=1)
-                decision = choose_pod(
-                    snapshot, requirements, now, self._rng, exclude=exclude, failures=failures
-                )
-            if isinstance(decision, NoPod) and not waited and not self.mirror.instances:
-                # No pod at all (their leases expired while etcd was away, or the mesh is
-                # starting): wait for one to register rather than fail at once.
-                waited = True
-                appeared = await self._wait_for_pods(exclude, deadline)
-                if appeared:
-                    exclude[:] = [p for p in exclude if p not in appeared]
-                    continue
-            if isinstance(decision, NoPod):
-                raise ModelLoadFailed(
-                    f"model {model_id!r} ({_spec(record)}): no pod can load it: "
-                    f"{decision.reason}" + (f"; last error: {last_error}" if last_error else "")
-                )
-            pod_id = decision.pod_id
-            if record.base:
-                # An adapter goes where its base is: onto a pod holding it, least busy first,
-                # or where the base is loaded now.
-                pod_id = await self._base_pod(record.base, exclude, deadline)
-            claimed = await self._claim(model_id, pod_id, requirements.size)
-            if not claimed:
-                pod_id = await self._wait_for_other(model_id, deadline)
-                if pod_id:
-                    return pod_id
-                continue  # the other router's load failed or its claim expired: try again
-            try:
-                size = await self._tell_pod_to_load(pod_id, record, deadline)
-                self.failures.clear(model_id)
-                self._fresh.setdefault(model_id, {})[pod_id] = time.monotonic()
-                self._remember_size(model_id, size)
-                return pod_id
-            except ModelLoadFailed as exc:
-                last_error = str(exc)
-                self.failures.record(model_id, pod_id, time.time(), last_error)
-                exclude.append(pod_id)
-            finally:
-                await self._release_claim(model_id, pod_id, claimed)
-        raise ModelLoadFailed(f"model {model_id!r} ({_spec(record)}) failed to load: {last_error}")
-
-    async def _base_pod(self, base: str, exclude: list[str], deadline: float) -> str:
-        holders = self.holders(base, exclude)
-        if holders:
-            return min(holders, key=lambda p: p.outstanding).pod_id
-        return await self.ensure_loaded(base, exclude, deadline)
-
-    async def _wait_for_pods(self, exclude: Sequence[str], deadline: float) -> set[str]:
-        """Pods that registered (anew) within the grace and the deadline; empty if none did."""
-        before = set(self.mirror.instances)
-        wait = min(deadline - time.monotonic(), self.policy.vanished_grace)
-        if wait <= 0:
-            return set()
-
-        def appeared(m: Mirror) -> set[str]:
-            fresh = set(m.instances) - before
-            # A pod excluded by this request that re-registered counts: its lease came back.
-            return fresh | {p for p in exclude if p in m.instances and p not in before}
-
-        log.info("no pod can take a load now; waiting up to %.1fs for pods to register", wait)
-        try:
-            await self.mirror.wait_for(lambda m: bool(appeared(m)), timeout=wait)
-        except TimeoutError:
-            return set()
-        return appeared(self.mirror)
-
-    async def _claim(self, model_id: str, pod_id: str, size: int) -> int:
-        """The claim's revision, or 0 if another router holds it. The `loading` record is
-        charged `size`, what placement counted on, until the pod publishes its own estimate."""
-        lease = self._lease.id
-        claim = self._keys.claim(model_id)
-        loading = PlacementRecord(model_id, pod_id, PlacementState.LOADING, time.time(), size)
-        try:
-            result = await self._store.txn(
-                [Compare.absent(claim)],
-                [
-                    Put(claim, f"{self.router_id} {pod_id}".encode(), lease),
-                    Put(self._keys.placement(model_id, pod_id), encode(loading), lease),
-                ],
-            )
-        except StoreUnavailable as exc:
-            raise Unavailable(
-                f"model {model_id!r} is not loaded and etcd is unreachable: {exc}"
-            ) from exc
-        return result.revision if result.succeeded else 0
-
-    async def _release_claim(self, model_id: str, pod_id: str, revision: int) -> None:
-        """Drop the claim, and our `loading` record unless the pod has written its own."""
-        claim = self._keys.claim(model_id)
-        placement = self._keys.placement(model_id, pod_id)
-        try:
-            await self._store.txn([Compare.mod_revision_is(claim, revision)], [Delete(claim)])
-            await self._store.txn(
-                [Compare.mod_revision_is(placement, revision)], [Delete(placement)]
-            )
-        except MeshError as exc:
-            log.warning(
-                "could not release the claim on %s: %s (it expires with our lease)", model_id, exc
-            )
-
-    async def _wait_for_other(self, model_id: str, deadline: float) -> str:
-        """Another router claimed the load: the pod holding a copy once loaded, or "" if the
-        claim went away without one."""
-        claim = self._keys.claim(model_id)
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise DeadlineExceeded(f"model {model_id!r} was not loaded within the deadline")
-            try:
-                await self.mirror.wait_for(
-                    lambda m: bool(self.holders(model_id)),
-                    timeout=min(remaining, self.policy.claim_check),
-                )
-                return self.holders(model_id)[0].pod_id
-            except TimeoutError:
-                pass
-            if await self._store.get(claim) is None and not self.loading_elsewhere(model_id):
-                copies = self.holders(model_id)
-                return copies[0].pod_id if copies else ""
-
-    def _remember_size(self, model_id: str, size: int) -> None:
-        """Write what the copy measured into the model's registration (once, or when it moved
-        by more than a quarter), so that it outlives the copy: evicted and asked for again, the
-        model is placed by its size, not the default."""
-        record = self.mirror.models.get(model_id)
-        if record is None or size <= 0:
-            return
-        if record.measured_size and abs(size - record.measured_size) <= record.measured_size / 4:
-            return
-        task = asyncio.create_task(self._write_size(record, size))
-        self._size_writes.add(task)
-        task.add_done_callback(self._size_writes.discard)
-
-    async def _write_size(self, record: ModelRecord, size: int) -> None:
-        key = self._keys.model(record.model_id)
-        updated = dataclasses.replace(record, measured_size=size)
-        try:
-            # Only over the registration as it was: a re-registration meanwhile wins.
-            await self._store.txn(
-                [Compare.value_is(key, encode(record))], [Put(key, encode(updated))]
-            )
-        except MeshError as exc:
-            log.info("could not record the size of %s: %s", record.model_id, exc)
-
-    async def _tell_pod_to_load(self, pod_id: str, record: Any, deadline: float) -> int:
-        instance = self.mirror.instances.get(pod_id)
-        if instance is None:
-            raise ModelLoadFailed(f"pod {pod_id} left the mesh")
-        pod = self._pool.client(pod_id, instance.address)
-        request = rpb.LoadModelRequest(
-            model_id=record.model_id,
-            format=record.format,
-            storage_key=record.storage_key,
-            storage_path=record.storage_path,
-            options={**record.options, **({BASE_OPTION: record.base} if record.base else {})},
-        )
-        self.loads_started += 1
-        outcome = "failed"
-        try:
-            response = await pod.load(request, timeout=max(deadline - time.monotonic(), 0.001))
-            outcome = "loaded"
-            return int(response.size_bytes)
-        except aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-                raise DeadlineExceeded(
-                    f"model {record.model_id!r}: load on {pod_id} outlived the deadline"
-                ) from None
-            raise ModelLoadFailed(f"{pod_id}: {exc.code().name}: {exc.details()}") from None
-        finally:
-            if self._metrics is not None:
-                self._metrics.loads.labels(outcome).inc()
-
-
-def _stream_status(message: bytes) -> str | None:
-    """The status a pod put in an error response of ModelStreamInfer (`mesh_status`)."""
-    response = pb.ModelStreamInferResponse.FromString(message)
-    if not response.error_message:
-        return None
-    status = response.infer_response.parameters.get("mesh_status")
-    return status.string_param if status is not None else "UNKNOWN"
+        return await self.loader.add_copy(model_id, exclude)

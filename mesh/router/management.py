@@ -17,7 +17,6 @@ from mesh.cluster.records import ModelRecord, VModelRecord
 from mesh.cluster.store import KeyValueStore
 from mesh.errors import InvalidRequest, MeshError, ModelNotFound
 from mesh.gen import management_pb2 as mpb
-from mesh.gen import runtime_pb2 as rpb
 from mesh.ids import check_id, check_registered_path
 from mesh.router.core import Router
 from mesh.router.overview import ModelView, model_view, snapshot, vmodel_view
@@ -121,7 +120,7 @@ class Management:
         if instance is None:
             return
         pod = self._router.pod_client(pod_id, instance.address)
-        await pod.unload(rpb.UnloadModelRequest(model_id=model_id), timeout=60)
+        await pod.unload(model_id, timeout=60)
 
     async def status(self, request: mpb.GetModelStatusRequest) -> mpb.ModelStatusResponse:
         return self._status(request.model_id)

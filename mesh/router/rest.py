@@ -20,15 +20,13 @@ import logging
 import time
 from collections.abc import Callable
 
-from grpc import aio
-
 from mesh.cluster.records import PlacementState
 from mesh.errors import ModelNotFound
 from mesh.gen import grpc_predict_v2_pb2 as pb
 from mesh.gen import management_pb2 as mpb
-from mesh.gen import runtime_pb2 as rpb
+from mesh.grpcstatus import status_name
 from mesh.http.v2 import ModelIndexEntry
-from mesh.router.core import PodAnswer, Router
+from mesh.router.core import Router
 from mesh.router.management import Management
 from mesh.router.metrics import RouterMetrics
 
@@ -80,10 +78,7 @@ class RouterBackend:
             raise ModelNotFound(f"model {name!r}: its pod left the mesh")
         pod = router.pod_client(pod_id, instance.address)
         forwarded = pb.ModelMetadataRequest(name=model_id, version=version)
-        try:
-            raw = await pod.metadata(forwarded.SerializeToString(), timeout=timeout)
-        except aio.AioRpcError as exc:
-            raise PodAnswer(exc.code(), exc.details() or "") from None
+        raw = await pod.metadata(forwarded.SerializeToString(), timeout=timeout)
         response = pb.ModelMetadataResponse.FromString(raw)
         response.name = name
         return response
@@ -98,7 +93,7 @@ class RouterBackend:
             raw = await self._router.infer(request.SerializeToString(), model_id, timeout)
             return pb.ModelInferResponse.FromString(raw)
         except Exception as exc:
-            status = getattr(getattr(exc, "code", None), "name", "INTERNAL")
+            status = status_name(exc)
             raise
         finally:
             if self._metrics is not None:
@@ -152,5 +147,5 @@ class RouterBackend:
         if instance is None:
             return
         pod = self._router.pod_client(pod_id, instance.address)
-        await pod.unload(rpb.UnloadModelRequest(model_id=model_id), timeout=60)
+        await pod.unload(model_id, timeout=60)
         self._router.forget_copy(model_id, pod_id)

@@ -35,11 +35,13 @@ from mesh.placement.copies import CopyPolicy
 from mesh.retry import Backoff
 from mesh.router import dashboard
 from mesh.router.background import LeaderWork
-from mesh.router.core import Router, RouterPolicy
+from mesh.router.core import Router
+from mesh.router.grpcpods import GrpcPods
 from mesh.router.management import Management
 from mesh.router.metrics import RouterMetrics
 from mesh.router.overview import Overview, snapshot
 from mesh.router.pods import PodPool
+from mesh.router.policy import RouterPolicy
 from mesh.router.rest import RouterBackend
 from mesh.router.service import ManagementService, RouterInference
 from mesh.router.settings import RouterSettings
@@ -133,7 +135,7 @@ class RouterServer(Service):
         await self.mirror.start(timeout=60)
         self.lease = RouterLease(self.store, s.lease_ttl)
         await self.lease.start()
-        self.pool = PodPool(s.max_message_bytes)
+        self.pool = PodPool(GrpcPods(s.max_message_bytes))
         metrics = RouterMetrics(self.registry)
         self.router = Router(
             self.store, self.mirror, keys, self.pool,

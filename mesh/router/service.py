@@ -17,9 +17,10 @@ from mesh import __version__
 from mesh.errors import InvalidRequest, MeshError, ModelNotFound, Unimplemented
 from mesh.gen import grpc_predict_v2_pb2 as pb
 from mesh.gen import management_pb2 as mpb
+from mesh.grpcstatus import status_name
 from mesh.grpcutil import Handler, fan_in
 from mesh.http.v2 import EXTENSIONS
-from mesh.router.core import PodAnswer, Router
+from mesh.router.core import Router
 from mesh.router.management import Management
 from mesh.router.rest import RouterBackend
 from mesh.router.wire import model_name_of, name_from_headers
@@ -81,15 +82,10 @@ class RouterInference:
             if not name:
                 raise InvalidRequest("the request names no model (model_name or mm-model-id)")
             model_id = self._router.resolve(name)
-            try:
-                return await self._router.infer(data, model_id, _timeout(context))
-            except PodAnswer as answer:
-                status = answer.code.name
-                await context.abort(answer.code, answer.details)
-                raise  # not reached: abort raises
+            # A pod's answer is its mesh error: the interceptor answers its status as it came.
+            return await self._router.infer(data, model_id, _timeout(context))
         except Exception as exc:
-            if status == "OK":
-                status = getattr(getattr(exc, "code", None), "name", "INTERNAL")
+            status = status_name(exc)
             raise
         finally:
             if self._metrics is not None:
@@ -119,11 +115,8 @@ class RouterInference:
                         self._metrics.stream_responses.inc()
                     first = False
                     await put(message)
-            except PodAnswer as answer:
-                status = answer.code.name
-                await put(_stream_error(data, status, answer.details))
-            except MeshError as exc:
-                status = exc.code.name
+            except MeshError as exc:  # the router's own, or a pod's answer passed on
+                status = status_name(exc)
                 await put(_stream_error(data, status, str(exc)))
             except asyncio.CancelledError:
                 status = "CANCELLED"
@@ -165,10 +158,7 @@ class RouterInference:
             raise ModelNotFound(f"model {request.name!r}: its pod left the mesh")
         pod = self._router.pod_client(pod_id, instance.address)
         forwarded = pb.ModelMetadataRequest(name=model_id, version=request.version)
-        try:
-            raw = await pod.metadata(forwarded.SerializeToString(), timeout=deadline)
-        except aio.AioRpcError as exc:
-            await context.abort(exc.code(), exc.details() or "")
+        raw = await pod.metadata(forwarded.SerializeToString(), timeout=deadline)
         response = pb.ModelMetadataResponse.FromString(raw)
         response.name = request.name
         return response

@@ -1,4 +1,5 @@
-"""Channels to pods: a call cut short because its pod left the mesh is retryable at once."""
+"""Channels to pods: a call cut short because its pod left the mesh is retryable at once; the
+pod transport answers mesh errors, whose gRPC status (mesh.grpcstatus) is the pod's."""
 
 from __future__ import annotations
 
@@ -11,9 +12,12 @@ import pytest
 from grpc import aio
 
 from mesh.cluster.codec import Keys
-from mesh.gen import runtime_pb2 as rpb
-from mesh.router.core import PodAnswer, Router
+from mesh.errors import DeadlineExceeded, ModelNotFound, Unavailable
+from mesh.grpcstatus import status_of
+from mesh.router.core import Router
+from mesh.router.grpcpods import GrpcPods
 from mesh.router.pods import PodPool
+from mesh.router.transport import LoadRequest
 
 
 class HangingPod:
@@ -49,44 +53,44 @@ async def hanging() -> AsyncIterator[HangingPod]:
 async def test_a_load_in_flight_when_its_pod_leaves_ends_unavailable_at_once(
     hanging: HangingPod,
 ) -> None:
-    pool = PodPool(2**20)
+    pool = PodPool(GrpcPods(2**20))
     client = pool.client("gone", f"127.0.0.1:{hanging.port}")
-    call = asyncio.create_task(client.load(rpb.LoadModelRequest(model_id="m"), timeout=60))
+    call = asyncio.create_task(client.load(LoadRequest(model_id="m"), timeout=60))
     await asyncio.wait_for(hanging.entered.wait(), 10)
     pool.forget("gone")  # the pod left the mirror: its channel closes
-    with pytest.raises(aio.AioRpcError) as err:
+    with pytest.raises(Unavailable) as err:
         await asyncio.wait_for(call, 5)  # not a wait until the call's own deadline
-    assert err.value.code() is grpc.StatusCode.UNAVAILABLE
-    assert "pod gone left the mesh" in (err.value.details() or "")
+    assert status_of(err.value) is grpc.StatusCode.UNAVAILABLE
+    assert "pod gone left the mesh" in str(err.value)
     # A call begun on the closed channel by someone still holding the client: the same.
     await asyncio.sleep(0.1)
-    with pytest.raises(aio.AioRpcError) as err:
-        await asyncio.wait_for(client.load(rpb.LoadModelRequest(model_id="m"), timeout=60), 5)
-    assert err.value.code() is grpc.StatusCode.UNAVAILABLE
+    with pytest.raises(Unavailable) as err:
+        await asyncio.wait_for(client.load(LoadRequest(model_id="m"), timeout=60), 5)
+    assert status_of(err.value) is grpc.StatusCode.UNAVAILABLE
     await pool.aclose()
 
 
 async def test_a_forward_in_flight_when_its_pod_leaves_is_a_retryable_answer(
     hanging: HangingPod,
 ) -> None:
-    pool = PodPool(2**20)
+    pool = PodPool(GrpcPods(2**20))
     router = Router(None, None, Keys("/t/"), pool, router_id="r", lease=None)  # type: ignore[arg-type]
     client = pool.client("gone", f"127.0.0.1:{hanging.port}")
-    forward = asyncio.create_task(router._forward(client, b"", "m", time.monotonic() + 60))
+    forward = asyncio.create_task(router.forwarder.forward(client, b"", "m", time.monotonic() + 60))
     await asyncio.wait_for(hanging.entered.wait(), 10)
     pool.forget("gone")
-    with pytest.raises(PodAnswer) as answer:
+    with pytest.raises(Unavailable) as answer:
         await asyncio.wait_for(forward, 5)
-    assert answer.value.code is grpc.StatusCode.UNAVAILABLE  # _infer retries it on another copy
+    assert status_of(answer.value) is grpc.StatusCode.UNAVAILABLE  # _infer retries it elsewhere
     assert client.outstanding == 0
     await pool.aclose()
 
 
 async def test_a_client_giving_up_still_cancels_the_forward(hanging: HangingPod) -> None:
-    pool = PodPool(2**20)
+    pool = PodPool(GrpcPods(2**20))
     router = Router(None, None, Keys("/t/"), pool, router_id="r", lease=None)  # type: ignore[arg-type]
     client = pool.client("slow", f"127.0.0.1:{hanging.port}")
-    forward = asyncio.create_task(router._forward(client, b"", "m", time.monotonic() + 60))
+    forward = asyncio.create_task(router.forwarder.forward(client, b"", "m", time.monotonic() + 60))
     await asyncio.wait_for(hanging.entered.wait(), 10)
     forward.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -97,9 +101,8 @@ async def test_a_client_giving_up_still_cancels_the_forward(hanging: HangingPod)
 
 async def test_a_pod_in_this_process_is_called_not_dialled() -> None:
     """`mesh serve`'s pod: inference goes to its data plane by a call; its errors and the
-    deadline come back as the statuses a pod over gRPC answers, so the forward retries alike."""
-    from mesh.errors import ModelNotFound
-
+    deadline come back as the errors (and so the statuses) a pod over gRPC answers, so the
+    forward retries alike."""
     seen: list[tuple[bytes, str]] = []
 
     async def plane(data: bytes, model_id: str) -> bytes:
@@ -110,19 +113,19 @@ async def test_a_pod_in_this_process_is_called_not_dialled() -> None:
             await asyncio.sleep(3600)
         return b"answer:" + data
 
-    pool = PodPool(2**20)
+    pool = PodPool(GrpcPods(2**20))
     pool.serve_in_process("here", plane)
     # Port 1 has no server: a dialled call could only fail.
     client = pool.client("here", "127.0.0.1:1")
-    assert await client.infer(b"req", timeout=5, metadata=(("mm-model-id", "m"),)) == b"answer:req"
+    assert await client.infer(b"req", "m", 5) == b"answer:req"
     assert seen == [(b"req", "m")]
-    with pytest.raises(aio.AioRpcError) as err:
-        await client.infer(b"req", timeout=5, metadata=(("mm-model-id", "gone"),))
-    assert err.value.code() is grpc.StatusCode.NOT_FOUND
-    assert "gone" in (err.value.details() or "")
-    with pytest.raises(aio.AioRpcError) as err:
-        await client.infer(b"req", timeout=0.05, metadata=(("mm-model-id", "slow"),))
-    assert err.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+    with pytest.raises(ModelNotFound) as err:
+        await client.infer(b"req", "gone", 5)
+    assert status_of(err.value) is grpc.StatusCode.NOT_FOUND
+    assert "gone" in str(err.value)
+    with pytest.raises(DeadlineExceeded) as dead:
+        await client.infer(b"req", "slow", 0.05)
+    assert status_of(dead.value) is grpc.StatusCode.DEADLINE_EXCEEDED
     # Any other pod is still dialled.
     assert type(pool.client("there", "127.0.0.1:1")).__name__ == "PodClient"
     await pool.aclose()

@@ -1,0 +1,215 @@
+"""The pod transport over gRPC (mesh.router.transport.PodTransport): a channel per pod.
+
+Each pod gets one grpc.aio channel (HTTP/2 multiplexes every request over it), created on first
+use by the pool (mesh.router.pods.PodPool, with `GrpcPods` as its `connect`) and closed when the
+pod leaves the mirror. Inference and metadata go as the client's bytes, untouched.
+
+A pod's status becomes the mesh error of mesh.grpcstatus's table with the pod's message, so the
+router passes it on unchanged. Closing a channel (its pod left the mirror) ends the calls in
+flight on it not with a gRPC status but with `asyncio.CancelledError`, and calls begun after it
+with `UsageError`. Left as they are, the router's handler would be cancelled and its client left
+waiting for its deadline; `pod_left` turns both into `Unavailable`, which the router retries on
+another copy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import grpc
+from grpc import aio
+
+from mesh.errors import DeadlineExceeded, MeshError, Unavailable
+from mesh.gen import grpc_predict_v2_pb2 as pb
+from mesh.gen import runtime_pb2 as rpb
+from mesh.grpcstatus import error_class_named, error_from_status
+from mesh.router.transport import LoadRequest, LocalInfer, PodTransport
+
+log = logging.getLogger(__name__)
+
+INFER = "/inference.GRPCInferenceService/ModelInfer"
+STREAM = "/inference.GRPCInferenceService/ModelStreamInfer"
+METADATA = "/inference.GRPCInferenceService/ModelMetadata"
+LOAD = "/mesh.runtime.v1.Runtime/LoadModel"
+UNLOAD = "/mesh.runtime.v1.Runtime/UnloadModel"
+# The metadata naming the model a forwarded request is for (the pod serves it under that id).
+MODEL_ID_HEADER = "mm-model-id"
+
+
+def pod_left(pod_id: str) -> Unavailable | None:
+    """What a call ended by its channel's closing becomes: Unavailable, to retry elsewhere.
+
+    None when the caller's own task is being cancelled: that is the client giving up, not the
+    pod going away, and the CancelledError must go on.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        return None
+    return Unavailable(f"pod {pod_id} left the mesh during the call (its channel closed)")
+
+
+class GrpcPodStream:
+    """One ModelStreamInfer call to a pod (mesh.router.transport.PodStream)."""
+
+    __slots__ = ("_call", "_pod_id")
+
+    def __init__(self, call: Any, pod_id: str) -> None:
+        self._call = call
+        self._pod_id = pod_id
+
+    async def read(self) -> bytes | None:
+        try:
+            message = await self._call.read()
+        except aio.AioRpcError as exc:
+            raise error_from_status(exc.code(), exc.details() or "") from None
+        except (asyncio.CancelledError, aio.UsageError):
+            left = pod_left(self._pod_id)  # its pod left and the channel closed
+            if left is None:
+                raise  # our own client gave up
+            raise left from None
+        if message is aio.EOF:
+            return None
+        data: bytes = message
+        return data
+
+    def cancel(self) -> None:
+        self._call.cancel()
+
+
+class PodClient:
+    """A pod over gRPC (mesh.router.transport.PodTransport)."""
+
+    def __init__(self, pod_id: str, address: str, max_message_bytes: int) -> None:
+        self.pod_id = pod_id
+        self.address = address
+        options = [
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.keepalive_time_ms", 20_000),
+        ]
+        self.channel = aio.insecure_channel(address, options=options)
+        # Bytes in, bytes out: the router never decodes a tensor.
+        self._infer: Any = self.channel.unary_unary(INFER)
+        self._stream: Any = self.channel.stream_stream(STREAM)
+        self._metadata: Any = self.channel.unary_unary(METADATA)
+        self._load: Any = self.channel.unary_unary(
+            LOAD,
+            request_serializer=rpb.LoadModelRequest.SerializeToString,
+            response_deserializer=rpb.LoadModelResponse.FromString,
+        )
+        self._unload: Any = self.channel.unary_unary(
+            UNLOAD,
+            request_serializer=rpb.UnloadModelRequest.SerializeToString,
+            response_deserializer=rpb.UnloadModelResponse.FromString,
+        )
+        self.outstanding = 0
+
+    async def infer(self, data: bytes, model_id: str, timeout: float | None) -> bytes:
+        # The hot path: one await of the call, the error mapping only when there is one.
+        try:
+            response: bytes = await self._infer(
+                data, timeout=timeout, metadata=((MODEL_ID_HEADER, model_id),)
+            )
+            return response
+        except aio.AioRpcError as exc:
+            raise error_from_status(exc.code(), exc.details() or "") from None
+        except (asyncio.CancelledError, aio.UsageError):
+            left = pod_left(self.pod_id)  # the pod left the mirror and its channel closed
+            if left is None:
+                raise
+            raise left from None
+
+    def stream(self, data: bytes, model_id: str, timeout: float | None) -> GrpcPodStream:
+        call = self._stream(iter((data,)), timeout=timeout, metadata=((MODEL_ID_HEADER, model_id),))
+        return GrpcPodStream(call, self.pod_id)
+
+    def stream_error(self, message: bytes) -> type[MeshError] | None:
+        """The status a pod put in an error response of ModelStreamInfer (`mesh_status`)."""
+        response = pb.ModelStreamInferResponse.FromString(message)
+        if not response.error_message:
+            return None
+        status = response.infer_response.parameters.get("mesh_status")
+        return error_class_named(status.string_param if status is not None else "UNKNOWN")
+
+    async def metadata(self, data: bytes, timeout: float | None) -> bytes:
+        response: bytes = await self._call(self._metadata, data, timeout)
+        return response
+
+    async def load(self, request: LoadRequest, timeout: float) -> int:
+        message = rpb.LoadModelRequest(
+            model_id=request.model_id,
+            format=request.format,
+            storage_key=request.storage_key,
+            storage_path=request.storage_path,
+            options=dict(request.options),
+        )
+        try:
+            response = await self._load(message, timeout=timeout)
+        except aio.AioRpcError as exc:
+            if exc.code() is grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise DeadlineExceeded(exc.details() or "") from None
+            raise error_from_status(exc.code(), f"{exc.code().name}: {exc.details()}") from None
+        except (asyncio.CancelledError, aio.UsageError):
+            left = pod_left(self.pod_id)
+            if left is None:
+                raise
+            raise Unavailable(f"UNAVAILABLE: {left}") from None
+        return int(response.size_bytes)
+
+    async def unload(self, model_id: str, timeout: float) -> None:
+        await self._call(self._unload, rpb.UnloadModelRequest(model_id=model_id), timeout)
+
+    async def _call(self, method: Any, request: Any, timeout: float | None) -> Any:
+        try:
+            return await method(request, timeout=timeout)
+        except aio.AioRpcError as exc:
+            raise error_from_status(exc.code(), exc.details() or "") from None
+        except (asyncio.CancelledError, aio.UsageError):
+            left = pod_left(self.pod_id)
+            if left is None:
+                raise
+            raise left from None
+
+    async def aclose(self) -> None:
+        await self.channel.close()
+
+
+class InProcessPodClient(PodClient):
+    """A pod in this process (`mesh serve`): inference calls its data plane directly, with no
+    loopback hop; the control calls (load, unload, metadata) still go over its gRPC port.
+
+    Its errors are the data plane's own mesh errors, as a gRPC pod's answers become them, so the
+    router's forward treats both pods alike; a passed deadline is DeadlineExceeded, anything
+    unexpected a MeshError (INTERNAL) naming it.
+    """
+
+    def __init__(self, pod_id: str, address: str, max_message_bytes: int, local: LocalInfer):
+        super().__init__(pod_id, address, max_message_bytes)
+        self._local = local
+
+    async def infer(self, data: bytes, model_id: str, timeout: float | None) -> bytes:
+        try:
+            async with asyncio.timeout(timeout):
+                return await self._local(data, model_id)
+        except TimeoutError:
+            raise DeadlineExceeded("Deadline Exceeded") from None
+        except MeshError:
+            raise
+        except Exception as exc:
+            log.exception("in-process inference of %s failed", model_id)
+            raise MeshError(f"{type(exc).__name__}: {exc}") from None
+
+
+class GrpcPods:
+    """The pool's `connect` (mesh.router.transport.Connect): gRPC channels of at most
+    `max_message_bytes` per message, or the pod in this process."""
+
+    def __init__(self, max_message_bytes: int) -> None:
+        self.max_message_bytes = max_message_bytes
+
+    def __call__(self, pod_id: str, address: str, local: LocalInfer | None) -> PodTransport:
+        if local is None:
+            return PodClient(pod_id, address, self.max_message_bytes)
+        return InProcessPodClient(pod_id, address, self.max_message_bytes, local)

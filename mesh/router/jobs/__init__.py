@@ -1,0 +1,1 @@
+"""The routers' background jobs, one module each, run by mesh.router.background.LeaderWork."""
