@@ -22,7 +22,7 @@ from urllib.parse import parse_qsl, urlsplit
 from tests.kube.errors import KubeError, not_found
 from tests.kube.resources import Obj, Resource
 from tests.kube.selector import Selector
-from tests.kube.store import Store, sort_key
+from tests.kube.store import Store, scale_of, sort_key
 from tests.kube.watch import Watch
 
 if TYPE_CHECKING:
@@ -65,7 +65,7 @@ def _route(
         res is None
         or (namespace is not None and not res.namespaced)
         or (res.namespaced and namespace is None and name is not None)
-        or (sub is not None and (sub != "status" or not res.has_status))
+        or (sub is not None and not res.serves(sub))
     ):
         raise KubeError(404, "the server could not find the requested resource")
     return res, namespace, name, sub, watch_path
@@ -98,6 +98,8 @@ def handle(
             obj = api.store.objects.get((res, namespace, name))
             if obj is None:
                 raise not_found(res, name)
+            if sub == "scale":
+                return 200, scale_of(res, obj)
             return 200, copy.deepcopy(obj)
     if watch_path:
         raise KubeError(405, f"{method} is not allowed on a watch")

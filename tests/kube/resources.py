@@ -29,6 +29,11 @@ class Resource:
     builtin: bool = False
     # Dotted paths of metav1.MicroTime fields, normalised to "2006-01-02T15:04:05.000000Z".
     micro_time_fields: tuple[str, ...] = ()
+    # The scale subresource (autoscaling/v1 Scale over spec.replicas, status.replicas and
+    # spec.selector.matchLabels), as Deployments have it.
+    scalable: bool = False
+    # A built-in type that keeps metadata.generation all the same (Deployments do).
+    keeps_generation: bool = False
 
     @property
     def api_version(self) -> str:
@@ -44,7 +49,12 @@ class Resource:
 
     @property
     def tracks_generation(self) -> bool:
-        return not self.builtin
+        return not self.builtin or self.keeps_generation
+
+    def serves(self, subresource: str) -> bool:
+        return (subresource == "status" and self.has_status) or (
+            subresource == "scale" and self.scalable
+        )
 
 
 PREDICTORS = Resource("serving.kserve.io", "v1alpha1", "predictors", "Predictor", has_status=True)
@@ -58,7 +68,39 @@ LEASES = Resource(
 )
 # core/v1 Events, as a controller records them (kubectl describe shows them).
 EVENTS = Resource("", "v1", "events", "Event", builtin=True)
+# modelmesh-serving's runtimes (namespaced and cluster-wide) and KServe's InferenceService.
+SERVING_RUNTIMES = Resource("serving.kserve.io", "v1alpha1", "servingruntimes", "ServingRuntime")
+CLUSTER_SERVING_RUNTIMES = Resource(
+    "serving.kserve.io",
+    "v1alpha1",
+    "clusterservingruntimes",
+    "ClusterServingRuntime",
+    namespaced=False,
+)
+INFERENCE_SERVICES = Resource(
+    "serving.kserve.io", "v1beta1", "inferenceservices", "InferenceService", has_status=True
+)
+DEPLOYMENTS = Resource(
+    "apps",
+    "v1",
+    "deployments",
+    "Deployment",
+    has_status=True,
+    builtin=True,
+    scalable=True,
+    keeps_generation=True,
+)
+PODS = Resource("", "v1", "pods", "Pod", has_status=True, builtin=True)
 DEFAULT_RESOURCES: tuple[Resource, ...] = (PREDICTORS, LEASES, EVENTS)
+# What a test of pools (ServingRuntimes to Deployments to pods) serves.
+POOL_RESOURCES: tuple[Resource, ...] = (
+    *DEFAULT_RESOURCES,
+    SERVING_RUNTIMES,
+    CLUSTER_SERVING_RUNTIMES,
+    INFERENCE_SERVICES,
+    DEPLOYMENTS,
+    PODS,
+)
 
 
 def now() -> datetime:

@@ -28,6 +28,27 @@ def sort_key(item: tuple[tuple[Resource, str | None, str], Obj]) -> tuple[str, s
     return (ns or "", name)
 
 
+def scale_of(res: Resource, obj: Obj) -> Obj:
+    """The object's autoscaling/v1 Scale: spec.replicas, status.replicas, the selector."""
+    meta = obj["metadata"]
+    spec, status = obj.get("spec") or {}, obj.get("status") or {}
+    labels = (spec.get("selector") or {}).get("matchLabels") or {}
+    return {
+        "apiVersion": "autoscaling/v1",
+        "kind": "Scale",
+        "metadata": {
+            k: meta[k]
+            for k in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp")
+            if k in meta
+        },
+        "spec": {"replicas": spec.get("replicas", 0)},
+        "status": {
+            "replicas": status.get("replicas", 0),
+            "selector": ",".join(f"{k}={v}" for k, v in sorted(labels.items())),
+        },
+    }
+
+
 _log = logging.getLogger(__name__)
 
 _NAME_CHARS = "bcdfghjklmnpqrstvwxz2456789"
@@ -187,6 +208,8 @@ class Store:
         from_patch: bool = False,
     ) -> tuple[int, Obj]:
         """Returns (HTTP code, object)."""
+        if subresource == "scale":
+            return 200, self.replace_scale(res, namespace, name, body)
         current = self.objects.get((res, namespace, name))
         if current is None:
             if res.builtin and subresource is None and not from_patch:
@@ -301,6 +324,8 @@ class Store:
         current = self.objects.get((res, namespace, name))
         if current is None:
             raise not_found(res, name)
+        if subresource == "scale":  # the patch applies to the Scale, not to the object
+            current = scale_of(res, current)
         if kind == "merge":
             if not isinstance(patch, dict):
                 raise KubeError(
@@ -313,6 +338,31 @@ class Store:
             patched = json_patch(current, patch)
         _, out = self.replace(res, namespace, name, patched, subresource, from_patch=True)
         return out
+
+    def replace_scale(self, res: Resource, namespace: str | None, name: str, body: Any) -> Obj:
+        """Write a Scale: its spec.replicas becomes the object's (a new generation), under the
+        same optimistic concurrency as the object (the Scale carries its resourceVersion)."""
+        current = self.objects.get((res, namespace, name))
+        if current is None:
+            raise not_found(res, name)
+        if not isinstance(body, dict):
+            raise KubeError(400, "the request body must be a JSON object")
+        if (body.get("apiVersion"), body.get("kind")) not in (
+            ("autoscaling/v1", "Scale"),
+            (None, None),
+        ):
+            raise KubeError(400, "a scale write takes an autoscaling/v1 Scale")
+        replicas = (body.get("spec") or {}).get("replicas", 0)
+        if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 0:
+            raise invalid(res, name, "spec.replicas", f"Invalid value: {replicas!r}: must be >= 0")
+        meta = body.get("metadata") or {}
+        if meta.get("name") not in (None, "", name):
+            raise KubeError(400, "the name of the Scale does not match the name on the URL")
+        new = copy.deepcopy(current)
+        new.setdefault("spec", {})["replicas"] = replicas
+        new["metadata"]["resourceVersion"] = meta.get("resourceVersion") or ""
+        _, out = self.replace(res, namespace, name, new, None, from_patch=True)
+        return scale_of(res, out)
 
     def delete(
         self, res: Resource, namespace: str | None, name: str, options: Obj
