@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 GROUP, VERSION, PLURAL = "serving.kserve.io", "v1alpha1", "predictors"
 FINALIZER = "mesh.serving.kserve.io/predictor"
+DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
+REMOVE_FIRST = -1000  # below every pod's default of 0
 
 
 class KubeError(Exception):
@@ -160,6 +162,7 @@ class PoolApi:
     def __init__(self, api_client: k8s.ApiClient, namespace: str) -> None:
         self._custom: Any = k8s.CustomObjectsApi(api_client)
         self._apps: Any = k8s.AppsV1Api(api_client)
+        self._core: Any = k8s.CoreV1Api(api_client)
         self.namespace = namespace
 
     def list_runtimes(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -224,6 +227,18 @@ class PoolApi:
         spec_replicas = scale.spec.replicas if scale.spec is not None else 0
         status_replicas = scale.status.replicas if scale.status is not None else 0
         return int(spec_replicas or 0), int(status_replicas or 0), scale.metadata.resource_version
+
+    def mark_for_removal(self, pod: str) -> bool:
+        """Give a pod the lowest `controller.kubernetes.io/pod-deletion-cost`, so that the
+        ReplicaSet removes it first on the next scale-down; False when it cannot (no such pod,
+        or no right to patch pods): the ReplicaSet then picks one itself."""
+        patch = {"metadata": {"annotations": {DELETION_COST: str(REMOVE_FIRST)}}}
+        try:
+            self._core.patch_namespaced_pod(pod, self.namespace, patch, _request_timeout=30)
+        except _ERRORS as exc:
+            log.info("pod %s: deletion cost not set (%s); the ReplicaSet chooses", pod, exc)
+            return False
+        return True
 
     def set_scale(self, name: str, replicas: int, resource_version: str) -> None:
         """Write spec.replicas through the scale subresource, if the scale read is still

@@ -12,8 +12,10 @@ each pool: the routers' management API reports every pod (its pool label, room, 
 their sizes and last use, requests in flight, loads per second), `decide_pool`
 (mesh.placement.pool) turns that into a number of pods, and the controller writes it through
 the Deployment's scale subresource, with the scale's resourceVersion (a 409 means someone else
-wrote it: the next round reads it again). The ReplicaSet then picks the pod that goes; a mesh
-pod drains on SIGTERM and hands its models off first (docs/kubernetes.md).
+wrote it: the next round reads it again). Before a scale-down the pod the policy chose (the one
+whose sole copies in use fit on the others) gets the lowest
+`controller.kubernetes.io/pod-deletion-cost`, so the ReplicaSet removes that one; a mesh pod
+drains on SIGTERM and hands its models off first (docs/kubernetes.md).
 
 Failure modes: a runtime whose spec or annotations do not parse gets a Warning Event and no
 change to its pool; the management API unreachable means no resize this round (the pool keeps
@@ -177,6 +179,9 @@ class Pools:
             desired = min(max(replicas, floor), ceiling)  # bounds changed: no cool-down
         elif len(members) < replicas and desired < replicas:
             desired = replicas  # pods still starting: do not shrink what has not joined
+        if desired < replicas and decision.remove is not None:
+            # The policy's choice (its sole copies fit elsewhere): the ReplicaSet removes it.
+            self._api.mark_for_removal(decision.remove)
         if desired != replicas:
             log.info(
                 "pool %s: %d -> %d pods (%s; needs %s)",

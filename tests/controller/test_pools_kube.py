@@ -227,3 +227,30 @@ def test_a_runtime_with_bad_bounds_gets_a_warning_event_and_no_pool(
     ]
     assert "max-pods" in events[0]["message"] and "'lots'" in events[0]["message"]
     assert kube.objects("deployments", NS) == []
+
+
+def test_a_scale_down_marks_the_pod_the_policy_chose_for_the_replica_set(
+    kube: FakeKubeAPI, pools: Pools, mesh: FakeMesh
+) -> None:
+    kube.create("servingruntimes", runtime("onnx-rt", "onnx"))
+    pools.reconcile()
+    kube.patch("deployments", NS, "mesh-pod-onnx-rt", {"spec": {"replicas": 2}})
+    for name in ("mesh-pod-onnx-rt-hot", "mesh-pod-onnx-rt-idle"):
+        kube.create("pods", {"metadata": {"name": name, "namespace": NS}, "spec": {}})
+    # One pod holds the only copy of a model in use; the other holds nothing: it goes.
+    mesh.pool_view = PoolsView(
+        {"onnx-rt": [pod("mesh-pod-onnx-rt-hot", GiB, ("a", GiB // 8)),
+                     pod("mesh-pod-onnx-rt-idle", GiB)]},
+        now=1000.0,
+    )  # fmt: skip
+
+    pools.reconcile()
+
+    def cost(name: str) -> str | None:
+        pod_obj = kube.get("pods", NS, name) or {}
+        annotations = pod_obj.get("metadata", {}).get("annotations") or {}
+        return annotations.get("controller.kubernetes.io/pod-deletion-cost")
+
+    assert cost("mesh-pod-onnx-rt-idle") == "-1000"
+    assert cost("mesh-pod-onnx-rt-hot") is None
+    assert kube.get("deployments", NS, "mesh-pod-onnx-rt")["spec"]["replicas"] == 1  # type: ignore[index]

@@ -1059,7 +1059,8 @@ def test_the_controller_may_scale_deployments_and_read_runtimes() -> None:
     for need in [("deployments/scale", "get"), ("deployments/scale", "update"),
                  ("deployments", "create"), ("deployments", "patch"),
                  ("servingruntimes", "list"), ("inferenceservices", "watch"),
-                 ("inferenceservices/status", "patch"), ("inferenceservices/finalizers", "update")]:  # fmt: skip
+                 ("inferenceservices/status", "patch"), ("inferenceservices/finalizers", "update"),
+                 ("pods", "patch")]:  # fmt: skip
         assert need in allowed, need
     cluster_role = find(BASE, "ClusterRole", "mesh-controller-runtimes")
     assert [r["resources"] for r in cluster_role["rules"]] == [["clusterservingruntimes"]]
