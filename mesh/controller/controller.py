@@ -407,7 +407,11 @@ class Controller:
         """The object as the mesh registers it, on the pool its runtime chooses when the
         namespace has ServingRuntimes (InvalidSpec with KServe's reasons otherwise)."""
         resource = self.kind.as_predictor(obj)
-        runtimes = self.pools.runtimes() if self.pools is not None else []
+        runtimes: list[rt.RuntimeSpec] = []
+        if self.pools is not None:
+            # Not listed yet (a controller just started): list now, or a model would be
+            # registered for any pod and moved to its pool a moment later.
+            runtimes = self.pools.runtimes() if self.pools.synced.is_set() else self.pools.refresh()
         known = {r.name for r in runtimes}
         spec = pr.parse(resource, known)
         if not runtimes:

@@ -78,6 +78,8 @@ class Pools:
         self._runtimes: list[rt.RuntimeSpec] = []
         self._states: dict[str, PoolState] = {}
         self._reported: dict[str, str] = {}  # runtime -> the last problem reported on it
+        # Set once the runtimes have been listed: before that, "no runtimes" means "not known".
+        self.synced = threading.Event()
 
     @property
     def namespace(self) -> str:
@@ -97,6 +99,7 @@ class Pools:
         )
         with self._lock:
             self._runtimes = found
+        self.synced.set()
         return found
 
     def _parse(self, obj: Mapping[str, Any], cluster: bool) -> rt.RuntimeSpec | None:

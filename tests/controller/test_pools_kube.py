@@ -21,7 +21,7 @@ from tests.controller.fakemesh import FakeMesh
 from tests.kube.apiserver import FakeKubeAPI
 from tests.kube.resources import POOL_RESOURCES
 
-NS = "ml"
+NS = "ml"  # the namespace of tests.controller.conftest
 GiB = 2**30
 
 
@@ -254,3 +254,19 @@ def test_a_scale_down_marks_the_pod_the_policy_chose_for_the_replica_set(
     assert cost("mesh-pod-onnx-rt-idle") == "-1000"
     assert cost("mesh-pod-onnx-rt-hot") is None
     assert kube.get("deployments", NS, "mesh-pod-onnx-rt")["spec"]["replicas"] == 1  # type: ignore[index]
+
+
+def test_a_controller_that_just_started_places_a_model_on_its_pool_at_once(
+    kube: FakeKubeAPI, mesh: FakeMesh
+) -> None:
+    from tests.controller.conftest import build_controller, predictor
+
+    kube.create("servingruntimes", runtime("onnx-rt", "onnx"))
+    created = kube.create("predictors", predictor("fraud", "onnx", "mlp"))
+    controller = build_controller(kube, mesh, pools=True)  # not started: no pools round yet
+    controller._observe("ADDED", created)
+
+    controller.process("fraud")
+
+    (spec,) = mesh.models.values()
+    assert spec.required_labels == {"pool": "onnx-rt"}
