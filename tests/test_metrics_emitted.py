@@ -47,6 +47,7 @@ from tests.controller.conftest import NAMESPACE, build_controller, predictor
 from tests.fakes import CountingPuller, DeviceRuntime
 from tests.helpers import infer_request, running_pod, running_router, wait_until
 from tests.kube.apiserver import FakeKubeAPI
+from tests.kube.resources import POOL_RESOURCES
 from tests.llm.conftest import llm_dir  # noqa: F401  (shared fixture)
 from tests.llm.test_pod import _inputs, _stream
 from tests.puller.conftest import settings as puller_settings
@@ -216,10 +217,10 @@ def test_every_documented_metric_is_emitted_after_a_scenario(
 
         asyncio.run(puller_calls())
 
-        kube = stack.enter_context(FakeKubeAPI())
+        kube = stack.enter_context(FakeKubeAPI(POOL_RESOURCES))
         mesh = MeshApi(router.address, timeout=10)
         stack.callback(mesh.close)
-        controller = build_controller(kube, mesh, "controller-0", controller_registry)
+        controller = build_controller(kube, mesh, "controller-0", controller_registry, pools=True)
         controller.start()
         stack.callback(controller.stop)
         kube.create("predictors", predictor("fraud", "onnx", "mlp"))
@@ -231,6 +232,12 @@ def test_every_documented_metric_is_emitted_after_a_scenario(
         )
         kube.wait_for_watches(1)
         kube.drop_watches()
+        # A ServingRuntime: its pool's desired and actual pods (no kubelet here: none start).
+        kube.create("servingruntimes", {
+            "metadata": {"name": "onnx-rt", "namespace": NAMESPACE},
+            "spec": {"multiModel": True, "containers": [{"name": "c"}],
+                     "supportedModelFormats": [{"name": "onnx", "autoSelect": True}]},
+        })  # fmt: skip
 
         # A pod on a (fake) device with a host tier, outside the mesh: models demote to host
         # memory, come back on a request, the host tier evicts; a runtime that keeps device

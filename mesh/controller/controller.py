@@ -41,6 +41,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from mesh.controller import predictor as pr
+from mesh.controller import runtimes as rt
+from mesh.controller.kinds import PREDICTOR, ResourceKind
 from mesh.controller.kube import (
     FINALIZER,
     Conflict,
@@ -54,6 +56,7 @@ from mesh.controller.kube import (
 )
 from mesh.controller.meshapi import MeshApi
 from mesh.controller.metrics import ControllerMetrics
+from mesh.controller.pools import Pools
 from mesh.errors import MeshError
 from mesh.retry import Backoff
 
@@ -132,8 +135,15 @@ class Controller:
         metrics: ControllerMetrics | None = None,
         clock: Callable[[], str] = now_rfc3339,
         events: EventRecorder | None = None,
+        kind: ResourceKind = PREDICTOR,
+        pools: Pools | None = None,
+        run_pools: bool = True,
     ) -> None:
         self._api = predictors
+        self.kind = kind
+        # The ServingRuntimes (pools) a model is placed on; None or none listed: any pod.
+        self.pools = pools
+        self._run_pools_thread = run_pools and pools is not None
         self._events = events
         self._mesh = mesh
         self.policy = policy or ControllerPolicy()
@@ -173,6 +183,8 @@ class Controller:
             targets.append(("elector", self._elect))
         if self._events is not None:
             targets.append(("drains", self._watch_drains))
+        if self._run_pools_thread:
+            targets.append(("pools", self._run_pools))
         for name, target in targets:
             thread = threading.Thread(target=target, name=f"mesh-controller-{name}", daemon=True)
             thread.start()
@@ -339,6 +351,13 @@ class Controller:
             return None  # gone for good: the finalizer has done its work
         metadata = obj["metadata"]
         finalizers = list(metadata.get("finalizers") or [])
+        if not self.kind.ours(obj):
+            if FINALIZER in finalizers:  # it was ours (its annotation went): let it go
+                self._clean_up(name)
+                finalizers.remove(FINALIZER)
+                with contextlib.suppress(NotFound):
+                    self._api.set_finalizers(obj, finalizers)
+            return None  # not ours (an InferenceService KServe serves): left alone
         if metadata.get("deletionTimestamp"):
             if FINALIZER in finalizers:
                 self._clean_up(name)
@@ -351,7 +370,7 @@ class Controller:
             obj = self._api.set_finalizers(obj, [*finalizers, FINALIZER])
             self._remember(obj)
         try:
-            spec: pr.PredictorSpec | pr.InvalidSpec = pr.parse(obj)
+            spec: pr.PredictorSpec | pr.InvalidSpec = self._parse(obj)
         except pr.InvalidSpec as exc:
             spec = exc
         vmodel = self._mesh.vmodel(name)
@@ -363,13 +382,16 @@ class Controller:
                 view = self._mesh.model(model_id)
                 if view is not None:
                     models[model_id] = view
-        previous = obj.get("status") or {}
+        written = obj.get("status") or {}
+        previous = self.kind.previous(written)
+        now = self._clock()
         status = pr.status(
-            spec, vmodel, models, previous, self._clock(),
+            spec, vmodel, models, previous, now,
             self.policy.grpc_endpoint, self.policy.http_endpoint,
         )  # fmt: skip
-        if status != previous:
-            self._remember(self._api.write_status(name, status))
+        rendered = self.kind.render(status, obj, now)
+        if rendered != written:
+            self._remember(self._api.write_status(name, rendered))
             if self._metrics is not None:
                 self._metrics.status_writes.inc()
             if self._events is not None:
@@ -380,6 +402,22 @@ class Controller:
             status.get("targetModelState"),
         )
         return self.policy.poll if busy else None
+
+    def _parse(self, obj: Mapping[str, Any]) -> pr.PredictorSpec:
+        """The object as the mesh registers it, on the pool its runtime chooses when the
+        namespace has ServingRuntimes (InvalidSpec with KServe's reasons otherwise)."""
+        resource = self.kind.as_predictor(obj)
+        runtimes: list[rt.RuntimeSpec] = []
+        if self.pools is not None:
+            # Not listed yet (a controller just started): list now, or a model would be
+            # registered for any pod and moved to its pool a moment later.
+            runtimes = self.pools.runtimes() if self.pools.synced.is_set() else self.pools.refresh()
+        known = {r.name for r in runtimes}
+        spec = pr.parse(resource, known)
+        if not runtimes:
+            return spec
+        chosen = rt.choose_runtime(runtimes, spec.model_type, spec.version, spec.runtime)
+        return pr.parse(resource, known, pool=chosen.name)
 
     def _apply(
         self,
@@ -461,6 +499,10 @@ class Controller:
                     f"pod {pod_id} is draining: its {models} models load on other pods first",
                 )  # fmt: skip
             reported = set(draining)
+
+    def _run_pools(self) -> None:
+        assert self.pools is not None
+        self.pools.run(self._stop, self._leading.is_set)
 
     def _count_restart(self, reason: str) -> None:
         if self._metrics is not None:

@@ -13,6 +13,7 @@ which turns that off, so every end and every 410 comes back to the informer to d
 from __future__ import annotations
 
 import datetime
+import json
 import logging
 import time
 from collections.abc import Iterator, Mapping
@@ -28,6 +29,8 @@ log = logging.getLogger(__name__)
 
 GROUP, VERSION, PLURAL = "serving.kserve.io", "v1alpha1", "predictors"
 FINALIZER = "mesh.serving.kserve.io/predictor"
+DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
+REMOVE_FIRST = -1000  # below every pod's default of 0
 
 
 class KubeError(Exception):
@@ -73,20 +76,29 @@ class Event:
 
 
 class PredictorApi:
-    """Predictors in one namespace."""
+    """Predictors in one namespace (or, with other `version` and `plural`, another custom
+    resource of the group: InferenceServices)."""
 
-    def __init__(self, api_client: k8s.ApiClient, namespace: str) -> None:
+    def __init__(
+        self,
+        api_client: k8s.ApiClient,
+        namespace: str,
+        version: str = VERSION,
+        plural: str = PLURAL,
+    ) -> None:
         self._api: Any = k8s.CustomObjectsApi(api_client)  # its stubs type bodies as object
         self.namespace = namespace
+        self.version = version
+        self.plural = plural
 
     def list_all(self) -> tuple[list[dict[str, Any]], str]:
         """Every Predictor, and the resourceVersion to watch from."""
         try:
             result = self._api.list_namespaced_custom_object(
-                GROUP, VERSION, self.namespace, PLURAL, _request_timeout=30
+                GROUP, self.version, self.namespace, self.plural, _request_timeout=30
             )
         except _ERRORS as exc:
-            raise _translate(exc, f"list predictors in {self.namespace}") from exc
+            raise _translate(exc, f"list {self.plural} in {self.namespace}") from exc
         return list(result.get("items", [])), str(result["metadata"]["resourceVersion"])
 
     def watch(self, resource_version: str, timeout: int) -> Iterator[Event]:
@@ -94,7 +106,7 @@ class PredictorApi:
         watcher = k8s_watch.Watch()  # type: ignore[no-untyped-call]
         stream = watcher.stream(  # type: ignore[no-untyped-call]
             self._api.list_namespaced_custom_object,
-            GROUP, VERSION, self.namespace, PLURAL,
+            GROUP, self.version, self.namespace, self.plural,
             resource_version=resource_version,
             allow_watch_bookmarks=True,
             timeout_seconds=timeout,
@@ -107,7 +119,7 @@ class PredictorApi:
                 rv = str((obj.get("metadata") or {}).get("resourceVersion", resource_version))
                 yield Event(raw["type"], obj, rv)
         except _ERRORS as exc:
-            raise _translate(exc, f"watch predictors in {self.namespace}") from exc
+            raise _translate(exc, f"watch {self.plural} in {self.namespace}") from exc
         finally:
             watcher.stop()  # type: ignore[no-untyped-call]
 
@@ -119,11 +131,11 @@ class PredictorApi:
         }
         try:
             result: dict[str, Any] = self._api.patch_namespaced_custom_object(
-                GROUP, VERSION, self.namespace, PLURAL, metadata["name"], patch,
+                GROUP, self.version, self.namespace, self.plural, metadata["name"], patch,
                 _request_timeout=30,
             )  # fmt: skip
         except _ERRORS as exc:
-            raise _translate(exc, f"finalizers of predictor {metadata['name']}") from exc
+            raise _translate(exc, f"finalizers of {self.plural} {metadata['name']}") from exc
         return result
 
     def write_status(self, name: str, status: Mapping[str, Any]) -> dict[str, Any]:
@@ -131,12 +143,118 @@ class PredictorApi:
         patch = [{"op": "add", "path": "/status", "value": dict(status)}]
         try:
             result: dict[str, Any] = self._api.patch_namespaced_custom_object_status(
-                GROUP, VERSION, self.namespace, PLURAL, name, patch,
+                GROUP, self.version, self.namespace, self.plural, name, patch,
                 _content_type="application/json-patch+json", _request_timeout=30,
             )  # fmt: skip
         except _ERRORS as exc:
-            raise _translate(exc, f"status of predictor {name}") from exc
+            raise _translate(exc, f"status of {self.plural} {name}") from exc
         return result
+
+
+class PoolApi:
+    """ServingRuntimes (this namespace's and the cluster's) and the pools' Deployments, with
+    their scale subresource.
+
+    A cluster without the runtime CRDs (or an RBAC rule that hides them) has no runtimes: the
+    controller then runs no pools and places models as before (any pod of their runtime).
+    """
+
+    def __init__(self, api_client: k8s.ApiClient, namespace: str) -> None:
+        self._custom: Any = k8s.CustomObjectsApi(api_client)
+        self._apps: Any = k8s.AppsV1Api(api_client)
+        self._core: Any = k8s.CoreV1Api(api_client)
+        self.namespace = namespace
+
+    def list_runtimes(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """(this namespace's ServingRuntimes, the ClusterServingRuntimes)."""
+        own = self._list(lambda: self._custom.list_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, "servingruntimes", _request_timeout=30,
+        ), "servingruntimes")  # fmt: skip
+        cluster = self._list(lambda: self._custom.list_cluster_custom_object(
+            GROUP, VERSION, "clusterservingruntimes", _request_timeout=30,
+        ), "clusterservingruntimes")  # fmt: skip
+        return own, cluster
+
+    def _list(self, call: Any, what: str) -> list[dict[str, Any]]:
+        try:
+            return list(call().get("items", []))
+        except ApiException as exc:
+            if exc.status in (403, 404):
+                return []  # no such CRD here, or not ours to read
+            raise _translate(exc, f"list {what}") from exc
+        except _ERRORS as exc:
+            raise _translate(exc, f"list {what}") from exc
+
+    def deployment(self, name: str) -> dict[str, Any] | None:
+        try:
+            result = self._apps.read_namespaced_deployment(
+                name, self.namespace, _request_timeout=30, _preload_content=False
+            )
+            body: dict[str, Any] = json.loads(result.data)
+            return body
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise _translate(exc, f"deployment {name}") from exc
+        except _ERRORS as exc:
+            raise _translate(exc, f"deployment {name}") from exc
+
+    def create_deployment(self, body: Mapping[str, Any]) -> None:
+        try:
+            self._apps.create_namespaced_deployment(self.namespace, dict(body), _request_timeout=30)
+        except _ERRORS as exc:
+            raise _translate(exc, f"create deployment {body['metadata']['name']}") from exc
+
+    def patch_deployment(self, name: str, patch: Mapping[str, Any]) -> None:
+        """A merge patch (the pod template and labels; never the replicas, which move only
+        through the scale subresource)."""
+        try:
+            self._apps.patch_namespaced_deployment(
+                name, self.namespace, dict(patch), _request_timeout=30,
+                _content_type="application/merge-patch+json",
+            )  # fmt: skip
+        except _ERRORS as exc:
+            raise _translate(exc, f"patch deployment {name}") from exc
+
+    def scale(self, name: str) -> tuple[int, int, str]:
+        """(spec.replicas, status.replicas, resourceVersion) of the Deployment's scale."""
+        try:
+            scale = self._apps.read_namespaced_deployment_scale(
+                name, self.namespace, _request_timeout=30
+            )
+        except _ERRORS as exc:
+            raise _translate(exc, f"scale of deployment {name}") from exc
+        spec_replicas = scale.spec.replicas if scale.spec is not None else 0
+        status_replicas = scale.status.replicas if scale.status is not None else 0
+        return int(spec_replicas or 0), int(status_replicas or 0), scale.metadata.resource_version
+
+    def mark_for_removal(self, pod: str) -> bool:
+        """Give a pod the lowest `controller.kubernetes.io/pod-deletion-cost`, so that the
+        ReplicaSet removes it first on the next scale-down; False when it cannot (no such pod,
+        or no right to patch pods): the ReplicaSet then picks one itself."""
+        patch = {"metadata": {"annotations": {DELETION_COST: str(REMOVE_FIRST)}}}
+        try:
+            self._core.patch_namespaced_pod(pod, self.namespace, patch, _request_timeout=30)
+        except _ERRORS as exc:
+            log.info("pod %s: deletion cost not set (%s); the ReplicaSet chooses", pod, exc)
+            return False
+        return True
+
+    def set_scale(self, name: str, replicas: int, resource_version: str) -> None:
+        """Write spec.replicas through the scale subresource, if the scale read is still
+        current (Conflict otherwise)."""
+        body = k8s.V1Scale(
+            metadata=k8s.V1ObjectMeta(
+                name=name, namespace=self.namespace, resource_version=resource_version
+            ),
+            spec=k8s.V1ScaleSpec(replicas=replicas),
+        )
+        try:
+            self._apps.replace_namespaced_deployment_scale(
+                name, self.namespace, body, _request_timeout=30
+            )
+        except _ERRORS as exc:
+            raise _translate(exc, f"scale deployment {name}") from exc
 
 
 class EventRecorder:

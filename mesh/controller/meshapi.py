@@ -9,15 +9,31 @@ be reached (the controller backs off and retries).
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import grpc
 
+from mesh.cluster.records import PlacementState
 from mesh.controller.predictor import ModelView, PredictorSpec, VModelView
 from mesh.errors import InvalidRequest, ModelNotFound, Unavailable
 from mesh.gen import management_pb2 as mpb
 from mesh.gen import management_pb2_grpc
+from mesh.placement.snapshot import HeldModel, PodView
+
+_STATES = {"loaded": PlacementState.LOADED, "loading": PlacementState.LOADING}
+POOL_LABEL = "pool"
+
+
+@dataclass(frozen=True, slots=True)
+class PoolsView:
+    """The mesh's pods by pool (their `pool` label), as the pool policy reads them."""
+
+    pods: dict[str, list[PodView]] = field(default_factory=dict)
+    loads_per_second: dict[str, float] = field(default_factory=dict)  # by pod id
+    now: float = 0.0  # the router's clock: ages are measured against it
 
 
 class MeshApi:
@@ -58,6 +74,34 @@ class MeshApi:
         """The pods that are draining, with how many models each still holds."""
         r = self._call("GetMeshStatus", mpb.GetMeshStatusRequest())
         return {p.pod_id: len(p.models) for p in r.pods if p.draining}
+
+    def pools(self) -> PoolsView:
+        """Every pod with a `pool` label, with the copies it holds (size, last use)."""
+        r = self._call("GetMeshStatus", mpb.GetMeshStatusRequest())
+        held: dict[str, dict[str, HeldModel]] = {}
+        for m in r.models:
+            for c in m.copies:
+                state = _STATES.get(c.state)
+                if state is not None:
+                    held.setdefault(c.pod_id, {})[m.model_id] = HeldModel(
+                        m.model_id, c.size_bytes, c.last_used or c.since, 0, state
+                    )
+        out = PoolsView(now=r.now)
+        for p in r.pods:
+            pool = p.labels.get(POOL_LABEL)
+            if not pool:
+                continue
+            out.pods.setdefault(pool, []).append(
+                PodView(
+                    pod_id=p.pod_id, capacity=p.capacity_bytes, used=p.used_bytes,
+                    lru_time=p.lru_time, loading_count=p.loading_count, in_flight=p.in_flight,
+                    draining=p.draining, runtimes=frozenset(p.runtimes),
+                    labels=MappingProxyType(dict(p.labels)),
+                    models=MappingProxyType(held.get(p.pod_id, {})),
+                )
+            )  # fmt: skip
+            out.loads_per_second[p.pod_id] = p.loads_per_second
+        return out
 
     def model(self, model_id: str) -> ModelView | None:
         try:

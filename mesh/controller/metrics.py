@@ -28,6 +28,19 @@ class ControllerMetrics:
             ["reason"],
             registry=registry,
         )
+        # Pools (ServingRuntimes): the pods the pool policy asks for, and those ready.
+        self.pool_desired = Gauge(
+            "mesh_controller_pool_desired_pods",
+            "Pods the pool policy wants per pool (ServingRuntime)",
+            ["pool"],
+            registry=registry,
+        )
+        self.pool_pods = Gauge(
+            "mesh_controller_pool_pods",
+            "Pods of each pool's Deployment, as its scale reports them",
+            ["pool"],
+            registry=registry,
+        )
         self.leader = Gauge(
             "mesh_controller_leader", "1 while this replica holds the Lease", registry=registry
         )

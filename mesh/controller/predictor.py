@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,11 +66,22 @@ class PredictorSpec:
     storage_path: str
     options: Mapping[str, str] = field(default_factory=dict)
     gpu: str = ""
+    # The model type as the spec names it, its version, and the runtime it names (if any):
+    # what choosing a ServingRuntime looks at (mesh.controller.runtimes).
+    model_type: str = ""
+    version: str = ""
+    runtime: str = ""
+    # The pool (ServingRuntime) the model is placed on; empty: any pod of its runtime.
+    pool: str = ""
 
     @property
     def required_labels(self) -> dict[str, str]:
-        # gpu: required places the model only on pods labelled as GPU pods.
-        return {"gpu": "true"} if self.gpu == "required" else {}
+        # gpu: required places the model only on pods labelled as GPU pods; a pool only on
+        # its pods (mesh.controller.runtimes.POOL_LABEL).
+        labels = {"gpu": "true"} if self.gpu == "required" else {}
+        if self.pool:
+            labels["pool"] = self.pool
+        return labels
 
     @property
     def preferred_labels(self) -> dict[str, str]:
@@ -78,8 +89,14 @@ class PredictorSpec:
         return {"gpu": "true"} if self.gpu == "preferred" else {}
 
 
-def parse(resource: Mapping[str, Any]) -> PredictorSpec:
-    """The Predictor as the mesh registers it; InvalidSpec names what is wrong."""
+def parse(
+    resource: Mapping[str, Any], known_runtimes: Collection[str] = (), pool: str = ""
+) -> PredictorSpec:
+    """The Predictor as the mesh registers it; InvalidSpec names what is wrong.
+
+    `known_runtimes`: ServingRuntime names a spec may name besides the mesh's runtimes.
+    `pool`: the ServingRuntime chosen for it, part of the model's identity (a model moved to
+    another pool is a new model, loaded there before the old one goes)."""
     metadata = resource.get("metadata") or {}
     name = str(metadata.get("name") or "")
     namespace = str(metadata.get("namespace") or "")
@@ -103,7 +120,7 @@ def parse(resource: Mapping[str, Any]) -> PredictorSpec:
             reason="NoSupportingRuntime",
         )
     runtime_name = str(runtime.get("name") or "")
-    if runtime_name and runtime_name not in set(FORMATS.values()):
+    if runtime_name and runtime_name not in {*FORMATS.values(), *known_runtimes}:
         raise InvalidSpec(
             f"spec.runtime.name {runtime_name!r} is not a runtime of this mesh "
             f"({', '.join(sorted(set(FORMATS.values())))})",
@@ -125,6 +142,8 @@ def parse(resource: Mapping[str, Any]) -> PredictorSpec:
         "gpu": gpu,
         "runtime": runtime_name,
     }
+    if pool:
+        identity["pool"] = pool
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
     model_id = f"{name}-{digest[:_HASH_LENGTH]}"
     try:
@@ -142,6 +161,10 @@ def parse(resource: Mapping[str, Any]) -> PredictorSpec:
         storage_path=storage_path,
         options=options,
         gpu=gpu,
+        model_type=type_name,
+        version=str(model_type.get("version") or ""),
+        runtime=runtime_name,
+        pool=pool,
     )
 
 

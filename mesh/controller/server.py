@@ -10,10 +10,14 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from mesh.controller import inferenceservice as isvc
 from mesh.controller.controller import Controller, ControllerPolicy
-from mesh.controller.kube import EventRecorder, LeaseLock, PredictorApi
+from mesh.controller.kinds import INFERENCE_SERVICE
+from mesh.controller.kube import EventRecorder, LeaseLock, PoolApi, PredictorApi
 from mesh.controller.meshapi import MeshApi
 from mesh.controller.metrics import ControllerMetrics
+from mesh.controller.pools import Pools, PoolSettings
+from mesh.controller.runtimes import PodTemplate
 from mesh.controller.settings import ControllerSettings
 from mesh.errors import InvalidRequest
 from mesh.lifecycle import MetricsEndpoint, check_port_free
@@ -42,7 +46,9 @@ def api_client(settings: ControllerSettings) -> Any:
 
 def build(
     settings: ControllerSettings, kube: Any, registry: CollectorRegistry | None = None
-) -> tuple[Controller, MeshApi]:
+) -> tuple[list[Controller], MeshApi]:
+    """The controllers: Predictors (running the pools, when on), and InferenceServices in
+    ModelMesh mode (one Lease each, so each kind has one leader)."""
     namespace = settings.resolved_namespace()
     identity = settings.identity or socket.gethostname()
     lock = (
@@ -61,10 +67,47 @@ def build(
     )
     metrics = ControllerMetrics(registry) if registry is not None else None
     events = EventRecorder(kube, namespace, instance=identity)
-    controller = Controller(
-        PredictorApi(kube, namespace), mesh, policy, lock, metrics, events=events
-    )
-    return controller, mesh
+    pools = None
+    if settings.pools:
+        pool_settings = PoolSettings(
+            interval=settings.pool_interval,
+            min_pods=settings.pool_min_pods,
+            max_pods=max(settings.pool_max_pods, settings.pool_min_pods),
+            scale_down_after=settings.pool_scale_down_after,
+            template=PodTemplate(
+                image=settings.pool_image,
+                etcd=settings.pool_etcd,
+                etcd_prefix=settings.pool_etcd_prefix,
+            ),
+        )
+        pools = Pools(PoolApi(kube, namespace), mesh, pool_settings, events, metrics)
+    controllers = [
+        Controller(
+            PredictorApi(kube, namespace), mesh, policy, lock, metrics, events=events, pools=pools
+        )
+    ]
+    if settings.inference_services:
+        isvc_lock = (
+            LeaseLock(
+                kube, namespace, f"{settings.lease_name}-isvc", identity, settings.lease_duration
+            )
+            if settings.leader_election
+            else None
+        )
+        controllers.append(
+            Controller(
+                PredictorApi(kube, namespace, isvc.VERSION, isvc.PLURAL),
+                mesh,
+                policy,
+                isvc_lock,
+                None,
+                events=events,
+                kind=INFERENCE_SERVICE,
+                pools=pools,
+                run_pools=False,
+            )
+        )
+    return controllers, mesh
 
 
 def run(settings: ControllerSettings) -> None:
@@ -73,21 +116,24 @@ def run(settings: ControllerSettings) -> None:
             settings.metrics.metrics_host, settings.metrics.metrics_port, "--metrics-port"
         )
     registry = CollectorRegistry()
-    controller, mesh = build(settings, api_client(settings), registry)
+    controllers, mesh = build(settings, api_client(settings), registry)
     endpoint = MetricsEndpoint()
     if settings.metrics.metrics_port is not None:
         endpoint.start(settings.metrics.metrics_port, settings.metrics.metrics_host, registry)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    controller.start()
+    for controller in controllers:
+        controller.start()
     log.info(
-        "controller for predictors in %s, management API at %s",
-        controller.namespace,
+        "controller for %s in %s, management API at %s",
+        ", ".join(c.kind.name for c in controllers),
+        controllers[0].namespace,
         settings.router,
     )
     stop.wait()
     log.info("stopping")
-    controller.stop()
+    for controller in controllers:
+        controller.stop()
     mesh.close()
     endpoint.close()

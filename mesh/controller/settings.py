@@ -43,6 +43,27 @@ class ControllerSettings(CommandSettings, env_prefix="MESH_CONTROLLER_"):
     )
     grpc_endpoint: str = Field("", description="written into each Predictor's status.grpcEndpoint")
     http_endpoint: str = Field("", description="written into each Predictor's status.httpEndpoint")
+    inference_services: bool = Field(
+        True,
+        description="serve InferenceServices annotated serving.kserve.io/deploymentMode: "
+        "ModelMesh as Predictors",
+    )
+    pools: bool = Field(
+        True,
+        description="run a Deployment of mesh pods per ServingRuntime, sized by the pool policy "
+        "through the scale subresource",
+    )
+    pool_image: str = Field(
+        "ghcr.io/mesh-serving/mesh:cpu", description="the mesh image of the pools' pods"
+    )
+    pool_etcd: str = Field("http://mesh-etcd:2379", description="etcd of the pools' pods")
+    pool_etcd_prefix: str = Field("/mesh/", description="the pools' pods' etcd key prefix")
+    pool_interval: float = Field(10.0, gt=0, description="seconds between pool resizes")
+    pool_min_pods: int = Field(1, ge=0, description="a pool's fewest pods (its annotation wins)")
+    pool_max_pods: int = Field(4, ge=1, description="a pool's most pods (its annotation wins)")
+    pool_scale_down_after: float = Field(
+        300.0, ge=0, description="seconds a pool needs fewer pods before one goes"
+    )
     metrics: Annotated[MetricsSettings, Nested(prefix="")] = MetricsSettings()
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR")
     log_json: bool = Field(False, description="log JSON lines")

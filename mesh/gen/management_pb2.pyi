@@ -183,7 +183,7 @@ class GetMeshStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class PodStatus(_message.Message):
-    __slots__ = ("pod_id", "address", "capacity_bytes", "used_bytes", "models", "loading_count", "in_flight", "lru_time", "draining", "updated_at", "labels", "runtimes", "host_capacity_bytes", "host_used_bytes", "host_models", "device")
+    __slots__ = ("pod_id", "address", "capacity_bytes", "used_bytes", "models", "loading_count", "in_flight", "lru_time", "draining", "updated_at", "labels", "runtimes", "host_capacity_bytes", "host_used_bytes", "host_models", "device", "loads_per_second")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -207,6 +207,7 @@ class PodStatus(_message.Message):
     HOST_USED_BYTES_FIELD_NUMBER: _ClassVar[int]
     HOST_MODELS_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
+    LOADS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
     pod_id: str
     address: str
     capacity_bytes: int
@@ -223,7 +224,8 @@ class PodStatus(_message.Message):
     host_used_bytes: int
     host_models: _containers.RepeatedScalarFieldContainer[str]
     device: str
-    def __init__(self, pod_id: _Optional[str] = ..., address: _Optional[str] = ..., capacity_bytes: _Optional[int] = ..., used_bytes: _Optional[int] = ..., models: _Optional[_Iterable[str]] = ..., loading_count: _Optional[int] = ..., in_flight: _Optional[int] = ..., lru_time: _Optional[float] = ..., draining: bool = ..., updated_at: _Optional[float] = ..., labels: _Optional[_Mapping[str, str]] = ..., runtimes: _Optional[_Iterable[str]] = ..., host_capacity_bytes: _Optional[int] = ..., host_used_bytes: _Optional[int] = ..., host_models: _Optional[_Iterable[str]] = ..., device: _Optional[str] = ...) -> None: ...
+    loads_per_second: float
+    def __init__(self, pod_id: _Optional[str] = ..., address: _Optional[str] = ..., capacity_bytes: _Optional[int] = ..., used_bytes: _Optional[int] = ..., models: _Optional[_Iterable[str]] = ..., loading_count: _Optional[int] = ..., in_flight: _Optional[int] = ..., lru_time: _Optional[float] = ..., draining: bool = ..., updated_at: _Optional[float] = ..., labels: _Optional[_Mapping[str, str]] = ..., runtimes: _Optional[_Iterable[str]] = ..., host_capacity_bytes: _Optional[int] = ..., host_used_bytes: _Optional[int] = ..., host_models: _Optional[_Iterable[str]] = ..., device: _Optional[str] = ..., loads_per_second: _Optional[float] = ...) -> None: ...
 
 class MeshStatusResponse(_message.Message):
     __slots__ = ("pods", "models", "vmodels", "now")

@@ -19,7 +19,13 @@ from mesh.errors import InvalidRequest, MeshError, ModelNotFound
 from mesh.gen import management_pb2 as mpb
 from mesh.ids import check_id, check_registered_path
 from mesh.router.core import Router
-from mesh.router.overview import ModelView, model_view, snapshot, vmodel_view
+from mesh.router.overview import (
+    ModelView,
+    model_view,
+    pod_loads_per_second,
+    snapshot,
+    vmodel_view,
+)
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +158,7 @@ class Management:
             self._transition_errors,
         )
         response = mpb.MeshStatusResponse(now=view.now)
+        loads = pod_loads_per_second(self._router.activity, view.now)
         for pod in view.pods:
             response.pods.add(
                 pod_id=pod.pod_id, address=pod.address, capacity_bytes=pod.capacity,
@@ -160,7 +167,7 @@ class Management:
                 draining=pod.draining, updated_at=pod.updated_at, labels=dict(pod.labels),
                 runtimes=list(pod.runtimes), host_capacity_bytes=pod.host_capacity,
                 host_used_bytes=pod.host_used, host_models=list(pod.host_models),
-                device=pod.device,
+                device=pod.device, loads_per_second=loads.get(pod.pod_id, 0.0),
             )  # fmt: skip
         for model in view.models:
             record = self._mirror.models.get(model.model_id)

@@ -137,6 +137,17 @@ class Activity:
         return out
 
 
+def pod_loads_per_second(activity: Activity, now: float, minutes: int = 5) -> dict[str, float]:
+    """Loads started per pod per second over the last `minutes` whole and current minutes."""
+    window = activity.minutes(now)[-minutes:]
+    seconds = max(now - window[0].start, 60.0) if window else 60.0
+    totals: dict[str, int] = {}
+    for minute in window:
+        for pod_id, counts in minute.by_pod.items():
+            totals[pod_id] = totals.get(pod_id, 0) + counts.get("loads", 0)
+    return {pod_id: count / seconds for pod_id, count in totals.items() if count}
+
+
 @dataclass(frozen=True, slots=True)
 class CopyView:
     pod_id: str

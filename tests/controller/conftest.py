@@ -8,9 +8,10 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from mesh.controller.controller import Controller, ControllerPolicy
-from mesh.controller.kube import EventRecorder, LeaseLock, PredictorApi
+from mesh.controller.kube import EventRecorder, LeaseLock, PoolApi, PredictorApi
 from mesh.controller.meshapi import MeshApi
 from mesh.controller.metrics import ControllerMetrics
+from mesh.controller.pools import Pools, PoolSettings
 from tests.cluster.conftest import etcd, prefix  # noqa: F401  (shared fixtures)
 from tests.kube.apiserver import FakeKubeAPI
 from tests.router.conftest import pods  # noqa: F401  (shared fixtures)
@@ -43,6 +44,7 @@ def build_controller(
     identity: str | None = None,
     registry: CollectorRegistry | None = None,
     events: bool = False,
+    pools: bool = False,
     **policy: Any,
 ) -> Controller:
     """A controller on the fake API server; with `identity`, one of replicas on a 2 s Lease."""
@@ -50,7 +52,13 @@ def build_controller(
     lock = LeaseLock(client, NAMESPACE, "mesh-controller", identity, 2.0) if identity else None
     metrics = ControllerMetrics(registry) if registry is not None else None
     recorder = EventRecorder(client, NAMESPACE, instance=identity or "test") if events else None
+    # With `pools`, it runs the ServingRuntimes' Deployments too (the kube needs POOL_RESOURCES).
+    runner = (
+        Pools(PoolApi(client, NAMESPACE), mesh, PoolSettings(interval=0.3), metrics=metrics)
+        if pools
+        else None
+    )
     return Controller(
         PredictorApi(client, NAMESPACE), mesh, dataclasses.replace(POLICY, **policy), lock,
-        metrics, events=recorder,
+        metrics, events=recorder, pools=runner,
     )  # fmt: skip

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 
+from mesh.controller.meshapi import PoolsView
 from mesh.controller.predictor import ModelView, PredictorSpec, VModelView
 from mesh.errors import ModelNotFound
 
@@ -17,11 +18,16 @@ class FakeMesh:
         self.calls: list[tuple[str, str]] = []
         # Pods that drain, with the models each holds (what GetMeshStatus reports).
         self.draining: dict[str, int] = {}
+        # What GetMeshStatus reports of the pools (a test sets it).
+        self.pool_view = PoolsView()
         self._lock = threading.Lock()
 
     def _call(self, method: str, arg: str) -> None:
         with self._lock:
             self.calls.append((method, arg))
+
+    def pools(self) -> PoolsView:
+        return self.pool_view
 
     def draining_pods(self) -> dict[str, int]:
         return dict(self.draining)

@@ -57,8 +57,9 @@ MESH_IMAGE = "ghcr.io/mesh-serving/mesh"
 # YAML under deploy/ that is not a Kubernetes object.
 NOT_MANIFESTS = {ADAPTER_VALUES: "Helm values for the prometheus-adapter chart"}
 # Kinds kubernetes-validate has no schema for: the Predictor is checked against our CRD, the
-# ServiceMonitor (Prometheus Operator) by test_service_monitors_select_services.
-NO_SCHEMA = {"Predictor", "ServiceMonitor"}
+# ServiceMonitor (Prometheus Operator) by test_service_monitors_select_services, the
+# ServingRuntime and InferenceService samples by test_kserve_samples_validate.
+NO_SCHEMA = {"Predictor", "ServiceMonitor", "ServingRuntime", "InferenceService"}
 WORKLOADS = {"Deployment", "StatefulSet"}
 # What the kubelet would give the downward API, for expanding $(VAR) in env and args.
 FIELD_VALUES = {
@@ -493,7 +494,10 @@ def test_overlays_render_into_valid_objects(overlay: str) -> None:
     docs = render(overlay)
     version = KUBERNETES_VERSIONS[-1]
     for doc in docs:
-        if doc["kind"] != "Namespace":
+        if doc["kind"] in ("ClusterRole", "ClusterRoleBinding"):  # cluster-wide
+            for subject in doc.get("subjects", []):
+                assert subject["namespace"] == "mesh", doc["metadata"]["name"]
+        elif doc["kind"] != "Namespace":
             assert doc["metadata"]["namespace"] == "mesh", doc["metadata"]["name"]
         if doc["kind"] not in NO_SCHEMA:
             kubernetes_validate.validate(doc, version, strict=True)
@@ -789,7 +793,9 @@ def test_controller_arguments_are_accepted() -> None:
     # The Role lets it get and update only the Lease it elects a leader on.
     role = find(BASE, "Role", "mesh-controller")
     leases = [r for r in role["rules"] if "leases" in r["resources"] and "update" in r["verbs"]]
-    assert [r.get("resourceNames") for r in leases] == [[settings.lease_name]]
+    assert [r.get("resourceNames") for r in leases] == [
+        [settings.lease_name, f"{settings.lease_name}-isvc"]
+    ]
 
 
 def test_env_names_are_settings_fields() -> None:
@@ -1008,3 +1014,56 @@ def test_dockerignore_keeps_what_the_build_copies() -> None:
     assert copied == {"pyproject.toml", "README.md", "mesh"}
     assert not copied & ignored
     assert {".git", ".venv", "tests"} <= ignored
+
+
+# -- ServingRuntimes and InferenceServices -----------------------------------------------------
+
+
+def crd_schema(name: str) -> dict[str, Any]:
+    (path,) = [p for p in (DEPLOY / "crd").rglob(f"serving.kserve.io_{name}.yaml")]
+    (doc,) = load_docs(path)
+    (version,) = doc["spec"]["versions"]
+    return strict(version["schema"]["openAPIV3Schema"])
+
+
+def test_kserve_samples_validate_and_are_what_the_controller_reads() -> None:
+    from mesh.controller import inferenceservice as isvc
+    from mesh.controller import predictor as pr
+    from mesh.controller.runtimes import choose_runtime, parse_runtime
+
+    runtime = load_docs(DEPLOY / "samples" / "kserve" / "servingruntime-mesh.yaml")[0]
+    service = load_docs(DEPLOY / "samples" / "kserve" / "inferenceservice-modelmesh.yaml")[0]
+    jsonschema.validate(runtime, crd_schema("servingruntimes"))
+    jsonschema.validate(service, crd_schema("inferenceservices"))
+    pool = parse_runtime(runtime)
+    assert pool.serves and pool.runtimes == ("onnx", "xgboost")
+    spec = pr.parse(isvc.as_predictor(service), {pool.name})
+    assert isvc.is_modelmesh(service)
+    assert choose_runtime([pool], spec.model_type, spec.version, spec.runtime).name == pool.name
+    broken = copy.deepcopy(runtime)
+    broken["spec"]["supportedModelFormats"][0]["autoselect"] = True  # misspelt
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, crd_schema("servingruntimes"))
+
+
+def test_the_two_runtime_crds_differ_only_in_scope_and_kind() -> None:
+    own = load_docs(DEPLOY / "crd" / "serving.kserve.io_servingruntimes.yaml")[0]
+    cluster = load_docs(DEPLOY / "crd" / "serving.kserve.io_clusterservingruntimes.yaml")[0]
+    assert (own["spec"]["scope"], cluster["spec"]["scope"]) == ("Namespaced", "Cluster")
+    assert own["spec"]["versions"] == cluster["spec"]["versions"]
+
+
+def test_the_controller_may_scale_deployments_and_read_runtimes() -> None:
+    role = find(BASE, "Role", "mesh-controller")
+    allowed = {(res, verb) for r in role["rules"] for res in r["resources"] for verb in r["verbs"]}
+    for need in [("deployments/scale", "get"), ("deployments/scale", "update"),
+                 ("deployments", "create"), ("deployments", "patch"),
+                 ("servingruntimes", "list"), ("inferenceservices", "watch"),
+                 ("inferenceservices/status", "patch"), ("inferenceservices/finalizers", "update"),
+                 ("pods", "patch")]:  # fmt: skip
+        assert need in allowed, need
+    cluster_role = find(BASE, "ClusterRole", "mesh-controller-runtimes")
+    assert [r["resources"] for r in cluster_role["rules"]] == [["clusterservingruntimes"]]
+    assert set(cluster_role["rules"][0]["verbs"]) == {"get", "list", "watch"}
+    leases = [r for r in role["rules"] if "leases" in r["resources"] and "update" in r["verbs"]]
+    assert leases[0]["resourceNames"] == ["mesh-controller", "mesh-controller-isvc"]

@@ -566,7 +566,8 @@ def test_drop_watches_cuts_the_stream(api: FakeKubeAPI, crd: CustomObjectsApi) -
 
     assert watch.done.wait(2)
     assert isinstance(watch.error, urllib3.exceptions.ProtocolError)
-    assert api.watch_count() == 0
+    # The client sees the cut before the serving thread has deregistered the watch.
+    wait_until(lambda: api.watch_count() == 0, timeout=2, what="the cut watch deregistered")
 
 
 def test_graceful_drop_ends_the_stream(api: FakeKubeAPI, crd: CustomObjectsApi) -> None:
@@ -709,3 +710,47 @@ def test_missing_lease_reads_404(leases: CoordinationV1Api) -> None:
         leases.read_namespaced_lease("nobody", NS)
 
     assert status_of(missing) == (404, "NotFound")
+
+
+def test_the_scale_subresource_reads_and_writes_a_deployments_replicas() -> None:
+    from kubernetes.client import AppsV1Api, V1ObjectMeta, V1Scale, V1ScaleSpec
+
+    from tests.kube.resources import POOL_RESOURCES
+
+    body = {
+        "metadata": {"name": "web"},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "web"}}, "template": {}},
+    }
+    with FakeKubeAPI(POOL_RESOURCES) as server, server.client() as client:
+        apps = AppsV1Api(client)
+        apps.create_namespaced_deployment(NS, body)
+        scale = apps.read_namespaced_deployment_scale("web", NS)
+        assert (scale.spec.replicas, scale.status.selector) == (1, "app=web")
+        generation = server.get("deployments", NS, "web")["metadata"]["generation"]  # type: ignore[index]
+
+        stale = V1Scale(
+            metadata=V1ObjectMeta(name="web", resource_version=scale.metadata.resource_version),
+            spec=V1ScaleSpec(replicas=3),
+        )
+        written = apps.replace_namespaced_deployment_scale("web", NS, stale)
+        assert written.spec.replicas == 3
+        stored = server.get("deployments", NS, "web")
+        assert stored is not None
+        assert (
+            stored["spec"]["replicas"] == 3 and stored["metadata"]["generation"] == generation + 1
+        )
+
+        with pytest.raises(ApiException) as conflict:  # the same, now stale, resourceVersion
+            apps.replace_namespaced_deployment_scale("web", NS, stale)
+        assert conflict.value.status == 409
+
+        apps.patch_namespaced_deployment_scale("web", NS, {"spec": {"replicas": 0}})
+        assert server.get("deployments", NS, "web")["spec"]["replicas"] == 0  # type: ignore[index]
+        with pytest.raises(ApiException) as invalid:
+            apps.patch_namespaced_deployment_scale("web", NS, {"spec": {"replicas": -1}})
+        assert invalid.value.status == 422
+        with pytest.raises(ApiException) as no_scale:  # only resources that have one
+            CustomObjectsApi(client).get_namespaced_custom_object_scale(
+                GROUP, "v1beta1", NS, "inferenceservices", "x"
+            )
+        assert no_scale.value.status == 404

@@ -1,0 +1,249 @@
+"""Pools on Kubernetes: one Deployment of mesh pods per ServingRuntime, sized by the pool policy.
+
+    pools = Pools(PoolApi(api_client, "ml"), MeshApi("mesh-router:8033"), PoolSettings())
+    pools.refresh()        # any replica: the runtimes, for choosing a model's pool
+    pools.reconcile()      # the leader: Deployments in line, each scaled to the policy's size
+
+Every `interval` seconds the leader lists the ServingRuntimes of its namespace and the
+ClusterServingRuntimes (mesh.controller.runtimes), creates the Deployment of each runtime the
+mesh can serve (owned by the runtime, so deleting the runtime deletes its pods), brings an
+existing one's pod template in line when the runtime changed (never its replicas), and sizes
+each pool: the routers' management API reports every pod (its pool label, room, models with
+their sizes and last use, requests in flight, loads per second), `decide_pool`
+(mesh.placement.pool) turns that into a number of pods, and the controller writes it through
+the Deployment's scale subresource, with the scale's resourceVersion (a 409 means someone else
+wrote it: the next round reads it again). Before a scale-down the pod the policy chose (the one
+whose sole copies in use fit on the others) gets the lowest
+`controller.kubernetes.io/pod-deletion-cost`, so the ReplicaSet removes that one; a mesh pod
+drains on SIGTERM and hands its models off first (docs/kubernetes.md).
+
+Failure modes: a runtime whose spec or annotations do not parse gets a Warning Event and no
+change to its pool; the management API unreachable means no resize this round (the pool keeps
+its size); the API server failing means the round is retried at the next interval.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from mesh.controller import runtimes as rt
+from mesh.controller.kube import Conflict, EventRecorder, KubeError, PoolApi
+from mesh.controller.meshapi import MeshApi, PoolsView
+from mesh.controller.metrics import ControllerMetrics
+from mesh.controller.predictor import WARNING, InvalidSpec
+from mesh.errors import MeshError
+from mesh.placement.pool import PoolPolicy, PoolSignals, PoolState, decide_pool
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class PoolSettings:
+    interval: float = 10.0  # seconds between rounds
+    min_pods: int = 1  # bounds of a runtime that sets none (its annotations override them)
+    max_pods: int = 4
+    window: float = 300.0
+    headroom: float = 0.2
+    lru_age_floor: float = 60.0
+    load_share: float = 0.5
+    in_flight_per_pod: float = 32.0
+    scale_down_after: float = 300.0
+    load_seconds: float = 10.0  # what a load takes, for the loads need
+    pod_capacity: int = 4 * 2**30  # a new pod's room, for a pool with no pod to ask
+    template: rt.PodTemplate = field(default_factory=rt.PodTemplate)
+
+
+class Pools:
+    def __init__(
+        self,
+        api: PoolApi,
+        mesh: MeshApi,
+        settings: PoolSettings | None = None,
+        events: EventRecorder | None = None,
+        metrics: ControllerMetrics | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._api = api
+        self._mesh = mesh
+        self.settings = settings or PoolSettings()
+        self._events = events
+        self._metrics = metrics
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._runtimes: list[rt.RuntimeSpec] = []
+        self._states: dict[str, PoolState] = {}
+        self._reported: dict[str, str] = {}  # runtime -> the last problem reported on it
+        # Set once the runtimes have been listed: before that, "no runtimes" means "not known".
+        self.synced = threading.Event()
+
+    @property
+    def namespace(self) -> str:
+        return self._api.namespace
+
+    def runtimes(self) -> list[rt.RuntimeSpec]:
+        """The runtimes this namespace sees, as last listed (empty: no pools, any pod)."""
+        with self._lock:
+            return list(self._runtimes)
+
+    def refresh(self) -> list[rt.RuntimeSpec]:
+        own, cluster = self._api.list_runtimes()
+        parsed = [self._parse(o, False) for o in own] + [self._parse(o, True) for o in cluster]
+        found = rt.effective(
+            [r for r in parsed if r is not None and not r.cluster],
+            [r for r in parsed if r is not None and r.cluster],
+        )
+        with self._lock:
+            self._runtimes = found
+        self.synced.set()
+        return found
+
+    def _parse(self, obj: Mapping[str, Any], cluster: bool) -> rt.RuntimeSpec | None:
+        try:
+            return rt.parse_runtime(obj, cluster)
+        except InvalidSpec as exc:
+            self._report(obj, str(exc))
+            return None
+
+    def _report(self, obj: Mapping[str, Any], problem: str) -> None:
+        name = str((obj.get("metadata") or {}).get("name", ""))
+        if self._reported.get(name) == problem:
+            return
+        self._reported[name] = problem
+        log.warning("runtime %s: %s", name, problem)
+        if self._events is not None:
+            self._events.record(obj, WARNING, "InvalidRuntime", problem)
+
+    def reconcile(self) -> None:
+        """One round (the leader's): Deployments in line with the runtimes, each sized."""
+        runtimes = self.refresh()
+        view: PoolsView | None
+        try:
+            view = self._mesh.pools()
+        except MeshError as exc:
+            log.info("pools: management API: %s; no resize this round", exc)
+            view = None
+        for runtime in runtimes:
+            if not runtime.serves:
+                continue
+            try:
+                self._reconcile_one(runtime, view)
+            except Conflict as exc:
+                log.info("pool %s: %s; again next round", runtime.name, exc)
+            except InvalidSpec as exc:
+                self._report(_as_object(runtime, self.namespace), str(exc))
+
+    def _reconcile_one(self, runtime: rt.RuntimeSpec, view: PoolsView | None) -> None:
+        s = self.settings
+        bounds = runtime.bounds(s.min_pods, s.max_pods)
+        name = rt.deployment_name(runtime)
+        current = self._api.deployment(name)
+        # Held requests do not reach the controller yet: a pool at zero would never come back,
+        # so the controller keeps at least one pod (docs/kubernetes.md).
+        floor = max(bounds.min_pods, 1)
+        ceiling = max(bounds.max_pods, floor)
+        wanted = rt.deployment(runtime, self.namespace, s.template, floor)
+        if current is None:
+            log.info("pool %s: creating deployment %s (%d pods)", runtime.name, name, floor)
+            self._api.create_deployment(wanted)
+            self._observe(runtime.name, floor, 0)
+            return
+        patch = _template_patch(current, wanted)
+        if patch:
+            log.info("pool %s: runtime changed, updating deployment %s", runtime.name, name)
+            self._api.patch_deployment(name, patch)
+        if view is None:
+            return
+        replicas, ready, version = self._api.scale(name)
+        policy = PoolPolicy(
+            min_pods=floor, max_pods=ceiling, window=s.window, headroom=s.headroom,
+            lru_age_floor=s.lru_age_floor, load_share=s.load_share,
+            in_flight_per_pod=s.in_flight_per_pod,
+            scale_down_after=bounds.scale_down_after
+            if bounds.scale_down_after is not None else s.scale_down_after,
+            pod_capacity=s.pod_capacity,
+        )  # fmt: skip
+        members = view.pods.get(runtime.name, [])
+        signals = PoolSignals(
+            tuple(members),
+            now=view.now,
+            # Every miss of the pool costs a load on one of its pods.
+            misses_per_second=sum(view.loads_per_second.get(p.pod_id, 0.0) for p in members),
+            load_seconds=s.load_seconds,
+        )
+        decision = decide_pool(policy, signals, self._states.get(runtime.name, PoolState()))
+        self._states[runtime.name] = decision.state
+        desired = decision.desired
+        if replicas > ceiling or replicas < floor:
+            desired = min(max(replicas, floor), ceiling)  # bounds changed: no cool-down
+        elif len(members) < replicas and desired < replicas:
+            desired = replicas  # pods still starting: do not shrink what has not joined
+        if desired < replicas and decision.remove is not None:
+            # The policy's choice (its sole copies fit elsewhere): the ReplicaSet removes it.
+            self._api.mark_for_removal(decision.remove)
+        if desired != replicas:
+            log.info(
+                "pool %s: %d -> %d pods (%s; needs %s)",
+                runtime.name, replicas, desired, decision.reason, decision.needs,
+            )  # fmt: skip
+            self._api.set_scale(name, desired, version)
+        self._observe(runtime.name, desired, ready)
+
+    def _observe(self, pool: str, desired: int, actual: int) -> None:
+        if self._metrics is not None:
+            self._metrics.pool_desired.labels(pool).set(desired)
+            self._metrics.pool_pods.labels(pool).set(actual)
+
+    def run(self, stop: threading.Event, leading: Callable[[], bool]) -> None:
+        """Rounds until `stop`: the leader reconciles, a standby only refreshes."""
+        while not stop.is_set():
+            try:
+                if leading():
+                    self.reconcile()
+                else:
+                    self.refresh()
+            except KubeError as exc:
+                log.warning("pools: %s; again in %.0f s", exc, self.settings.interval)
+            except Exception:
+                log.exception("pools: round failed")
+            stop.wait(self.settings.interval)
+
+
+def _template_patch(current: Mapping[str, Any], wanted: Mapping[str, Any]) -> dict[str, Any]:
+    """A merge patch bringing the labels, owner and pod template in line; {} when they are."""
+    patch: dict[str, Any] = {}
+    meta, want_meta = current.get("metadata") or {}, wanted["metadata"]
+    if (meta.get("labels") or {}) != want_meta["labels"]:
+        patch.setdefault("metadata", {})["labels"] = want_meta["labels"]
+    if not meta.get("ownerReferences"):
+        patch.setdefault("metadata", {})["ownerReferences"] = want_meta["ownerReferences"]
+    spec = current.get("spec") or {}
+    template = wanted["spec"]["template"]
+    if _pod_essentials(spec.get("template") or {}) != _pod_essentials(template):
+        patch["spec"] = {"template": template}
+    return patch
+
+
+def _pod_essentials(template: Mapping[str, Any]) -> Any:
+    """What decides a pool's pods (the API server fills defaults into the rest)."""
+    spec = template.get("spec") or {}
+    return (
+        (template.get("metadata") or {}).get("labels") or {},
+        [
+            (c.get("name"), c.get("image"), c.get("args"), c.get("resources"), c.get("env"))
+            for c in spec.get("containers") or []
+        ],
+        spec.get("nodeSelector") or {},
+        spec.get("tolerations") or [],
+    )
+
+
+def _as_object(runtime: rt.RuntimeSpec, namespace: str) -> dict[str, Any]:
+    metadata: dict[str, Any] = {"name": runtime.name, "uid": runtime.uid}
+    if not runtime.cluster:
+        metadata["namespace"] = namespace
+    return {"apiVersion": f"{rt.GROUP}/{rt.VERSION}", "kind": runtime.kind, "metadata": metadata}

@@ -1,0 +1,272 @@
+"""Pools on the Kubernetes side: ServingRuntimes become Deployments, sized through /scale.
+
+The fake API server and the real client; the mesh's view of its pods is set by the test
+(tests/controller/fakemesh.py), so the pool policy's decisions are the test's to provoke. The
+end-to-end path with real pods is tests/controller/test_pools.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from mesh.controller.kube import EventRecorder, PoolApi
+from mesh.controller.meshapi import PoolsView
+from mesh.controller.pools import Pools, PoolSettings
+from mesh.controller.runtimes import PodTemplate
+from mesh.placement.snapshot import HeldModel, PodView
+from tests.controller.fakemesh import FakeMesh
+from tests.kube.apiserver import FakeKubeAPI
+from tests.kube.resources import POOL_RESOURCES
+
+NS = "ml"  # the namespace of tests.controller.conftest
+GiB = 2**30
+
+
+def runtime(name: str, *formats: str, cluster: bool = False, **spec: Any) -> dict[str, Any]:
+    annotations = spec.pop("annotations", {})
+    meta: dict[str, Any] = {"name": name, "annotations": annotations}
+    if not cluster:
+        meta["namespace"] = NS
+    return {
+        "apiVersion": "serving.kserve.io/v1alpha1",
+        "kind": "ClusterServingRuntime" if cluster else "ServingRuntime",
+        "metadata": meta,
+        "spec": {
+            "multiModel": True,
+            "supportedModelFormats": [{"name": f, "autoSelect": True} for f in formats],
+            "containers": [{"name": "server", "image": "example/server:1"}],
+            **spec,
+        },
+    }
+
+
+@pytest.fixture
+def kube() -> Iterator[FakeKubeAPI]:
+    with FakeKubeAPI(POOL_RESOURCES) as api:
+        yield api
+
+
+@pytest.fixture
+def mesh() -> FakeMesh:
+    return FakeMesh()
+
+
+@pytest.fixture
+def pools(kube: FakeKubeAPI, mesh: FakeMesh) -> Iterator[Pools]:
+    client = kube.client()
+    settings = PoolSettings(
+        min_pods=1, max_pods=4, scale_down_after=0.0, template=PodTemplate(image="mesh:test")
+    )
+    yield Pools(PoolApi(client, NS), mesh, settings, EventRecorder(client, NS))  # type: ignore[arg-type]
+    client.close()
+
+
+def pod(pod_id: str, capacity: int, *models: tuple[str, int], now: float = 1000.0) -> PodView:
+    held = {m: HeldModel(m, size, now - 1, 0) for m, size in models}
+    return PodView(
+        pod_id, capacity, used=sum(s for _, s in models), models=held,
+        labels={"pool": "onnx-rt"}, runtimes=frozenset({"onnx"}),
+    )  # fmt: skip
+
+
+def test_a_serving_runtime_becomes_a_deployment_it_owns(kube: FakeKubeAPI, pools: Pools) -> None:
+    resources = {"requests": {"cpu": "2", "memory": "8Gi"}, "limits": {"memory": "8Gi"}}
+    created = kube.create(
+        "servingruntimes",
+        runtime(
+            "onnx-rt", "onnx", "pytorch", "sklearn",
+            labels={"team": "fraud"},
+            containers=[{"name": "server", "image": "x", "resources": resources,
+                         "env": [{"name": "OMP_NUM_THREADS", "value": "2"}]}],
+            nodeSelector={"pool": "cpu"},
+        ),
+    )  # fmt: skip
+
+    pools.reconcile()
+
+    deployment = kube.get("deployments", NS, "mesh-pod-onnx-rt")
+    assert deployment is not None
+    owner = deployment["metadata"]["ownerReferences"][0]
+    assert (owner["kind"], owner["name"], owner["uid"], owner["controller"]) == (
+        "ServingRuntime", "onnx-rt", created["metadata"]["uid"], True,
+    )  # fmt: skip
+    template = deployment["spec"]["template"]
+    assert template["metadata"]["labels"]["team"] == "fraud"
+    assert (
+        deployment["spec"]["selector"]["matchLabels"].items()
+        <= template["metadata"]["labels"].items()
+    )
+    container = template["spec"]["containers"][0]
+    assert container["image"] == "mesh:test"
+    assert container["resources"] == resources
+    assert {"name": "OMP_NUM_THREADS", "value": "2"} in container["env"]
+    # The pods load only the runtimes of its formats (sklearn has none here) and carry its pool.
+    assert "--runtimes=onnx,torch" in container["args"]
+    assert "--label=pool=onnx-rt" in container["args"]
+    assert template["spec"]["nodeSelector"] == {"pool": "cpu"}
+    assert deployment["spec"]["replicas"] == 1
+
+
+def test_runtimes_the_mesh_cannot_run_get_no_deployment(kube: FakeKubeAPI, pools: Pools) -> None:
+    kube.create("servingruntimes", runtime("sk", "sklearn"))
+    kube.create("servingruntimes", runtime("single", "onnx", multiModel=False))
+    kube.create("servingruntimes", runtime("off", "onnx", disabled=True))
+
+    pools.reconcile()
+
+    assert kube.objects("deployments", NS) == []
+
+
+def test_a_cluster_runtime_serves_the_namespace_unless_one_of_its_own_has_the_name(
+    kube: FakeKubeAPI, pools: Pools
+) -> None:
+    kube.create("clusterservingruntimes", runtime("shared", "xgboost", cluster=True))
+    kube.create("clusterservingruntimes", runtime("onnx-rt", "onnx", cluster=True))
+    kube.create("servingruntimes", runtime("onnx-rt", "onnx", labels={"own": "yes"}))
+
+    pools.reconcile()
+
+    by_name = {d["metadata"]["name"]: d for d in kube.objects("deployments", NS)}
+    assert sorted(by_name) == ["mesh-pod-onnx-rt", "mesh-pod-shared"]
+    assert by_name["mesh-pod-shared"]["metadata"]["ownerReferences"][0]["kind"] == (
+        "ClusterServingRuntime"
+    )
+    assert by_name["mesh-pod-onnx-rt"]["spec"]["template"]["metadata"]["labels"]["own"] == "yes"
+    assert [r.name for r in pools.runtimes()] == ["onnx-rt", "shared"]
+
+
+def test_the_pool_policy_scales_the_deployment_through_the_scale_subresource(
+    kube: FakeKubeAPI, pools: Pools, mesh: FakeMesh
+) -> None:
+    kube.create("servingruntimes", runtime("onnx-rt", "onnx"))
+    pools.reconcile()
+    # One pod whose models used within the window fill it: the bytes need is two pods.
+    mesh.pool_view = PoolsView(
+        {"onnx-rt": [pod("p0", GiB, ("a", GiB // 2), ("b", GiB // 2))]}, now=1000.0
+    )
+    kube.reset_requests()
+
+    pools.reconcile()
+
+    scale_writes = [r for r in kube.requests if r.path.endswith("/mesh-pod-onnx-rt/scale")]
+    assert [r.method for r in scale_writes] == ["GET", "PUT"]
+    assert not [r for r in kube.requests if r.method in ("PUT", "PATCH") and r.path.endswith(
+        "/deployments/mesh-pod-onnx-rt")]  # fmt: skip
+    assert kube.get("deployments", NS, "mesh-pod-onnx-rt")["spec"]["replicas"] == 2  # type: ignore[index]
+
+
+def test_a_lowered_bound_shrinks_the_pool_at_once(
+    kube: FakeKubeAPI, pools: Pools, mesh: FakeMesh
+) -> None:
+    kube.create("servingruntimes", runtime("onnx-rt", "onnx", annotations={
+        "mesh.serving.kserve.io/min-pods": "3"}))  # fmt: skip
+    pools.reconcile()
+    mesh.pool_view = PoolsView({"onnx-rt": [pod(f"p{i}", GiB) for i in range(3)]}, now=1000.0)
+    pools.reconcile()
+    assert kube.get("deployments", NS, "mesh-pod-onnx-rt")["spec"]["replicas"] == 3  # type: ignore[index]
+
+    kube.patch("servingruntimes", NS, "onnx-rt", {"metadata": {"annotations": {
+        "mesh.serving.kserve.io/min-pods": "1", "mesh.serving.kserve.io/max-pods": "1"}}})  # fmt: skip
+    pools.reconcile()
+
+    assert kube.get("deployments", NS, "mesh-pod-onnx-rt")["spec"]["replicas"] == 1  # type: ignore[index]
+
+
+def test_a_scale_written_meanwhile_is_not_overwritten(
+    kube: FakeKubeAPI, pools: Pools, mesh: FakeMesh
+) -> None:
+    kube.create("servingruntimes", runtime("onnx-rt", "onnx"))
+    pools.reconcile()
+    mesh.pool_view = PoolsView(
+        {"onnx-rt": [pod("p0", GiB, ("a", GiB // 2), ("b", GiB // 2))]}, now=1000.0
+    )
+    kube.fail_next("PUT", r"/mesh-pod-onnx-rt/scale$", 409)
+
+    pools.reconcile()  # the 409 is logged; the next round reads the scale again
+
+    assert kube.fired and kube.fired[0].code == 409
+    assert kube.get("deployments", NS, "mesh-pod-onnx-rt")["spec"]["replicas"] == 1  # type: ignore[index]
+    pools.reconcile()
+    assert kube.get("deployments", NS, "mesh-pod-onnx-rt")["spec"]["replicas"] == 2  # type: ignore[index]
+
+
+def test_a_changed_runtime_updates_the_pod_template_and_keeps_the_replicas(
+    kube: FakeKubeAPI, pools: Pools
+) -> None:
+    kube.create("servingruntimes", runtime("onnx-rt", "onnx"))
+    pools.reconcile()
+    kube.patch("deployments", NS, "mesh-pod-onnx-rt", {"spec": {"replicas": 3}})
+
+    kube.patch("servingruntimes", NS, "onnx-rt", {"spec": {"supportedModelFormats": [
+        {"name": "onnx", "autoSelect": True}, {"name": "xgboost", "autoSelect": True}]}})  # fmt: skip
+    pools.reconcile()
+
+    deployment = kube.get("deployments", NS, "mesh-pod-onnx-rt")
+    assert deployment is not None
+    assert (
+        "--runtimes=onnx,xgboost" in deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    )
+    assert deployment["spec"]["replicas"] == 3
+
+
+def test_a_runtime_with_bad_bounds_gets_a_warning_event_and_no_pool(
+    kube: FakeKubeAPI, pools: Pools
+) -> None:
+    kube.create("servingruntimes", runtime("onnx-rt", "onnx", annotations={
+        "mesh.serving.kserve.io/max-pods": "lots"}))  # fmt: skip
+
+    pools.reconcile()
+    pools.reconcile()  # reported once, not at every round
+
+    events = kube.objects("events", NS)
+    assert [(e["reason"], e["involvedObject"]["name"]) for e in events] == [
+        ("InvalidRuntime", "onnx-rt")
+    ]
+    assert "max-pods" in events[0]["message"] and "'lots'" in events[0]["message"]
+    assert kube.objects("deployments", NS) == []
+
+
+def test_a_scale_down_marks_the_pod_the_policy_chose_for_the_replica_set(
+    kube: FakeKubeAPI, pools: Pools, mesh: FakeMesh
+) -> None:
+    kube.create("servingruntimes", runtime("onnx-rt", "onnx"))
+    pools.reconcile()
+    kube.patch("deployments", NS, "mesh-pod-onnx-rt", {"spec": {"replicas": 2}})
+    for name in ("mesh-pod-onnx-rt-hot", "mesh-pod-onnx-rt-idle"):
+        kube.create("pods", {"metadata": {"name": name, "namespace": NS}, "spec": {}})
+    # One pod holds the only copy of a model in use; the other holds nothing: it goes.
+    mesh.pool_view = PoolsView(
+        {"onnx-rt": [pod("mesh-pod-onnx-rt-hot", GiB, ("a", GiB // 8)),
+                     pod("mesh-pod-onnx-rt-idle", GiB)]},
+        now=1000.0,
+    )  # fmt: skip
+
+    pools.reconcile()
+
+    def cost(name: str) -> str | None:
+        pod_obj = kube.get("pods", NS, name) or {}
+        annotations = pod_obj.get("metadata", {}).get("annotations") or {}
+        return annotations.get("controller.kubernetes.io/pod-deletion-cost")
+
+    assert cost("mesh-pod-onnx-rt-idle") == "-1000"
+    assert cost("mesh-pod-onnx-rt-hot") is None
+    assert kube.get("deployments", NS, "mesh-pod-onnx-rt")["spec"]["replicas"] == 1  # type: ignore[index]
+
+
+def test_a_controller_that_just_started_places_a_model_on_its_pool_at_once(
+    kube: FakeKubeAPI, mesh: FakeMesh
+) -> None:
+    from tests.controller.conftest import build_controller, predictor
+
+    kube.create("servingruntimes", runtime("onnx-rt", "onnx"))
+    created = kube.create("predictors", predictor("fraud", "onnx", "mlp"))
+    controller = build_controller(kube, mesh, pools=True)  # not started: no pools round yet
+    controller._observe("ADDED", created)
+
+    controller.process("fraud")
+
+    (spec,) = mesh.models.values()
+    assert spec.required_labels == {"pool": "onnx-rt"}
