@@ -30,7 +30,7 @@ import grpc
 from pydantic import Field, ValidationError
 
 from mesh.errors import MeshError
-from mesh.lifecycle import check_port_free
+from mesh.lifecycle import check_port_free, free_port
 from mesh.settings import CommandSettings, add_flags
 from mesh.units import parse_bytes
 
@@ -60,12 +60,6 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser("up", help="run a local mesh: etcd, a router and pods",
                        description=__doc__.splitlines()[0])  # fmt: skip
     add_flags(p, UpSettings)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout: float = 60) -> None:
