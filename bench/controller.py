@@ -107,10 +107,10 @@ def main() -> None:
                 examples.xgboost_booster(storage / group / str(i), n_trees=5)
     log = work / "mesh.log"
     with running_mesh(storage, 1, "2Gi", log) as info, FakeKubeAPI() as api:
-        _, stub = management(info["router"])
+        _, stub = management(info.router.address)
         base = baseline(stub, n)
         registry = CollectorRegistry()
-        took, controller, mesh = with_controller(api, info["router"], n, registry)
+        took, controller, mesh = with_controller(api, info.router.address, n, registry)
         try:
             count = registry.get_sample_value("mesh_controller_reconcile_seconds_count") or 0
             total = registry.get_sample_value("mesh_controller_reconcile_seconds_sum") or 0

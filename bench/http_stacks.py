@@ -195,16 +195,10 @@ async def _client(port: int, seconds: float, concurrency: int) -> dict[str, Any]
             "errors": errors}  # fmt: skip
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _run_cell(stack: str, models: Path, seconds: float, concurrency: int) -> dict[str, Any]:
-    port = _free_port()
+    from mesh.lifecycle import free_port
+
+    port = free_port()
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
     server = subprocess.Popen(
         [sys.executable, __file__, "--serve", stack, "--port", str(port), "--models", str(models)],

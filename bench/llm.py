@@ -193,12 +193,11 @@ def bench_router(address: str, n: int, tokens: int) -> dict[str, float]:
 
 @contextlib.contextmanager
 def running_mesh(storage: Path, log: Path) -> Any:
-    from mesh.up import free_port, local_mesh
+    from mesh.lifecycle import free_port
+    from mesh.up import UpSettings, local_mesh
 
-    ns = argparse.Namespace(
-        storage=storage, pods=1, capacity="2Gi", port=free_port(), host="127.0.0.1",
-        data_dir=None, prefix="/mesh/",
-    )  # fmt: skip
+    # rest_port 0: a free one.
+    ns = UpSettings(storage=storage, pods=1, capacity="2Gi", port=free_port(), rest_port=0)
     with open(log, "ab") as out, contextlib.redirect_stdout(sys.stderr):
         saved = os.dup(2)
         os.dup2(out.fileno(), 2)
@@ -304,7 +303,7 @@ def main() -> None:
         engine = load_engine(storage / "llama")
         log = Path(tmp) / "mesh.log"
         with running_mesh(storage, log) as info:
-            address = info["router"]
+            address = info.router.address
             register(address)
             cells: dict[tuple[str, int], list[dict[str, float]]] = {}
             targets = ["generate", "engine", "router"]

@@ -27,24 +27,15 @@ parses: its protobuf cost is nil, and the server does all the protocol work.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import multiprocessing
 import os
 import platform
-import re
 import shlex
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,8 +47,20 @@ ROOT = Path(__file__).resolve().parent.parent
 # virtualenv's editable install was made.
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-INFER_PATH = "/inference.GRPCInferenceService/ModelInfer"
+from harness import (  # noqa: E402
+    INFER_PATH,
+    Server,
+    closed_loop,
+    cpu_name,
+    free_port,
+    percentile_ms,
+    rss_bytes,
+    table,
+    verdict,
+)
+
 CONCURRENCIES = (1, 8, 32)
 BATCHES = (1, 32)
 N_FEATURES = 64
@@ -92,12 +95,6 @@ class Results:
 # -- helpers -------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def sample(batch: int, seed: int = 1) -> np.ndarray[Any, Any]:
     return np.random.default_rng(seed).standard_normal((batch, N_FEATURES)).astype(np.float32)
 
@@ -115,101 +112,6 @@ def infer_request(model: Model, x: np.ndarray[Any, Any]) -> bytes:
         raw_input_contents=[x.tobytes()],
     )
     return request.SerializeToString()
-
-
-def child_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-class ServerProcess:
-    """A server subprocess: waits for its "listening on HOST:PORT" line, always stopped."""
-
-    def __init__(self, name: str, argv: list[str], ready: str) -> None:
-        self.name = name
-        self.argv = argv
-        self._ready = re.compile(ready)
-        self.proc: subprocess.Popen[str] | None = None
-        self.port = 0
-        self.lines: deque[str] = deque(maxlen=200)
-        self._reader: threading.Thread | None = None
-        self.killed = False  # SIGTERM did not stop it within STOP_TIMEOUT_S
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def start(self) -> ServerProcess:
-        self.proc = subprocess.Popen(
-            self.argv,
-            cwd=ROOT,
-            env=child_env(),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,  # a Ctrl-C on the bench does not hit the server mid-run
-        )
-        found = threading.Event()
-
-        def read() -> None:
-            assert self.proc is not None
-            assert self.proc.stderr is not None
-            for line in self.proc.stderr:  # drained until exit, so the pipe never blocks it
-                self.lines.append(line.rstrip())
-                if not found.is_set():
-                    m = self._ready.search(line)
-                    if m:
-                        self.port = int(m.group(1))
-                        found.set()
-
-        self._reader = threading.Thread(target=read, name=f"{self.name}-stderr", daemon=True)
-        self._reader.start()
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while not found.wait(0.05):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                tail = "\n    ".join(list(self.lines)[-30:]) or "(no output)"
-                why = (
-                    f"exited with status {self.proc.returncode}"
-                    if self.proc.returncode is not None
-                    else f"did not report listening within {STARTUP_TIMEOUT_S:.0f}s"
-                )
-                raise RuntimeError(
-                    f"{self.name} did not start: {why}\n  command: {' '.join(self.argv)}\n"
-                    f"  stderr:\n    {tail}"
-                )
-        return self
-
-    def stop(self) -> None:
-        proc = self.proc
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            self.killed = True
-            proc.kill()
-            proc.wait(5)
-
-    def rss_mb(self) -> float:
-        fields = Path(f"/proc/{self.pid}/statm").read_text().split()
-        return int(fields[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-    @contextmanager
-    def running(self) -> Iterator[ServerProcess]:
-        try:
-            yield self.start()
-        finally:
-            self.stop()
-
-
-def percentile_ms(values: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values), q)) * 1e3 if values else float("nan")
 
 
 # -- 1. in process -------------------------------------------------------------------------------
@@ -278,88 +180,6 @@ def bench_in_process(models: list[Model], duration: float, results: Results) -> 
 # -- 2/3. closed-loop gRPC client (in its own process) -------------------------------------------
 
 
-async def _closed_loop(
-    target: str, payload: bytes, concurrency: int, warmup: float, duration: float
-) -> dict[str, Any]:
-    from grpc import aio
-
-    options = [
-        ("grpc.max_receive_message_length", 64 * 2**20),
-        ("grpc.max_send_message_length", 64 * 2**20),
-    ]
-    async with aio.insecure_channel(target, options=options) as channel:
-        call: Any = channel.unary_unary(
-            INFER_PATH, request_serializer=None, response_deserializer=None
-        )
-        await asyncio.wait_for(channel.channel_ready(), 15)
-        first_error: list[str] = []
-
-        async def worker(deadline: float, record: list[float] | None) -> None:
-            clock = time.perf_counter
-            while not first_error:
-                t0 = clock()
-                if t0 >= deadline:
-                    return
-                try:
-                    await call(payload, timeout=30)
-                except aio.AioRpcError as exc:
-                    first_error.append(f"{exc.code().name}: {exc.details()}")
-                    return
-                if record is not None:
-                    record.append(clock() - t0)
-
-        now = time.perf_counter()
-        await asyncio.gather(*(worker(now + warmup, None) for _ in range(concurrency)))
-        per_worker: list[list[float]] = [[] for _ in range(concurrency)]
-        start = time.perf_counter()
-        await asyncio.gather(*(worker(start + duration, rec) for rec in per_worker))
-        elapsed = time.perf_counter() - start
-    latencies = [v for rec in per_worker for v in rec]
-    return {
-        "requests": len(latencies),
-        "elapsed_s": elapsed,
-        "rps": len(latencies) / elapsed if elapsed > 0 else 0.0,
-        "p50_ms": percentile_ms(latencies, 50),
-        "p99_ms": percentile_ms(latencies, 99),
-        "mean_ms": float(np.mean(latencies)) * 1e3 if latencies else float("nan"),
-        "error": first_error[0] if first_error else None,
-    }
-
-
-def _client_main(args: tuple[str, bytes, int, float, float], out: Any) -> None:
-    try:
-        out.send(asyncio.run(_closed_loop(*args)))
-    except BaseException as exc:  # reported by the parent
-        out.send({"error": f"client crashed: {type(exc).__name__}: {exc}"})
-    finally:
-        out.close()
-
-
-def run_client(
-    port: int, payload: bytes, concurrency: int, warmup: float, duration: float
-) -> dict[str, Any]:
-    ctx = multiprocessing.get_context("spawn")
-    receive, send = ctx.Pipe(duplex=False)
-    args = (f"127.0.0.1:{port}", payload, concurrency, warmup, duration)
-    proc = ctx.Process(target=_client_main, args=(args, send), name="bench-client")
-    proc.start()
-    send.close()
-    try:
-        if not receive.poll(warmup + duration + 90):
-            raise RuntimeError("the client process did not report within its time budget")
-        result: dict[str, Any] = receive.recv()
-    except EOFError:
-        raise RuntimeError(f"the client process died (exit code {proc.exitcode})") from None
-    finally:
-        proc.join(10)
-        if proc.is_alive():
-            proc.kill()
-            proc.join()
-    if result.get("error"):
-        raise RuntimeError(f"client against port {port} (c={concurrency}): {result['error']}")
-    return result
-
-
 def grpc_cells(
     server: str,
     model: str,
@@ -372,7 +192,7 @@ def grpc_cells(
 ) -> None:
     for c in CONCURRENCIES:
         row = {"server": server, "model": model, "batch": batch, "concurrency": c}
-        row.update(run_client(port, payload, c, warmup, duration))
+        row.update(closed_loop(port, payload, c, warmup, duration))
         results.grpc.append(row)
         print(
             f"  {server:4s} {model:4s} b={batch:<2d} c={c:<2d} {row['rps']:8,.0f} req/s  "
@@ -459,9 +279,7 @@ def bench_load(port: int, models: list[Model], reps: int, results: Results) -> N
 # -- 6. memory -----------------------------------------------------------------------------------
 
 
-def bench_memory(
-    pod: ServerProcess, model: Model, cycles: int, warmup: int, results: Results
-) -> None:
+def bench_memory(pod: Server, model: Model, cycles: int, warmup: int, results: Results) -> None:
     import grpc
 
     from mesh.gen import runtime_pb2 as rpb
@@ -480,12 +298,12 @@ def bench_memory(
         for mode in ("distinct", "same"):
             for i in range(warmup):
                 cycle(f"mem-{mode}-warm-{i}" if mode == "distinct" else f"mem-{mode}")
-            before = pod.rss_mb()
+            before = rss_bytes(pod.pid) / 2**20
             t0 = time.perf_counter()
             for i in range(cycles):
                 cycle(f"mem-{mode}-{i}" if mode == "distinct" else f"mem-{mode}")
             seconds = time.perf_counter() - t0
-            after = pod.rss_mb()
+            after = rss_bytes(pod.pid) / 2**20
             row = {
                 "model": model.key,
                 "ids": mode,
@@ -532,7 +350,7 @@ def pod_argv(
 
 
 def control_sections(
-    pod: ServerProcess,
+    pod: Server,
     models: list[Model],
     load_reps: int,
     mem_cycles: int,
@@ -546,40 +364,13 @@ def control_sections(
     bench_memory(pod, by_key["mlp"], mem_cycles, mem_warmup, results)
 
 
-def note_pod_errors(pod: ServerProcess, results: Results) -> None:
-    errors = [line for line in pod.lines if " ERROR " in line or "Traceback" in line]
+def note_pod_errors(pod: Server, results: Results) -> None:
+    errors = pod.errors()
     if errors:
         results.notes.append(f"{pod.name} logged {len(errors)} errors, first: {errors[0]}")
 
 
 # -- report --------------------------------------------------------------------------------------
-
-
-def table(headers: list[str], rows: list[list[str]]) -> str:
-    """A Markdown table; numeric columns right-aligned, text columns left-aligned."""
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    numeric = [
-        all(re.fullmatch(r"[-+~<>= ]*[\d.,]+\s*(ms|x)?", r[i]) or not r[i] for r in rows)
-        for i in range(len(headers))
-    ]
-
-    def cell(text: str, i: int) -> str:
-        return text.rjust(widths[i]) if numeric[i] else text.ljust(widths[i])
-
-    line = "| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)) + " |"
-    rule = (
-        "|"
-        + "|".join(
-            "-" * (w + 1) + (":" if num else "-") for w, num in zip(widths, numeric, strict=True)
-        )
-        + "|"
-    )
-    body = ["| " + " | ".join(cell(c, i) for i, c in enumerate(r)) + " |" for r in rows]
-    return "\n".join([line, rule, *body])
-
-
-def verdict(ok: bool) -> str:
-    return "MET" if ok else "MISSED"
 
 
 def report(results: Results) -> str:
@@ -745,16 +536,6 @@ def build_load_models(directory: Path) -> list[Model]:
     ]
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Benchmark the mesh serving pod.")
     parser.add_argument("--quick", action="store_true", help="short cells (1.5 s), fewer reps")
@@ -810,10 +591,15 @@ def main(argv: list[str] | None = None) -> int:
         bench_in_process(models, duration, results)
 
         print("3. null gRPC server (echo)", flush=True)
-        echo = ServerProcess(
+        logs = Path(tmp) / "logs"
+        echo = Server(
             "echo server",
             [sys.executable, str(ROOT / "bench" / "echo_server.py"), "--port", "0"],
-            r"echo listening on \S+:(\d+)",
+            logs / "echo.log",
+            None,
+            listening=r"echo listening on \S+:(\d+)",
+            startup_timeout=STARTUP_TIMEOUT_S,
+            stop_timeout=STOP_TIMEOUT_S,
         )
         with echo.running():
             for batch in BATCHES:
@@ -832,7 +618,15 @@ def main(argv: list[str] | None = None) -> int:
         print("2. pod over gRPC", flush=True)
         rss_end = float("nan")
         models_dir = Path(tmp) / "models"
-        pod = ServerProcess("mesh pod", pod_argv(models_dir, args), POD_READY)
+        pod = Server(
+            "mesh pod",
+            pod_argv(models_dir, args),
+            logs / "pod.log",
+            None,
+            listening=POD_READY,
+            startup_timeout=STARTUP_TIMEOUT_S,
+            stop_timeout=STOP_TIMEOUT_S,
+        )
         try:
             with pod.running():
                 for m in models:
@@ -852,7 +646,7 @@ def main(argv: list[str] | None = None) -> int:
                 control_sections(
                     pod, models + load_models, load_reps, mem_cycles, mem_warmup, results
                 )
-                rss_end = pod.rss_mb()
+                rss_end = rss_bytes(pod.pid) / 2**20
                 note_pod_errors(pod, results)
         finally:
             pod.stop()

@@ -41,7 +41,6 @@ import json
 import multiprocessing
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -54,14 +53,13 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from mesh.lifecycle import free_port  # noqa: E402
+
 MODEL = "xgb"
 FEATURES = 64
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def sample(batch: int) -> np.ndarray[Any, Any]:
@@ -228,12 +226,9 @@ def _process(cmd: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
 def router_target(models: Path, log: Path) -> Iterator[dict[str, Any]]:
     from mesh.gen import management_pb2 as mpb
     from mesh.gen import management_pb2_grpc
-    from mesh.up import local_mesh
+    from mesh.up import UpSettings, local_mesh
 
-    ns = argparse.Namespace(
-        storage=models, pods=1, capacity="1Gi", port=free_port(), rest_port=free_port(),
-        host="127.0.0.1", data_dir=None, prefix="/mesh/",
-    )  # fmt: skip
+    ns = UpSettings(storage=models, pods=1, capacity="1Gi", port=free_port(), rest_port=free_port())
     os.environ["MESH_POD_RUNTIMES"] = '["xgboost"]'
     with log.open("ab") as out, contextlib.redirect_stdout(sys.stderr):
         saved = os.dup(2)
@@ -247,7 +242,7 @@ def router_target(models: Path, log: Path) -> Iterator[dict[str, Any]]:
     try:
         import grpc
 
-        with grpc.insecure_channel(info["router"]) as channel:
+        with grpc.insecure_channel(info.router.address) as channel:
             stub = management_pb2_grpc.ManagementStub(channel)  # type: ignore[no-untyped-call]
             stub.RegisterModel(
                 mpb.RegisterModelRequest(
@@ -255,7 +250,7 @@ def router_target(models: Path, log: Path) -> Iterator[dict[str, Any]]:
                 ),
                 timeout=120,
             )
-        yield {"grpc": info["router"], "rest": f"http://{info['rest']}"}
+        yield {"grpc": info.router.address, "rest": f"http://{info.router.rest}"}
     finally:
         context.__exit__(None, None, None)
 

@@ -37,8 +37,8 @@ child processes), models built on the spot by mesh.examples:
 
    - **Loads, failed loads, evictions**: exact, from the pods' Prometheus counters
      (mesh_pod_load_seconds_count, mesh_pod_load_failures_total, mesh_pod_evictions_total,
-     summed over the pods; each pod's metrics port is read from the argv that local_mesh gave
-     the pod process), scraped before and after the measured phase. Nothing else loads models
+     summed over the pods; each pod's metrics port is the one local_mesh's description gives),
+     scraped before and after the measured phase. Nothing else loads models
      meanwhile, so every load was caused by a request.
    - **Hit ratio** = 1 - loads / requests. Requests that share one load (single flight) count
      as hits, so this is the share of requests that did not start a load.
@@ -55,7 +55,7 @@ child processes), models built on the spot by mesh.examples:
 
 The clients are closed-loop, each in its own spawned process (no GIL shared with anything), with
 one grpc.aio channel and pre-serialized requests sent through a generic unary_unary stub that
-neither serializes nor parses (bench/pod.py's client). Client, router, proxy and pods share the
+neither serializes nor parses (bench/harness.py's client). Client, router, proxy and pods share the
 machine's cores: req/s are the whole system's. The meshes' pods run with
 MESH_POD_RUNTIMES=["onnx","xgboost"] (no torch: nothing here needs it; --pod-runtimes changes it).
 Their logs go to a file (--log-dir keeps them); lines with ERROR or a traceback are counted in
@@ -69,31 +69,42 @@ import asyncio
 import collections
 import contextlib
 import json
-import multiprocessing
 import os
 import platform
-import re
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # harness, also as bench.router
 
-INFER_PATH = "/inference.GRPCInferenceService/ModelInfer"
+from harness import (  # noqa: E402
+    CHANNEL_OPTIONS,
+    INFER_PATH,
+    Server,
+    closed_loop,
+    cpu_name,
+    git_state,
+    in_client_process,
+    percentile_ms,
+    rss_bytes,
+    table,
+    verdict,
+)
+
+if TYPE_CHECKING:
+    from mesh.up import LocalMesh
+
 CONCURRENCIES = (1, 8, 32)
 TARGETS = ("direct", "proxy", "router")
 N_FEATURES = 64
@@ -138,12 +149,6 @@ class Results:
 # -- helpers -------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def sample(batch: int, seed: int = 1) -> np.ndarray[Any, Any]:
     return np.random.default_rng(seed).standard_normal((batch, N_FEATURES)).astype(np.float32)
 
@@ -163,41 +168,6 @@ def infer_request(model_id: str, input_name: str, x: np.ndarray[Any, Any]) -> by
     return request.SerializeToString()
 
 
-def percentile_ms(values: Any, q: float) -> float:
-    values = np.asarray(values, dtype=np.float64)
-    return float(np.percentile(values, q)) * 1e3 if values.size else float("nan")
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def git_state() -> str:
-    """HEAD, and whether mesh/ differs from it (others may be editing the tree)."""
-    try:
-        head = subprocess.run(
-            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(ROOT), "status", "--porcelain", "--", "mesh"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head + (" with uncommitted changes in mesh/" if dirty else "")
-
-
 def child_env_setup(pod_runtimes: str) -> None:
     """The environment local_mesh's children inherit: the source tree first, the runtimes."""
     os.environ["PYTHONPATH"] = os.pathsep.join(
@@ -212,66 +182,6 @@ def child_env_setup(pod_runtimes: str) -> None:
 
 
 # -- processes -----------------------------------------------------------------------------------
-
-
-class ServerProcess:
-    """A server subprocess: waits for its "listening on HOST:PORT" line, always stopped."""
-
-    def __init__(self, name: str, argv: list[str], ready: str) -> None:
-        self.name = name
-        self.argv = argv
-        self._ready = re.compile(ready)
-        self.proc: subprocess.Popen[str] | None = None
-        self.port = 0
-        self.lines: collections.deque[str] = collections.deque(maxlen=200)
-
-    def start(self) -> ServerProcess:
-        self.proc = subprocess.Popen(
-            self.argv,
-            cwd=ROOT,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
-        )
-        found = threading.Event()
-
-        def read() -> None:
-            assert self.proc is not None
-            assert self.proc.stderr is not None
-            for line in self.proc.stderr:
-                self.lines.append(line.rstrip())
-                if not found.is_set() and (m := self._ready.search(line)):
-                    self.port = int(m.group(1))
-                    found.set()
-
-        threading.Thread(target=read, name=f"{self.name}-stderr", daemon=True).start()
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while not found.wait(0.05):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                tail = "\n    ".join(list(self.lines)[-30:]) or "(no output)"
-                raise RuntimeError(f"{self.name} did not start:\n    {tail}")
-        return self
-
-    def stop(self) -> None:
-        proc = self.proc
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-
-    @contextlib.contextmanager
-    def running(self) -> Iterator[ServerProcess]:
-        try:
-            yield self.start()
-        finally:
-            self.stop()
 
 
 @contextlib.contextmanager
@@ -296,27 +206,21 @@ def output_to(path: Path) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def running_mesh(storage: Path, pods: int, capacity: str, log: Path) -> Iterator[dict[str, Any]]:
-    from mesh.up import local_mesh
+def running_mesh(storage: Path, pods: int, capacity: str, log: Path) -> Iterator[LocalMesh]:
+    """A local mesh (mesh.up.local_mesh), its logs in `log`; prints how long it took to start."""
+    from mesh.up import UpSettings, local_mesh
 
-    ns = argparse.Namespace(
-        storage=storage,
-        pods=pods,
-        capacity=capacity,
-        port=free_port(),
-        host="127.0.0.1",
-        data_dir=None,
-        prefix="/mesh/",
-    )
+    # rest_port 0: a free one, beside whatever else this machine serves.
+    settings = UpSettings(storage=storage, pods=pods, capacity=capacity, port=0, rest_port=0)
     started = time.perf_counter()
     with contextlib.ExitStack() as stack:
         try:
             with output_to(log):
-                info = stack.enter_context(local_mesh(ns))
+                info = stack.enter_context(local_mesh(settings))
         except BaseException as exc:
             tail = "\n    ".join(log.read_text(errors="replace").splitlines()[-30:])
             raise RuntimeError(f"the mesh did not start: {exc!r}\n  log tail:\n    {tail}") from exc
-        info["start_s"] = time.perf_counter() - started
+        print(f"  mesh up in {time.perf_counter() - started:.1f} s", flush=True)
         try:
             yield info
         finally:
@@ -325,14 +229,17 @@ def running_mesh(storage: Path, pods: int, capacity: str, log: Path) -> Iterator
                 stack.close()
 
 
-def metrics_ports(info: dict[str, Any]) -> dict[str, int]:
-    """Each pod's Prometheus port, from the argv local_mesh gave the pod process."""
-    ports = {}
-    for name, proc in info["children"]:
-        argv = [str(a) for a in proc.args]
-        if name.startswith("pod-") and "--metrics-port" in argv:
-            ports[name] = int(argv[argv.index("--metrics-port") + 1])
-    return ports
+def port_of(address: str) -> int:
+    return int(address.rsplit(":", 1)[1])
+
+
+def metrics_ports(info: LocalMesh) -> dict[str, int]:
+    """Each pod's Prometheus port, from the mesh's description."""
+    return {pod.name: port_of(pod.metrics) for pod in info.pods}
+
+
+def pod_addresses(info: LocalMesh) -> dict[str, str]:
+    return {pod.name: pod.address for pod in info.pods}
 
 
 def scrape(port: int) -> dict[str, float]:
@@ -397,95 +304,6 @@ def log_problems(log: Path) -> list[str]:
 # -- closed-loop clients (each in its own spawned process) ---------------------------------------
 
 
-CHANNEL_OPTIONS = [
-    ("grpc.max_receive_message_length", 64 * 2**20),
-    ("grpc.max_send_message_length", 64 * 2**20),
-]
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process, all its threads, in seconds."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return float("nan")
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def machine_cpu() -> tuple[float, float]:
-    """(busy, steal) CPU seconds of the whole machine since boot, all CPUs (/proc/stat)."""
-    try:
-        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    except (OSError, ValueError):
-        return float("nan"), float("nan")
-    tick = os.sysconf("SC_CLK_TCK")
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
-    return (user + nice + system + irq + softirq) / tick, steal / tick
-
-
-async def _closed_loop(
-    target: str,
-    payload: bytes,
-    concurrency: int,
-    warmup: float,
-    duration: float,
-    pids: dict[str, int],
-) -> dict[str, Any]:
-    """Closed loop at `concurrency`; CPU seconds of `pids` (and this client) over the window."""
-    from grpc import aio
-
-    async with aio.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
-        call: Any = channel.unary_unary(
-            INFER_PATH, request_serializer=None, response_deserializer=None
-        )
-        await asyncio.wait_for(channel.channel_ready(), 15)
-        errors: collections.Counter[str] = collections.Counter()
-        first_error: list[str] = []
-
-        async def worker(deadline: float, record: list[float] | None) -> None:
-            clock = time.perf_counter
-            while sum(errors.values()) < 100:
-                t0 = clock()
-                if t0 >= deadline:
-                    return
-                try:
-                    await call(payload, timeout=REQUEST_TIMEOUT_S)
-                except aio.AioRpcError as exc:
-                    errors[exc.code().name] += 1
-                    if not first_error:
-                        first_error.append(f"{exc.code().name}: {exc.details()}")
-                    continue
-                if record is not None:
-                    record.append(clock() - t0)
-
-        now = time.perf_counter()
-        await asyncio.gather(*(worker(now + warmup, None) for _ in range(concurrency)))
-        warm_errors = sum(errors.values())
-        per_worker: list[list[float]] = [[] for _ in range(concurrency)]
-        cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
-        own0 = time.process_time()
-        machine0 = machine_cpu()
-        start = time.perf_counter()
-        await asyncio.gather(*(worker(start + duration, rec) for rec in per_worker))
-        elapsed = time.perf_counter() - start
-        cpu = {name: cpu_seconds(pid) - cpu0[name] for name, pid in pids.items()}
-        cpu["client"] = time.process_time() - own0
-        machine1 = machine_cpu()
-        machine = {"busy": machine1[0] - machine0[0], "steal": machine1[1] - machine0[1]}
-    latencies = [v for rec in per_worker for v in rec]
-    return {
-        "requests": len(latencies),
-        "elapsed_s": elapsed,
-        "latencies": latencies,
-        "cpu_s": cpu,
-        "machine_s": machine,
-        "errors": sum(errors.values()) - warm_errors,
-        "errors_by_code": dict(errors),
-        "first_error": first_error[0] if first_error else None,
-    }
-
-
 async def _zipf_loop(
     target: str,
     payloads: list[bytes],
@@ -540,38 +358,6 @@ async def _zipf_loop(
         "status": [status[i] for i in issued],
         "messages": messages,
     }
-
-
-def _client_main(kind: str, args: tuple[Any, ...], out: Any) -> None:
-    try:
-        fn: Any = _closed_loop if kind == "closed" else _zipf_loop
-        out.send(asyncio.run(fn(*args)))
-    except BaseException as exc:  # reported by the parent
-        out.send({"crash": f"client crashed: {type(exc).__name__}: {exc}"})
-    finally:
-        out.close()
-
-
-def run_client(kind: str, args: tuple[Any, ...], budget: float) -> dict[str, Any]:
-    ctx = multiprocessing.get_context("spawn")
-    receive, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_client_main, args=(kind, args, send), name="bench-client")
-    proc.start()
-    send.close()
-    try:
-        if not receive.poll(budget + 90):
-            raise RuntimeError("the client process did not report within its time budget")
-        result: dict[str, Any] = receive.recv()
-    except EOFError:
-        raise RuntimeError(f"the client process died (exit code {proc.exitcode})") from None
-    finally:
-        proc.join(10)
-        if proc.is_alive():
-            proc.kill()
-            proc.join()
-    if result.get("crash"):
-        raise RuntimeError(result["crash"])
-    return result
 
 
 # -- 1. the hit path -----------------------------------------------------------------------------
@@ -656,8 +442,8 @@ def ensure_loaded(stub: Any, model_id: str) -> str:
         status = stub.GetModelStatus(mpb.GetModelStatusRequest(model_id=model_id), timeout=30)
 
 
-def child_pids(info: dict[str, Any]) -> dict[str, int]:
-    return {name: proc.pid for name, proc in info["children"]}
+def child_pids(info: LocalMesh) -> dict[str, int]:
+    return {child.name: child.pid for child in info.children()}
 
 
 def aggregate(row: dict[str, Any], runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -689,19 +475,20 @@ def aggregate(row: dict[str, Any], runs: list[dict[str, Any]]) -> dict[str, Any]
         if elapsed > 0
         else float("nan"),
         "errors": sum(r["errors"] for r in runs),
-        "first_error": next((r["first_error"] for r in runs if r["first_error"]), None),
+        "first_error": next((r["error"] for r in runs if r["error"]), None),
     }
 
 
 def bench_hits(
-    info: dict[str, Any],
+    info: LocalMesh,
     models: list[Model],
     warmup: float,
     duration: float,
     rounds: int,
     results: Results,
+    log_dir: Path,
 ) -> None:
-    channel, stub = management(info["router"])
+    channel, stub = management(info.router.address)
     with channel:
         for m in models:
             register(stub, m.model_id, m.fmt, m.storage_path)
@@ -712,8 +499,8 @@ def bench_hits(
     pids = child_pids(info)
     for m in models:
         pod_id = results.placement[m.model_id]
-        direct = info["pods"][pod_id]
-        proxy = ServerProcess(
+        direct = pod_addresses(info)[pod_id]
+        proxy = Server(
             "proxy",
             [
                 sys.executable,
@@ -723,14 +510,18 @@ def bench_hits(
                 "--upstream",
                 direct,
             ],
-            r"proxy listening on \S+:(\d+)",
+            log_dir / f"proxy-{m.key}.log",
+            None,
+            listening=r"proxy listening on \S+:(\d+)",
+            startup_timeout=STARTUP_TIMEOUT_S,
+            stop_timeout=STOP_TIMEOUT_S,
         )
         with proxy.running():
             assert proxy.proc is not None
             addresses = {
                 "direct": direct,
                 "proxy": f"127.0.0.1:{proxy.port}",
-                "router": info["router"],
+                "router": info.router.address,
             }
             watched = {
                 "direct": {"pod": pids[pod_id]},
@@ -746,17 +537,16 @@ def bench_hits(
                     # target alike.
                     for target in TARGETS if r % 2 == 0 else tuple(reversed(TARGETS)):
                         runs[target].append(
-                            run_client(
-                                "closed",
-                                (
-                                    addresses[target],
-                                    payloads[m.key],
-                                    c,
-                                    warmup,
-                                    duration,
-                                    watched[target],
-                                ),
-                                warmup + duration,
+                            closed_loop(
+                                addresses[target],
+                                payloads[m.key],
+                                c,
+                                warmup,
+                                duration,
+                                watch=watched[target],
+                                max_errors=100,
+                                timeout=REQUEST_TIMEOUT_S,
+                                keep_latencies=True,
                             )
                         )
                 for target in TARGETS:
@@ -772,11 +562,11 @@ def bench_hits(
                     )
 
 
-def copies_of(info: dict[str, Any], model_ids: list[str]) -> dict[str, list[str]]:
+def copies_of(info: LocalMesh, model_ids: list[str]) -> dict[str, list[str]]:
     """{model: pods holding a copy (loaded or loading)}, from the router's management API."""
     from mesh.gen import management_pb2 as mpb
 
-    channel, stub = management(info["router"])
+    channel, stub = management(info.router.address)
     with channel:
         return {
             m: sorted(
@@ -789,16 +579,16 @@ def copies_of(info: dict[str, Any], model_ids: list[str]) -> dict[str, list[str]
         }
 
 
-def probe_copy_size(info: dict[str, Any], results: Results) -> int:
+def probe_copy_size(info: LocalMesh, results: Results) -> int:
     """Load PROBE_COPIES copies of the small MLP through the router; their charged size."""
-    channel, stub = management(info["router"])
+    channel, stub = management(info.router.address)
     ids = [f"probe-{i}" for i in range(PROBE_COPIES)]
     with channel:
         for model_id in ids:
             register(stub, model_id, "onnx", "mlp")
             ensure_loaded(stub, model_id)
     rows = []
-    for address in info["pods"].values():
+    for address in pod_addresses(info).values():
         for s in runtime_status(address).models:
             if s.model_id in ids:
                 rows.append((s.size_bytes, s.measured_bytes, s.estimated_bytes))
@@ -867,17 +657,10 @@ async def _register_many(address: str, ids: list[str], storage_path: str, size: 
         await asyncio.gather(*(worker() for _ in range(16)))
 
 
-def rss_bytes(pid: int) -> int:
-    try:
-        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:
-        return 0
-
-
-def pods_now(info: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def pods_now(info: LocalMesh) -> dict[str, dict[str, Any]]:
     pids = child_pids(info)
     pods = {}
-    for pod_id, address in info["pods"].items():
+    for pod_id, address in pod_addresses(info).items():
         st = runtime_status(address)
         loaded = [m for m in st.models if m.state == 1]  # LOADED
         pods[pod_id] = {
@@ -892,7 +675,7 @@ def pods_now(info: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 @dataclass
 class ZipfState:
-    info: dict[str, Any]
+    info: LocalMesh
     ids: list[str]
     payloads: list[bytes]
     sequence: np.ndarray[Any, Any]
@@ -905,28 +688,28 @@ class ZipfState:
     pods_after_warm: dict[str, dict[str, Any]]
 
 
-def zipf_warm(info: dict[str, Any], mlp: Model, estimate: int, warmup: float) -> ZipfState:
+def zipf_warm(info: LocalMesh, mlp: Model, estimate: int, warmup: float) -> ZipfState:
     """Register the models, check one answer, run the warm-up that fills the caches."""
     pids = child_pids(info)
-    rss_start = {pod_id: rss_bytes(pids[pod_id]) for pod_id in info["pods"]}
+    rss_start = {pod.name: rss_bytes(pids[pod.name]) for pod in info.pods}
     ids = [f"z{i:04d}" for i in range(ZIPF_MODELS)]
     t0 = time.perf_counter()
-    asyncio.run(_register_many(info["router"], ids, mlp.storage_path, estimate))
+    asyncio.run(_register_many(info.router.address, ids, mlp.storage_path, estimate))
     register_s = time.perf_counter() - t0
     print(f"  registered {len(ids)} models in {register_s:.1f} s", flush=True)
     ports = metrics_ports(info)
-    if len(ports) != len(info["pods"]):
-        raise RuntimeError(f"found the metrics ports of {len(ports)} of {len(info['pods'])} pods")
+    if len(ports) != len(info.pods):
+        raise RuntimeError(f"found the metrics ports of {len(ports)} of {len(info.pods)} pods")
     x = sample(1)
     payloads = [infer_request(model_id, mlp.input_name, x) for model_id in ids]
-    check_answer(info["router"], Model(**{**asdict(mlp), "model_id": ids[0]}), x, "router")
+    check_answer(info.router.address, Model(**{**asdict(mlp), "model_id": ids[0]}), x, "router")
     rng = np.random.default_rng(ZIPF_SEED)
     # Rank r (0 = hottest) is model z{r}: registration order means nothing to placement.
     sequence = rng.choice(ZIPF_MODELS, size=400_000, p=zipf_probabilities(ZIPF_MODELS, ZIPF_S))
     sequence = sequence.astype(np.int32)
     before_run = pod_counters(ports)  # after the check, which loaded z0000
-    warm = run_client(
-        "zipf", (info["router"], payloads, sequence, 0, ZIPF_CONCURRENCY, warmup), warmup
+    warm = in_client_process(
+        _zipf_loop, (info.router.address, payloads, sequence, 0, ZIPF_CONCURRENCY, warmup), warmup
     )
     after_warm = pod_counters(ports)
     return ZipfState(
@@ -948,14 +731,15 @@ def zipf_measure(
     z: ZipfState, size: int, estimate: int, capacity: int, duration: float, results: Results
 ) -> None:
     info = z.info
-    router_before = scrape_labelled(info["router_metrics"], "mesh_router_requests_total")
-    measured = run_client(
-        "zipf",
-        (info["router"], z.payloads, z.sequence, z.warm["end"], ZIPF_CONCURRENCY, duration),
+    router_metrics = port_of(info.router.metrics)
+    router_before = scrape_labelled(router_metrics, "mesh_router_requests_total")
+    measured = in_client_process(
+        _zipf_loop,
+        (info.router.address, z.payloads, z.sequence, z.warm["end"], ZIPF_CONCURRENCY, duration),
         duration,
     )
     after = pod_counters(z.ports)
-    router_after = scrape_labelled(info["router_metrics"], "mesh_router_requests_total")
+    router_after = scrape_labelled(router_metrics, "mesh_router_requests_total")
     if measured["end"] >= len(z.sequence):
         results.notes.append("ANOMALY: the Zipf run used up its whole request sequence")
     pods = pods_now(info)
@@ -1009,7 +793,7 @@ def zipf_measure(
     warm = z.warm
     results.zipf = {
         "models": ZIPF_MODELS,
-        "pods": len(info["pods"]),
+        "pods": len(info.pods),
         "s": ZIPF_S,
         "concurrency": ZIPF_CONCURRENCY,
         "copy_size_bytes": size,
@@ -1060,7 +844,6 @@ def bench_zipf(
     capacity = int(size * ZIPF_FIT / ZIPF_PODS)
     print(f"2. Zipf: mesh of {ZIPF_PODS} pods, capacity {mib(capacity)} each", flush=True)
     with running_mesh(storage, ZIPF_PODS, str(capacity), log) as info:
-        print(f"  mesh up in {info['start_s']:.1f} s", flush=True)
         z = zipf_warm(info, mlp, size, warmup)
         held = sum(p["models_loaded"] for p in z.pods_after_warm.values())
         used = sum(p["used_bytes"] for p in z.pods_after_warm.values())
@@ -1077,33 +860,6 @@ def bench_zipf(
 
 
 # -- report --------------------------------------------------------------------------------------
-
-
-def table(headers: list[str], rows: list[list[str]]) -> str:
-    """A Markdown table; numeric columns right-aligned, text columns left-aligned."""
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    numeric = [
-        all(re.fullmatch(r"[-+~<>= ]*[\d.,]+\s*(ms|x|%)?", r[i]) or not r[i] for r in rows)
-        for i in range(len(headers))
-    ]
-
-    def cell(text: str, i: int) -> str:
-        return text.rjust(widths[i]) if numeric[i] else text.ljust(widths[i])
-
-    line = "| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)) + " |"
-    rule = (
-        "|"
-        + "|".join(
-            "-" * (w + 1) + (":" if num else "-") for w, num in zip(widths, numeric, strict=True)
-        )
-        + "|"
-    )
-    body = ["| " + " | ".join(cell(c, i) for i, c in enumerate(r)) + " |" for r in rows]
-    return "\n".join([line, rule, *body])
-
-
-def verdict(ok: bool) -> str:
-    return "MET" if ok else "MISSED"
 
 
 def mib(n: float) -> str:
@@ -1424,9 +1180,8 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"1. hit path: mesh of {args.hit_pods} pods", flush=True)
         with running_mesh(storage, args.hit_pods, "1Gi", logs[0]) as info:
-            print(f"  mesh up in {info['start_s']:.1f} s", flush=True)
             if not args.skip_hit:
-                bench_hits(info, models, warmup, duration, rounds, results)
+                bench_hits(info, models, warmup, duration, rounds, results, log_dir)
                 copies = copies_of(info, [m.model_id for m in models])
                 if any(len(v) != 1 for v in copies.values()):
                     results.notes.append(

@@ -29,7 +29,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -50,14 +49,9 @@ from mesh.gen import grpc_predict_v2_pb2 as pb  # noqa: E402
 from mesh.gen import grpc_predict_v2_pb2_grpc as pb_grpc  # noqa: E402
 from mesh.gen import runtime_pb2 as rpb  # noqa: E402
 from mesh.gen import runtime_pb2_grpc  # noqa: E402
+from mesh.lifecycle import free_port  # noqa: E402
 
 MB = 1_000_000
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def child_env() -> dict[str, str]:

@@ -28,6 +28,17 @@ def _bind_error(host: str, port: int, what: str, exc: OSError) -> InvalidRequest
     return InvalidRequest(f"cannot listen on {host}:{port} ({what}): {reason}")
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on `host` now (the kernel's pick), for a process started next to take.
+
+    The one copy: `mesh up`, the tests and the benchmarks all use it. Another process may take
+    the port between this call and the bind; where that matters, bind port 0 and read it back.
+    """
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
 def check_port_free(host: str, port: int, what: str) -> None:
     """Raise InvalidRequest naming the port when `host:port` cannot be bound.
 

@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ import grpc
 from pydantic import Field, ValidationError
 
 from mesh.errors import MeshError
-from mesh.lifecycle import check_port_free
+from mesh.lifecycle import check_port_free, free_port
 from mesh.settings import CommandSettings, add_flags
 from mesh.units import parse_bytes
 
@@ -59,12 +60,6 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser("up", help="run a local mesh: etcd, a router and pods",
                        description=__doc__.splitlines()[0])  # fmt: skip
     add_flags(p, UpSettings)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout: float = 60) -> None:
@@ -99,14 +94,14 @@ def cache_bytes(capacity: str) -> int:
     return max(2 * size, 2**30)
 
 
-def _stop(children: list[tuple[str, subprocess.Popen[bytes]]], timeout: float = 30) -> None:
+def _stop(children: list[Child], timeout: float = 30) -> None:
     """Stop in stages, front to back: router, pods, pullers, then etcd last, so that nobody
     loses its store while it is still revoking leases (the Ctrl-C warnings of old)."""
-    stages = ("router", "pod-", "puller-", "etcd")
+    stages = (RouterProcess, PodProcess, PullerProcess, EtcdProcess)
     with contextlib.suppress(ValueError):  # not the main thread: nothing to ignore
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C would orphan children
     for stage in stages:
-        group = [c for name, c in children if name.startswith(stage) and c.poll() is None]
+        group = [c.process for c in children if isinstance(c, stage) and c.process.poll() is None]
         for child in group:
             child.send_signal(signal.SIGTERM)
         for child in group:
@@ -130,22 +125,111 @@ def wait_tcp(port: int, proc: subprocess.Popen[bytes], what: str, timeout: float
     raise SystemExit(f"mesh up: {what} did not open within {timeout:.0f}s")
 
 
+@dataclass(frozen=True)
+class Child:
+    """One process of a local mesh: its name and the process itself."""
+
+    name: str
+    process: subprocess.Popen[bytes] = field(repr=False, compare=False)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+
+@dataclass(frozen=True)
+class EtcdProcess(Child):
+    url: str  # the client URL (`--etcd`)
+    peer_url: str
+
+
+@dataclass(frozen=True)
+class PullerProcess(Child):
+    address: str  # unix:/path, as the pod's --puller
+    cache_bytes: int
+
+
+@dataclass(frozen=True)
+class PodProcess(Child):
+    address: str  # host:port of its gRPC API
+    metrics: str  # host:port of its /metrics
+    puller: PullerProcess
+
+
+@dataclass(frozen=True)
+class RouterProcess(Child):
+    address: str  # host:port of the gRPC API (v2 and management)
+    rest: str  # host:port of the v2 REST API and the capacity page
+    metrics: str
+
+
+@dataclass
+class LocalMesh:
+    """What `mesh up` started: every process with its addresses, metrics ports and pid.
+
+    with local_mesh(UpSettings(storage=Path("models"), port=0, rest_port=0)) as mesh:
+        grpc.insecure_channel(mesh.router.address)
+    """
+
+    etcd: EtcdProcess
+    router: RouterProcess
+    pods: list[PodProcess]
+
+    @property
+    def pullers(self) -> list[PullerProcess]:
+        return [pod.puller for pod in self.pods]
+
+    def children(self) -> list[Child]:
+        """Every process, in the order they started."""
+        return [self.etcd, *self.pullers, *self.pods, self.router]
+
+    def exited(self) -> list[str]:
+        """The names of the processes that are no longer running."""
+        return [child.name for child in self.children() if not child.running()]
+
+    def describe(self) -> str:
+        """Every address the local mesh opened, one line each."""
+        r = self.router
+        lines = [
+            f"  router     gRPC {r.address}   metrics http://{r.metrics}/metrics   pid {r.pid}",
+            f"  router     REST http://{r.rest}   capacity page http://{r.rest}/dashboard",
+        ]
+        for pod in self.pods:
+            lines.append(
+                f"  {pod.name:<10} gRPC {pod.address}   metrics http://{pod.metrics}/metrics"
+                f"   pid {pod.pid}"
+            )
+        for puller in self.pullers:
+            cache = puller.cache_bytes / 2**30
+            lines.append(
+                f"  {puller.name:<10} {puller.address}   cache {cache:.1f}Gi   pid {puller.pid}"
+            )
+        e = self.etcd
+        lines.append(f"  etcd       {e.url}   peer {e.peer_url}   pid {e.pid}")
+        return "\n".join(lines)
+
+
 @contextlib.contextmanager
-def local_mesh(args: UpSettings | argparse.Namespace) -> Iterator[dict[str, Any]]:
+def local_mesh(settings: UpSettings) -> Iterator[LocalMesh]:
+    """Start etcd, a puller and a pod per --pods, and the router; stop them all on exit.
+
+    Raises SystemExit with one line when something is missing or in use, or a child exits
+    while starting."""
     etcd = shutil.which("etcd")
     if etcd is None:
         raise SystemExit("mesh up: no etcd on PATH (Debian: apt-get install etcd-server)")
-    if not args.storage.is_dir():
-        raise SystemExit(f"mesh up: --storage {args.storage}: no such directory")
-    host = args.host
-    if args.port == 0:
-        args.port = free_port()
-    # The fixed ports first, before anything starts: a clash is one line naming the port, and
-    # never a mesh that reports another mesh's router as its own.
-    # A caller without a REST port in mind (the demo) gets a free one.
-    rest_port = getattr(args, "rest_port", None) or free_port()
+    if not settings.storage.is_dir():
+        raise SystemExit(f"mesh up: --storage {settings.storage}: no such directory")
+    host = settings.host
+    # Port 0: a free one. The fixed ports are checked before anything starts: a clash is one
+    # line naming the port, and never a mesh that reports another mesh's router as its own.
+    router_port = settings.port or free_port()
+    rest_port = settings.rest_port or free_port()
     try:
-        check_port_free(host, args.port, "the router's gRPC port; --port")
+        check_port_free(host, router_port, "the router's gRPC port; --port")
         check_port_free(host, rest_port, "the router's REST port; --rest-port")
     except MeshError as exc:
         raise SystemExit(f"mesh up: {exc}") from None
@@ -154,30 +238,29 @@ def local_mesh(args: UpSettings | argparse.Namespace) -> Iterator[dict[str, Any]
     # Each child in a session of its own: Ctrl-C reaches `mesh up` alone, which stops them in
     # order (a terminal's SIGINT to the whole group stopped etcd under the pods).
     spawn: dict[str, Any] = {"start_new_session": True}
-    children: list[tuple[str, subprocess.Popen[bytes]]] = []
-    cache = cache_bytes(args.capacity)
+    started: list[Child] = []
+    cache = cache_bytes(settings.capacity)
     with tempfile.TemporaryDirectory(prefix="mesh-up-") as tmp:
-        data = args.data_dir or Path(tmp) / "etcd"
+        data = settings.data_dir or Path(tmp) / "etcd"
         client, peer = free_port(), free_port()
-        url = f"http://127.0.0.1:{client}"
+        url, peer_url = f"http://127.0.0.1:{client}", f"http://127.0.0.1:{peer}"
         try:
             proc = subprocess.Popen(
                 [*die, etcd, "--data-dir", str(data), "--listen-client-urls", url,
                  "--advertise-client-urls", url,
-                 "--listen-peer-urls", f"http://127.0.0.1:{peer}",
-                 "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
-                 "--initial-cluster", f"default=http://127.0.0.1:{peer}", "--log-level", "error"],
+                 "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
+                 "--initial-cluster", f"default={peer_url}", "--log-level", "error"],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **spawn,
             )  # fmt: skip
-            children.append(("etcd", proc))
+            etcd_child = EtcdProcess("etcd", proc, url, peer_url)
+            started.append(etcd_child)
             wait_port(client, proc, "etcd")
             # Every pod gets its puller, reading the storage directory as a `file` store.
             storage_config = Path(tmp) / "storage-config.json"
-            entry = {"type": "file", "root": str(args.storage.resolve())}
+            entry = {"type": "file", "root": str(settings.storage.resolve())}
             storage_config.write_text(json.dumps({"default": entry}))
-            pods = []
-            pullers = {}
-            for i in range(args.pods):
+            pods: list[PodProcess] = []
+            for i in range(settings.pods):
                 socket_path = f"unix:{tmp}/puller-{i}.sock"
                 proc = subprocess.Popen(
                     [*mesh, "puller", "--listen", socket_path, "--no-metrics",
@@ -185,67 +268,44 @@ def local_mesh(args: UpSettings | argparse.Namespace) -> Iterator[dict[str, Any]
                      "--storage-config", str(storage_config), "--log-level", "WARNING"],
                     **spawn,
                 )  # fmt: skip
-                children.append((f"puller-{i}", proc))
-                pullers[f"puller-{i}"] = socket_path
+                puller = PullerProcess(f"puller-{i}", proc, socket_path, cache)
+                started.append(puller)
                 port, metrics = free_port(), free_port()
                 proc = subprocess.Popen(
-                    [*mesh, "pod", "--etcd", url, "--etcd-prefix", args.prefix,
+                    [*mesh, "pod", "--etcd", url, "--etcd-prefix", settings.prefix,
                      "--pod-id", f"pod-{i}", "--host", host, "--port", str(port),
-                     "--metrics-port", str(metrics), "--capacity", args.capacity,
+                     "--metrics-port", str(metrics), "--capacity", settings.capacity,
                      "--puller", socket_path,
                      # The whole local mesh stops at once: nowhere to hand models off to.
                      "--handoff-timeout", "0"],
                     **spawn,
                 )  # fmt: skip
-                children.append((f"pod-{i}", proc))
-                pods.append((f"pod-{i}", port, metrics, proc))
-            for name, port, _, proc in pods:
-                wait_port(port, proc, name)
+                pod = PodProcess(f"pod-{i}", proc, f"{host}:{port}", f"{host}:{metrics}", puller)
+                started.append(pod)
+                pods.append(pod)
+            for pod in pods:
+                wait_port(int(pod.address.rsplit(":", 1)[1]), pod.process, pod.name)
             router_metrics = free_port()
             proc = subprocess.Popen(
-                [*mesh, "router", "--etcd", url, "--etcd-prefix", args.prefix,
-                 "--host", host, "--port", str(args.port), "--rest-port", str(rest_port),
+                [*mesh, "router", "--etcd", url, "--etcd-prefix", settings.prefix,
+                 "--host", host, "--port", str(router_port), "--rest-port", str(rest_port),
                  "--metrics-port", str(router_metrics)],
                 **spawn,
             )  # fmt: skip
-            children.append(("router", proc))
-            wait_port(args.port, proc, "router")
+            router = RouterProcess(
+                "router", proc, f"{host}:{router_port}", f"{host}:{rest_port}",
+                f"{host}:{router_metrics}",
+            )  # fmt: skip
+            started.append(router)
+            wait_port(router_port, proc, "router")
             wait_tcp(rest_port, proc, "the router's REST port")
-            yield {
-                "etcd": url,
-                "etcd_peer": f"http://127.0.0.1:{peer}",
-                "router": f"{host}:{args.port}",
-                "router_metrics": f"{host}:{router_metrics}",
-                "pods": {name: f"{host}:{port}" for name, port, _, _ in pods},
-                "pod_metrics": {name: f"{host}:{metrics}" for name, _, metrics, _ in pods},
-                "pullers": pullers,
-                "puller_cache_bytes": cache,
-                "rest": f"{host}:{rest_port}",
-                "children": children,
-            }
+            yield LocalMesh(etcd_child, router, pods)
         finally:
-            _stop(children)
+            _stop(started)
 
 
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
-
-
-def describe(mesh: dict[str, Any]) -> str:
-    """Every address the local mesh opened, one line each."""
-    lines = [
-        f"  router     gRPC {mesh['router']}   metrics http://{mesh['router_metrics']}/metrics",
-        f"  router     REST http://{mesh['rest']}   capacity page http://{mesh['rest']}/dashboard",
-    ]
-    for name, address in mesh["pods"].items():
-        lines.append(
-            f"  {name:<10} gRPC {address}   metrics http://{mesh['pod_metrics'][name]}/metrics"
-        )
-    cache = mesh["puller_cache_bytes"] / 2**30
-    for name, address in mesh["pullers"].items():
-        lines.append(f"  {name:<10} {address}   cache {cache:.1f}Gi")
-    lines.append(f"  etcd       {mesh['etcd']}   peer {mesh['etcd_peer']}")
-    return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -260,19 +320,19 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, _interrupt)
     try:
         with local_mesh(settings) as mesh:
-            print("mesh up: listening on", describe(mesh), sep="\n")
+            print("mesh up: listening on", mesh.describe(), sep="\n")
             print(
-                f"Register models with `mesh register --router {mesh['router']}`; "
+                f"Register models with `mesh register --router {mesh.router.address}`; "
                 "`mesh status` shows the mesh; press Ctrl-C to stop everything.",
                 flush=True,
             )
             try:
-                while all(child.poll() is None for _, child in mesh["children"]):
+                while not mesh.exited():
                     time.sleep(0.5)
             except KeyboardInterrupt:
                 print("\nmesh up: stopping", flush=True)
                 return 0
-            dead = [name for name, child in mesh["children"] if child.poll() is not None]
+            dead = mesh.exited()
             print(f"mesh up: {', '.join(dead)} exited; stopping", file=sys.stderr)
             return 1
     except KeyboardInterrupt:

@@ -24,7 +24,7 @@ from mesh import examples
 from mesh.gen import management_pb2 as mpb
 from mesh.gen import management_pb2_grpc, runtime_pb2_grpc
 from mesh.gen import runtime_pb2 as rpb
-from mesh.up import local_mesh
+from mesh.up import UpSettings, local_mesh
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -51,13 +51,12 @@ def main() -> int:
         if not (args.models / name).is_dir():
             make(args.models / name)
 
-    up = argparse.Namespace(
-        storage=args.models, pods=args.pods, capacity="1Gi", port=args.port, host="127.0.0.1",
-        data_dir=None, prefix="/mesh/",
-    )  # fmt: skip
+    # The REST port: a free one (rest_port=0), beside whatever else this machine serves.
+    up = UpSettings(storage=args.models, pods=args.pods, port=args.port, rest_port=0)
     with local_mesh(up) as mesh:
-        router = mesh["router"]
-        print(f"\nmesh up: router {router}, etcd {mesh['etcd']}, pods {list(mesh['pods'])}")
+        router = mesh.router.address
+        pods = [pod.name for pod in mesh.pods]
+        print(f"\nmesh up: router {router}, etcd {mesh.etcd.url}, pods {pods}")
         management = management_pb2_grpc.ManagementStub(grpc.insecure_channel(router))
         for name, (fmt, *_rest) in MODELS.items():
             management.RegisterModel(
@@ -80,13 +79,14 @@ def main() -> int:
                     f"  {name:<10} {attempt}: {input_name}{list(x.shape)} -> {output}"
                     f"{list(result.shape)} in {ms:7.1f} ms  {np.round(result.reshape(-1)[:3], 3)}"
                 )
-        rest = f"http://{mesh['rest']}"
+        rest = f"http://{mesh.router.rest}"
         with urllib.request.urlopen(f"{rest}/v2/health/ready", timeout=10) as response:
             print(f"\nv2 REST at {rest}: /v2/health/ready {response.status} {response.read()!r}")
         time.sleep(1)  # pods publish their state a fraction of a second after a change
 
         print("\npods:")
-        for pod_id, address in mesh["pods"].items():
+        for pod in mesh.pods:
+            pod_id, address = pod.name, pod.address
             stub = runtime_pb2_grpc.RuntimeStub(grpc.insecure_channel(address))
             status = stub.RuntimeStatus(rpb.RuntimeStatusRequest())
             models = (
@@ -103,11 +103,11 @@ def main() -> int:
             f"\nThe mesh is serving on {router}. In another shell, from this directory:\n"
             f"  . .venv/bin/activate          # puts `mesh` on PATH (or run .venv/bin/mesh)\n"
             f"  mesh status --router {router}\n"
-            f"The capacity page: http://{mesh['rest']}/dashboard\n"
+            f"The capacity page: http://{mesh.router.rest}/dashboard\n"
             "Press Ctrl-C to stop it."
         )
         try:
-            while all(child.poll() is None for _, child in mesh["children"]):
+            while not mesh.exited():
                 time.sleep(0.5)
         except KeyboardInterrupt:
             print("\nstopping the mesh")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
@@ -15,17 +14,12 @@ import grpc
 from mesh.gen import grpc_predict_v2_pb2 as pb
 from mesh.gen import grpc_predict_v2_pb2_grpc as pb_grpc
 from mesh.gen import runtime_pb2_grpc
+from mesh.lifecycle import free_port as free_port  # the one copy, re-exported for the tests
 from mesh.pod.server import PodServer
 from mesh.pod.settings import PodSettings
 from mesh.runtimes.registry import RuntimeRegistry
 
 T = TypeVar("T")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class RunningPod:

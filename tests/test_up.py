@@ -101,3 +101,30 @@ def test_mesh_up_prints_its_ports_serves_a_versioned_model_and_stops_quietly(
     ]  # fmt: skip
     assert noisy == []
     assert "Traceback" not in err.split("mesh.router.server: router listening")[-1]
+
+
+@pytest.mark.slow
+def test_local_mesh_describes_every_process_it_started(tmp_path: Path) -> None:
+    from mesh.up import UpSettings, local_mesh
+
+    settings = UpSettings(storage=tmp_path, pods=1, capacity="1Gi", port=0, rest_port=0)
+    with local_mesh(settings) as mesh:
+        children = mesh.children()
+        assert [c.name for c in children] == ["etcd", "puller-0", "pod-0", "router"]
+        for child in children:  # each pid is a running process of this mesh
+            assert child.running() and Path(f"/proc/{child.pid}").is_dir()
+        assert mesh.pods[0].puller is mesh.pullers[0]
+        assert mesh.pullers[0].cache_bytes == 2 * 2**30
+        for address in (mesh.router.address, mesh.router.rest, mesh.pods[0].address):
+            host, port = address.rsplit(":", 1)
+            socket.create_connection((host, int(port)), timeout=5).close()
+        for metrics in (mesh.router.metrics, mesh.pods[0].metrics):
+            with urllib.request.urlopen(f"http://{metrics}/metrics", timeout=5) as response:
+                assert response.status == 200
+        with urllib.request.urlopen(f"{mesh.etcd.url}/health", timeout=5) as response:
+            assert response.status == 200
+        # The pod registered itself under the name the description gives it.
+        done = _mesh("status", "--router", mesh.router.address, "-o", "json")
+        assert done.returncode == 0 and '"pod-0"' in done.stdout, done.stderr
+        assert mesh.exited() == []
+    assert all(not c.running() for c in children)

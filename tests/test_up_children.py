@@ -46,7 +46,8 @@ def _alive(pid: int) -> bool:
 def test_children_of_a_killed_mesh_up_stop_with_it(model_dir: Path) -> None:
     port = free_port()
     up = subprocess.Popen(
-        [str(MESH), "up", "--storage", str(model_dir), "--pods", "1", "--port", str(port)],
+        [str(MESH), "up", "--storage", str(model_dir), "--pods", "1", "--port", str(port),
+         "--rest-port", "0"],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     children: list[int] = []
