@@ -29,11 +29,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 from mesh.errors import (
     CapacityExhausted,
@@ -59,6 +57,16 @@ from mesh.pod.hosttier import Demoted, HostTier, demote
 from mesh.pod.memory import MemoryReleaser, rss_bytes
 from mesh.pod.metrics import PodMetrics
 from mesh.pod.recycle import UnloadAudit
+from mesh.pod.sizing import (
+    MIN_SIZE,
+    Activities,
+    Activity,
+    ActivityScope,
+    Measured,
+    SizeFactors,
+    measure_load,
+    safe_hint,
+)
 from mesh.runtimes.base import Device, HostCopy, LoadedModel, LoadRequest, Runtime
 from mesh.runtimes.registry import RuntimeRegistry
 
@@ -74,20 +82,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-_MIN_SIZE = 4096
-# A load's result: the model, the device's delta, the host's delta (None: not measurable).
-_Measured = tuple[LoadedModel, int | None, int | None]
-_FACTOR_WEIGHT = 0.3  # weight of the newest measurement in the learned per-format factor
-
-
-class _Activity:
-    """A load or unload in a worker thread; overlapping ones spoil each other's RSS delta."""
-
-    __slots__ = ("exclusive",)
-
-    def __init__(self) -> None:
-        self.exclusive = True
 
 
 class ModelCache:
@@ -131,13 +125,12 @@ class ModelCache:
         self._clock = clock
         self._entries: dict[str, CachedModel] = {}
         self._failures: dict[str, Failure] = {}
-        self._factors: dict[str, float] = {}
+        self._sizes = SizeFactors(runtimes)
         self._orphaned = 0  # bytes held by timed-out loads whose threads still run
         self._load_slots = asyncio.Semaphore(load_concurrency)
         self._load_pool = ThreadPoolExecutor(load_concurrency, thread_name_prefix="mesh-load")
         self._unload_pool = ThreadPoolExecutor(1, thread_name_prefix="mesh-unload")
-        self._activities: set[_Activity] = set()
-        self._activities_lock = threading.Lock()
+        self._activities = Activities()
         self._releaser = releaser or MemoryReleaser()
         self._listeners: list[Callable[[], None]] = []
         self._gone_callbacks: list[Callable[[str], None]] = []
@@ -234,9 +227,8 @@ class ModelCache:
         return await asyncio.shield(task)
 
     def estimate(self, source: ModelSource) -> int:
-        runtime = self._runtimes.get(source.format)
-        factor = self._factors.get(source.format, runtime.size_factor)
-        return max(int(source.disk_bytes() * factor), _MIN_SIZE)
+        """What `source` is expected to take (mesh.pod.sizing)."""
+        return self._sizes.estimate(source)
 
     def _claim(
         self, source: ModelSource, demoted: Demoted | None = None
@@ -253,7 +245,7 @@ class ModelCache:
                 f"it takes {sorted(runtime.option_keys)}"
             )
         if demoted is not None:  # a promotion: its file may be gone, its size is known
-            estimated = max(demoted.device_bytes, _MIN_SIZE)
+            estimated = max(demoted.device_bytes, MIN_SIZE)
         elif not source.file.is_file():
             raise ModelNotFound(f"model {model_id!r}: no model file at {source.file}")
         else:
@@ -305,12 +297,12 @@ class ModelCache:
             entry.model = model
             entry.measured = measured
             entry.host_measured = host_measured
-            hint = _safe_hint(model)
+            hint = safe_hint(model)
             entry.size = max(
-                measured if measured is not None else max(hint, estimated), hint, _MIN_SIZE
+                measured if measured is not None else max(hint, estimated), hint, MIN_SIZE
             )
             if measured is not None and promoting is None:
-                self._learn(source, measured)
+                self._sizes.learn(source, measured)
             evicted += await self._fit_after_load(entry, keep=source.base)
         except BaseException as exc:
             if promoting is not None:
@@ -430,7 +422,7 @@ class ModelCache:
 
     async def _run_load(
         self, entry: CachedModel, load: Callable[[LoadRequest], LoadedModel], request: LoadRequest
-    ) -> _Measured:
+    ) -> Measured:
         loop = asyncio.get_running_loop()
         await self._load_slots.acquire()
         future = loop.run_in_executor(self._load_pool, self._measured, load, request)
@@ -450,11 +442,11 @@ class ModelCache:
         self._load_slots.release()
         return result
 
-    def _orphan(self, future: asyncio.Future[_Measured], size: int) -> None:
+    def _orphan(self, future: asyncio.Future[Measured], size: int) -> None:
         """A load we stopped waiting for: free its slot and bytes when its thread ends."""
         self._orphaned += size
 
-        def done(f: asyncio.Future[_Measured]) -> None:
+        def done(f: asyncio.Future[Measured]) -> None:
             self._orphaned -= size
             self._load_slots.release()
             if not f.cancelled() and f.exception() is None:
@@ -466,33 +458,11 @@ class ModelCache:
 
     def _measured(
         self, load: Callable[[LoadRequest], LoadedModel], request: LoadRequest
-    ) -> _Measured:
-        """Run a load in this worker thread; the meter's delta, if nothing else overlapped."""
-        host_meter = rss_bytes if self._on_device else None
-        with self._activity() as activity:
-            self._releaser.before_load()
-            host_before = host_meter() if host_meter is not None else None
-            before = self._meter()
-            model = load(request)
-            after = self._meter()
-            host_after = host_meter() if host_meter is not None else None
-        if not activity.exclusive:
-            return model, None, None
-        host = None
-        if host_before is not None and host_after is not None:
-            host = max(host_after - host_before, 0)
-        if before is None or after is None:
-            return model, None, host
-        return model, max(after - before, 0), host
-
-    def _learn(self, source: ModelSource, measured: int) -> None:
-        disk = source.disk_bytes()
-        if disk <= 0:
-            return
-        runtime = self._runtimes.get(source.format)
-        old = self._factors.get(source.format, runtime.size_factor)
-        ratio = max(measured, _MIN_SIZE) / disk
-        self._factors[source.format] = (1 - _FACTOR_WEIGHT) * old + _FACTOR_WEIGHT * ratio
+    ) -> Measured:
+        return measure_load(
+            load, request, activities=self._activities, meter=self._meter,
+            releaser=self._releaser, on_device=self._on_device,
+        )  # fmt: skip
 
     def _fail(self, entry: CachedModel, exc: BaseException) -> None:
         error: MeshError
@@ -642,15 +612,15 @@ class ModelCache:
             self._audited(entry, before, activity)
         return copy, owned
 
-    def _audited(self, entry: CachedModel, before: int | None, activity: _Activity) -> None:
+    def _audited(self, entry: CachedModel, before: int | None, activity: Activity) -> None:
         if self._audit is None or before is None or entry.measured is None:
             return
         if not activity.exclusive:
             return
         self._audit.after(entry.source.format, entry.measured, before, lambda: activity.exclusive)
 
-    def _activity(self) -> _ActivityScope:
-        return _ActivityScope(self._activities, self._activities_lock)
+    def _activity(self) -> ActivityScope:
+        return self._activities.scope()
 
     # -- status and lifecycle ------------------------------------------------------------------
 
@@ -737,26 +707,6 @@ class ModelCache:
         self._unload_pool.shutdown(wait=True)
 
 
-class _ActivityScope:
-    def __init__(self, activities: set[_Activity], lock: threading.Lock) -> None:
-        self._activities = activities
-        self._lock = lock
-        self._activity = _Activity()
-
-    def __enter__(self) -> _Activity:
-        with self._lock:
-            if self._activities:
-                self._activity.exclusive = False
-                for other in self._activities:
-                    other.exclusive = False
-            self._activities.add(self._activity)
-        return self._activity
-
-    def __exit__(self, *exc: Any) -> None:
-        with self._lock:
-            self._activities.discard(self._activity)
-
-
 def _consume(task: asyncio.Task[LoadOutcome]) -> None:
     # The load's own callers see its error; this keeps asyncio from logging it again when they
     # have all gone away.
@@ -769,14 +719,6 @@ def _release_copy(copy: HostCopy, model_id: str) -> None:
         copy.close()
     except Exception:
         log.exception("letting the host copy of %s go failed", model_id)
-
-
-def _safe_hint(model: LoadedModel) -> int:
-    try:
-        return model.size_hint() or 0
-    except Exception:
-        log.debug("size_hint failed", exc_info=True)
-        return 0
 
 
 def _close(model: LoadedModel, releaser: MemoryReleaser, size: int) -> None:
