@@ -23,6 +23,10 @@ synchronous. Loads and unloads run in worker threads.
 - With a host tier (mesh.pod.hosttier), a model evicted for room is demoted there instead, and
   its next load is a promotion from host memory: no file, no puller. An explicit unload drops
   the model from both tiers.
+
+This module is the ledger (entries, claims, eviction plans, failures, unloads, views); the value
+types are mesh.pod.cachetypes, sizing and measurement mesh.pod.sizing, the load executor
+(threads, concurrency, timeout, orphaned loads) mesh.pod.loading.
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ from mesh.pod.cachetypes import (
     State,
 )
 from mesh.pod.hosttier import Demoted, HostTier, demote
+from mesh.pod.loading import LoadExecutor
 from mesh.pod.memory import MemoryReleaser, rss_bytes
 from mesh.pod.metrics import PodMetrics
 from mesh.pod.recycle import UnloadAudit
@@ -117,7 +122,6 @@ class ModelCache:
         self.capacity = capacity
         self._runtimes = runtimes
         self._device = device or Device()
-        self._load_timeout = load_timeout
         self._min_age = min_model_age
         self._failure_ttl = failure_ttl
         self._metrics = metrics
@@ -126,9 +130,10 @@ class ModelCache:
         self._entries: dict[str, CachedModel] = {}
         self._failures: dict[str, Failure] = {}
         self._sizes = SizeFactors(runtimes)
-        self._orphaned = 0  # bytes held by timed-out loads whose threads still run
-        self._load_slots = asyncio.Semaphore(load_concurrency)
-        self._load_pool = ThreadPoolExecutor(load_concurrency, thread_name_prefix="mesh-load")
+        # Loads in worker threads, bounded in number and time (mesh.pod.loading).
+        self._loads = LoadExecutor(
+            load_concurrency, load_timeout, self._measured, self._orphan_done
+        )
         self._unload_pool = ThreadPoolExecutor(1, thread_name_prefix="mesh-unload")
         self._activities = Activities()
         self._releaser = releaser or MemoryReleaser()
@@ -185,7 +190,7 @@ class ModelCache:
 
     @property
     def used(self) -> int:
-        return sum(e.size for e in self._entries.values()) + self._orphaned
+        return sum(e.size for e in self._entries.values()) + self._loads.orphaned
 
     # -- loading -------------------------------------------------------------------------------
 
@@ -423,38 +428,13 @@ class ModelCache:
     async def _run_load(
         self, entry: CachedModel, load: Callable[[LoadRequest], LoadedModel], request: LoadRequest
     ) -> Measured:
-        loop = asyncio.get_running_loop()
-        await self._load_slots.acquire()
-        future = loop.run_in_executor(self._load_pool, self._measured, load, request)
-        try:
-            result = await asyncio.wait_for(asyncio.shield(future), self._load_timeout)
-        except TimeoutError:
-            self._orphan(future, entry.size)
-            raise DeadlineExceeded(
-                f"model {entry.model_id!r} did not load within {self._load_timeout:g}s"
-            ) from None
-        except BaseException:
-            if future.done():
-                self._load_slots.release()
-            else:
-                self._orphan(future, entry.size)
-            raise
-        self._load_slots.release()
-        return result
+        return await self._loads.run(entry.model_id, entry.size, load, request)
 
-    def _orphan(self, future: asyncio.Future[Measured], size: int) -> None:
-        """A load we stopped waiting for: free its slot and bytes when its thread ends."""
-        self._orphaned += size
-
-        def done(f: asyncio.Future[Measured]) -> None:
-            self._orphaned -= size
-            self._load_slots.release()
-            if not f.cancelled() and f.exception() is None:
-                model = f.result()[0]
-                self._unload_pool.submit(self._closed, model, size)
-            self._state_changed()
-
-        future.add_done_callback(done)
+    def _orphan_done(self, model: LoadedModel | None, size: int) -> None:
+        """A load given up on ended: close what it made, and say the bytes are free."""
+        if model is not None:
+            self._unload_pool.submit(self._closed, model, size)
+        self._state_changed()
 
     def _measured(
         self, load: Callable[[LoadRequest], LoadedModel], request: LoadRequest
@@ -703,7 +683,7 @@ class ModelCache:
         await asyncio.gather(*(self.unload(m) for m in list(self._entries)), return_exceptions=True)
         if self._host is not None:
             self._host.clear()
-        self._load_pool.shutdown(wait=False, cancel_futures=True)
+        self._loads.shutdown()
         self._unload_pool.shutdown(wait=True)
 
 
