@@ -1,9 +1,9 @@
 """Mutation testing of the decision code: would the suite notice if a decision were wrong?
 
 mutmut (the `bench` extra) rewrites one operator, constant or call at a time in the code that
-pyproject.toml's [tool.mutmut] names (mesh/placement/, mesh/pod/cache.py, the router's miss path
-in mesh/router/core.py) and runs the tests that cover it; a mutant the tests still pass on
-"survived". This is a bench, not CI: it runs for tens of minutes of CPU.
+pyproject.toml's [tool.mutmut] names (mesh/placement/, the pod cache, the router's miss path
+in mesh/router/loader.py and mesh/cluster/claims.py) and runs the tests that cover it; a mutant
+the tests still pass on "survived". This is a bench, not CI: it runs for tens of minutes of CPU.
 
     python bench/mutation.py                     # each scope in turn, in a copy under bench/out/
     python bench/mutation.py --scope placement   # one area: placement, cache or miss
@@ -32,9 +32,9 @@ OUT = ROOT / "bench" / "out"
 # mutmut's names: module path, then (for methods) ǁClassǁ, then the function, then __mutmut_N.
 SCOPES = {
     "placement": ["mesh.placement.*"],
-    "cache": ["mesh.pod.cache.*"],
+    "cache": ["mesh.pod.cache.*", "mesh.pod.sizing.*", "mesh.pod.loading.*"],
     "miss": [
-        f"mesh.router.core.xǁRouterǁ{name}__mutmut_*"
+        f"mesh.router.loader.xǁLoaderǁ{name}__mutmut_*"
         for name in (
             "ensure_loaded",
             "_settle",
@@ -42,11 +42,11 @@ SCOPES = {
             "add_copy",
             "_load",
             "_claim",
-            "_release_claim",
             "_wait_for_other",
             "_tell_pod_to_load",
         )
-    ],
+    ]
+    + ["mesh.cluster.claims.*"],
 }
 # A timeout (the tests ran past their time bound) is reported apart: on a busy machine some
 # are slowness, not a hang the mutant caused.

@@ -23,20 +23,19 @@ synchronous. Loads and unloads run in worker threads.
 - With a host tier (mesh.pod.hosttier), a model evicted for room is demoted there instead, and
   its next load is a promotion from host memory: no file, no puller. An explicit unload drops
   the model from both tiers.
+
+This module is the ledger (entries, claims, eviction plans, failures, unloads, views); the value
+types are mesh.pod.cachetypes, sizing and measurement mesh.pod.sizing, the load executor
+(threads, concurrency, timeout, orphaned loads) mesh.pod.loading.
 """
 
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
-import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 from mesh.errors import (
     CapacityExhausted,
@@ -49,150 +48,45 @@ from mesh.errors import (
 )
 from mesh.placement.eviction import Candidate, choose_victims
 from mesh.pod.batching import BatchPolicy, runtime_options
-from mesh.pod.hosttier import Demoted, DemotedView, HostTier, demote
+from mesh.pod.cachetypes import (
+    CachedModel,
+    CacheView,
+    Failure,
+    LoadOutcome,
+    ModelSource,
+    ModelView,
+    State,
+)
+from mesh.pod.hosttier import Demoted, HostTier, demote
+from mesh.pod.loading import LoadExecutor
 from mesh.pod.memory import MemoryReleaser, rss_bytes
 from mesh.pod.metrics import PodMetrics
 from mesh.pod.recycle import UnloadAudit
-from mesh.runtimes.base import Device, HostCopy, LoadedModel, LoadRequest, ModelConfig, Runtime
+from mesh.pod.sizing import (
+    MIN_SIZE,
+    Activities,
+    Activity,
+    ActivityScope,
+    Measured,
+    SizeFactors,
+    measure_load,
+    safe_hint,
+)
+from mesh.runtimes.base import Device, HostCopy, LoadedModel, LoadRequest, Runtime
 from mesh.runtimes.registry import RuntimeRegistry
 
+__all__ = [
+    "CacheView",
+    "CachedModel",
+    "Failure",
+    "LoadOutcome",
+    "ModelCache",
+    "ModelSource",
+    "ModelView",
+    "State",
+]
+
 log = logging.getLogger(__name__)
-
-_MIN_SIZE = 4096
-# A load's result: the model, the device's delta, the host's delta (None: not measurable).
-_Measured = tuple[LoadedModel, int | None, int | None]
-_FACTOR_WEIGHT = 0.3  # weight of the newest measurement in the learned per-format factor
-
-
-@dataclass(frozen=True, slots=True)
-class ModelSource:
-    """Where a model's files are and how to load them."""
-
-    model_id: str
-    format: str
-    file: Path
-    config: ModelConfig = field(default_factory=ModelConfig)
-    options: Mapping[str, str] = field(default_factory=dict)
-    # The model is its file's whole directory (a Hugging Face layout), not the file alone.
-    directory: bool = False
-    # An adapter's base model id: loaded first, on this pod, and kept while the adapter is.
-    base: str | None = None
-
-    def disk_bytes(self) -> int:
-        try:
-            if self.directory:
-                return sum(p.stat().st_size for p in self.file.parent.iterdir() if p.is_file())
-            return self.file.stat().st_size
-        except OSError:
-            return 0
-
-
-class State(enum.Enum):
-    LOADING = "loading"
-    LOADED = "loaded"
-    UNLOADING = "unloading"
-
-
-class CachedModel:
-    """One model's place in the cache. Mutated only on the event loop."""
-
-    __slots__ = (
-        "dependents",
-        "error",
-        "estimated",
-        "gone",
-        "host_measured",
-        "idle",
-        "in_flight",
-        "last_used",
-        "last_used_wall",
-        "loaded_at",
-        "measured",
-        "model",
-        "model_id",
-        "settled",
-        "size",
-        "source",
-        "state",
-    )
-
-    def __init__(self, source: ModelSource, estimated: int, now: float) -> None:
-        self.model_id = source.model_id
-        self.source = source
-        self.state = State.LOADING
-        self.model: LoadedModel | None = None
-        self.size = estimated
-        self.estimated = estimated
-        self.measured: int | None = None
-        # On an accelerator: what the load took of the host's memory besides (RSS delta).
-        self.host_measured: int | None = None
-        self.last_used = now
-        self.last_used_wall = 0.0
-        self.loaded_at = 0.0
-        self.in_flight = 0
-        self.error: MeshError | None = None
-        self.settled = asyncio.Event()  # the load ended, either way
-        self.gone = asyncio.Event()  # the model left the cache
-        self.idle: asyncio.Event | None = None  # set when in_flight drops to 0, while unloading
-        self.dependents: set[str] = set()  # adapters loaded on this base
-
-
-@dataclass(frozen=True, slots=True)
-class LoadOutcome:
-    model_id: str
-    size: int
-    measured: int | None
-    estimated: int
-    seconds: float
-    already_loaded: bool
-    evicted: tuple[str, ...] = ()
-    # Brought back from the host tier (no file read, no pull).
-    promoted: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Failure:
-    model_id: str
-    format: str
-    error: str
-    kind: type[MeshError]
-    at: float  # monotonic
-    at_wall: float
-
-
-@dataclass(frozen=True, slots=True)
-class ModelView:
-    model_id: str
-    format: str
-    state: str
-    size: int
-    measured: int | None
-    estimated: int
-    last_used: float  # unix seconds, 0 if never used
-    in_flight: int
-    loaded_at: float
-    host_measured: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class CacheView:
-    capacity: int
-    used: int
-    loading: int
-    models: tuple[ModelView, ...]  # most recently used first
-    failures: tuple[Failure, ...]
-    host_capacity: int = 0  # 0: no host tier
-    host_used: int = 0
-    demoted: tuple[DemotedView, ...] = ()  # in the host tier, most recently used first
-
-
-class _Activity:
-    """A load or unload in a worker thread; overlapping ones spoil each other's RSS delta."""
-
-    __slots__ = ("exclusive",)
-
-    def __init__(self) -> None:
-        self.exclusive = True
 
 
 class ModelCache:
@@ -228,7 +122,6 @@ class ModelCache:
         self.capacity = capacity
         self._runtimes = runtimes
         self._device = device or Device()
-        self._load_timeout = load_timeout
         self._min_age = min_model_age
         self._failure_ttl = failure_ttl
         self._metrics = metrics
@@ -236,13 +129,13 @@ class ModelCache:
         self._clock = clock
         self._entries: dict[str, CachedModel] = {}
         self._failures: dict[str, Failure] = {}
-        self._factors: dict[str, float] = {}
-        self._orphaned = 0  # bytes held by timed-out loads whose threads still run
-        self._load_slots = asyncio.Semaphore(load_concurrency)
-        self._load_pool = ThreadPoolExecutor(load_concurrency, thread_name_prefix="mesh-load")
+        self._sizes = SizeFactors(runtimes)
+        # Loads in worker threads, bounded in number and time (mesh.pod.loading).
+        self._loads = LoadExecutor(
+            load_concurrency, load_timeout, self._measured, self._orphan_done
+        )
         self._unload_pool = ThreadPoolExecutor(1, thread_name_prefix="mesh-unload")
-        self._activities: set[_Activity] = set()
-        self._activities_lock = threading.Lock()
+        self._activities = Activities()
         self._releaser = releaser or MemoryReleaser()
         self._listeners: list[Callable[[], None]] = []
         self._gone_callbacks: list[Callable[[str], None]] = []
@@ -297,7 +190,7 @@ class ModelCache:
 
     @property
     def used(self) -> int:
-        return sum(e.size for e in self._entries.values()) + self._orphaned
+        return sum(e.size for e in self._entries.values()) + self._loads.orphaned
 
     # -- loading -------------------------------------------------------------------------------
 
@@ -339,9 +232,8 @@ class ModelCache:
         return await asyncio.shield(task)
 
     def estimate(self, source: ModelSource) -> int:
-        runtime = self._runtimes.get(source.format)
-        factor = self._factors.get(source.format, runtime.size_factor)
-        return max(int(source.disk_bytes() * factor), _MIN_SIZE)
+        """What `source` is expected to take (mesh.pod.sizing)."""
+        return self._sizes.estimate(source)
 
     def _claim(
         self, source: ModelSource, demoted: Demoted | None = None
@@ -358,7 +250,7 @@ class ModelCache:
                 f"it takes {sorted(runtime.option_keys)}"
             )
         if demoted is not None:  # a promotion: its file may be gone, its size is known
-            estimated = max(demoted.device_bytes, _MIN_SIZE)
+            estimated = max(demoted.device_bytes, MIN_SIZE)
         elif not source.file.is_file():
             raise ModelNotFound(f"model {model_id!r}: no model file at {source.file}")
         else:
@@ -410,12 +302,12 @@ class ModelCache:
             entry.model = model
             entry.measured = measured
             entry.host_measured = host_measured
-            hint = _safe_hint(model)
+            hint = safe_hint(model)
             entry.size = max(
-                measured if measured is not None else max(hint, estimated), hint, _MIN_SIZE
+                measured if measured is not None else max(hint, estimated), hint, MIN_SIZE
             )
             if measured is not None and promoting is None:
-                self._learn(source, measured)
+                self._sizes.learn(source, measured)
             evicted += await self._fit_after_load(entry, keep=source.base)
         except BaseException as exc:
             if promoting is not None:
@@ -535,69 +427,22 @@ class ModelCache:
 
     async def _run_load(
         self, entry: CachedModel, load: Callable[[LoadRequest], LoadedModel], request: LoadRequest
-    ) -> _Measured:
-        loop = asyncio.get_running_loop()
-        await self._load_slots.acquire()
-        future = loop.run_in_executor(self._load_pool, self._measured, load, request)
-        try:
-            result = await asyncio.wait_for(asyncio.shield(future), self._load_timeout)
-        except TimeoutError:
-            self._orphan(future, entry.size)
-            raise DeadlineExceeded(
-                f"model {entry.model_id!r} did not load within {self._load_timeout:g}s"
-            ) from None
-        except BaseException:
-            if future.done():
-                self._load_slots.release()
-            else:
-                self._orphan(future, entry.size)
-            raise
-        self._load_slots.release()
-        return result
+    ) -> Measured:
+        return await self._loads.run(entry.model_id, entry.size, load, request)
 
-    def _orphan(self, future: asyncio.Future[_Measured], size: int) -> None:
-        """A load we stopped waiting for: free its slot and bytes when its thread ends."""
-        self._orphaned += size
-
-        def done(f: asyncio.Future[_Measured]) -> None:
-            self._orphaned -= size
-            self._load_slots.release()
-            if not f.cancelled() and f.exception() is None:
-                model = f.result()[0]
-                self._unload_pool.submit(self._closed, model, size)
-            self._state_changed()
-
-        future.add_done_callback(done)
+    def _orphan_done(self, model: LoadedModel | None, size: int) -> None:
+        """A load given up on ended: close what it made, and say the bytes are free."""
+        if model is not None:
+            self._unload_pool.submit(self._closed, model, size)
+        self._state_changed()
 
     def _measured(
         self, load: Callable[[LoadRequest], LoadedModel], request: LoadRequest
-    ) -> _Measured:
-        """Run a load in this worker thread; the meter's delta, if nothing else overlapped."""
-        host_meter = rss_bytes if self._on_device else None
-        with self._activity() as activity:
-            self._releaser.before_load()
-            host_before = host_meter() if host_meter is not None else None
-            before = self._meter()
-            model = load(request)
-            after = self._meter()
-            host_after = host_meter() if host_meter is not None else None
-        if not activity.exclusive:
-            return model, None, None
-        host = None
-        if host_before is not None and host_after is not None:
-            host = max(host_after - host_before, 0)
-        if before is None or after is None:
-            return model, None, host
-        return model, max(after - before, 0), host
-
-    def _learn(self, source: ModelSource, measured: int) -> None:
-        disk = source.disk_bytes()
-        if disk <= 0:
-            return
-        runtime = self._runtimes.get(source.format)
-        old = self._factors.get(source.format, runtime.size_factor)
-        ratio = max(measured, _MIN_SIZE) / disk
-        self._factors[source.format] = (1 - _FACTOR_WEIGHT) * old + _FACTOR_WEIGHT * ratio
+    ) -> Measured:
+        return measure_load(
+            load, request, activities=self._activities, meter=self._meter,
+            releaser=self._releaser, on_device=self._on_device,
+        )  # fmt: skip
 
     def _fail(self, entry: CachedModel, exc: BaseException) -> None:
         error: MeshError
@@ -747,15 +592,15 @@ class ModelCache:
             self._audited(entry, before, activity)
         return copy, owned
 
-    def _audited(self, entry: CachedModel, before: int | None, activity: _Activity) -> None:
+    def _audited(self, entry: CachedModel, before: int | None, activity: Activity) -> None:
         if self._audit is None or before is None or entry.measured is None:
             return
         if not activity.exclusive:
             return
         self._audit.after(entry.source.format, entry.measured, before, lambda: activity.exclusive)
 
-    def _activity(self) -> _ActivityScope:
-        return _ActivityScope(self._activities, self._activities_lock)
+    def _activity(self) -> ActivityScope:
+        return self._activities.scope()
 
     # -- status and lifecycle ------------------------------------------------------------------
 
@@ -838,28 +683,8 @@ class ModelCache:
         await asyncio.gather(*(self.unload(m) for m in list(self._entries)), return_exceptions=True)
         if self._host is not None:
             self._host.clear()
-        self._load_pool.shutdown(wait=False, cancel_futures=True)
+        self._loads.shutdown()
         self._unload_pool.shutdown(wait=True)
-
-
-class _ActivityScope:
-    def __init__(self, activities: set[_Activity], lock: threading.Lock) -> None:
-        self._activities = activities
-        self._lock = lock
-        self._activity = _Activity()
-
-    def __enter__(self) -> _Activity:
-        with self._lock:
-            if self._activities:
-                self._activity.exclusive = False
-                for other in self._activities:
-                    other.exclusive = False
-            self._activities.add(self._activity)
-        return self._activity
-
-    def __exit__(self, *exc: Any) -> None:
-        with self._lock:
-            self._activities.discard(self._activity)
 
 
 def _consume(task: asyncio.Task[LoadOutcome]) -> None:
@@ -874,14 +699,6 @@ def _release_copy(copy: HostCopy, model_id: str) -> None:
         copy.close()
     except Exception:
         log.exception("letting the host copy of %s go failed", model_id)
-
-
-def _safe_hint(model: LoadedModel) -> int:
-    try:
-        return model.size_hint() or 0
-    except Exception:
-        log.debug("size_hint failed", exc_info=True)
-        return 0
 
 
 def _close(model: LoadedModel, releaser: MemoryReleaser, size: int) -> None:

@@ -57,52 +57,46 @@ class Forwarder:
         self.in_flight: collections.Counter[str] = collections.Counter()
 
     async def infer(self, data: bytes, model_id: str, timeout: float | None) -> bytes:
+        """Forward one request to a copy, retrying elsewhere on a retryable answer (one frame
+        with the attempts loop: this is the hit path)."""
         deadline = time.monotonic() + (timeout if timeout is not None else self.policy.load_timeout)
         self.requests[model_id] += 1
         self.in_flight[model_id] += 1
         try:
-            return await self._infer(data, model_id, deadline)
+            exclude: list[str] = []
+            last: MeshError | None = None
+            for _ in range(self.policy.forward_attempts):
+                copies = self._copies.holders(model_id, exclude)
+                if copies:
+                    pod = self._pool.pick(copies)
+                else:
+                    found = await self._copy(model_id, exclude, deadline)
+                    if found is None:
+                        continue
+                    pod = found
+                try:
+                    return await self.forward(pod, data, model_id, deadline)
+                except _RETRYABLE as answer:
+                    reason = _retry_reason(answer)
+                    if isinstance(answer, ModelNotFound):
+                        self._copies.forget(model_id, pod.pod_id)  # evicted since we loaded it
+                    else:
+                        self._copies.unreachable(pod.pod_id)
+                    if self._metrics is not None:
+                        self._metrics.retries.labels(reason).inc()
+                    log.info(
+                        "pod %s answered %s for %s; trying another copy",
+                        pod.pod_id, reason, model_id,
+                    )  # fmt: skip
+                    exclude.append(pod.pod_id)
+                    last = answer
+            if last is not None:
+                raise last
+            raise Unavailable(f"model {model_id!r}: no copy answered")
         finally:
             self.in_flight[model_id] -= 1
             if not self.in_flight[model_id]:
                 del self.in_flight[model_id]
-
-    async def _infer(self, data: bytes, model_id: str, deadline: float) -> bytes:
-        exclude: list[str] = []
-        last: MeshError | None = None
-        for _ in range(self.policy.forward_attempts):
-            copies = self._copies.holders(model_id, exclude)
-            if copies:
-                pod = self._pool.pick(copies)
-            else:
-                pod_id = await self._loader.ensure_loaded(model_id, exclude, deadline)
-                if pod_id in exclude:
-                    # A load shared with other requests went to a pod this request already
-                    # found without the model (evicted since, or dead): load elsewhere.
-                    pod_id = await self._loader.add_copy_for(model_id, exclude, deadline)
-                instance = self._copies.instance(pod_id)
-                if instance is None:
-                    exclude.append(pod_id)
-                    continue
-                pod = self._pool.client(pod_id, instance.address)
-            try:
-                return await self.forward(pod, data, model_id, deadline)
-            except _RETRYABLE as answer:
-                reason = _retry_reason(answer)
-                if isinstance(answer, ModelNotFound):
-                    self._copies.forget(model_id, pod.pod_id)  # evicted since we loaded it
-                else:
-                    self._copies.unreachable(pod.pod_id)
-                if self._metrics is not None:
-                    self._metrics.retries.labels(reason).inc()
-                log.info(
-                    "pod %s answered %s for %s; trying another copy", pod.pod_id, reason, model_id
-                )
-                exclude.append(pod.pod_id)
-                last = answer
-        if last is not None:
-            raise last
-        raise Unavailable(f"model {model_id!r}: no copy answered")
 
     async def stream(
         self, data: bytes, model_id: str, timeout: float | None
