@@ -139,11 +139,13 @@ class ModelCache:
         self._releaser = releaser or MemoryReleaser()
         self._listeners: list[Callable[[], None]] = []
         self._gone_callbacks: list[Callable[[str], None]] = []
+        self._left_callbacks: list[Callable[[str], None]] = []
         self._host = host_tier
         self._audit = audit
         self._on_device = on_device
         if host_tier is not None:
             host_tier.on_change(self._state_changed)
+            host_tier.on_let_go(self._host_let_go)
         if metrics is not None:
             metrics.capacity.labels("device").set(capacity)
             metrics.capacity.labels("host").set(host_tier.capacity if host_tier is not None else 0)
@@ -654,12 +656,33 @@ class ModelCache:
         """Call `callback(model_id)` (on the loop) when a model leaves the cache, for any reason."""
         self._gone_callbacks.append(callback)
 
+    def on_left(self, callback: Callable[[str], None]) -> None:
+        """Call `callback(model_id)` (on the loop) when a model leaves the pod: it is neither
+        in the cache nor in the host tier (a demotion is not leaving; the host tier letting
+        the copy go, an unload or a failed promotion is)."""
+        self._left_callbacks.append(callback)
+
     def _gone(self, model_id: str) -> None:
         for callback in self._gone_callbacks:
             try:
                 callback(model_id)
             except Exception:
                 log.exception("on_gone callback failed for %s", model_id)
+        if self._host is None or not self._host.holds(model_id):
+            self._left(model_id)
+
+    def _host_let_go(self, model_id: str) -> None:
+        # While a demotion replaces the copy, or a copy too large is let go, the entry is still
+        # here: its _gone says whether the model left.
+        if model_id not in self._entries:
+            self._left(model_id)
+
+    def _left(self, model_id: str) -> None:
+        for callback in self._left_callbacks:
+            try:
+                callback(model_id)
+            except Exception:
+                log.exception("on_left callback failed for %s", model_id)
 
     def subscribe(self, listener: Callable[[], None]) -> None:
         """Call `listener` (on the loop) after every change of a model's state."""

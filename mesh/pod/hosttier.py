@@ -133,10 +133,16 @@ class HostTier:
         self._held: OrderedDict[str, Demoted] = OrderedDict()  # least recently used first
         self._used = 0
         self._on_change: Callable[[], None] | None = None
+        self._on_let_go: Callable[[str], None] | None = None
 
     def on_change(self, callback: Callable[[], None]) -> None:
         """Call `callback` (on the loop) after every change of what the tier holds."""
         self._on_change = callback
+
+    def on_let_go(self, callback: Callable[[str], None]) -> None:
+        """Call `callback(model_id)` (on the loop) when a copy is let go (not when a promotion
+        takes it): LRU, too large for the tier, dropped, cleared."""
+        self._on_let_go = callback
 
     @property
     def used(self) -> int:
@@ -165,14 +171,14 @@ class HostTier:
                 held.nbytes,
                 self.capacity,
             )
-            _close(held)
+            self._let_go(held)
             return ()
         dropped: list[str] = []
         while self._used + held.nbytes > self.capacity and self._held:
             _, oldest = self._held.popitem(last=False)
             self._used -= oldest.nbytes
             dropped.append(oldest.model_id)
-            _close(oldest)
+            self._let_go(oldest)
         # Keep the order by last use: a model demoted now may have been used before another
         # that was demoted earlier.
         self._held[held.model_id] = held
@@ -196,7 +202,7 @@ class HostTier:
         held = self.take(model_id)
         if held is None:
             return False
-        _close(held)
+        self._let_go(held)
         return True
 
     def views(self) -> tuple[DemotedView, ...]:
@@ -213,6 +219,14 @@ class HostTier:
     def _changed(self) -> None:
         if self._on_change is not None:
             self._on_change()
+
+    def _let_go(self, held: Demoted) -> None:
+        _close(held)
+        if self._on_let_go is not None:
+            try:
+                self._on_let_go(held.model_id)
+            except Exception:
+                log.exception("on_let_go callback failed for %s", held.model_id)
 
 
 def _close(held: Demoted) -> None:

@@ -2,11 +2,13 @@
 
 A real ONNX model evicted on a CPU pod comes back from the host tier with no pull and no file;
 on a FakeDevice the models demote themselves and come back; a runtime that keeps device memory
-recycles the pod. Pulls go through a counting puller whose release deletes the pulled files.
+recycles the pod. Pulls go through a counting puller whose release deletes the pulled files; a
+model's files are released only once it has left both tiers.
 """
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -74,8 +76,8 @@ def test_an_evicted_onnx_model_comes_back_from_the_host_tier_with_no_pull_and_no
     pod, puller = cpu_pod
     fillers = demote_a(pod)
     assert puller.pulls == ["a", *fillers]
-    wait_until(lambda: "a" in puller.released, what="a's files released to the puller")
-    assert not (tmp_path / "disk" / "a").exists()  # the pulled files are gone
+    assert "a" not in puller.released  # held while a is on the pod, in either tier
+    shutil.rmtree(tmp_path / "disk" / "a")  # the promotion must not need them
     record = pod.run(_state(pod)).instance
     demoted = len(record.host_models)
     assert metric(pod, "mesh_pod_demotions_total") == demoted
@@ -93,6 +95,39 @@ def test_an_evicted_onnx_model_comes_back_from_the_host_tier_with_no_pull_and_no
     got = output_array(pod.v2.ModelInfer(infer_request("a", input=x)), "output")
     want = ort.InferenceSession(str(store / "big" / "model.onnx")).run(None, {"input": x})[0]
     np.testing.assert_array_equal(got, want)
+
+
+def evict_a(pod: RunningPod, fillers: list[str]) -> None:
+    """Load more copies until "a" leaves the device tier (demoted, or dropped)."""
+
+    def loaded() -> bool:
+        status = pod.control.RuntimeStatus(rpb.RuntimeStatusRequest())
+        return "a" in {m.model_id for m in status.models}
+
+    start = len(fillers)
+    while loaded():
+        assert len(fillers) - start < 4, f"{fillers[start:]} did not evict a"
+        fillers.append(f"f{len(fillers)}")
+        load(pod, fillers[-1], "big")
+
+
+def test_a_model_promoted_from_the_host_tier_is_demoted_again_when_evicted_again(
+    cpu_pod: tuple[RunningPod, CountingPuller], tmp_path: Path
+) -> None:
+    """The host tier's copy of a model came from its pulled file: that file stays held (not
+    released to the puller) while the model is anywhere on the pod, so a second eviction after a
+    promotion still keeps a copy; it is released when the model leaves both tiers."""
+    pod, puller = cpu_pod
+    fillers = demote_a(pod)
+    assert "a" not in puller.released and (tmp_path / "disk" / "a").exists()
+    load(pod, "a", "big")  # promoted
+    evict_a(pod, fillers)
+    assert "a" in pod.run(_state(pod)).instance.host_models  # demoted a second time
+    load(pod, "a", "big")
+    assert puller.pulls == ["a", *fillers]  # both promotions without a pull
+    assert metric(pod, "mesh_pod_promotions_total") == 2
+    pod.control.UnloadModel(rpb.UnloadModelRequest(model_id="a"))
+    wait_until(lambda: "a" in puller.released, what="a's files released once a left the pod")
 
 
 def test_an_unload_drops_the_host_copy_and_the_next_load_pulls(

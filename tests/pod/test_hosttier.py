@@ -142,6 +142,40 @@ async def test_on_the_host_a_demotion_keeps_the_files_bytes_and_promotes_from_th
     assert runtime.from_bytes == ["a"]  # a deserialisation from memory, not a file read
 
 
+async def test_a_model_leaves_the_pod_only_when_it_is_in_neither_tier(tmp_path: Path) -> None:
+    """What the data plane releases to the puller: never at a demotion (the next demotion after a
+    promotion reads the file again), but when the host tier lets the copy go, on an unload, and
+    when a promotion fails."""
+    device = FakeDevice(total=100 * MB)
+    runtime = DeviceRuntime(device)
+    cache = ModelCache(
+        capacity=10 * MB,  # one model on the device
+        runtimes=RuntimeRegistry([runtime]),
+        meter=used_meter(device),
+        clock=Clock(),
+        host_tier=HostTier(40),  # two files' bytes (16 each)
+        on_device=False,
+    )
+    left: list[str] = []
+    cache.on_left(left.append)
+    sources = {m: device_source(tmp_path, m, 10 * MB) for m in "abcd"}
+    await cache.load(sources["a"])
+    await cache.load(sources["b"])  # a demoted
+    await cache.load(sources["a"])  # promoted; b demoted
+    await cache.load(sources["b"])  # promoted; a demoted again
+    await cache.load(sources["c"])  # b demoted
+    assert left == [] and [d.model_id for d in cache.view().demoted] == ["b", "a"]
+    await cache.load(sources["d"])  # c demoted: the tier lets a go
+    assert left == ["a"]
+    await cache.unload("b")  # in the host tier only
+    await cache.unload("d")  # loaded
+    assert left == ["a", "b", "d"]
+    device.allocate(95 * MB)  # c's promotion fails on the device: c has left too
+    with pytest.raises(Exception, match="out of memory"):
+        await cache.load(sources["c"])
+    assert left == ["a", "b", "d", "c"] and cache.view().demoted == ()
+
+
 async def test_a_runtime_that_cannot_load_bytes_is_evicted_as_before(tmp_path: Path) -> None:
     runtime = FakeRuntime()  # neither demotes itself nor accepts bytes
     cache = ModelCache(
