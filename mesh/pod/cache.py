@@ -491,10 +491,13 @@ class ModelCache:
     async def unload(self, model_id: str) -> int | None:
         """Unload a model once its requests in flight end; the bytes freed, None if absent.
 
-        The model's copy in the host tier, if any, goes too.
+        The model's copy in the host tier, if any, goes too, and for a base the copies of its
+        adapters (as its loaded adapters are unloaded with it).
         """
         if self._host is not None:
             self._host.drop(model_id)
+            for adapter in self._host.adapters_of(model_id):
+                self._host.drop(adapter)
         while (entry := self._entries.get(model_id)) is not None:
             if entry.state is State.LOADING:
                 await entry.settled.wait()

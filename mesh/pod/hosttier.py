@@ -5,9 +5,11 @@ A pod with `--host-tier BYTES` demotes a model it evicts for room instead of dro
 - on a GPU (any device tier that is not the host itself) the model demotes itself where its
   runtime can (`Demotable.demote`: a torch module moved to the CPU and kept, an XGBoost booster
   switched to the CPU);
-- otherwise, and on a CPU-only pod always, the tier keeps the model file's bytes
-  (`SerializedCopy`), so that bringing it back is a deserialisation from memory (an ONNX session
-  re-created from bytes, on the CUDA provider on a GPU pod), with no disk and no puller.
+- otherwise, and on a CPU-only pod, the tier keeps the model file's bytes (`SerializedCopy`), so
+  that bringing it back is a deserialisation from memory (an ONNX session re-created from bytes,
+  on the CUDA provider on a GPU pod), with no disk and no puller; except for a model that says
+  it is worth keeping alive on the host too (`demote_on_host`: the transformers runtime's, whose
+  module stays as it is, so that a promotion is the move back alone).
 
 The tier holds at most `capacity` bytes (what each copy takes in host memory) and lets the least
 recently used copy go first. A copy larger than the whole tier is not kept. Explicitly unloading
@@ -65,7 +67,9 @@ def demote(
     (None, False): nothing can be kept; the model is evicted as before.
     Runs in the unload thread.
     """
-    if on_device:
+    # A model that keeps its live objects on the host (`demote_on_host`, the transformers
+    # runtime) demotes itself on a CPU-only pod too: a promotion is then only the move back.
+    if on_device or getattr(model, "demote_on_host", False):
         own: Callable[[], HostCopy | None] | None = getattr(model, "demote", None)
         if own is not None:
             try:
@@ -157,6 +161,10 @@ class HostTier:
     def source_of(self, model_id: str) -> ModelSource | None:
         held = self._held.get(model_id)
         return None if held is None else held.source
+
+    def adapters_of(self, base: str) -> tuple[str, ...]:
+        """The ids of the adapters on `base` that the tier holds."""
+        return tuple(m for m, h in self._held.items() if h.source.base == base)
 
     def put(self, held: Demoted) -> tuple[str, ...]:
         """Keep `held`, letting the least recently used copies go for room; their ids.
