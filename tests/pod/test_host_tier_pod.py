@@ -85,6 +85,10 @@ def test_an_evicted_onnx_model_comes_back_from_the_host_tier_with_no_pull_and_no
     assert metric(pod, 'mesh_pod_used_bytes{tier="host"}') == demoted * file_bytes
     assert metric(pod, 'mesh_pod_capacity_bytes{tier="host"}') == 64 * 2**20
     assert record.host_used == demoted * file_bytes and record.host_capacity == 64 * 2**20
+    assert record.host_model_bytes == (file_bytes,) * demoted
+    status = pod.control.RuntimeStatus(rpb.RuntimeStatusRequest())
+    assert "a" in {m.model_id for m in status.demoted}
+    assert all(m.host_bytes == file_bytes and not m.host_copy_is_model for m in status.demoted)
     assert record.device == "host" and record.device_total > 0 and record.device_used > 0
 
     load(pod, "a", "big")  # the router's LoadModel on a miss
@@ -97,37 +101,37 @@ def test_an_evicted_onnx_model_comes_back_from_the_host_tier_with_no_pull_and_no
     np.testing.assert_array_equal(got, want)
 
 
-def evict_a(pod: RunningPod, fillers: list[str]) -> None:
-    """Load more copies until "a" leaves the device tier (demoted, or dropped)."""
-
-    def loaded() -> bool:
-        status = pod.control.RuntimeStatus(rpb.RuntimeStatusRequest())
-        return "a" in {m.model_id for m in status.models}
-
-    start = len(fillers)
-    while loaded():
-        assert len(fillers) - start < 4, f"{fillers[start:]} did not evict a"
-        fillers.append(f"f{len(fillers)}")
-        load(pod, fillers[-1], "big")
-
-
 def test_a_model_promoted_from_the_host_tier_is_demoted_again_when_evicted_again(
-    cpu_pod: tuple[RunningPod, CountingPuller], tmp_path: Path
+    store: Path, tmp_path: Path
 ) -> None:
-    """The host tier's copy of a model came from its pulled file: that file stays held (not
-    released to the puller) while the model is anywhere on the pod, so a second eviction after a
-    promotion still keeps a copy; it is released when the model leaves both tiers."""
-    pod, puller = cpu_pod
-    fillers = demote_a(pod)
-    assert "a" not in puller.released and (tmp_path / "disk" / "a").exists()
-    load(pod, "a", "big")  # promoted
-    evict_a(pod, fillers)
-    assert "a" in pod.run(_state(pod)).instance.host_models  # demoted a second time
-    load(pod, "a", "big")
-    assert puller.pulls == ["a", *fillers]  # both promotions without a pull
-    assert metric(pod, "mesh_pod_promotions_total") == 2
-    pod.control.UnloadModel(rpb.UnloadModelRequest(model_id="a"))
-    wait_until(lambda: "a" in puller.released, what="a's files released once a left the pod")
+    """The host tier's copy of a model that cannot move itself is its pulled file's bytes: that
+    file stays held (not released to the puller, whose release deletes it) while the model is
+    anywhere on the pod, so a second eviction after a promotion still keeps a copy; it is
+    released once the model leaves both tiers. (Sizes are exact on a FakeDevice.)"""
+    device = FakeDevice(total=100 * MB)
+    runtime = DeviceRuntime(device, demotable=False)  # demotions keep the file's bytes
+    puller = CountingPuller(store, tmp_path / "disk")
+    with running_pod(
+        runtimes=RuntimeRegistry([runtime]),
+        artifacts=puller,
+        device_memory=device,
+        capacity=15 * MB,  # one model on the device
+        host_tier="50M",
+    ) as pod:
+        size = str(10 * MB)
+        load(pod, "a", "a.fgpu", size=size)
+        load(pod, "b", "b.fgpu", size=size)  # a demoted, from its file
+        assert "a" not in puller.released and (tmp_path / "disk" / "a").exists()
+        load(pod, "a", "a.fgpu", size=size)  # promoted; b demoted
+        load(pod, "b", "b.fgpu", size=size)  # promoted; a demoted again, from its file again
+        assert list(pod.run(_state(pod)).instance.host_models) == ["a"]
+        load(pod, "a", "a.fgpu", size=size)
+        assert puller.pulls == ["a", "b"]  # every promotion without a pull
+        assert runtime.from_bytes == ["a", "b", "a"]
+        assert metric(pod, "mesh_pod_promotions_total") == 3
+        pod.control.UnloadModel(rpb.UnloadModelRequest(model_id="a"))
+        wait_until(lambda: "a" in puller.released, what="a's files released once a left the pod")
+        assert "b" not in puller.released  # b is in the host tier
 
 
 def test_an_unload_drops_the_host_copy_and_the_next_load_pulls(
@@ -174,11 +178,20 @@ def test_on_a_device_models_demote_themselves_and_memory_is_published_per_tier(
             100 * MB,
             32 * MB,
         )
+        # RuntimeStatus splits each model's memory per tier: a in the host tier, moved there.
+        status = pod.control.RuntimeStatus(rpb.RuntimeStatusRequest())
+        assert (status.host_capacity_bytes, status.host_used_bytes) == (25 * MB, 10 * MB)
+        assert [
+            (m.model_id, m.state, m.device_bytes, m.host_bytes, m.host_copy_is_model)
+            for m in status.demoted
+        ] == [("a", rpb.ModelStatus.DEMOTED, 0, 10 * MB, True)]
+        assert {m.model_id: m.device_bytes for m in status.models} == {m: 10 * MB for m in "bcd"}
         load(pod, "a", "a.fgpu", size=str(10 * MB))
         assert runtime.restored == ["a"] and puller.pulls == list("abcd")
         status = pod.control.RuntimeStatus(rpb.RuntimeStatusRequest())
         sizes = {m.model_id: m.measured_bytes for m in status.models}
         assert sizes == {"a": 10 * MB, "c": 10 * MB, "d": 10 * MB}
+        assert [m.model_id for m in status.demoted] == ["b"]
         # b went down in its turn; a request for it promotes it (no LoadModel, no pull).
         x = np.arange(4, dtype=np.float32)
         response = pod.v2.ModelInfer(infer_request("b", x=x))
