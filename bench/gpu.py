@@ -130,6 +130,7 @@ async def past_memory(rig: Rig, model: ModelSource, copy_bytes: int) -> dict[str
     rows = []
     for i in range(n):
         outcome = await rig.cache.load(renamed(model, f"copy{i}"))
+        await rig.cache.demotions_read()
         rows.append(
             {
                 "model": f"copy{i}",
@@ -176,6 +177,7 @@ async def promotion_vs_reload(rig: Rig, big: ModelSource, filler: ModelSource) -
         if fillers == 8:
             raise RuntimeError("the fillers did not demote the big model")
         await rig.cache.load(renamed(filler, f"filler{fillers}"))
+        await rig.cache.demotions_read()  # a file's bytes are read after the eviction
         fillers += 1
     for i in range(fillers):
         await rig.cache.unload(f"filler{i}")

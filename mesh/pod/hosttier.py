@@ -16,8 +16,9 @@ recently used copy go first. A copy larger than the whole tier is not kept. Expl
 a model drops its copy too: an unload means the model should go, not move.
 
 Everything here runs on the pod's event loop (no locks), except `demote`, which the cache runs in
-its unload thread. Nothing here raises into the cache: a model that cannot be demoted is just
-evicted as before, and says why in the log.
+its unload thread, and `file_copy`, which it runs in a thread of its own after the eviction.
+Nothing here raises into the cache: a model that cannot be demoted is just evicted as before,
+and says why in the log.
 """
 
 from __future__ import annotations
@@ -63,7 +64,9 @@ def demote(
     """What to keep of `model` in host memory, and whether the model itself is now owned by it.
 
     (copy, True): the model moved itself to the host; it must not be closed.
-    (copy, False): the file's bytes; the model is closed as on any eviction.
+    (None, True): the model is to be closed, then its file's bytes read (`file_copy`): on a
+    device tier the cache reads them after the eviction, so that the load waiting for the room
+    does not wait for the read too.
     (None, False): nothing can be kept; the model is evicted as before.
     Runs in the unload thread.
     """
@@ -86,12 +89,27 @@ def demote(
             runtime.name,
         )
         return None, False
+    return None, True
+
+
+def file_copy(runtime: Runtime, source: ModelSource, limit: int) -> SerializedCopy | None:
+    """The model file's bytes, read now (in a worker thread); None when it cannot be read, or
+    is larger than `limit` (the tier's bytes: it would not be kept, so it is not read)."""
     try:
+        size = source.file.stat().st_size
+        if size > limit:
+            log.info(
+                "model %s (%d bytes on disk) is larger than the host tier (%d): evicted",
+                source.model_id,
+                size,
+                limit,
+            )
+            return None
         data = source.file.read_bytes()
     except OSError as exc:
         log.warning("model %s not kept in the host tier: %s", source.model_id, exc)
-        return None, False
-    return SerializedCopy(runtime, data), False
+        return None
+    return SerializedCopy(runtime, data)
 
 
 @dataclass(slots=True)

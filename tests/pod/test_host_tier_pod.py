@@ -46,8 +46,12 @@ def metric(pod: RunningPod, line_start: str) -> float:
 
 
 def load(pod: RunningPod, model_id: str, path: str, **options: str) -> rpb.LoadModelResponse:
+    """LoadModel, then wait until a model it evicted is in the host tier (a file's bytes are
+    read after the eviction)."""
     request = rpb.LoadModelRequest(model_id=model_id, storage_path=path, options=options)
-    return pod.control.LoadModel(request, timeout=60)
+    response = pod.control.LoadModel(request, timeout=60)
+    pod.run(pod.plane.cache.demotions_read())
+    return response
 
 
 @pytest.fixture
