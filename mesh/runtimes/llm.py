@@ -134,9 +134,12 @@ class GenerativeModel:
         if self.adapter is None:
             self.engine.close()
             self.engine.model = None
-            return
-        name = self.adapter
-        self.engine.call(lambda engine: _detach(engine, name))
+        else:
+            name = self.adapter
+            self.engine.call(lambda engine: _detach(engine, name))
+        # On a GPU torch's caching allocator keeps the freed blocks: the unload check must see
+        # the memory come back.
+        _empty_device_cache(self.engine.device)
 
     def demote(self) -> HostCopy | None:
         """To host memory, for the pod's host tier (no request in flight): a base's module and
