@@ -75,6 +75,37 @@ def torchscript(directory: Path, megabytes: float) -> Path:
     return directory
 
 
+def preflight(runtimes: list[str]) -> dict[str, str]:
+    """What each framework brings for CUDA, before anything is built: the GPU path must not
+    fall back to the CPU unseen (onnxruntime does, with a warning). SystemExit naming what is
+    missing."""
+    facts: dict[str, str] = {}
+    missing: list[str] = []
+    if "torch" in runtimes:
+        import torch
+
+        facts["torch"] = f"{torch.__version__} (CUDA {torch.version.cuda})"
+        if not torch.cuda.is_available():
+            missing.append("torch sees no CUDA device (a CPU build of torch?)")
+    if "onnx" in runtimes:
+        import onnxruntime
+
+        providers = onnxruntime.get_available_providers()
+        facts["onnxruntime"] = f"{onnxruntime.__version__} ({', '.join(providers)})"
+        if "CUDAExecutionProvider" not in providers:
+            missing.append("onnxruntime has no CUDA provider (install onnxruntime-gpu)")
+    if "xgboost" in runtimes:
+        import xgboost
+
+        cuda = bool(xgboost.build_info().get("USE_CUDA"))
+        facts["xgboost"] = f"{xgboost.__version__} (CUDA {'yes' if cuda else 'no'})"
+        if not cuda:
+            missing.append("xgboost was built without CUDA")
+    if missing:
+        raise SystemExit("--device cuda: " + "; ".join(missing) + f" ({facts})")
+    return facts
+
+
 def devices(kind: str) -> list[Device]:
     if kind == "host":
         return [Device()]
@@ -130,6 +161,7 @@ async def past_memory(rig: Rig, model: ModelSource, copy_bytes: int) -> dict[str
     rows = []
     for i in range(n):
         outcome = await rig.cache.load(renamed(model, f"copy{i}"))
+        await rig.cache.demotions_read()
         rows.append(
             {
                 "model": f"copy{i}",
@@ -176,6 +208,7 @@ async def promotion_vs_reload(rig: Rig, big: ModelSource, filler: ModelSource) -
         if fillers == 8:
             raise RuntimeError("the fillers did not demote the big model")
         await rig.cache.load(renamed(filler, f"filler{fillers}"))
+        await rig.cache.demotions_read()  # a file's bytes are read after the eviction
         fillers += 1
     for i in range(fillers):
         await rig.cache.unload(f"filler{i}")
@@ -314,16 +347,22 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="small models (the CPU check)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    # The devices and the frameworks' CUDA first: nothing is warmed or built for a run that
+    # cannot go.
+    found = devices(args.device)
     registry = RuntimeRegistry.discover(args.runtimes.split(","))
+    facts = preflight(registry.names) if args.device == "cuda" else {}
     for name in registry.names:
         registry.warm_up(name)
     work = Path(tempfile.mkdtemp(prefix="mesh-bench-gpu-", dir="/tmp"))
     started = time.perf_counter()
     try:
         built = build(work, args, registry)
-        results = [asyncio.run(run_device(d, args, registry, built)) for d in devices(args.device)]
+        results = [asyncio.run(run_device(d, args, registry, built)) for d in found]
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    for name, fact in facts.items():
+        print(f"{name}: {fact}")
     print(report(results))
     print(f"({time.perf_counter() - started:.0f} s)")
     if args.json:

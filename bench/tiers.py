@@ -112,8 +112,10 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
 @contextmanager
 def pod(
     work: Path, sock: Path, label: str, capacity: int, host_tier: int, metrics_port: int = 0
-) -> Iterator[tuple[Callable[..., rpb.LoadModelResponse], Callable[[str], None]]]:
-    """A pod process; (load, unload) over its control API."""
+) -> Iterator[
+    tuple[Callable[..., rpb.LoadModelResponse], Callable[[str], None], Callable[[str], None]]
+]:
+    """A pod process; (load, unload, wait until demoted) over its control API."""
     port = free_port()
     metrics = ["--metrics-port", str(metrics_port)] if metrics_port else ["--no-metrics"]
     cmd = [
@@ -138,9 +140,19 @@ def pod(
     def unload(model_id: str) -> None:
         control.UnloadModel(rpb.UnloadModelRequest(model_id=model_id), timeout=60)
 
+    def demoted(model_id: str) -> None:
+        """Wait until the model is in the host tier (its file is read after the eviction)."""
+        deadline = time.monotonic() + 60
+        while model_id not in {
+            m.model_id for m in control.RuntimeStatus(rpb.RuntimeStatusRequest()).demoted
+        }:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{model_id} did not reach the host tier")
+            time.sleep(0.01)
+
     try:
         with process(cmd, ready, work / f"pod-{label}.log"):
-            yield load, unload
+            yield load, unload, demoted
     finally:
         channel.close()
 
@@ -151,7 +163,7 @@ def bench_model(
     size = file.stat().st_size
     # What two copies measure on a pod with room for many: the measured pod gets room for one
     # copy with a margin, and a second copy's estimate does not fit beside it.
-    with pod(work, sock, f"{path}-calibrate", 1 << 40, 0) as (load, _):
+    with pod(work, sock, f"{path}-calibrate", 1 << 40, 0) as (load, _, _):
         loads = [load(m, path) for m in ("a", "b", "c")]
     # The pod refuses a load whose estimate exceeds its capacity, so the estimate counts too.
     capacity = int(max(max(r.size_bytes, r.estimated_bytes) for r in loads) * 1.6)
@@ -162,7 +174,7 @@ def bench_model(
         shutil.copy(file, copy)
     promote, warm, cold = [], [], []
     metrics_port = free_port()
-    with pod(work, sock, path, capacity, 4 * size, metrics_port) as (load_from, unload):
+    with pod(work, sock, path, capacity, 4 * size, metrics_port) as (load_from, unload, demoted):
 
         def load(model_id: str, storage_path: str = path) -> rpb.LoadModelResponse:
             return load_from(model_id, storage_path)
@@ -179,6 +191,7 @@ def bench_model(
                     raise RuntimeError(f"{name}: {fillers} did not evict the model")
                 fillers.append(f"f{len(fillers)}")
                 evicted = list(load(fillers[-1]).evicted)
+            demoted("m")
             for f in fillers:
                 unload(f)
             seconds, _ = timed(lambda: load("m"))

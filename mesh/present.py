@@ -21,7 +21,7 @@ OUTPUTS = ("table", "json", "yaml")
 # Fields holding unix seconds, and int64 fields (which protobuf's JSON spells as strings).
 _TIMES = {"since", "last_used", "lru_time", "updated_at", "now"}
 _INTS = {"capacity_bytes", "used_bytes", "size_bytes", "size_estimate", "host_capacity_bytes",
-         "host_used_bytes"}  # fmt: skip
+         "host_used_bytes", "host_bytes"}  # fmt: skip
 
 
 def iso(seconds: float) -> str | None:
@@ -99,7 +99,7 @@ def pods_table(pods: Sequence[Any], now: float) -> str:
         percent = f"{100 * p.used_bytes / p.capacity_bytes:.0f}%" if p.capacity_bytes else "-"
         models = ",".join(p.models)
         host = (
-            f"{size(p.host_used_bytes)}/{size(p.host_capacity_bytes)}"
+            f"{size(p.host_used_bytes)}/{size(p.host_capacity_bytes)} ({len(p.host_models)})"
             if p.host_capacity_bytes
             else "-"
         )
@@ -119,11 +119,13 @@ def models_table(models: Sequence[Any], now: float) -> str:
     for m in models:
         copies = ",".join(f"{c.pod_id}" + ("" if c.state == "loaded" else f"({c.state})")
                           for c in m.copies)  # fmt: skip
+        host = ",".join(h.pod_id for h in m.host_copies)
         rows.append((
-            m.model_id, m.format, m.state, copies or "-", age(m.last_used, now),
-            _short(m.last_failure) or "-",
+            m.model_id, m.format, m.state, copies or "-", _short(host, 30) or "-",
+            age(m.last_used, now), _short(m.last_failure) or "-",
         ))  # fmt: skip
-    return table(("MODEL", "FORMAT", "STATE", "COPIES", "LAST USE", "LAST FAILURE"), rows)
+    headers = ("MODEL", "FORMAT", "STATE", "COPIES", "HOST TIER", "LAST USE", "LAST FAILURE")
+    return table(headers, rows)
 
 
 def vmodels_table(vmodels: Sequence[Any]) -> str:
@@ -149,9 +151,12 @@ def model_detail(m: Any, now: float) -> str:
         pairs.append(("Pinned pods", ",".join(o.pinned_pods)))
     if o.required_labels:
         pairs.append(("Required", ",".join(f"{k}={v}" for k, v in o.required_labels.items())))
-    rows = [(c.pod_id, c.state, size(c.size_bytes), age(c.since, now), age(c.last_used, now),
-             _short(c.error) or "-") for c in m.copies]  # fmt: skip
-    copies = table(("POD", "STATE", "SIZE", "SINCE", "LAST USE", "ERROR"), rows)
+    rows = [(c.pod_id, "device", c.state, size(c.size_bytes), age(c.since, now),
+             age(c.last_used, now), _short(c.error) or "-") for c in m.copies]  # fmt: skip
+    # Its copies in pods' host tiers: demoted, not serving; the SIZE there is host memory.
+    rows += [(h.pod_id, "host", "demoted", size(h.host_bytes) if h.host_bytes else "-", "-",
+              "-", "-") for h in m.host_copies]  # fmt: skip
+    copies = table(("POD", "TIER", "STATE", "SIZE", "SINCE", "LAST USE", "ERROR"), rows)
     return _fields(pairs) + "\n\n" + copies
 
 

@@ -33,3 +33,21 @@ def test_the_gpu_script_runs_on_the_host_and_sees_demotions_promotions_and_memor
     assert result["promotion_vs_reload"]["promotion_s"] > 0
     assert {c["runtime"] for c in result["cycles"]} == {"onnx", "xgboost", "torch"}
     assert result["recycled"] == []
+
+
+def test_the_gpu_script_refuses_at_once_without_a_gpu() -> None:
+    """The prepared command (scripts/gpu_check.sh runs it) says why it cannot run on a machine
+    with no NVIDIA device, before it warms or builds anything."""
+    from mesh.pod.devices import NvmlMemory
+
+    if NvmlMemory.available(0) is None:
+        pytest.skip("an NVIDIA device is present: scripts/gpu_check.sh runs the real thing")
+    script = str(ROOT / "bench" / "gpu.py")
+    done = subprocess.run(
+        [sys.executable, script, "--device", "cuda", "--runtimes", "onnx"],
+        timeout=120,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode != 0
+    assert "--device cuda: no NVIDIA device" in done.stderr

@@ -22,7 +22,7 @@ from mesh.errors import StoreError
 
 R = TypeVar("R")
 
-_TUPLES = {"pinned_pods", "runtimes", "host_models"}
+_TUPLES = {"pinned_pods", "runtimes", "host_models", "host_model_bytes"}
 
 
 class Keys:
@@ -100,6 +100,10 @@ def _check_types(record: Any) -> None:
             raise TypeError(f"{f.name} must be a number")
         if kind == "bool" and not isinstance(value, bool):
             raise TypeError(f"{f.name} must be true or false")
+        if kind == "tuple[int, ...]" and not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value
+        ):
+            raise TypeError(f"{f.name} must be a list of integers")
 
 
 RECORD_TYPES = (ModelRecord, VModelRecord, InstanceRecord, PlacementRecord)

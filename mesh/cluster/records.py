@@ -90,6 +90,9 @@ class InstanceRecord:
     host_capacity: int = 0
     host_used: int = 0
     host_models: tuple[str, ...] = ()
+    # What each of host_models takes in the host tier, in the same order (empty: not published,
+    # by a pod from before this field).
+    host_model_bytes: tuple[int, ...] = ()
     # The pod's device as measured (NVML, torch, or the host's memory); 0: not measured.
     device: str = ""
     device_total: int = 0

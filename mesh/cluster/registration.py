@@ -49,8 +49,19 @@ class PodState:
 
 
 def _significant(record: InstanceRecord) -> InstanceRecord:
-    """The instance fields whose change is published at once."""
-    return replace(record, lru_time=0.0, in_flight=0, updated_at=0.0, used=record.used >> 20)
+    """The instance fields whose change is published at once: byte counts in whole MiB (the
+    device's reading moves with every allocation, on a CPU pod with the RSS), so that a pod
+    does not write its record at every notification for a few pages' difference."""
+    return replace(
+        record,
+        lru_time=0.0,
+        in_flight=0,
+        updated_at=0.0,
+        used=record.used >> 20,
+        host_used=record.host_used >> 20,
+        host_model_bytes=tuple(n >> 20 for n in record.host_model_bytes),
+        device_used=record.device_used >> 20,
+    )
 
 
 class PodRegistration:

@@ -105,7 +105,7 @@ class CopyStatus(_message.Message):
     def __init__(self, pod_id: _Optional[str] = ..., state: _Optional[str] = ..., size_bytes: _Optional[int] = ..., since: _Optional[float] = ..., error: _Optional[str] = ..., last_used: _Optional[float] = ...) -> None: ...
 
 class ModelStatusResponse(_message.Message):
-    __slots__ = ("model_id", "format", "storage_key", "storage_path", "options", "copies", "last_failure", "state", "last_used")
+    __slots__ = ("model_id", "format", "storage_key", "storage_path", "options", "copies", "last_failure", "state", "last_used", "host_copies")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     STORAGE_KEY_FIELD_NUMBER: _ClassVar[int]
@@ -115,6 +115,7 @@ class ModelStatusResponse(_message.Message):
     LAST_FAILURE_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     LAST_USED_FIELD_NUMBER: _ClassVar[int]
+    HOST_COPIES_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     format: str
     storage_key: str
@@ -124,7 +125,16 @@ class ModelStatusResponse(_message.Message):
     last_failure: str
     state: str
     last_used: float
-    def __init__(self, model_id: _Optional[str] = ..., format: _Optional[str] = ..., storage_key: _Optional[str] = ..., storage_path: _Optional[str] = ..., options: _Optional[_Union[ModelOptions, _Mapping]] = ..., copies: _Optional[_Iterable[_Union[CopyStatus, _Mapping]]] = ..., last_failure: _Optional[str] = ..., state: _Optional[str] = ..., last_used: _Optional[float] = ...) -> None: ...
+    host_copies: _containers.RepeatedCompositeFieldContainer[HostCopyStatus]
+    def __init__(self, model_id: _Optional[str] = ..., format: _Optional[str] = ..., storage_key: _Optional[str] = ..., storage_path: _Optional[str] = ..., options: _Optional[_Union[ModelOptions, _Mapping]] = ..., copies: _Optional[_Iterable[_Union[CopyStatus, _Mapping]]] = ..., last_failure: _Optional[str] = ..., state: _Optional[str] = ..., last_used: _Optional[float] = ..., host_copies: _Optional[_Iterable[_Union[HostCopyStatus, _Mapping]]] = ...) -> None: ...
+
+class HostCopyStatus(_message.Message):
+    __slots__ = ("pod_id", "host_bytes")
+    POD_ID_FIELD_NUMBER: _ClassVar[int]
+    HOST_BYTES_FIELD_NUMBER: _ClassVar[int]
+    pod_id: str
+    host_bytes: int
+    def __init__(self, pod_id: _Optional[str] = ..., host_bytes: _Optional[int] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()

@@ -66,15 +66,17 @@ class RuntimeStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelStatus(_message.Message):
-    __slots__ = ("model_id", "format", "state", "size_bytes", "measured_bytes", "estimated_bytes", "last_used", "in_flight", "loaded_at", "error", "failed_at")
+    __slots__ = ("model_id", "format", "state", "size_bytes", "measured_bytes", "estimated_bytes", "last_used", "in_flight", "loaded_at", "error", "failed_at", "device_bytes", "host_bytes", "host_copy_is_model")
     class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         LOADING: _ClassVar[ModelStatus.State]
         LOADED: _ClassVar[ModelStatus.State]
         FAILED: _ClassVar[ModelStatus.State]
+        DEMOTED: _ClassVar[ModelStatus.State]
     LOADING: ModelStatus.State
     LOADED: ModelStatus.State
     FAILED: ModelStatus.State
+    DEMOTED: ModelStatus.State
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -86,6 +88,9 @@ class ModelStatus(_message.Message):
     LOADED_AT_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     FAILED_AT_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    HOST_BYTES_FIELD_NUMBER: _ClassVar[int]
+    HOST_COPY_IS_MODEL_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     format: str
     state: ModelStatus.State
@@ -97,10 +102,13 @@ class ModelStatus(_message.Message):
     loaded_at: float
     error: str
     failed_at: float
-    def __init__(self, model_id: _Optional[str] = ..., format: _Optional[str] = ..., state: _Optional[_Union[ModelStatus.State, str]] = ..., size_bytes: _Optional[int] = ..., measured_bytes: _Optional[int] = ..., estimated_bytes: _Optional[int] = ..., last_used: _Optional[float] = ..., in_flight: _Optional[int] = ..., loaded_at: _Optional[float] = ..., error: _Optional[str] = ..., failed_at: _Optional[float] = ...) -> None: ...
+    device_bytes: int
+    host_bytes: int
+    host_copy_is_model: bool
+    def __init__(self, model_id: _Optional[str] = ..., format: _Optional[str] = ..., state: _Optional[_Union[ModelStatus.State, str]] = ..., size_bytes: _Optional[int] = ..., measured_bytes: _Optional[int] = ..., estimated_bytes: _Optional[int] = ..., last_used: _Optional[float] = ..., in_flight: _Optional[int] = ..., loaded_at: _Optional[float] = ..., error: _Optional[str] = ..., failed_at: _Optional[float] = ..., device_bytes: _Optional[int] = ..., host_bytes: _Optional[int] = ..., host_copy_is_model: bool = ...) -> None: ...
 
 class RuntimeStatusResponse(_message.Message):
-    __slots__ = ("state", "capacity_bytes", "used_bytes", "models", "loading_count", "runtimes", "device")
+    __slots__ = ("state", "capacity_bytes", "used_bytes", "models", "loading_count", "runtimes", "device", "host_capacity_bytes", "host_used_bytes", "demoted")
     class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         STARTING: _ClassVar[RuntimeStatusResponse.State]
@@ -116,6 +124,9 @@ class RuntimeStatusResponse(_message.Message):
     LOADING_COUNT_FIELD_NUMBER: _ClassVar[int]
     RUNTIMES_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
+    HOST_CAPACITY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    HOST_USED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DEMOTED_FIELD_NUMBER: _ClassVar[int]
     state: RuntimeStatusResponse.State
     capacity_bytes: int
     used_bytes: int
@@ -123,4 +134,7 @@ class RuntimeStatusResponse(_message.Message):
     loading_count: int
     runtimes: _containers.RepeatedScalarFieldContainer[str]
     device: str
-    def __init__(self, state: _Optional[_Union[RuntimeStatusResponse.State, str]] = ..., capacity_bytes: _Optional[int] = ..., used_bytes: _Optional[int] = ..., models: _Optional[_Iterable[_Union[ModelStatus, _Mapping]]] = ..., loading_count: _Optional[int] = ..., runtimes: _Optional[_Iterable[str]] = ..., device: _Optional[str] = ...) -> None: ...
+    host_capacity_bytes: int
+    host_used_bytes: int
+    demoted: _containers.RepeatedCompositeFieldContainer[ModelStatus]
+    def __init__(self, state: _Optional[_Union[RuntimeStatusResponse.State, str]] = ..., capacity_bytes: _Optional[int] = ..., used_bytes: _Optional[int] = ..., models: _Optional[_Iterable[_Union[ModelStatus, _Mapping]]] = ..., loading_count: _Optional[int] = ..., runtimes: _Optional[_Iterable[str]] = ..., device: _Optional[str] = ..., host_capacity_bytes: _Optional[int] = ..., host_used_bytes: _Optional[int] = ..., demoted: _Optional[_Iterable[_Union[ModelStatus, _Mapping]]] = ...) -> None: ...

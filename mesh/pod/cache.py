@@ -57,7 +57,7 @@ from mesh.pod.cachetypes import (
     ModelView,
     State,
 )
-from mesh.pod.hosttier import Demoted, HostTier, demote
+from mesh.pod.hosttier import Demoted, HostTier, demote, file_copy
 from mesh.pod.loading import LoadExecutor
 from mesh.pod.memory import MemoryReleaser, rss_bytes
 from mesh.pod.metrics import PodMetrics
@@ -135,15 +135,21 @@ class ModelCache:
             load_concurrency, load_timeout, self._measured, self._orphan_done
         )
         self._unload_pool = ThreadPoolExecutor(1, thread_name_prefix="mesh-unload")
+        # Demotions to file bytes read the file here, after the eviction has freed the room.
+        self._read_pool = ThreadPoolExecutor(1, thread_name_prefix="mesh-demote")
+        self._reading: dict[str, ModelSource] = {}  # evicted, its file being read for the tier
+        self._reads: set[asyncio.Task[None]] = set()
         self._activities = Activities()
         self._releaser = releaser or MemoryReleaser()
         self._listeners: list[Callable[[], None]] = []
         self._gone_callbacks: list[Callable[[str], None]] = []
+        self._left_callbacks: list[Callable[[str], None]] = []
         self._host = host_tier
         self._audit = audit
         self._on_device = on_device
         if host_tier is not None:
             host_tier.on_change(self._state_changed)
+            host_tier.on_let_go(self._host_let_go)
         if metrics is not None:
             metrics.capacity.labels("device").set(capacity)
             metrics.capacity.labels("host").set(host_tier.capacity if host_tier is not None else 0)
@@ -489,10 +495,15 @@ class ModelCache:
     async def unload(self, model_id: str) -> int | None:
         """Unload a model once its requests in flight end; the bytes freed, None if absent.
 
-        The model's copy in the host tier, if any, goes too.
+        The model's copy in the host tier, if any, goes too, and for a base the copies of its
+        adapters (as its loaded adapters are unloaded with it).
         """
         if self._host is not None:
             self._host.drop(model_id)
+            for adapter in self._host.adapters_of(model_id):
+                self._host.drop(adapter)
+            if self._reading.pop(model_id, None) is not None:  # its read's copy is let go
+                self._maybe_left(model_id)
         while (entry := self._entries.get(model_id)) is not None:
             if entry.state is State.LOADING:
                 await entry.settled.wait()
@@ -540,7 +551,16 @@ class ModelCache:
                 copy, moved = await loop.run_in_executor(
                     self._unload_pool, self._demoted, model, entry
                 )
-                if copy is not None:
+                if copy is None and moved and self._on_device:
+                    # Closed, its device memory back: the load waiting for it goes on while
+                    # the file is read into host memory.
+                    self._read_later(entry)
+                elif copy is None and moved:
+                    # On a CPU-only pod the read takes the very memory the load is waiting
+                    # for, and would spoil its measurement: read first (the model is closed).
+                    self._reading[entry.model_id] = entry.source
+                    await self._read_copy(entry)
+                elif copy is not None:
                     dropped = self._host.put(
                         Demoted(entry.source, copy, entry.size, entry.last_used, moved)
                     )
@@ -581,16 +601,60 @@ class ModelCache:
             self._audited(entry, before, activity)
 
     def _demoted(self, model: LoadedModel, entry: CachedModel) -> tuple[HostCopy | None, bool]:
-        """Move a model evicted for room to the host tier, in the unload thread: its copy, and
-        whether the model moved itself (else its file's bytes are kept)."""
+        """Move a model evicted for room to the host tier, in the unload thread: (its copy,
+        True) when the model moved itself; (None, True) when it was closed and its file's bytes
+        are to be read; (None, False) when it was closed and nothing is kept."""
         with self._activity() as activity:
             before = self._audit.before() if self._audit is not None else None
             runtime = self._runtimes.get(entry.source.format)
-            copy, owned = demote(model, runtime, entry.source, on_device=self._on_device)
-            if not owned:
+            copy, keep = demote(model, runtime, entry.source, on_device=self._on_device)
+            if copy is None:
                 _close(model, self._releaser, entry.size)
             self._audited(entry, before, activity)
-        return copy, owned
+        return copy, keep
+
+    def _read_later(self, entry: CachedModel) -> None:
+        """Read an evicted model's file for the host tier after its eviction: a large file's
+        read does not delay the load that waits for the room (on a GPU pod, 1 GB of ONNX)."""
+        source = entry.source
+        self._reading[source.model_id] = source
+        task = asyncio.create_task(self._read_copy(entry))
+        self._reads.add(task)
+        task.add_done_callback(self._reads.discard)
+
+    def _file_copy(self, runtime: Runtime, source: ModelSource) -> HostCopy | None:
+        assert self._host is not None
+        limit = self._host.capacity
+        if self._on_device:  # the device's meter does not see host memory
+            return file_copy(runtime, source, limit)
+        with self._activity():  # a load measured meanwhile would count the bytes as its own
+            return file_copy(runtime, source, limit)
+
+    async def _read_copy(self, entry: CachedModel) -> None:
+        source, model_id = entry.source, entry.model_id
+        runtime = self._runtimes.get(source.format)
+        loop = asyncio.get_running_loop()
+        copy: HostCopy | None = None
+        try:
+            copy = await loop.run_in_executor(self._read_pool, self._file_copy, runtime, source)
+        except Exception:
+            log.exception("reading the file of %s for the host tier failed", model_id)
+        # Still wanted: not unloaded meanwhile, and not loaded again from its file.
+        current = self._entries.get(model_id)
+        wanted = self._reading.get(model_id) is source and current in (None, entry)
+        if self._reading.get(model_id) is source:
+            del self._reading[model_id]
+        if copy is not None and not wanted:
+            _release_copy(copy, model_id)
+            copy = None
+        if copy is not None and self._host is not None:
+            dropped = self._host.put(Demoted(source, copy, entry.size, entry.last_used, False))
+            if self._metrics is not None:
+                self._metrics.demotions.inc(self._host.holds(model_id))
+                self._metrics.host_evictions.inc(len(dropped))
+            if self._host.holds(model_id):
+                log.info("demoted %s: its file's %d bytes kept", model_id, copy.nbytes)
+        self._maybe_left(model_id)
 
     def _audited(self, entry: CachedModel, before: int | None, activity: Activity) -> None:
         if self._audit is None or before is None or entry.measured is None:
@@ -654,12 +718,44 @@ class ModelCache:
         """Call `callback(model_id)` (on the loop) when a model leaves the cache, for any reason."""
         self._gone_callbacks.append(callback)
 
+    def on_left(self, callback: Callable[[str], None]) -> None:
+        """Call `callback(model_id)` (on the loop) when a model leaves the pod: it is neither
+        in the cache nor in the host tier (a demotion is not leaving; the host tier letting
+        the copy go, an unload or a failed promotion is)."""
+        self._left_callbacks.append(callback)
+
     def _gone(self, model_id: str) -> None:
         for callback in self._gone_callbacks:
             try:
                 callback(model_id)
             except Exception:
                 log.exception("on_gone callback failed for %s", model_id)
+        self._maybe_left(model_id)
+
+    def _host_let_go(self, model_id: str) -> None:
+        # While a demotion replaces the copy, or a copy too large is let go, the entry is still
+        # here: its _gone says whether the model left.
+        self._maybe_left(model_id)
+
+    async def demotions_read(self) -> None:
+        """Wait for the file reads of the demotions under way (their copies then in the tier)."""
+        while self._reads:
+            await asyncio.gather(*self._reads, return_exceptions=True)
+
+    def _maybe_left(self, model_id: str) -> None:
+        """Tell the on_left callbacks if the model is nowhere on the pod any more."""
+        if model_id in self._entries or model_id in self._reading:
+            return
+        if self._host is not None and self._host.holds(model_id):
+            return
+        self._left(model_id)
+
+    def _left(self, model_id: str) -> None:
+        for callback in self._left_callbacks:
+            try:
+                callback(model_id)
+            except Exception:
+                log.exception("on_left callback failed for %s", model_id)
 
     def subscribe(self, listener: Callable[[], None]) -> None:
         """Call `listener` (on the loop) after every change of a model's state."""
@@ -681,10 +777,13 @@ class ModelCache:
     async def aclose(self) -> None:
         """Unload every model and stop the worker threads."""
         await asyncio.gather(*(self.unload(m) for m in list(self._entries)), return_exceptions=True)
+        self._reading.clear()  # reads under way end with their copies let go
+        await asyncio.gather(*self._reads, return_exceptions=True)
         if self._host is not None:
             self._host.clear()
         self._loads.shutdown()
         self._unload_pool.shutdown(wait=True)
+        self._read_pool.shutdown(wait=True)
 
 
 def _consume(task: asyncio.Task[LoadOutcome]) -> None:

@@ -94,8 +94,11 @@ class DataPlane:
         self.cache = cache
         self.artifacts = artifacts
         self._pulled: set[str] = set()
-        self._releases: set[asyncio.Task[None]] = set()
-        cache.on_gone(self._release)
+        # Per model: its release to the puller under way (a pull of it waits for it first).
+        self._releases: dict[str, asyncio.Task[None]] = {}
+        # The pulled files stay held while the model is anywhere on the pod: a model in the
+        # host tier may be promoted and evicted again, and its copy is read from that file.
+        cache.on_left(self._release)
         self.runtimes = runtimes
         self.repository = repository
         self.device = device or Device()
@@ -322,6 +325,9 @@ class DataPlane:
             if k.startswith(STORAGE_OPTION)
         }
         options = {k: v for k, v in (options or {}).items() if not k.startswith(STORAGE_OPTION)}
+        releasing = self._releases.get(model_id)
+        if releasing is not None:  # let go just now (an unload): the release goes first
+            await asyncio.shield(releasing)
         local = await self.artifacts.pull(model_id, storage_key, storage_path, pull_options)
         self._pulled.add(model_id)
         try:
@@ -354,12 +360,17 @@ class DataPlane:
         return found
 
     def _release(self, model_id: str) -> None:
-        """The model left the cache: its artifact may go from the puller's disk cache."""
+        """The model left the pod (both tiers): its artifact may go from the puller's disk."""
         if model_id in self._pulled and self.artifacts is not None:
             self._pulled.discard(model_id)
             task = asyncio.create_task(self._release_quietly(model_id))
-            self._releases.add(task)
-            task.add_done_callback(self._releases.discard)
+            self._releases[model_id] = task
+
+            def done(_: asyncio.Task[None]) -> None:
+                if self._releases.get(model_id) is task:
+                    del self._releases[model_id]
+
+            task.add_done_callback(done)
 
     async def _release_quietly(self, model_id: str) -> None:
         try:

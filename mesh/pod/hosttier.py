@@ -5,17 +5,20 @@ A pod with `--host-tier BYTES` demotes a model it evicts for room instead of dro
 - on a GPU (any device tier that is not the host itself) the model demotes itself where its
   runtime can (`Demotable.demote`: a torch module moved to the CPU and kept, an XGBoost booster
   switched to the CPU);
-- otherwise, and on a CPU-only pod always, the tier keeps the model file's bytes
-  (`SerializedCopy`), so that bringing it back is a deserialisation from memory (an ONNX session
-  re-created from bytes, on the CUDA provider on a GPU pod), with no disk and no puller.
+- otherwise, and on a CPU-only pod, the tier keeps the model file's bytes (`SerializedCopy`), so
+  that bringing it back is a deserialisation from memory (an ONNX session re-created from bytes,
+  on the CUDA provider on a GPU pod), with no disk and no puller; except for a model that says
+  it is worth keeping alive on the host too (`demote_on_host`: the transformers runtime's, whose
+  module stays as it is, so that a promotion is the move back alone).
 
 The tier holds at most `capacity` bytes (what each copy takes in host memory) and lets the least
 recently used copy go first. A copy larger than the whole tier is not kept. Explicitly unloading
 a model drops its copy too: an unload means the model should go, not move.
 
 Everything here runs on the pod's event loop (no locks), except `demote`, which the cache runs in
-its unload thread. Nothing here raises into the cache: a model that cannot be demoted is just
-evicted as before, and says why in the log.
+its unload thread, and `file_copy`, which it runs in a thread of its own after the eviction.
+Nothing here raises into the cache: a model that cannot be demoted is just evicted as before,
+and says why in the log.
 """
 
 from __future__ import annotations
@@ -61,11 +64,15 @@ def demote(
     """What to keep of `model` in host memory, and whether the model itself is now owned by it.
 
     (copy, True): the model moved itself to the host; it must not be closed.
-    (copy, False): the file's bytes; the model is closed as on any eviction.
+    (None, True): the model is to be closed, then its file's bytes read (`file_copy`): on a
+    device tier the cache reads them after the eviction, so that the load waiting for the room
+    does not wait for the read too.
     (None, False): nothing can be kept; the model is evicted as before.
     Runs in the unload thread.
     """
-    if on_device:
+    # A model that keeps its live objects on the host (`demote_on_host`, the transformers
+    # runtime) demotes itself on a CPU-only pod too: a promotion is then only the move back.
+    if on_device or getattr(model, "demote_on_host", False):
         own: Callable[[], HostCopy | None] | None = getattr(model, "demote", None)
         if own is not None:
             try:
@@ -82,12 +89,27 @@ def demote(
             runtime.name,
         )
         return None, False
+    return None, True
+
+
+def file_copy(runtime: Runtime, source: ModelSource, limit: int) -> SerializedCopy | None:
+    """The model file's bytes, read now (in a worker thread); None when it cannot be read, or
+    is larger than `limit` (the tier's bytes: it would not be kept, so it is not read)."""
     try:
+        size = source.file.stat().st_size
+        if size > limit:
+            log.info(
+                "model %s (%d bytes on disk) is larger than the host tier (%d): evicted",
+                source.model_id,
+                size,
+                limit,
+            )
+            return None
         data = source.file.read_bytes()
     except OSError as exc:
         log.warning("model %s not kept in the host tier: %s", source.model_id, exc)
-        return None, False
-    return SerializedCopy(runtime, data), False
+        return None
+    return SerializedCopy(runtime, data)
 
 
 @dataclass(slots=True)
@@ -133,10 +155,16 @@ class HostTier:
         self._held: OrderedDict[str, Demoted] = OrderedDict()  # least recently used first
         self._used = 0
         self._on_change: Callable[[], None] | None = None
+        self._on_let_go: Callable[[str], None] | None = None
 
     def on_change(self, callback: Callable[[], None]) -> None:
         """Call `callback` (on the loop) after every change of what the tier holds."""
         self._on_change = callback
+
+    def on_let_go(self, callback: Callable[[str], None]) -> None:
+        """Call `callback(model_id)` (on the loop) when a copy is let go (not when a promotion
+        takes it): LRU, too large for the tier, dropped, cleared."""
+        self._on_let_go = callback
 
     @property
     def used(self) -> int:
@@ -152,6 +180,10 @@ class HostTier:
         held = self._held.get(model_id)
         return None if held is None else held.source
 
+    def adapters_of(self, base: str) -> tuple[str, ...]:
+        """The ids of the adapters on `base` that the tier holds."""
+        return tuple(m for m, h in self._held.items() if h.source.base == base)
+
     def put(self, held: Demoted) -> tuple[str, ...]:
         """Keep `held`, letting the least recently used copies go for room; their ids.
 
@@ -165,14 +197,14 @@ class HostTier:
                 held.nbytes,
                 self.capacity,
             )
-            _close(held)
+            self._let_go(held)
             return ()
         dropped: list[str] = []
         while self._used + held.nbytes > self.capacity and self._held:
             _, oldest = self._held.popitem(last=False)
             self._used -= oldest.nbytes
             dropped.append(oldest.model_id)
-            _close(oldest)
+            self._let_go(oldest)
         # Keep the order by last use: a model demoted now may have been used before another
         # that was demoted earlier.
         self._held[held.model_id] = held
@@ -196,7 +228,7 @@ class HostTier:
         held = self.take(model_id)
         if held is None:
             return False
-        _close(held)
+        self._let_go(held)
         return True
 
     def views(self) -> tuple[DemotedView, ...]:
@@ -213,6 +245,14 @@ class HostTier:
     def _changed(self) -> None:
         if self._on_change is not None:
             self._on_change()
+
+    def _let_go(self, held: Demoted) -> None:
+        _close(held)
+        if self._on_let_go is not None:
+            try:
+                self._on_let_go(held.model_id)
+            except Exception:
+                log.exception("on_let_go callback failed for %s", held.model_id)
 
 
 def _close(held: Demoted) -> None:

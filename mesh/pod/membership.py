@@ -28,6 +28,7 @@ def pod_state(plane: DataPlane, pod_id: str, address: str, labels: dict[str, str
     loaded = [m for m in view.models if m.state == "loaded"]
     lru = min((m.last_used or m.loaded_at for m in loaded), default=0.0)
     reading = plane.device_memory.read() if plane.device_memory is not None else None
+    published = view.demoted[:HOST_MODELS_PUBLISHED]
     instance = InstanceRecord(
         pod_id=pod_id,
         address=address,
@@ -43,7 +44,8 @@ def pod_state(plane: DataPlane, pod_id: str, address: str, labels: dict[str, str
         updated_at=time.time(),
         host_capacity=view.host_capacity,
         host_used=view.host_used,
-        host_models=tuple(d.model_id for d in view.demoted[:HOST_MODELS_PUBLISHED]),
+        host_models=tuple(d.model_id for d in published),
+        host_model_bytes=tuple(d.host_bytes for d in published),
         device=reading.device if reading is not None else "",
         device_total=reading.total if reading is not None else 0,
         device_used=reading.used if reading is not None else 0,

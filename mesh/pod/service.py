@@ -242,6 +242,8 @@ class RuntimeService:
             loading_count=view.loading,
             runtimes=self._plane.runtimes.names,
             device=str(self._plane.device),
+            host_capacity_bytes=view.host_capacity,
+            host_used_bytes=view.host_used,
         )
         for m in view.models:
             response.models.add(
@@ -254,6 +256,17 @@ class RuntimeService:
                 last_used=m.last_used,
                 in_flight=m.in_flight,
                 loaded_at=m.loaded_at,
+                device_bytes=m.size,
+                host_bytes=m.host_measured or 0,
+            )
+        for d in view.demoted:
+            response.demoted.add(
+                model_id=d.model_id,
+                format=d.format,
+                state=rpb.ModelStatus.DEMOTED,
+                size_bytes=d.host_bytes,
+                host_bytes=d.host_bytes,
+                host_copy_is_model=d.moved,
             )
         for f in view.failures:
             response.models.add(

@@ -272,4 +272,6 @@ def model_message(view: ModelView, record: ModelRecord) -> mpb.ModelStatusRespon
             pod_id=c.pod_id, state=c.state, size_bytes=c.size, since=c.since, error=c.error,
             last_used=c.last_used,
         )  # fmt: skip
+    for h in view.host_copies:
+        response.host_copies.add(pod_id=h.pod_id, host_bytes=h.host_bytes)
     return response

@@ -159,6 +159,14 @@ class CopyView:
 
 
 @dataclass(frozen=True, slots=True)
+class HostCopyView:
+    """A model in a pod's host tier: demoted, not serving, promoted there on its next miss."""
+
+    pod_id: str
+    host_bytes: int  # 0: the pod did not publish it
+
+
+@dataclass(frozen=True, slots=True)
 class ModelView:
     model_id: str
     format: str
@@ -168,6 +176,7 @@ class ModelView:
     last_failure: str
     storage_key: str = ""
     storage_path: str = ""
+    host_copies: tuple[HostCopyView, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,13 +233,32 @@ class Overview:
         return asdict(self)
 
 
+def host_copies(mirror: MirrorView) -> dict[str, tuple[HostCopyView, ...]]:
+    """Every model in some pod's host tier: its pods (sorted) and the bytes each copy takes."""
+    held: dict[str, list[HostCopyView]] = collections.defaultdict(list)
+    for pod_id, inst in sorted(mirror.instances.items()):
+        sizes = inst.host_model_bytes
+        known = len(sizes) == len(inst.host_models)
+        for i, model_id in enumerate(inst.host_models):
+            held[model_id].append(HostCopyView(pod_id, sizes[i] if known else 0))
+    return {m: tuple(copies) for m, copies in held.items()}
+
+
 def model_view(
-    model_id: str, mirror: MirrorView, failures: FailureView | None, now: float
+    model_id: str,
+    mirror: MirrorView,
+    failures: FailureView | None,
+    now: float,
+    held: Mapping[str, tuple[HostCopyView, ...]] | None = None,
 ) -> ModelView | None:
-    """One model's state: LOADED if any copy is, else LOADING, else FAILED if a load failed."""
+    """One model's state: LOADED if any copy is, else LOADING, else FAILED if a load failed.
+
+    `held`: host_copies(mirror), when the caller builds many views of one mirror."""
     record = mirror.models.get(model_id)
     if record is None:
         return None
+    if held is None:
+        held = host_copies(mirror)
     copies = []
     last_failure = ""
     states = set()
@@ -260,6 +288,7 @@ def model_view(
         last_failure=last_failure,
         storage_key=record.storage_key,
         storage_path=record.storage_path,
+        host_copies=held.get(model_id, ()),
     )
 
 
@@ -330,7 +359,8 @@ def snapshot(
                 device=inst.device,
             )
         )
-    views = [model_view(m, mirror, failures, now) for m in sorted(mirror.models)]
+    held = host_copies(mirror)
+    views = [model_view(m, mirror, failures, now, held) for m in sorted(mirror.models)]
     errors = transition_errors or {}
     vmodels = [
         vmodel_view(v, mirror, failures, now, errors.get(v, "")) for v in sorted(mirror.vmodels)

@@ -11,13 +11,23 @@ Charge: a base model's size hint is its weights plus its KV-cache budget (`kv_ca
 tokens of every layer's keys and values), so the cache charges what generation may come to
 hold; an adapter's is its own weights. Loads fail with InvalidRequest for bad options and with
 the framework's error otherwise (the pod turns it into ModelLoadFailed).
+
+Host tier (mesh.pod.hosttier): both demote themselves, on a GPU pod and on a CPU-only one
+(`demote_on_host`), keeping the live torch objects so that a promotion costs only the move back.
+A base's engine stops and its module moves to the CPU with its tokenizer and engine settings; a
+promotion moves it back and starts a new engine. An adapter's LoRA weights leave its base's
+module (as an unload would take them out) and are kept on the CPU with its peft config; its
+promotion puts them into the base loaded at that time, so it needs its base loaded first. The
+cache demotes a base's adapters before the base, so a base never moves with adapters in it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -26,7 +36,7 @@ from mesh.errors import InvalidRequest, ModelNotReady
 from mesh.llm.chunks import Chunk
 from mesh.llm.engine import AsyncStream, Engine, collect
 from mesh.llm.params import SamplingParams
-from mesh.runtimes.base import LoadRequest, int_option
+from mesh.runtimes.base import HostCopy, LoadRequest, int_option
 from mesh.runtimes.hf import ADAPTER_CONFIG, TRANSFORMERS
 from mesh.tensors import Signature, TensorSpec
 
@@ -52,6 +62,9 @@ class GenerativeModel:
     platform = "transformers"
     signature = SIGNATURE
     generative = True
+    # The host tier keeps this model's live objects on a CPU-only pod too (no file bytes: a
+    # model directory, and a re-load would be the whole from_pretrained again).
+    demote_on_host = True
 
     def __init__(
         self,
@@ -121,9 +134,128 @@ class GenerativeModel:
         if self.adapter is None:
             self.engine.close()
             self.engine.model = None
-            return
-        name = self.adapter
-        self.engine.call(lambda engine: _detach(engine, name))
+        else:
+            name = self.adapter
+            self.engine.call(lambda engine: _detach(engine, name))
+        # On a GPU torch's caching allocator keeps the freed blocks: the unload check must see
+        # the memory come back.
+        _empty_device_cache(self.engine.device)
+
+    def demote(self) -> HostCopy | None:
+        """To host memory, for the pod's host tier (no request in flight): a base's module and
+        tokenizer with its engine stopped; an adapter's weights out of its base. None when it
+        cannot (a base with adapters still attached)."""
+        if self.adapter is not None:
+            name = self.adapter
+            self._closed = True
+            peft_class, config, state = self.engine.call(lambda e: _detach_to_host(e, name))
+            return _AdapterOnHost(name, peft_class, config, state)
+        engine = self.engine
+        if engine.adapters:
+            log.warning(
+                "model %s not demoted: adapters %s are still attached",
+                engine.name,
+                sorted(engine.adapters),
+            )
+            return None
+        self._closed = True
+        engine.close()  # its thread ends; nothing is queued (no request in flight)
+        module, engine.model = engine.model, None
+        module = module.to("cpu")
+        _empty_device_cache(engine.device)
+        return _EngineOnHost(
+            module,
+            engine.tokenizer,
+            _EngineSettings(
+                max_batch=engine.max_batch,
+                kv_tokens=engine.kv_tokens,
+                context=engine.context,
+                eos_ids=tuple(engine.eos_ids),
+            ),
+            weight_bytes=self._weight_bytes,
+            kv_bytes=self._kv_bytes,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _EngineSettings:
+    max_batch: int  # already 1 for a model that cannot batch
+    kv_tokens: int
+    context: int
+    eos_ids: tuple[int, ...]
+
+
+class _EngineOnHost:
+    """A demoted base: its module on the CPU; `restore` moves it to the request's device and
+    starts a new engine on it."""
+
+    def __init__(
+        self,
+        module: Any,
+        tokenizer: Any,
+        settings: _EngineSettings,
+        *,
+        weight_bytes: int,
+        kv_bytes: int,
+    ) -> None:
+        self._module = module
+        self._tokenizer = tokenizer
+        self._settings = settings
+        self._weight_bytes = weight_bytes
+        self._kv_bytes = kv_bytes
+        self.nbytes = weight_bytes
+
+    def restore(self, request: LoadRequest) -> GenerativeModel:
+        if self._module is None:
+            raise RuntimeError("the host copy was already let go")
+        device = str(request.device)
+        module = self._module.to(device)
+        settings = self._settings
+        engine = Engine(
+            module,
+            self._tokenizer,
+            name=request.model_id,
+            max_batch=settings.max_batch,
+            kv_tokens=settings.kv_tokens,
+            context=settings.context,
+            eos_ids=settings.eos_ids,
+            device=device,
+        )
+        engine.start()
+        self._module = None  # the model's now
+        return GenerativeModel(engine, weight_bytes=self._weight_bytes, kv_bytes=self._kv_bytes)
+
+    def close(self) -> None:
+        self._module = None
+        self._tokenizer = None
+
+
+class _AdapterOnHost:
+    """A demoted adapter: its peft config and LoRA weights on the CPU; `restore` puts them into
+    the base the request names (which must be loaded)."""
+
+    def __init__(self, name: str, peft_class: Any, config: Any, state: dict[str, Any]) -> None:
+        self._name = name
+        self._peft_class = peft_class
+        self._config = config
+        self._state: dict[str, Any] | None = state
+        self.nbytes = sum(t.numel() * t.element_size() for t in state.values())
+
+    def restore(self, request: LoadRequest) -> GenerativeModel:
+        base = request.base
+        if not isinstance(base, GenerativeModel) or base.adapter is not None:
+            raise ModelNotReady(f"adapter {request.model_id!r} needs its base model loaded")
+        state = self._state
+        if state is None:
+            raise RuntimeError("the host copy was already let go")
+        name, peft_class, config = request.model_id, self._peft_class, self._config
+        weights = base.engine.call(lambda e: _attach_from_host(e, name, peft_class, config, state))
+        return GenerativeModel(
+            base.engine, adapter=name, base_id=base.engine.name, weight_bytes=weights
+        )
+
+    def close(self) -> None:
+        self._state = None
 
 
 class TransformersRuntime:
@@ -255,6 +387,64 @@ def _detach(engine: Engine, name: str) -> None:
     else:
         # The last adapter: take peft's layers out and keep the untouched base model.
         engine.model = engine.model.unload()
+
+
+def _detach_to_host(engine: Engine, name: str) -> tuple[Any, Any, dict[str, Any]]:
+    """Take an adapter out of the base's module (on the engine thread), keeping its peft class,
+    config and weights on the CPU."""
+    from peft import PeftModel
+    from peft.utils import get_peft_model_state_dict
+
+    model = engine.model
+    if name not in engine.adapters or not isinstance(model, PeftModel):
+        raise RuntimeError(f"adapter {name!r} is not attached to {engine.name!r}")
+    config = copy.deepcopy(model.peft_config[name])
+    weights = get_peft_model_state_dict(model, adapter_name=name, save_embedding_layers=False)
+    # On a GPU a copy to the CPU; on the CPU the tensors themselves, kept past the detach.
+    state = {key: t.detach().to("cpu") for key, t in weights.items()}
+    _detach(engine, name)
+    _empty_device_cache(engine.device)
+    return type(model), config, state
+
+
+def _attach_from_host(
+    engine: Engine, name: str, peft_class: Any, config: Any, state: dict[str, Any]
+) -> int:
+    """Put a demoted adapter back into the base's module (on the engine thread), as `_attach`
+    does from its files; its weights' bytes."""
+    import warnings
+
+    from peft import PeftModel
+    from peft.utils import set_peft_model_state_dict
+
+    if name in engine.adapters:
+        raise InvalidRequest(f"adapter {name!r} is already attached to {engine.name!r}")
+    config = copy.deepcopy(config)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # peft calls transformers' deprecated API
+        if isinstance(engine.model, PeftModel):
+            engine.model.add_adapter(name, config)
+        else:
+            engine.model = peft_class(engine.model, config, adapter_name=name)
+        set_peft_model_state_dict(engine.model, state, adapter_name=name)
+    engine.model.eval()
+    engine.adapters.add(name)
+    marker = f".{name}."
+    return sum(
+        p.numel() * p.element_size() for n, p in engine.model.named_parameters() if marker in n
+    )
+
+
+def _empty_device_cache(device: str) -> None:
+    if device.startswith("cuda"):
+        import gc
+
+        import torch
+
+        # torch's caching allocator keeps freed blocks: without this the device's memory does
+        # not come back and the pod's unload check counts it against the runtime.
+        gc.collect()
+        torch.cuda.empty_cache()
 
 
 def _first_attr(config: Any, names: Sequence[str], default: int) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import signal
 import subprocess
@@ -84,6 +85,43 @@ async def test_registration_publishes_and_follows_the_pod(
         await registration.aclose(revoke=True)
     await mirror.wait_for(lambda m: "pod-1" not in m.instances)  # revoked: gone at once
     await mirror.aclose()
+
+
+async def test_byte_counts_that_move_less_than_a_mib_are_not_published_at_once(
+    store: KeyValueStore, prefix: str
+) -> None:
+    """The device's reading (on a CPU pod, the RSS) and the host tier's bytes move a little all
+    the time: like `used`, they are compared in whole MiB, so the record is not rewritten at
+    every notification (it still travels with the next heartbeat)."""
+    keys = Keys(prefix)
+    pod = FakePod()
+    extra = {"device_used": 100 << 20, "host_used": 8 << 20, "host_model_bytes": (8 << 20,)}
+
+    def state() -> PodState:
+        base = pod.state()
+        return PodState(dataclasses.replace(base.instance, **extra), base.placements)
+
+    registration = PodRegistration(store, keys, state, ttl=5, min_interval=0.05)
+    await registration.start()
+    try:
+        await registration.wait_registered()
+        before = await store.revision()
+        for i in range(5):
+            extra["device_used"] = (100 << 20) + i * 4096
+            extra["host_used"] = (8 << 20) + i * 4096
+            registration.notify()
+            await asyncio.sleep(0.06)  # spaced past min_interval: five chances to publish
+        assert await store.revision() == before
+        extra["device_used"] = 200 << 20  # a change the mesh should see
+        registration.notify()
+        mirror = Mirror(store, keys, FAST)
+        await mirror.start()
+        try:
+            await mirror.wait_for(lambda m: m.instances["pod-1"].device_used == 200 << 20)
+        finally:
+            await mirror.aclose()
+    finally:
+        await registration.aclose()
 
 
 async def test_lost_lease_registers_again_and_republishes(

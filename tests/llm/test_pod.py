@@ -216,3 +216,37 @@ def test_an_llm_evicted_by_predictive_models_loads_again(repo: Path) -> None:
             assert not c.is_model_ready("mlp-big")
         finally:
             c.close()
+
+
+def test_an_llm_evicted_into_the_host_tier_comes_back_by_a_request_with_its_module(
+    repo: Path,
+) -> None:
+    """A CPU pod with a host tier: the Llama evicted by a predictive model keeps its live module
+    in host memory (RuntimeStatus says so), and a request for it promotes it: the same module,
+    no load from its files."""
+    with running_pod(models=repo, capacity=115 * 2**20, host_tier="64Mi") as small:
+        c = triton.InferenceServerClient(small.address)
+        try:
+            assert _text(c.infer("llama-big", _inputs("hello world", None, temperature=0))) == (
+                "this is a tiny language model"
+            )
+            module = small.plane.cache._entries["llama-big"].model.engine.model
+            x = triton.InferInput("input", [1, 64], "FP32")
+            x.set_data_from_numpy(np.ones((1, 64), dtype=np.float32))
+            c.infer("mlp-big", [x])
+            assert not c.is_model_ready("llama-big")  # evicted to make room
+            status = small.control.RuntimeStatus(rpb.RuntimeStatusRequest())
+            (demoted,) = status.demoted
+            assert demoted.model_id == "llama-big" and demoted.host_copy_is_model
+            assert demoted.host_bytes == status.host_used_bytes > 0
+            again = c.infer("llama-big", _inputs("the mesh", None, temperature=0))
+            assert _text(again) == "serves many models on few machines"
+            assert small.plane.cache._entries["llama-big"].model.engine.model is module
+            promotions = [
+                line
+                for line in small.metrics_text().splitlines()
+                if line.startswith("mesh_pod_promotions_total ")
+            ]
+            assert promotions == ["mesh_pod_promotions_total 1.0"]
+        finally:
+            c.close()

@@ -48,6 +48,10 @@ def two_pods(
             )
             for pod_id in ("going", "staying")
         )
+        # Both in the mesh before a test drains one: the registration publishes in a task of its
+        # own, and on a loaded machine "going" could otherwise find no other pod at all.
+        for pod in (going, staying):
+            pod.run(pod.server.registration.wait_registered())
         yield going, staying
 
 

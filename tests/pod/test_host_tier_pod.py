@@ -2,11 +2,13 @@
 
 A real ONNX model evicted on a CPU pod comes back from the host tier with no pull and no file;
 on a FakeDevice the models demote themselves and come back; a runtime that keeps device memory
-recycles the pod. Pulls go through a counting puller whose release deletes the pulled files.
+recycles the pod. Pulls go through a counting puller whose release deletes the pulled files; a
+model's files are released only once it has left both tiers.
 """
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -44,8 +46,12 @@ def metric(pod: RunningPod, line_start: str) -> float:
 
 
 def load(pod: RunningPod, model_id: str, path: str, **options: str) -> rpb.LoadModelResponse:
+    """LoadModel, then wait until a model it evicted is in the host tier (a file's bytes are
+    read after the eviction)."""
     request = rpb.LoadModelRequest(model_id=model_id, storage_path=path, options=options)
-    return pod.control.LoadModel(request, timeout=60)
+    response = pod.control.LoadModel(request, timeout=60)
+    pod.run(pod.plane.cache.demotions_read())
+    return response
 
 
 @pytest.fixture
@@ -74,8 +80,8 @@ def test_an_evicted_onnx_model_comes_back_from_the_host_tier_with_no_pull_and_no
     pod, puller = cpu_pod
     fillers = demote_a(pod)
     assert puller.pulls == ["a", *fillers]
-    wait_until(lambda: "a" in puller.released, what="a's files released to the puller")
-    assert not (tmp_path / "disk" / "a").exists()  # the pulled files are gone
+    assert "a" not in puller.released  # held while a is on the pod, in either tier
+    shutil.rmtree(tmp_path / "disk" / "a")  # the promotion must not need them
     record = pod.run(_state(pod)).instance
     demoted = len(record.host_models)
     assert metric(pod, "mesh_pod_demotions_total") == demoted
@@ -83,6 +89,10 @@ def test_an_evicted_onnx_model_comes_back_from_the_host_tier_with_no_pull_and_no
     assert metric(pod, 'mesh_pod_used_bytes{tier="host"}') == demoted * file_bytes
     assert metric(pod, 'mesh_pod_capacity_bytes{tier="host"}') == 64 * 2**20
     assert record.host_used == demoted * file_bytes and record.host_capacity == 64 * 2**20
+    assert record.host_model_bytes == (file_bytes,) * demoted
+    status = pod.control.RuntimeStatus(rpb.RuntimeStatusRequest())
+    assert "a" in {m.model_id for m in status.demoted}
+    assert all(m.host_bytes == file_bytes and not m.host_copy_is_model for m in status.demoted)
     assert record.device == "host" and record.device_total > 0 and record.device_used > 0
 
     load(pod, "a", "big")  # the router's LoadModel on a miss
@@ -93,6 +103,39 @@ def test_an_evicted_onnx_model_comes_back_from_the_host_tier_with_no_pull_and_no
     got = output_array(pod.v2.ModelInfer(infer_request("a", input=x)), "output")
     want = ort.InferenceSession(str(store / "big" / "model.onnx")).run(None, {"input": x})[0]
     np.testing.assert_array_equal(got, want)
+
+
+def test_a_model_promoted_from_the_host_tier_is_demoted_again_when_evicted_again(
+    store: Path, tmp_path: Path
+) -> None:
+    """The host tier's copy of a model that cannot move itself is its pulled file's bytes: that
+    file stays held (not released to the puller, whose release deletes it) while the model is
+    anywhere on the pod, so a second eviction after a promotion still keeps a copy; it is
+    released once the model leaves both tiers. (Sizes are exact on a FakeDevice.)"""
+    device = FakeDevice(total=100 * MB)
+    runtime = DeviceRuntime(device, demotable=False)  # demotions keep the file's bytes
+    puller = CountingPuller(store, tmp_path / "disk")
+    with running_pod(
+        runtimes=RuntimeRegistry([runtime]),
+        artifacts=puller,
+        device_memory=device,
+        capacity=15 * MB,  # one model on the device
+        host_tier="50M",
+    ) as pod:
+        size = str(10 * MB)
+        load(pod, "a", "a.fgpu", size=size)
+        load(pod, "b", "b.fgpu", size=size)  # a demoted, from its file
+        assert "a" not in puller.released and (tmp_path / "disk" / "a").exists()
+        load(pod, "a", "a.fgpu", size=size)  # promoted; b demoted
+        load(pod, "b", "b.fgpu", size=size)  # promoted; a demoted again, from its file again
+        assert list(pod.run(_state(pod)).instance.host_models) == ["a"]
+        load(pod, "a", "a.fgpu", size=size)
+        assert puller.pulls == ["a", "b"]  # every promotion without a pull
+        assert runtime.from_bytes == ["a", "b", "a"]
+        assert metric(pod, "mesh_pod_promotions_total") == 3
+        pod.control.UnloadModel(rpb.UnloadModelRequest(model_id="a"))
+        wait_until(lambda: "a" in puller.released, what="a's files released once a left the pod")
+        assert "b" not in puller.released  # b is in the host tier
 
 
 def test_an_unload_drops_the_host_copy_and_the_next_load_pulls(
@@ -139,11 +182,20 @@ def test_on_a_device_models_demote_themselves_and_memory_is_published_per_tier(
             100 * MB,
             32 * MB,
         )
+        # RuntimeStatus splits each model's memory per tier: a in the host tier, moved there.
+        status = pod.control.RuntimeStatus(rpb.RuntimeStatusRequest())
+        assert (status.host_capacity_bytes, status.host_used_bytes) == (25 * MB, 10 * MB)
+        assert [
+            (m.model_id, m.state, m.device_bytes, m.host_bytes, m.host_copy_is_model)
+            for m in status.demoted
+        ] == [("a", rpb.ModelStatus.DEMOTED, 0, 10 * MB, True)]
+        assert {m.model_id: m.device_bytes for m in status.models} == {m: 10 * MB for m in "bcd"}
         load(pod, "a", "a.fgpu", size=str(10 * MB))
         assert runtime.restored == ["a"] and puller.pulls == list("abcd")
         status = pod.control.RuntimeStatus(rpb.RuntimeStatusRequest())
         sizes = {m.model_id: m.measured_bytes for m in status.models}
         assert sizes == {"a": 10 * MB, "c": 10 * MB, "d": 10 * MB}
+        assert [m.model_id for m in status.demoted] == ["b"]
         # b went down in its turn; a request for it promotes it (no LoadModel, no pull).
         x = np.arange(4, dtype=np.float32)
         response = pod.v2.ModelInfer(infer_request("b", x=x))

@@ -6,6 +6,7 @@ a FakeDevice (the device contract's fake, tests/pod/test_devices.py).
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -134,12 +135,99 @@ async def test_on_the_host_a_demotion_keeps_the_files_bytes_and_promotes_from_th
     await cache.load(a)
     await cache.load(device_source(tmp_path, "b", 10 * MB))
     assert runtime.demoted == 0 and runtime.closed == 1  # closed; its file's bytes kept
+    await cache.demotions_read()  # read after the eviction
     (held,) = cache.view().demoted
     assert held.host_bytes == a.file.stat().st_size and not held.moved
     a.file.unlink()
     outcome = await cache.load(a)
     assert outcome.promoted
     assert runtime.from_bytes == ["a"]  # a deserialisation from memory, not a file read
+
+
+async def test_a_model_leaves_the_pod_only_when_it_is_in_neither_tier(tmp_path: Path) -> None:
+    """What the data plane releases to the puller: never at a demotion (the next demotion after a
+    promotion reads the file again), but when the host tier lets the copy go, on an unload, and
+    when a promotion fails."""
+    device = FakeDevice(total=100 * MB)
+    runtime = DeviceRuntime(device)
+    cache = ModelCache(
+        capacity=10 * MB,  # one model on the device
+        runtimes=RuntimeRegistry([runtime]),
+        meter=used_meter(device),
+        clock=Clock(),
+        host_tier=HostTier(40),  # two files' bytes (16 each)
+        on_device=False,
+    )
+    left: list[str] = []
+    cache.on_left(left.append)
+    sources = {m: device_source(tmp_path, m, 10 * MB) for m in "abcd"}
+
+    async def load(model_id: str) -> None:
+        await cache.load(sources[model_id])
+        await cache.demotions_read()  # the evicted model's file read into the tier
+
+    await load("a")
+    await load("b")  # a demoted
+    await load("a")  # promoted; b demoted
+    await load("b")  # promoted; a demoted again
+    await load("c")  # b demoted
+    assert left == [] and [d.model_id for d in cache.view().demoted] == ["b", "a"]
+    await load("d")  # c demoted: the tier lets a go
+    assert left == ["a"]
+    await cache.unload("b")  # in the host tier only
+    await cache.unload("d")  # loaded
+    assert left == ["a", "b", "d"]
+    device.allocate(95 * MB)  # c's promotion fails on the device: c has left too
+    with pytest.raises(Exception, match="out of memory"):
+        await cache.load(sources["c"])
+    assert left == ["a", "b", "d", "c"] and cache.view().demoted == ()
+
+
+async def test_a_load_waiting_for_room_does_not_wait_for_the_evicted_files_read(
+    tmp_path: Path,
+) -> None:
+    """On a device tier a demotion to file bytes (an ONNX session) reads the file after the
+    eviction: the load that needed the room goes on at once. The evicted model's file is a
+    FIFO here, so that its read blocks until the test writes the bytes (a large file on a slow
+    disk)."""
+    import os
+    import threading
+
+    device = FakeDevice(total=100 * MB)
+    runtime = DeviceRuntime(device, demotable=False)  # keeps its file's bytes, as ONNX does
+    cache = gpu_cache(device, runtime, capacity=10 * MB, host=MB)
+    a = device_source(tmp_path, "a", 10 * MB)
+    await cache.load(a)
+    a.file.unlink()
+    os.mkfifo(a.file)  # the loaded model's file, now one whose read waits for a writer
+    written = threading.Event()
+
+    def write() -> None:
+        with open(a.file, "wb") as fifo:
+            fifo.write(b"weights of a")
+        written.set()
+
+    try:
+        # Bounded: before the fix this load waited for the read, which waits for the writer.
+        outcome = await asyncio.wait_for(cache.load(device_source(tmp_path, "b", 10 * MB)), 30)
+        assert outcome.evicted == ("a",) and cache.is_loaded("b")
+        assert cache.view().demoted == () and not written.is_set()  # a's file not read yet
+    finally:
+        threading.Thread(target=write, daemon=True).start()
+    await cache.demotions_read()
+    (held,) = cache.view().demoted
+    assert held.model_id == "a" and held.host_bytes == len(b"weights of a")
+    await cache.aclose()
+
+
+def test_a_file_larger_than_the_host_tier_is_not_read(tmp_path: Path) -> None:
+    from mesh.pod.hosttier import file_copy
+
+    source = device_source(tmp_path, "a", MB)  # a 16-byte file
+    runtime = DeviceRuntime(FakeDevice(total=MB))
+    assert file_copy(runtime, source, limit=15) is None
+    copy = file_copy(runtime, source, limit=16)
+    assert copy is not None and copy.data == source.file.read_bytes()
 
 
 async def test_a_runtime_that_cannot_load_bytes_is_evicted_as_before(tmp_path: Path) -> None:

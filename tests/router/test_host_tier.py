@@ -9,11 +9,14 @@ ONNX model through the host tier).
 
 from __future__ import annotations
 
+import json
 from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
+import pytest
 
+from mesh.cli import main
 from mesh.cluster.records import PlacementState
 from mesh.gen import management_pb2 as mpb
 from mesh.pod.devices import FakeDevice
@@ -39,7 +42,7 @@ def _loaded_on(router: RunningRouter, model_id: str) -> str:
 
 
 def test_a_model_evicted_into_a_host_tier_is_served_again_with_no_pull(
-    etcd: EtcdServer, prefix: str, tmp_path: Path
+    etcd: EtcdServer, prefix: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     store = tmp_path / "store"
     store.mkdir()
@@ -90,9 +93,33 @@ def test_a_model_evicted_into_a_host_tier_is_served_again_with_no_pull(
         demoting = _loaded_on(router, "m2")
         demoted, other, kept = ("m0", second, "m1") if demoting == first else ("m1", first, "m0")
         router.run(
-            router.server.mirror.wait_for(lambda m: demoted in m.instances[demoting].host_models)
+            router.server.mirror.wait_for(
+                lambda m: (
+                    demoted in m.instances[demoting].host_models and not m.placements.get(demoted)
+                )
+            )
         )
         assert sum(len(p.pulls) for p in pullers.values()) == 3
+        # `mesh status` shows where each model is, per tier: m-demoted in the host tier of the
+        # pod that demoted it (10 MB of host memory), the others on the device.
+        status = router.management.GetModelStatus(mpb.GetModelStatusRequest(model_id=demoted))
+        assert [(h.pod_id, h.host_bytes) for h in status.host_copies] == [(demoting, 10 * MB)]
+        assert not status.copies
+        r = ("--router", router.address)
+        assert main(["status", demoted, *r]) == 0
+        out = capsys.readouterr().out
+        assert f"{demoting}   host   demoted   9.5Mi" in out
+        assert main(["status", "-o", "json", *r]) == 0
+        data = json.loads(capsys.readouterr().out)
+        by_id = {m["model_id"]: m for m in data["models"]}
+        assert by_id[demoted]["host_copies"] == [{"pod_id": demoting, "host_bytes": 10 * MB}]
+        assert by_id["m2"]["host_copies"] == [] and by_id["m2"]["copies"][0]["pod_id"] == demoting
+        assert main(["status", *r]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        pod_row = next(line for line in lines if line.startswith(demoting))
+        assert "9.5Mi/47.7Mi (1)" in pod_row  # the host tier: used/capacity (models)
+        model_row = next(line for line in lines if line.startswith(f"{demoted} "))
+        assert model_row.split()[3:5] == ["-", demoting]  # no copy; in that pod's host tier
         # The other pod gets its room back: free room would win a plain miss.
         router.management.UnregisterModel(mpb.UnregisterModelRequest(model_id=kept))
         router.run(
