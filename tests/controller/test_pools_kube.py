@@ -270,3 +270,26 @@ def test_a_controller_that_just_started_places_a_model_on_its_pool_at_once(
 
     (spec,) = mesh.models.values()
     assert spec.required_labels == {"pool": "onnx-rt"}
+
+
+def test_kserves_single_model_runtimes_leave_predictors_on_any_pod(
+    kube: FakeKubeAPI, mesh: FakeMesh
+) -> None:
+    # A cluster with KServe installed has its ClusterServingRuntimes (multiModel unset: not
+    # ModelMesh runtimes). They make no pool, so they must not take the namespace off the
+    # older behaviour: a Predictor goes to any pod of its runtime, not NoSupportingRuntime.
+    from tests.controller.conftest import build_controller, predictor
+
+    single = runtime("kserve-xgbserver", "xgboost", cluster=True)
+    del single["spec"]["multiModel"]
+    kube.create("clusterservingruntimes", single)
+    created = kube.create("predictors", predictor("fraud", "xgboost", "model.json"))
+    controller = build_controller(kube, mesh, pools=True)
+    controller._observe("ADDED", created)
+
+    controller.process("fraud")
+
+    (spec,) = mesh.models.values()
+    assert spec.required_labels == {}
+    status = kube.get("predictors", NS, "fraud")["status"]  # type: ignore[index]
+    assert status["transitionStatus"] != "InvalidSpec", status
