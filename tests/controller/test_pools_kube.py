@@ -293,3 +293,32 @@ def test_kserves_single_model_runtimes_leave_predictors_on_any_pod(
     assert spec.required_labels == {}
     status = kube.get("predictors", NS, "fraud")["status"]  # type: ignore[index]
     assert status["transitionStatus"] != "InvalidSpec", status
+
+
+def test_the_api_servers_defaults_in_the_pod_template_cause_no_write_each_round(
+    kube: FakeKubeAPI, pools: Pools
+) -> None:
+    # A real API server fills defaults into what it stores (an env fieldRef gets apiVersion
+    # v1, a resourceFieldRef divisor "0", quantities their canonical form). Comparing the
+    # stored template with the wanted one field by field saw a change every round and patched
+    # the Deployment every --pool-interval, forever.
+    kube.create("servingruntimes", runtime("onnx-rt", "onnx"))
+    pools.reconcile()
+    stored = kube.get("deployments", NS, "mesh-pod-onnx-rt")
+    assert stored is not None
+    container = stored["spec"]["template"]["spec"]["containers"][0]
+    for env in container["env"]:
+        source = env.get("valueFrom") or {}
+        if "fieldRef" in source:
+            source["fieldRef"]["apiVersion"] = "v1"
+        if "resourceFieldRef" in source:
+            source["resourceFieldRef"]["divisor"] = "0"
+    kube.patch("deployments", NS, "mesh-pod-onnx-rt", {"spec": stored["spec"]})
+    defaulted = kube.get("deployments", NS, "mesh-pod-onnx-rt")
+    assert defaulted is not None
+
+    pools.reconcile()
+
+    after = kube.get("deployments", NS, "mesh-pod-onnx-rt")
+    assert after is not None
+    assert after["metadata"]["resourceVersion"] == defaulted["metadata"]["resourceVersion"]
