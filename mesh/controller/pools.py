@@ -190,15 +190,23 @@ class Pools:
             desired = min(max(replicas, floor), ceiling)  # bounds changed: no cool-down
         elif len(members) < replicas and desired < replicas:
             desired = replicas  # pods still starting: do not shrink what has not joined
+        marked = None
         if desired < replicas and decision.remove is not None:
             # The policy's choice (its sole copies fit elsewhere): the ReplicaSet removes it.
             self._api.mark_for_removal(decision.remove)
+            marked = decision.remove  # even if it said no: the patch may have landed
         if desired != replicas:
             log.info(
                 "pool %s: %d -> %d pods (%s; needs %s)",
                 runtime.name, replicas, desired, decision.reason, decision.needs,
             )  # fmt: skip
-            self._api.set_scale(name, desired, version)
+            try:
+                self._api.set_scale(name, desired, version)
+            except KubeError:
+                if marked is not None:
+                    # Not removed now: a mark left behind would pick it at a later scale-down.
+                    self._api.unmark(marked)
+                raise
         self._observe(runtime.name, desired, ready)
 
     def _observe(self, pool: str, desired: int, actual: int) -> None:

@@ -322,3 +322,30 @@ def test_the_api_servers_defaults_in_the_pod_template_cause_no_write_each_round(
     after = kube.get("deployments", NS, "mesh-pod-onnx-rt")
     assert after is not None
     assert after["metadata"]["resourceVersion"] == defaulted["metadata"]["resourceVersion"]
+
+
+def test_a_scale_down_that_is_not_written_withdraws_its_mark(
+    kube: FakeKubeAPI, pools: Pools, mesh: FakeMesh
+) -> None:
+    # The pod chosen for removal is marked before the scale is written; when the write fails
+    # (409: someone scaled meanwhile), a mark left behind would make the ReplicaSet remove that
+    # pod at some later scale-down, whatever it holds by then.
+    kube.create("servingruntimes", runtime("onnx-rt", "onnx"))
+    pools.reconcile()
+    kube.patch("deployments", NS, "mesh-pod-onnx-rt", {"spec": {"replicas": 2}})
+    for name in ("mesh-pod-onnx-rt-hot", "mesh-pod-onnx-rt-idle"):
+        kube.create("pods", {"metadata": {"name": name, "namespace": NS}, "spec": {}})
+    mesh.pool_view = PoolsView(
+        {"onnx-rt": [pod("mesh-pod-onnx-rt-hot", GiB, ("a", GiB // 8)),
+                     pod("mesh-pod-onnx-rt-idle", GiB)]},
+        now=1000.0,
+    )  # fmt: skip
+    kube.fail_next("PUT", r"/mesh-pod-onnx-rt/scale$", 409)
+
+    pools.reconcile()
+
+    assert kube.fired and kube.fired[0].code == 409
+    idle = kube.get("pods", NS, "mesh-pod-onnx-rt-idle") or {}
+    annotations = idle.get("metadata", {}).get("annotations") or {}
+    assert "controller.kubernetes.io/pod-deletion-cost" not in annotations
+    assert kube.get("deployments", NS, "mesh-pod-onnx-rt")["spec"]["replicas"] == 2  # type: ignore[index]
