@@ -136,14 +136,30 @@ class Pools:
             log.info("pools: management API: %s; no resize this round", exc)
             view = None
         for runtime in runtimes:
-            if not runtime.serves:
-                continue
             try:
+                if not runtime.serves:
+                    self._switch_off(runtime)
+                    continue
                 self._reconcile_one(runtime, view)
             except Conflict as exc:
                 log.info("pool %s: %s; again next round", runtime.name, exc)
             except InvalidSpec as exc:
                 self._report(_as_object(runtime, self.namespace), str(exc))
+
+    def _switch_off(self, runtime: rt.RuntimeSpec) -> None:
+        """A runtime that serves no more (disabled, multiModel false, no format the mesh
+        loads) has no pool: the Deployment made while it served goes to zero pods (kept, so
+        that switching the runtime back on brings the pool back through the usual round)."""
+        name = rt.deployment_name(runtime)
+        current = self._api.deployment(name)
+        labels = ((current or {}).get("metadata") or {}).get("labels") or {}
+        if current is None or labels.get("app.kubernetes.io/managed-by") != rt.MANAGED_BY:
+            return
+        replicas, _, version = self._api.scale(name)
+        if replicas:
+            log.info("pool %s: the runtime serves no more; 0 pods", runtime.name)
+            self._api.set_scale(name, 0, version)
+        self._observe(runtime.name, 0, 0)
 
     def _reconcile_one(self, runtime: rt.RuntimeSpec, view: PoolsView | None) -> None:
         s = self.settings

@@ -349,3 +349,19 @@ def test_a_scale_down_that_is_not_written_withdraws_its_mark(
     annotations = idle.get("metadata", {}).get("annotations") or {}
     assert "controller.kubernetes.io/pod-deletion-cost" not in annotations
     assert kube.get("deployments", NS, "mesh-pod-onnx-rt")["spec"]["replicas"] == 2  # type: ignore[index]
+
+
+def test_a_runtime_switched_off_takes_its_pool_down(kube: FakeKubeAPI, pools: Pools) -> None:
+    # `disabled: true` (or `multiModel: false`) means no pool (docs/kubernetes.md); a pool made
+    # while the runtime served used to keep its pods running, unmanaged, for good.
+    kube.create("servingruntimes", runtime("onnx-rt", "onnx"))
+    pools.reconcile()
+    assert kube.get("deployments", NS, "mesh-pod-onnx-rt")["spec"]["replicas"] == 1  # type: ignore[index]
+
+    kube.patch("servingruntimes", NS, "onnx-rt", {"spec": {"disabled": True}})
+    pools.reconcile()
+    assert kube.get("deployments", NS, "mesh-pod-onnx-rt")["spec"]["replicas"] == 0  # type: ignore[index]
+
+    kube.patch("servingruntimes", NS, "onnx-rt", {"spec": {"disabled": False}})
+    pools.reconcile()
+    assert kube.get("deployments", NS, "mesh-pod-onnx-rt")["spec"]["replicas"] == 1  # type: ignore[index]
