@@ -173,9 +173,17 @@ def parse_runtime(obj: Mapping[str, Any], cluster: bool = False) -> RuntimeSpec:
             )
         )
     containers = spec.get("containers") or []
+    if not isinstance(containers, list):
+        raise InvalidSpec(f"runtime {name}: spec.containers must be a list")
     first: Mapping[str, Any] = (
         containers[0] if containers and isinstance(containers[0], Mapping) else {}
     )
+    # The CRD keeps a container's fields (and the older ones) as written: check what is used.
+    resources = _shaped(first.get("resources"), Mapping, name, "containers[0].resources")
+    env = _shaped(first.get("env"), list, name, "containers[0].env")
+    node_selector = _shaped(spec.get("nodeSelector"), Mapping, name, "spec.nodeSelector")
+    tolerations = _shaped(spec.get("tolerations"), list, name, "spec.tolerations")
+    labels = _shaped(spec.get("labels"), Mapping, name, "spec.labels")
     replicas = spec.get("replicas")
     return RuntimeSpec(
         name=name,
@@ -184,14 +192,24 @@ def parse_runtime(obj: Mapping[str, Any], cluster: bool = False) -> RuntimeSpec:
         formats=tuple(formats),
         multi_model=bool(spec.get("multiModel", False)),
         disabled=bool(spec.get("disabled", False)),
-        labels=dict(metadata.get("labels") or {}) | dict(spec.get("labels") or {}),
+        labels=dict(metadata.get("labels") or {}) | dict(labels),
         annotations=dict(metadata.get("annotations") or {}),
-        resources=dict(first.get("resources") or {}),
-        env=tuple(e for e in first.get("env") or [] if isinstance(e, Mapping)),
-        node_selector=dict(spec.get("nodeSelector") or {}),
-        tolerations=tuple(t for t in spec.get("tolerations") or [] if isinstance(t, Mapping)),
+        resources=dict(resources),
+        env=tuple(e for e in env if isinstance(e, Mapping)),
+        node_selector=dict(node_selector),
+        tolerations=tuple(t for t in tolerations if isinstance(t, Mapping)),
         replicas=int(replicas) if isinstance(replicas, int) else None,
     )
+
+
+def _shaped(value: Any, kind: type, runtime: str, what: str) -> Any:
+    """`value` (empty when unset) if it is a `kind`; InvalidSpec naming it otherwise."""
+    if value is None:
+        return kind() if kind is list else {}
+    if not isinstance(value, kind):
+        shape = "a list" if kind is list else "an object"
+        raise InvalidSpec(f"runtime {runtime}: {what} must be {shape}, not {value!r}")
+    return value
 
 
 def effective(

@@ -365,3 +365,22 @@ def test_a_runtime_switched_off_takes_its_pool_down(kube: FakeKubeAPI, pools: Po
     kube.patch("servingruntimes", NS, "onnx-rt", {"spec": {"disabled": False}})
     pools.reconcile()
     assert kube.get("deployments", NS, "mesh-pod-onnx-rt")["spec"]["replicas"] == 1  # type: ignore[index]
+
+
+def test_one_runtime_of_an_odd_shape_stops_no_other_pool(kube: FakeKubeAPI, pools: Pools) -> None:
+    # The CRD keeps a container's fields as written: `resources` can be anything. Such a
+    # runtime crashed the listing of every runtime, so no pool was reconciled at all (and a
+    # controller that had not listed them yet failed every Predictor's reconcile).
+    odd = runtime("odd-rt", "onnx")
+    odd["spec"]["containers"][0]["resources"] = "lots"
+    kube.create("servingruntimes", odd)
+    kube.create("servingruntimes", runtime("onnx-rt", "onnx"))
+
+    pools.reconcile()
+
+    assert [d["metadata"]["name"] for d in kube.objects("deployments", NS)] == ["mesh-pod-onnx-rt"]
+    events = kube.objects("events", NS)
+    assert [(e["reason"], e["involvedObject"]["name"]) for e in events] == [
+        ("InvalidRuntime", "odd-rt")
+    ]
+    assert "resources" in events[0]["message"]
