@@ -100,6 +100,18 @@ class RuntimeSpec:
         return tuple(f.name for f in self.formats if f.name.lower() not in FORMATS)
 
     @property
+    def gpu(self) -> bool:
+        """Whether the runtime's container asks for GPUs (`nvidia.com/gpu` and the like, in
+        its limits or requests): its pool's pods are then GPU pods (`gpu=true`)."""
+        for part in ("limits", "requests"):
+            amounts = self.resources.get(part)
+            if isinstance(amounts, Mapping) and any(
+                str(k).endswith("/gpu") and str(v) not in ("", "0") for k, v in amounts.items()
+            ):
+                return True
+        return False
+
+    @property
     def serves(self) -> bool:
         """Whether the mesh runs a pool for it: enabled, multi-model, some format loadable."""
         return self.multi_model and not self.disabled and bool(self.runtimes)
@@ -319,6 +331,8 @@ def pod_args(runtime: RuntimeSpec, template: PodTemplate) -> list[str]:
         "--drain-timeout=30",
         f"--runtimes={','.join(runtime.runtimes)}",
         f"--label={POOL_LABEL}={runtime.name}",
+        # As the GPU overlay labels its pods: `gpu: required` models are placed only there.
+        *(["--label=gpu=true"] if runtime.gpu else []),
         "--log-json",
     ]
 

@@ -384,3 +384,36 @@ def test_one_runtime_of_an_odd_shape_stops_no_other_pool(kube: FakeKubeAPI, pool
         ("InvalidRuntime", "odd-rt")
     ]
     assert "resources" in events[0]["message"]
+
+
+def test_a_pool_of_gpu_pods_takes_the_models_that_require_a_gpu(
+    kube: FakeKubeAPI, pools: Pools, mesh: FakeMesh
+) -> None:
+    # `gpu: required` places a model only on pods labelled gpu=true (the GPU overlay labels
+    # its pods); a pool whose runtime asks for GPUs must carry the label too, or such a model,
+    # registered with the labels {gpu: true, pool: <runtime>}, could never be placed.
+    from tests.controller.conftest import build_controller, predictor
+
+    gpus = {"limits": {"nvidia.com/gpu": "1", "memory": "16Gi"}}
+    kube.create("servingruntimes", runtime("onnx-gpu", "onnx", containers=[
+        {"name": "server", "image": "example/server:1", "resources": gpus}]))  # fmt: skip
+    kube.create("servingruntimes", runtime("onnx-rt", "onnx"))
+    pools.reconcile()
+
+    def args(name: str) -> list[str]:
+        deployment = kube.get("deployments", NS, name)
+        assert deployment is not None
+        return list(deployment["spec"]["template"]["spec"]["containers"][0]["args"])
+
+    assert "--label=gpu=true" in args("mesh-pod-onnx-gpu")
+    assert "--label=gpu=true" not in args("mesh-pod-onnx-rt")
+
+    created = kube.create(
+        "predictors",
+        predictor("fraud", "onnx", "mlp", runtime={"name": "onnx-gpu"}, gpu="required"),
+    )
+    controller = build_controller(kube, mesh, pools=True)
+    controller._observe("ADDED", created)
+    controller.process("fraud")
+    (spec,) = mesh.models.values()
+    assert spec.required_labels == {"gpu": "true", "pool": "onnx-gpu"}
