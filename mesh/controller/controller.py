@@ -412,6 +412,10 @@ class Controller:
             # Not listed yet (a controller just started): list now, or a model would be
             # registered for any pod and moved to its pool a moment later.
             runtimes = self.pools.runtimes() if self.pools.synced.is_set() else self.pools.refresh()
+            # Only ModelMesh runtimes count: KServe's single-model runtimes (multiModel unset
+            # or false, as KServe installs its ClusterServingRuntimes) make no pool, and must
+            # not take a namespace off "any pod of the model's runtime".
+            runtimes = [r for r in runtimes if r.multi_model]
         known = {r.name for r in runtimes}
         spec = pr.parse(resource, known)
         if not runtimes:

@@ -85,7 +85,10 @@ def as_predictor(obj: Mapping[str, Any]) -> dict[str, Any]:
                 "(use storage {key, path} for other storage)"
             )
         key = (metadata.get("annotations") or {}).get(SECRET_KEY) or (storage or {}).get("key")
-        parameters = dict((storage or {}).get("parameters") or {})
+        given = (storage or {}).get("parameters") or {}
+        if not isinstance(given, Mapping):
+            raise InvalidSpec("spec.predictor.model.storage.parameters must be a map of strings")
+        parameters = dict(given)
         parameters["bucket"] = parts.netloc
         predictor_spec["storage"] = {
             "key": str(key or DEFAULT_STORAGE_KEY),

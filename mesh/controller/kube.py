@@ -240,6 +240,14 @@ class PoolApi:
             return False
         return True
 
+    def unmark(self, pod: str) -> None:
+        """Withdraw `mark_for_removal` (the scale-down it was for was not written)."""
+        patch = {"metadata": {"annotations": {DELETION_COST: None}}}
+        try:
+            self._core.patch_namespaced_pod(pod, self.namespace, patch, _request_timeout=30)
+        except _ERRORS as exc:
+            log.warning("pod %s: deletion cost not withdrawn (%s)", pod, exc)
+
     def set_scale(self, name: str, replicas: int, resource_version: str) -> None:
         """Write spec.replicas through the scale subresource, if the scale read is still
         current (Conflict otherwise)."""

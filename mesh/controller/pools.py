@@ -24,6 +24,8 @@ its size); the API server failing means the round is retried at the next interva
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import threading
 import time
@@ -40,6 +42,12 @@ from mesh.errors import MeshError
 from mesh.placement.pool import PoolPolicy, PoolSignals, PoolState, decide_pool
 
 log = logging.getLogger(__name__)
+
+# The Deployment's annotation holding a digest of the labels and pod template the controller
+# last wrote: what a round compares, since the API server fills defaults into what it stores
+# (fieldRef.apiVersion, resourceFieldRef.divisor, canonical quantities) and the stored template
+# never equals the wanted one field by field.
+TEMPLATE_HASH = "mesh.serving.kserve.io/template-hash"
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,14 +136,30 @@ class Pools:
             log.info("pools: management API: %s; no resize this round", exc)
             view = None
         for runtime in runtimes:
-            if not runtime.serves:
-                continue
             try:
+                if not runtime.serves:
+                    self._switch_off(runtime)
+                    continue
                 self._reconcile_one(runtime, view)
             except Conflict as exc:
                 log.info("pool %s: %s; again next round", runtime.name, exc)
             except InvalidSpec as exc:
                 self._report(_as_object(runtime, self.namespace), str(exc))
+
+    def _switch_off(self, runtime: rt.RuntimeSpec) -> None:
+        """A runtime that serves no more (disabled, multiModel false, no format the mesh
+        loads) has no pool: the Deployment made while it served goes to zero pods (kept, so
+        that switching the runtime back on brings the pool back through the usual round)."""
+        name = rt.deployment_name(runtime)
+        current = self._api.deployment(name)
+        labels = ((current or {}).get("metadata") or {}).get("labels") or {}
+        if current is None or labels.get("app.kubernetes.io/managed-by") != rt.MANAGED_BY:
+            return
+        replicas, _, version = self._api.scale(name)
+        if replicas:
+            log.info("pool %s: the runtime serves no more; 0 pods", runtime.name)
+            self._api.set_scale(name, 0, version)
+        self._observe(runtime.name, 0, 0)
 
     def _reconcile_one(self, runtime: rt.RuntimeSpec, view: PoolsView | None) -> None:
         s = self.settings
@@ -146,7 +170,7 @@ class Pools:
         # so the controller keeps at least one pod (docs/kubernetes.md).
         floor = max(bounds.min_pods, 1)
         ceiling = max(bounds.max_pods, floor)
-        wanted = rt.deployment(runtime, self.namespace, s.template, floor)
+        wanted = _with_hash(rt.deployment(runtime, self.namespace, s.template, floor))
         if current is None:
             log.info("pool %s: creating deployment %s (%d pods)", runtime.name, name, floor)
             self._api.create_deployment(wanted)
@@ -182,15 +206,23 @@ class Pools:
             desired = min(max(replicas, floor), ceiling)  # bounds changed: no cool-down
         elif len(members) < replicas and desired < replicas:
             desired = replicas  # pods still starting: do not shrink what has not joined
+        marked = None
         if desired < replicas and decision.remove is not None:
             # The policy's choice (its sole copies fit elsewhere): the ReplicaSet removes it.
             self._api.mark_for_removal(decision.remove)
+            marked = decision.remove  # even if it said no: the patch may have landed
         if desired != replicas:
             log.info(
                 "pool %s: %d -> %d pods (%s; needs %s)",
                 runtime.name, replicas, desired, decision.reason, decision.needs,
             )  # fmt: skip
-            self._api.set_scale(name, desired, version)
+            try:
+                self._api.set_scale(name, desired, version)
+            except KubeError:
+                if marked is not None:
+                    # Not removed now: a mark left behind would pick it at a later scale-down.
+                    self._api.unmark(marked)
+                raise
         self._observe(runtime.name, desired, ready)
 
     def _observe(self, pool: str, desired: int, actual: int) -> None:
@@ -213,33 +245,32 @@ class Pools:
             stop.wait(self.settings.interval)
 
 
+def _template_hash(deployment: Mapping[str, Any]) -> str:
+    wanted = {
+        "labels": deployment["metadata"]["labels"],
+        "template": deployment["spec"]["template"],
+    }
+    return hashlib.sha256(json.dumps(wanted, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _with_hash(deployment: dict[str, Any]) -> dict[str, Any]:
+    deployment["metadata"].setdefault("annotations", {})[TEMPLATE_HASH] = _template_hash(deployment)
+    return deployment
+
+
 def _template_patch(current: Mapping[str, Any], wanted: Mapping[str, Any]) -> dict[str, Any]:
-    """A merge patch bringing the labels, owner and pod template in line; {} when they are."""
+    """A merge patch bringing the labels, owner and pod template in line; {} when they are
+    (judged by the digest of what was last written, not the stored fields: see
+    TEMPLATE_HASH)."""
     patch: dict[str, Any] = {}
     meta, want_meta = current.get("metadata") or {}, wanted["metadata"]
-    if (meta.get("labels") or {}) != want_meta["labels"]:
-        patch.setdefault("metadata", {})["labels"] = want_meta["labels"]
+    digest = want_meta["annotations"][TEMPLATE_HASH]
+    if (meta.get("annotations") or {}).get(TEMPLATE_HASH) != digest:
+        patch["metadata"] = {"labels": want_meta["labels"], "annotations": {TEMPLATE_HASH: digest}}
+        patch["spec"] = {"template": wanted["spec"]["template"]}
     if not meta.get("ownerReferences"):
         patch.setdefault("metadata", {})["ownerReferences"] = want_meta["ownerReferences"]
-    spec = current.get("spec") or {}
-    template = wanted["spec"]["template"]
-    if _pod_essentials(spec.get("template") or {}) != _pod_essentials(template):
-        patch["spec"] = {"template": template}
     return patch
-
-
-def _pod_essentials(template: Mapping[str, Any]) -> Any:
-    """What decides a pool's pods (the API server fills defaults into the rest)."""
-    spec = template.get("spec") or {}
-    return (
-        (template.get("metadata") or {}).get("labels") or {},
-        [
-            (c.get("name"), c.get("image"), c.get("args"), c.get("resources"), c.get("env"))
-            for c in spec.get("containers") or []
-        ],
-        spec.get("nodeSelector") or {},
-        spec.get("tolerations") or [],
-    )
 
 
 def _as_object(runtime: rt.RuntimeSpec, namespace: str) -> dict[str, Any]:

@@ -100,6 +100,18 @@ class RuntimeSpec:
         return tuple(f.name for f in self.formats if f.name.lower() not in FORMATS)
 
     @property
+    def gpu(self) -> bool:
+        """Whether the runtime's container asks for GPUs (`nvidia.com/gpu` and the like, in
+        its limits or requests): its pool's pods are then GPU pods (`gpu=true`)."""
+        for part in ("limits", "requests"):
+            amounts = self.resources.get(part)
+            if isinstance(amounts, Mapping) and any(
+                str(k).endswith("/gpu") and str(v) not in ("", "0") for k, v in amounts.items()
+            ):
+                return True
+        return False
+
+    @property
     def serves(self) -> bool:
         """Whether the mesh runs a pool for it: enabled, multi-model, some format loadable."""
         return self.multi_model and not self.disabled and bool(self.runtimes)
@@ -173,9 +185,17 @@ def parse_runtime(obj: Mapping[str, Any], cluster: bool = False) -> RuntimeSpec:
             )
         )
     containers = spec.get("containers") or []
+    if not isinstance(containers, list):
+        raise InvalidSpec(f"runtime {name}: spec.containers must be a list")
     first: Mapping[str, Any] = (
         containers[0] if containers and isinstance(containers[0], Mapping) else {}
     )
+    # The CRD keeps a container's fields (and the older ones) as written: check what is used.
+    resources = _shaped(first.get("resources"), Mapping, name, "containers[0].resources")
+    env = _shaped(first.get("env"), list, name, "containers[0].env")
+    node_selector = _shaped(spec.get("nodeSelector"), Mapping, name, "spec.nodeSelector")
+    tolerations = _shaped(spec.get("tolerations"), list, name, "spec.tolerations")
+    labels = _shaped(spec.get("labels"), Mapping, name, "spec.labels")
     replicas = spec.get("replicas")
     return RuntimeSpec(
         name=name,
@@ -184,14 +204,24 @@ def parse_runtime(obj: Mapping[str, Any], cluster: bool = False) -> RuntimeSpec:
         formats=tuple(formats),
         multi_model=bool(spec.get("multiModel", False)),
         disabled=bool(spec.get("disabled", False)),
-        labels=dict(metadata.get("labels") or {}) | dict(spec.get("labels") or {}),
+        labels=dict(metadata.get("labels") or {}) | dict(labels),
         annotations=dict(metadata.get("annotations") or {}),
-        resources=dict(first.get("resources") or {}),
-        env=tuple(e for e in first.get("env") or [] if isinstance(e, Mapping)),
-        node_selector=dict(spec.get("nodeSelector") or {}),
-        tolerations=tuple(t for t in spec.get("tolerations") or [] if isinstance(t, Mapping)),
+        resources=dict(resources),
+        env=tuple(e for e in env if isinstance(e, Mapping)),
+        node_selector=dict(node_selector),
+        tolerations=tuple(t for t in tolerations if isinstance(t, Mapping)),
         replicas=int(replicas) if isinstance(replicas, int) else None,
     )
+
+
+def _shaped(value: Any, kind: type, runtime: str, what: str) -> Any:
+    """`value` (empty when unset) if it is a `kind`; InvalidSpec naming it otherwise."""
+    if value is None:
+        return kind() if kind is list else {}
+    if not isinstance(value, kind):
+        shape = "a list" if kind is list else "an object"
+        raise InvalidSpec(f"runtime {runtime}: {what} must be {shape}, not {value!r}")
+    return value
 
 
 def effective(
@@ -301,6 +331,8 @@ def pod_args(runtime: RuntimeSpec, template: PodTemplate) -> list[str]:
         "--drain-timeout=30",
         f"--runtimes={','.join(runtime.runtimes)}",
         f"--label={POOL_LABEL}={runtime.name}",
+        # As the GPU overlay labels its pods: `gpu: required` models are placed only there.
+        *(["--label=gpu=true"] if runtime.gpu else []),
         "--log-json",
     ]
 

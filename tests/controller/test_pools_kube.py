@@ -270,3 +270,150 @@ def test_a_controller_that_just_started_places_a_model_on_its_pool_at_once(
 
     (spec,) = mesh.models.values()
     assert spec.required_labels == {"pool": "onnx-rt"}
+
+
+def test_kserves_single_model_runtimes_leave_predictors_on_any_pod(
+    kube: FakeKubeAPI, mesh: FakeMesh
+) -> None:
+    # A cluster with KServe installed has its ClusterServingRuntimes (multiModel unset: not
+    # ModelMesh runtimes). They make no pool, so they must not take the namespace off the
+    # older behaviour: a Predictor goes to any pod of its runtime, not NoSupportingRuntime.
+    from tests.controller.conftest import build_controller, predictor
+
+    single = runtime("kserve-xgbserver", "xgboost", cluster=True)
+    del single["spec"]["multiModel"]
+    kube.create("clusterservingruntimes", single)
+    created = kube.create("predictors", predictor("fraud", "xgboost", "model.json"))
+    controller = build_controller(kube, mesh, pools=True)
+    controller._observe("ADDED", created)
+
+    controller.process("fraud")
+
+    (spec,) = mesh.models.values()
+    assert spec.required_labels == {}
+    status = kube.get("predictors", NS, "fraud")["status"]  # type: ignore[index]
+    assert status["transitionStatus"] != "InvalidSpec", status
+
+
+def test_the_api_servers_defaults_in_the_pod_template_cause_no_write_each_round(
+    kube: FakeKubeAPI, pools: Pools
+) -> None:
+    # A real API server fills defaults into what it stores (an env fieldRef gets apiVersion
+    # v1, a resourceFieldRef divisor "0", quantities their canonical form). Comparing the
+    # stored template with the wanted one field by field saw a change every round and patched
+    # the Deployment every --pool-interval, forever.
+    kube.create("servingruntimes", runtime("onnx-rt", "onnx"))
+    pools.reconcile()
+    stored = kube.get("deployments", NS, "mesh-pod-onnx-rt")
+    assert stored is not None
+    container = stored["spec"]["template"]["spec"]["containers"][0]
+    for env in container["env"]:
+        source = env.get("valueFrom") or {}
+        if "fieldRef" in source:
+            source["fieldRef"]["apiVersion"] = "v1"
+        if "resourceFieldRef" in source:
+            source["resourceFieldRef"]["divisor"] = "0"
+    kube.patch("deployments", NS, "mesh-pod-onnx-rt", {"spec": stored["spec"]})
+    defaulted = kube.get("deployments", NS, "mesh-pod-onnx-rt")
+    assert defaulted is not None
+
+    pools.reconcile()
+
+    after = kube.get("deployments", NS, "mesh-pod-onnx-rt")
+    assert after is not None
+    assert after["metadata"]["resourceVersion"] == defaulted["metadata"]["resourceVersion"]
+
+
+def test_a_scale_down_that_is_not_written_withdraws_its_mark(
+    kube: FakeKubeAPI, pools: Pools, mesh: FakeMesh
+) -> None:
+    # The pod chosen for removal is marked before the scale is written; when the write fails
+    # (409: someone scaled meanwhile), a mark left behind would make the ReplicaSet remove that
+    # pod at some later scale-down, whatever it holds by then.
+    kube.create("servingruntimes", runtime("onnx-rt", "onnx"))
+    pools.reconcile()
+    kube.patch("deployments", NS, "mesh-pod-onnx-rt", {"spec": {"replicas": 2}})
+    for name in ("mesh-pod-onnx-rt-hot", "mesh-pod-onnx-rt-idle"):
+        kube.create("pods", {"metadata": {"name": name, "namespace": NS}, "spec": {}})
+    mesh.pool_view = PoolsView(
+        {"onnx-rt": [pod("mesh-pod-onnx-rt-hot", GiB, ("a", GiB // 8)),
+                     pod("mesh-pod-onnx-rt-idle", GiB)]},
+        now=1000.0,
+    )  # fmt: skip
+    kube.fail_next("PUT", r"/mesh-pod-onnx-rt/scale$", 409)
+
+    pools.reconcile()
+
+    assert kube.fired and kube.fired[0].code == 409
+    idle = kube.get("pods", NS, "mesh-pod-onnx-rt-idle") or {}
+    annotations = idle.get("metadata", {}).get("annotations") or {}
+    assert "controller.kubernetes.io/pod-deletion-cost" not in annotations
+    assert kube.get("deployments", NS, "mesh-pod-onnx-rt")["spec"]["replicas"] == 2  # type: ignore[index]
+
+
+def test_a_runtime_switched_off_takes_its_pool_down(kube: FakeKubeAPI, pools: Pools) -> None:
+    # `disabled: true` (or `multiModel: false`) means no pool (docs/kubernetes.md); a pool made
+    # while the runtime served used to keep its pods running, unmanaged, for good.
+    kube.create("servingruntimes", runtime("onnx-rt", "onnx"))
+    pools.reconcile()
+    assert kube.get("deployments", NS, "mesh-pod-onnx-rt")["spec"]["replicas"] == 1  # type: ignore[index]
+
+    kube.patch("servingruntimes", NS, "onnx-rt", {"spec": {"disabled": True}})
+    pools.reconcile()
+    assert kube.get("deployments", NS, "mesh-pod-onnx-rt")["spec"]["replicas"] == 0  # type: ignore[index]
+
+    kube.patch("servingruntimes", NS, "onnx-rt", {"spec": {"disabled": False}})
+    pools.reconcile()
+    assert kube.get("deployments", NS, "mesh-pod-onnx-rt")["spec"]["replicas"] == 1  # type: ignore[index]
+
+
+def test_one_runtime_of_an_odd_shape_stops_no_other_pool(kube: FakeKubeAPI, pools: Pools) -> None:
+    # The CRD keeps a container's fields as written: `resources` can be anything. Such a
+    # runtime crashed the listing of every runtime, so no pool was reconciled at all (and a
+    # controller that had not listed them yet failed every Predictor's reconcile).
+    odd = runtime("odd-rt", "onnx")
+    odd["spec"]["containers"][0]["resources"] = "lots"
+    kube.create("servingruntimes", odd)
+    kube.create("servingruntimes", runtime("onnx-rt", "onnx"))
+
+    pools.reconcile()
+
+    assert [d["metadata"]["name"] for d in kube.objects("deployments", NS)] == ["mesh-pod-onnx-rt"]
+    events = kube.objects("events", NS)
+    assert [(e["reason"], e["involvedObject"]["name"]) for e in events] == [
+        ("InvalidRuntime", "odd-rt")
+    ]
+    assert "resources" in events[0]["message"]
+
+
+def test_a_pool_of_gpu_pods_takes_the_models_that_require_a_gpu(
+    kube: FakeKubeAPI, pools: Pools, mesh: FakeMesh
+) -> None:
+    # `gpu: required` places a model only on pods labelled gpu=true (the GPU overlay labels
+    # its pods); a pool whose runtime asks for GPUs must carry the label too, or such a model,
+    # registered with the labels {gpu: true, pool: <runtime>}, could never be placed.
+    from tests.controller.conftest import build_controller, predictor
+
+    gpus = {"limits": {"nvidia.com/gpu": "1", "memory": "16Gi"}}
+    kube.create("servingruntimes", runtime("onnx-gpu", "onnx", containers=[
+        {"name": "server", "image": "example/server:1", "resources": gpus}]))  # fmt: skip
+    kube.create("servingruntimes", runtime("onnx-rt", "onnx"))
+    pools.reconcile()
+
+    def args(name: str) -> list[str]:
+        deployment = kube.get("deployments", NS, name)
+        assert deployment is not None
+        return list(deployment["spec"]["template"]["spec"]["containers"][0]["args"])
+
+    assert "--label=gpu=true" in args("mesh-pod-onnx-gpu")
+    assert "--label=gpu=true" not in args("mesh-pod-onnx-rt")
+
+    created = kube.create(
+        "predictors",
+        predictor("fraud", "onnx", "mlp", runtime={"name": "onnx-gpu"}, gpu="required"),
+    )
+    controller = build_controller(kube, mesh, pools=True)
+    controller._observe("ADDED", created)
+    controller.process("fraud")
+    (spec,) = mesh.models.values()
+    assert spec.required_labels == {"gpu": "true", "pool": "onnx-gpu"}

@@ -122,6 +122,14 @@ def test_an_inference_service_reads_as_the_predictor_it_stands_for() -> None:
             {"modelFormat": {"name": "onnx"}, "storageUri": "s3://b/p", "runtime": {"n": 1}},
             "runtime's name",
         ),
+        (
+            {
+                "modelFormat": {"name": "onnx"},
+                "storageUri": "s3://b/p",
+                "storage": {"parameters": ["region=eu"]},
+            },
+            "parameters must be a map",
+        ),
     ],
 )
 def test_a_bad_inference_service_says_what_is_wrong(model: dict[str, Any], says: str) -> None:

@@ -1063,7 +1063,36 @@ def test_the_controller_may_scale_deployments_and_read_runtimes() -> None:
                  ("pods", "patch")]:  # fmt: skip
         assert need in allowed, need
     cluster_role = find(BASE, "ClusterRole", "mesh-controller-runtimes")
-    assert [r["resources"] for r in cluster_role["rules"]] == [["clusterservingruntimes"]]
+    # Cluster-wide, nothing but reading the runtimes and blocking their deletion by a pool.
+    assert [r["resources"] for r in cluster_role["rules"]] == [
+        ["clusterservingruntimes"],
+        ["clusterservingruntimes/finalizers"],
+    ]
     assert set(cluster_role["rules"][0]["verbs"]) == {"get", "list", "watch"}
+    assert cluster_role["rules"][1]["verbs"] == ["update"]
     leases = [r for r in role["rules"] if "leases" in r["resources"] and "update" in r["verbs"]]
     assert leases[0]["resourceNames"] == ["mesh-controller", "mesh-controller-isvc"]
+
+
+def test_the_controller_may_block_its_pools_owners_deletion() -> None:
+    # A pool's Deployment names its ServingRuntime (or ClusterServingRuntime) as owner with
+    # blockOwnerDeletion; where the OwnerReferencesPermissionEnforcement admission plugin is on
+    # (OpenShift, hardened clusters) that takes `update` on the owner's finalizers, or the
+    # API server refuses the Deployment with 403 and the pool never exists.
+    from mesh.controller import runtimes as rt
+
+    granted: set[tuple[str, str]] = set()
+    for _, doc in manifests():
+        if doc.get("kind") in ("Role", "ClusterRole") and "controller" in doc["metadata"]["name"]:
+            for rule in doc.get("rules") or []:
+                for group in rule.get("apiGroups") or []:
+                    for resource in rule.get("resources") or []:
+                        if "update" in rule.get("verbs", []):
+                            granted.add((group, resource))
+    for cluster, plural in ((False, rt.SERVING_RUNTIMES), (True, rt.CLUSTER_SERVING_RUNTIMES)):
+        runtime = rt.RuntimeSpec("r", cluster, "uid", (rt.ModelFormat("onnx"),))
+        (owner,) = rt.deployment(runtime, "mesh", rt.PodTemplate(), 1)["metadata"][
+            "ownerReferences"
+        ]
+        if owner.get("blockOwnerDeletion"):
+            assert (rt.GROUP, f"{plural}/finalizers") in granted, plural
