@@ -63,7 +63,8 @@ STATUS_TABLE: tuple[tuple[type[e.MeshError], grpc.StatusCode], ...] = (
     (e.UnknownError, Code.UNKNOWN),
 )
 
-# gRPC code -> HTTP status of the REST fronts.
+# gRPC code -> HTTP status of the REST fronts. "Too much now" (no room, too many requests held
+# for a pod to start) is 429, as on the OpenAI routes; "not now" is 503.
 HTTP_STATUS: dict[grpc.StatusCode, int] = {
     Code.OK: 200,
     Code.CANCELLED: 499,
@@ -73,7 +74,7 @@ HTTP_STATUS: dict[grpc.StatusCode, int] = {
     Code.NOT_FOUND: 404,
     Code.ALREADY_EXISTS: 409,
     Code.PERMISSION_DENIED: 403,
-    Code.RESOURCE_EXHAUSTED: 503,
+    Code.RESOURCE_EXHAUSTED: 429,
     Code.FAILED_PRECONDITION: 503,
     Code.ABORTED: 409,
     Code.OUT_OF_RANGE: 400,

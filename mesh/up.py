@@ -7,6 +7,13 @@ one router on --port (8033, gRPC) and --rest-port (8008, v2 REST) and N pods, ea
 its puller, whose storage is --storage (a `file` store: `--storage-path fraud/v3` names
 ./models/fraud/v3). Register models with `mesh register` against the router; they load on
 their first request.
+
+    mesh up --storage ./models --min-pods 0 --max-pods 3 --scale-down-after 30
+
+runs an elastic pool instead (mesh.pool): a controller sizes it with the pool-size policy
+(mesh.placement.pool) from the mesh's own signals, starting pods as they are needed (a request
+for a pool with none is held by the router while one starts) and draining them one at a time
+when idle, down to --min-pods (0: none). A pod that recycles (exit status 75) is replaced.
 """
 
 from __future__ import annotations
@@ -24,14 +31,18 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import grpc
 from pydantic import Field, ValidationError
 
+from mesh import logs
 from mesh.errors import MeshError
 from mesh.lifecycle import check_port_free, free_port
-from mesh.settings import CommandSettings, add_flags
+from mesh.pool.local import EXIT_RECYCLE, LocalPod, LocalPods, LocalPodSpec
+from mesh.pool.run import RunningPool, start_pool
+from mesh.pool.settings import PoolSettings
+from mesh.settings import CommandSettings, Nested, add_flags
 from mesh.units import parse_bytes
 
 
@@ -39,7 +50,10 @@ class UpSettings(CommandSettings, env_prefix="MESH_UP_"):
     """Every knob of `mesh up`."""
 
     storage: Path = Field(description="directory of model files (a `file` store)")
-    pods: int = Field(2, ge=0, description="serving pods")
+    pods: int | None = Field(
+        None, ge=0, description="serving pods (unset: 2; with a pool, those it starts with: "
+        "--min-pods)",
+    )  # fmt: skip
     capacity: str = Field(
         "1Gi", description="model bytes per pod; each puller's disk cache is twice it"
     )
@@ -54,6 +68,7 @@ class UpSettings(CommandSettings, env_prefix="MESH_UP_"):
     host: str = Field("127.0.0.1", description="address the router and the pods listen on")
     data_dir: Path | None = Field(None, description="etcd's data (unset: a temporary directory)")
     prefix: str = Field("/mesh/", description="root key prefix in etcd")
+    pool: Annotated[PoolSettings, Nested(prefix="", section="elastic pool")] = PoolSettings()
 
 
 def add_parser(sub: Any) -> None:
@@ -176,7 +191,16 @@ class LocalMesh:
 
     etcd: EtcdProcess
     router: RouterProcess
-    pods: list[PodProcess]
+    local: LocalPods = field(repr=False)
+    # The elastic pool's settings and its running controller; None: a fixed set of pods.
+    pool: PoolSettings | None = None
+    controller: RunningPool | None = None
+    _views: dict[str, PodProcess] = field(default_factory=dict, repr=False)
+
+    @property
+    def pods(self) -> list[PodProcess]:
+        """The pods running now (a pool's come and go as it scales)."""
+        return _pod_views(self.local, self._views)
 
     @property
     def pullers(self) -> list[PullerProcess]:
@@ -209,7 +233,35 @@ class LocalMesh:
             )
         e = self.etcd
         lines.append(f"  etcd       {e.url}   peer {e.peer_url}   pid {e.pid}")
+        if self.pool is not None and self.controller is not None:
+            host = self.router.address.rpartition(":")[0]
+            lines.append(
+                f"  pool       {self.pool.low} to {self.pool.high} pods, one drained after "
+                f"{self.pool.idle:g}s of less need   "
+                f"metrics http://{host}:{self.controller.metrics_port}/metrics"
+            )
         return "\n".join(lines)
+
+
+def _pod_views(local: LocalPods, views: dict[str, PodProcess]) -> list[PodProcess]:
+    """Each local pod as a PodProcess (the same object for a pod as long as it runs)."""
+    found = []
+    for pod in local.pods():
+        view = views.get(pod.pod_id)
+        if view is None or view.process is not pod.pod:
+            view = views[pod.pod_id] = _pod_view(pod, local.spec)
+        found.append(view)
+    for pod_id in set(views) - {p.name for p in found}:
+        del views[pod_id]
+    return found
+
+
+def _pod_view(pod: LocalPod, spec: LocalPodSpec) -> PodProcess:
+    n = pod.pod_id.removeprefix("pod-")
+    puller = PullerProcess(f"puller-{n}", pod.puller, pod.puller_socket, spec.cache_bytes)
+    return PodProcess(
+        pod.pod_id, pod.pod, f"{spec.host}:{pod.port}", f"{spec.host}:{pod.metrics_port}", puller
+    )
 
 
 @contextlib.contextmanager
@@ -239,6 +291,8 @@ def local_mesh(settings: UpSettings) -> Iterator[LocalMesh]:
     # order (a terminal's SIGINT to the whole group stopped etcd under the pods).
     spawn: dict[str, Any] = {"start_new_session": True}
     started: list[Child] = []
+    local: LocalPods | None = None
+    controller: RunningPool | None = None
     cache = cache_bytes(settings.capacity)
     with tempfile.TemporaryDirectory(prefix="mesh-up-") as tmp:
         data = settings.data_dir or Path(tmp) / "etcd"
@@ -259,32 +313,26 @@ def local_mesh(settings: UpSettings) -> Iterator[LocalMesh]:
             storage_config = Path(tmp) / "storage-config.json"
             entry = {"type": "file", "root": str(settings.storage.resolve())}
             storage_config.write_text(json.dumps({"default": entry}))
-            pods: list[PodProcess] = []
-            for i in range(settings.pods):
-                socket_path = f"unix:{tmp}/puller-{i}.sock"
-                proc = subprocess.Popen(
-                    [*mesh, "puller", "--listen", socket_path, "--no-metrics",
-                     "--cache-dir", f"{tmp}/cache-{i}", "--cache-bytes", str(cache),
-                     "--storage-config", str(storage_config), "--log-level", "WARNING"],
-                    **spawn,
-                )  # fmt: skip
-                puller = PullerProcess(f"puller-{i}", proc, socket_path, cache)
-                started.append(puller)
-                port, metrics = free_port(), free_port()
-                proc = subprocess.Popen(
-                    [*mesh, "pod", "--etcd", url, "--etcd-prefix", settings.prefix,
-                     "--pod-id", f"pod-{i}", "--host", host, "--port", str(port),
-                     "--metrics-port", str(metrics), "--capacity", settings.capacity,
-                     "--puller", socket_path,
-                     # The whole local mesh stops at once: nowhere to hand models off to.
-                     "--handoff-timeout", "0"],
-                    **spawn,
-                )  # fmt: skip
-                pod = PodProcess(f"pod-{i}", proc, f"{host}:{port}", f"{host}:{metrics}", puller)
-                started.append(pod)
-                pods.append(pod)
-            for pod in pods:
-                wait_port(int(pod.address.rsplit(":", 1)[1]), pod.process, pod.name)
+            pool = settings.pool if settings.pool.enabled else None
+            spec = LocalPodSpec(
+                mesh=mesh, etcd=url, prefix=settings.prefix, host=host,
+                capacity=settings.capacity, cache_bytes=cache, storage_config=storage_config,
+                workdir=Path(tmp),
+                # A fixed set of pods stops all at once: nowhere to hand models off to. A pool
+                # drains one pod at a time, onto the pods that stay.
+                handoff_timeout=pool.pool_handoff_timeout if pool is not None else 0.0,
+                spawn=spawn,
+            )  # fmt: skip
+            local = LocalPods(spec)
+            if pool is None:
+                initial = 2 if settings.pods is None else settings.pods
+            else:
+                initial = pool.low if settings.pods is None else settings.pods
+                initial = min(max(initial, pool.low), pool.high)
+            for _ in range(initial):
+                local.start_pod()
+            for pod in local.pods():
+                wait_port(pod.port, pod.pod, pod.pod_id)
             router_metrics = free_port()
             proc = subprocess.Popen(
                 [*mesh, "router", "--etcd", url, "--etcd-prefix", settings.prefix,
@@ -299,13 +347,48 @@ def local_mesh(settings: UpSettings) -> Iterator[LocalMesh]:
             started.append(router)
             wait_port(router_port, proc, "router")
             wait_tcp(rest_port, proc, "the router's REST port")
-            yield LocalMesh(etcd_child, router, pods)
+            if pool is not None:
+                capacity = parse_bytes(settings.capacity)
+                assert isinstance(capacity, int)
+                controller = start_pool(pool, local, url, settings.prefix, host, capacity)
+            yield LocalMesh(etcd_child, router, local, pool, controller)
         finally:
+            # The controller first (it must start no pod while the rest stop), then everything.
+            if controller is not None:
+                controller.stop()
+            if local is not None:
+                local.close()
+                for view in _pod_views(local, {}):
+                    started += [view, view.puller]
             _stop(started)
 
 
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
+
+
+def _watch(mesh: LocalMesh) -> list[str]:
+    """Run until a process the mesh cannot do without exits; the names of those that did.
+
+    A pool's controller replaces its pods itself. Without one, a pod that recycles itself
+    (exit status 75: a runtime kept device memory) is replaced by a fresh pod; any other
+    exit stops the mesh, as a fixed set of pods promised."""
+    while True:
+        dead = [c.name for c in (mesh.etcd, mesh.router) if not c.running()]
+        if dead:
+            return dead
+        if mesh.controller is None:
+            for gone in mesh.local.reap():
+                if gone.returncode != EXIT_RECYCLE:
+                    return [gone.pod_id]
+                replacement = mesh.local.start_pod()
+                print(
+                    f"mesh up: {gone.pod_id} recycled itself (status {EXIT_RECYCLE}); "
+                    f"{replacement} replaces it",
+                    file=sys.stderr,
+                    flush=True,
+                )
+        time.sleep(0.5)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -318,6 +401,7 @@ def run(args: argparse.Namespace) -> int:
     # explicitly: a shell's background job inherits SIGINT ignored.
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
+    logs.configure("INFO")  # the pool controller's decisions, beside the children's logs
     try:
         with local_mesh(settings) as mesh:
             print("mesh up: listening on", mesh.describe(), sep="\n")
@@ -327,12 +411,10 @@ def run(args: argparse.Namespace) -> int:
                 flush=True,
             )
             try:
-                while not mesh.exited():
-                    time.sleep(0.5)
+                dead = _watch(mesh)
             except KeyboardInterrupt:
                 print("\nmesh up: stopping", flush=True)
                 return 0
-            dead = mesh.exited()
             print(f"mesh up: {', '.join(dead)} exited; stopping", file=sys.stderr)
             return 1
     except KeyboardInterrupt:

@@ -100,6 +100,6 @@ def test_every_class_and_grpc_code_has_an_http_status_and_client_mistakes_are_4x
         else:
             assert status != 500, cls  # a known condition is never an unexplained 500
     assert http_status(code_of(errors.DeadlineExceeded)) == 504
-    assert http_status(code_of(errors.CapacityExhausted)) == 503
+    assert http_status(code_of(errors.CapacityExhausted)) == 429
     assert http_status(code_of(errors.ModelLoadFailed)) == 503
     assert http_status(code_of(errors.Unavailable)) == 503

@@ -18,6 +18,7 @@ a gauge has a sample (0 can be its true value). Names that the prometheus-adapte
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import re
 import shutil
 import threading
@@ -288,6 +289,28 @@ def test_every_documented_metric_is_emitted_after_a_scenario(
                 timeout=60,
             )
             leaky_pod.control.UnloadModel(rpb.UnloadModelRequest(model_id="leaky"))
+
+        # Scale from zero: a model of a pool with no pod is held until a pod of it registers.
+        register(mpb.RegisterModelRequest(
+            model_id="cold", format="onnx", storage_path="mlp",
+            options=mpb.ModelOptions(size_estimate=MIB // 4, required_labels={"pool": "cold"}),
+        ))  # fmt: skip
+        with concurrent.futures.ThreadPoolExecutor(1) as hold:
+            held = hold.submit(router.v2.ModelInfer, infer_request("cold", input=X), timeout=60)
+            wait_until(
+                lambda: (router.server.registry.get_sample_value(
+                    "mesh_router_held_requests", {"pool": "cold"}) or 0) == 1,
+                what="the request held",
+            )  # fmt: skip
+            stack.enter_context(
+                running_pod(
+                    runtimes=RuntimeRegistry.discover(["onnx"]),
+                    artifacts=CountingPuller(storage, tmp_path / "cold-disk"),
+                    etcd=etcd.url, etcd_prefix=prefix, pod_id="pod-cold", lease_ttl=5,
+                    labels={"pool": "cold"},
+                )
+            )  # fmt: skip
+            held.result(60)
 
         # A generative model streamed through the router, on a pod of its own in the mesh.
         llm_pod = stack.enter_context(

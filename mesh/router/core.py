@@ -33,6 +33,7 @@ from mesh.errors import (
 from mesh.placement.failures import FailureLog, FailurePolicy
 from mesh.router.copies import CopyView
 from mesh.router.forward import Forwarder
+from mesh.router.held import HeldRequests
 from mesh.router.loader import Loader
 from mesh.router.metrics import RouterMetrics
 from mesh.router.overview import Activity
@@ -67,6 +68,7 @@ class Router:
         policy: RouterPolicy | None = None,
         rng: random.Random | None = None,
         metrics: RouterMetrics | None = None,
+        held: HeldRequests | None = None,
     ) -> None:
         self._store = store
         self.mirror = mirror
@@ -92,7 +94,9 @@ class Router:
             self.policy, self._rng, metrics,
         )  # fmt: skip
         # The forward with its retries, and the request counts per model.
-        self.forwarder = Forwarder(pool, self.copies, self.loader, self.policy, metrics)
+        # Requests for a pool with no pod wait there for one to start (scale from zero).
+        self.held = held
+        self.forwarder = Forwarder(pool, self.copies, self.loader, self.policy, metrics, held)
         # `infer(data, model_id, timeout)`: the hit path, bound here so that it costs no frame
         # of the router's own (mesh.router.forward.Forwarder.infer).
         self.infer = self.forwarder.infer

@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator
 
 from mesh.errors import DeadlineExceeded, MeshError, ModelNotFound, ModelNotReady, Unavailable
 from mesh.router.copies import CopyView
+from mesh.router.held import HeldRequests
 from mesh.router.loader import Loader
 from mesh.router.metrics import RouterMetrics
 from mesh.router.pods import PodPool
@@ -47,8 +48,11 @@ class Forwarder:
         loader: Loader,
         policy: RouterPolicy,
         metrics: RouterMetrics | None,
+        held: HeldRequests | None = None,
     ) -> None:
         self._pool = pool
+        # Scale from zero (mesh.router.held): a miss for a pool with no pod waits there.
+        self._held = held
         self._copies = copies
         self._loader = loader
         self.policy = policy
@@ -75,7 +79,11 @@ class Forwarder:
                         continue
                     pod = found
                 try:
-                    return await self.forward(pod, data, model_id, deadline)
+                    if self._held is None or not self._held.count:
+                        return await self.forward(pod, data, model_id, deadline)
+                    response = await self.forward(pod, data, model_id, deadline)
+                    self._held.answered()
+                    return response
                 except _RETRYABLE as answer:
                     reason = _retry_reason(answer)
                     if isinstance(answer, ModelNotFound):
@@ -94,6 +102,8 @@ class Forwarder:
                 raise last
             raise Unavailable(f"model {model_id!r}: no copy answered")
         finally:
+            if self._held is not None and self._held.count:
+                self._held.finish()
             self.in_flight[model_id] -= 1
             if not self.in_flight[model_id]:
                 del self.in_flight[model_id]
@@ -147,6 +157,8 @@ class Forwarder:
                             self._copies.forget(model_id, pod.pod_id)
                         exclude.append(pod.pod_id)
                         continue
+                    if self._held is not None and self._held.count:
+                        self._held.answered()
                     yield first
                     while (message := await call.read()) is not None:
                         yield message
@@ -156,6 +168,8 @@ class Forwarder:
                     call.cancel()
             raise Unavailable(f"model {model_id!r}: no copy answered")
         finally:
+            if self._held is not None and self._held.count:
+                self._held.finish()
             self.in_flight[model_id] -= 1
             if not self.in_flight[model_id]:
                 del self.in_flight[model_id]
@@ -167,6 +181,8 @@ class Forwarder:
         copies = self._copies.holders(model_id, exclude)
         if copies:
             return self._pool.pick(copies)
+        if self._held is not None:
+            await self._held.wait_for_pod(model_id, deadline)
         pod_id = await self._loader.ensure_loaded(model_id, exclude, deadline)
         if pod_id in exclude:
             pod_id = await self._loader.add_copy_for(model_id, exclude, deadline)

@@ -51,6 +51,17 @@ class RouterMetrics:
             "mesh_router_loads", "Loads this router asked a pod for, by outcome", ["outcome"],
             registry=registry,
         )  # fmt: skip
+        # Scale from zero (mesh.router.held): requests held for a pool with no pod, and the
+        # seconds from a request's hold to its answer (pod start, registration, load, forward).
+        self.held = Gauge(
+            "mesh_router_held_requests", "Requests held for a pool with no pod to serve them",
+            ["pool"], registry=registry,
+        )  # fmt: skip
+        self.cold_start = Histogram(
+            "mesh_router_cold_start_seconds",
+            "Seconds from a request's hold (no pod up) to its answer",
+            buckets=(0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 45, 60, 90, 120), registry=registry,
+        )  # fmt: skip
         self.leader = Gauge("mesh_router_leader", "1 on the elected leader", registry=registry)
         self.models_registered = Gauge(
             "mesh_cluster_models_registered", "Registered models (leader only)", registry=registry

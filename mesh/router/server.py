@@ -37,6 +37,7 @@ from mesh.router import dashboard
 from mesh.router.background import LeaderWork
 from mesh.router.core import Router
 from mesh.router.grpcpods import GrpcPods
+from mesh.router.held import HeldRequests, HoldPolicy
 from mesh.router.management import Management
 from mesh.router.metrics import RouterMetrics
 from mesh.router.overview import Overview, snapshot
@@ -113,6 +114,7 @@ class RouterServer(Service):
         self.rest_port: int | None = None
         self.metrics_port: int | None = None
         self.router: Router | None = None
+        self.held: HeldRequests | None = None
         self.http: HttpApp | None = None
         self._metrics = MetricsEndpoint()
         self.health = Health()
@@ -137,9 +139,15 @@ class RouterServer(Service):
         await self.lease.start()
         self.pool = PodPool(GrpcPods(s.max_message_bytes))
         metrics = RouterMetrics(self.registry)
+        router_id = s.router_id or f"{socket.gethostname()}-{id(self):x}"
+        self.held = (
+            HeldRequests(self.store, self.mirror, s.etcd.prefix, router_id, self.lease,
+                         HoldPolicy(s.max_held_requests), metrics)
+            if s.max_held_requests else None
+        )  # fmt: skip
         self.router = Router(
             self.store, self.mirror, keys, self.pool,
-            router_id=s.router_id or f"{socket.gethostname()}-{id(self):x}",
+            router_id=router_id,
             lease=self.lease,
             policy=RouterPolicy(
                 s.forward_attempts, s.load_attempts, s.load_timeout,
@@ -147,6 +155,7 @@ class RouterServer(Service):
                 failure_attempts=s.failure_attempts,
             ),
             metrics=metrics,
+            held=self.held,
         )  # fmt: skip
         self.mirror.subscribe(self._forget_gone_pods)
         activity = self.router.activity
@@ -243,6 +252,8 @@ class RouterServer(Service):
             await self.http.aclose()
         await self._server.stop(grace=5)
         await self.leader_work.aclose()
+        if self.held is not None:
+            await self.held.aclose()
         await self.lease.aclose()
         await self.mirror.aclose()
         await self.pool.aclose()

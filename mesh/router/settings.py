@@ -51,6 +51,12 @@ class RouterSettings(CommandSettings, env_prefix="MESH_ROUTER_"):
     failure_attempts: int = Field(
         3, ge=1, description="failed loads within --failure-ttl that stop retries"
     )
+    max_held_requests: int = Field(
+        256,
+        ge=0,
+        description="requests held at once, within their deadline, while a pod starts for a "
+        "pool with none (scale from zero; more are RESOURCE_EXHAUSTED; 0: none held)",
+    )
     leader_interval: float = Field(
         5.0,
         gt=0,

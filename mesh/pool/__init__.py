@@ -1,0 +1,1 @@
+"""Pool controllers: act on mesh.placement.pool's decisions (`mesh up`'s local pods)."""
