@@ -31,7 +31,7 @@ from mesh.gen import grpc_predict_v2_pb2 as pb
 from mesh.grpcstatus import status_name
 from mesh.llm.chunks import Chunk, Stats
 from mesh.llm.params import SamplingParams
-from mesh.pod.batching import Batcher, BatchPolicy, run_one
+from mesh.pod.batching import Batcher, BatchPolicy, in_worker, run_one
 from mesh.pod.cache import CachedModel, CacheView, LoadOutcome, ModelCache, ModelSource
 from mesh.pod.codec import decode_request
 from mesh.pod.devices import DeviceMemory
@@ -164,8 +164,7 @@ class DataPlane:
                 batcher = self._batcher(entry, model)
                 if batcher is not None:
                     return await batcher.infer(request, name)
-                loop = asyncio.get_running_loop()
-                return await loop.run_in_executor(self._pool, _infer, model, name, request)
+                return await in_worker(self._pool, _infer, model, name, request)
             finally:
                 self.cache.release(entry)
         except MeshError as exc:
