@@ -19,6 +19,7 @@ from mesh.cluster.store import KeyValueStore
 from mesh.errors import InvalidRequest, MeshError, ModelNotFound
 from mesh.gen import management_pb2 as mpb
 from mesh.ids import check_id, check_registered_path
+from mesh.llm.protocol import refuse_request_batching
 from mesh.router.batches import MAX_BATCH, error_fields, record_put, register_records
 from mesh.router.core import Router
 from mesh.router.overview import (
@@ -141,6 +142,7 @@ class Management:
         o = request.options
         if o.min_copies < 0 or o.max_copies < 0 or (o.max_copies and o.min_copies > o.max_copies):
             raise InvalidRequest(f"model {request.model_id!r}: copies must satisfy 0 <= min <= max")
+        refuse_request_batching(request.model_id, request.format, o.runtime_options)
         if request.base:
             check_id(request.base, "base model id")
             if request.base == request.model_id:

@@ -53,17 +53,24 @@ def test_a_batch_registers_each_model_alone_in_few_transactions(
             _model("no-base", base="missing"),  # its base is not registered
             _model("adapter", base="bulk-0007"),  # its base is earlier in the same batch
             _model("copies", options=mpb.ModelOptions(min_copies=3, max_copies=1)),
+            mpb.RegisterModelRequest(  # batch.* on a generative model would be ignored
+                model_id="llm",
+                format="transformers",
+                storage_path="llama",
+                options=mpb.ModelOptions(runtime_options={"batch.max_size": "8"}),
+            ),
         ]
         models += [_model(m) for m in good[150:]]
         response = router.management.RegisterModels(mpb.RegisterModelsRequest(models=models))
 
         assert [r.model_id for r in response.results] == [m.model_id for m in models]
-        by_id = {r.model_id: r for r in response.results[150:156]}
-        for bad in ("Bad Id!", "escapes", "no-base", "copies"):
+        by_id = {r.model_id: r for r in response.results[150:157]}
+        for bad in ("Bad Id!", "escapes", "no-base", "copies", "llm"):
             assert by_id[bad].code == INVALID_ARGUMENT, by_id[bad]
             assert by_id[bad].message and not by_id[bad].HasField("status")
         assert "storage path" in by_id["escapes"].message
         assert "missing" in by_id["no-base"].message
+        assert "batch.max_size" in by_id["llm"].message
         duplicate = response.results[152]
         assert duplicate.code == INVALID_ARGUMENT and "twice" in duplicate.message
         assert by_id["adapter"].code == OK and by_id["adapter"].status.model_id == "adapter"
@@ -101,6 +108,23 @@ def test_records_too_large_for_one_transaction_are_split_by_size(
         with pytest.raises(grpc.RpcError) as err:
             router.management.RegisterModel(huge)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_request_batching_on_a_generative_model_is_refused_at_registration(
+    etcd: EtcdServer, prefix: str
+) -> None:
+    options = mpb.ModelOptions(runtime_options={"batch.max_delay_ms": "2"})
+    with running_router(etcd=etcd.url, etcd_prefix=prefix) as router:
+        with pytest.raises(grpc.RpcError) as err:
+            router.management.RegisterModel(
+                mpb.RegisterModelRequest(
+                    model_id="llm", format="transformers", storage_path="llama", options=options
+                )
+            )
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "max_batch" in err.value.details()
+        # The same options on a model with tensors are batching, as documented.
+        assert router.management.RegisterModel(_model("mlp", options=options)).model_id == "mlp"
 
 
 def test_a_batch_over_the_limit_is_refused_whole(etcd: EtcdServer, prefix: str) -> None:
