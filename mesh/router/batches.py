@@ -14,12 +14,11 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
-import grpc
-
 from mesh.cluster.codec import Keys, encode
 from mesh.cluster.records import ModelRecord
 from mesh.cluster.store import KeyValueStore, Put
 from mesh.errors import InvalidRequest, MeshError
+from mesh.grpcstatus import status_of
 
 MAX_BATCH = 10_000  # models per RegisterModels call
 MAX_TXN_OPS = 128  # etcd's default --max-txn-ops
@@ -89,6 +88,4 @@ async def register_records(
 
 def error_fields(exc: BaseException) -> dict[str, Any]:
     """A RegisterModelResult's code and message for `exc`, as the single call would fail."""
-    code = getattr(exc, "code", grpc.StatusCode.INTERNAL)
-    number = code.value[0] if isinstance(code, grpc.StatusCode) else int(code)
-    return {"code": number, "message": str(exc)}
+    return {"code": status_of(exc).value[0], "message": str(exc)}
