@@ -158,8 +158,8 @@ def test_mesh_register_file_registers_and_loads_and_reports_failures(
     path.write_text(json.dumps(entries))
     with running_router(etcd=etcd.url, etcd_prefix=prefix) as router:
         cmd = [sys.executable, "-m", "mesh", "register", "--file", str(path),
-               "--router", router.address]  # fmt: skip
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+               "--router", router.address, "--timeout", "120"]  # fmt: skip
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
         assert done.returncode == 1, done.stdout + done.stderr  # one of them failed
         assert "5 registered, 1 failed" in done.stdout
         assert "broken id" in done.stdout and "INVALID_ARGUMENT" in done.stdout
