@@ -14,7 +14,7 @@ mode registers its own `--models` fresh ids, all pointing at that model:
 
 Each call returns once the router's mirror holds what it wrote, so a model is readable from
 the router when its call returns. The issue's target: 100,000 models in under a minute
-(>= 1,667 models/s). `--profile FILE` records the router with py-spy (flame graph).
+(>= 1,667 models/s). `--profile FILE` records the router with py-spy (collapsed stacks).
 """
 
 from __future__ import annotations
