@@ -17,7 +17,7 @@ from mesh.cluster.store import Put
 from mesh.gen import management_pb2 as mpb
 from mesh.router.batches import MAX_BATCH, MAX_TXN_BYTES, MAX_TXN_OPS, chunks
 from tests.cluster.etcd_server import EtcdServer
-from tests.helpers import RunningPod, infer_request, output_array, running_router
+from tests.helpers import RunningPod, infer_request, output_array, running_router, wait_until
 
 OK = 0
 INVALID_ARGUMENT = grpc.StatusCode.INVALID_ARGUMENT.value[0]
@@ -163,7 +163,16 @@ def test_mesh_register_file_registers_and_loads_and_reports_failures(
         assert done.returncode == 1, done.stdout + done.stderr  # one of them failed
         assert "5 registered, 1 failed" in done.stdout
         assert "broken id" in done.stdout and "INVALID_ARGUMENT" in done.stdout
-        status = router.management.GetModelStatus(mpb.GetModelStatusRequest(model_id="file-0"))
-        assert status.state == "LOADED"  # its loadNow was honoured before the call returned
+        # Its loadNow was honoured (nothing else asks for file-0); the pod's placement record
+        # reaches the router's view just after the load itself.
+        wait_until(
+            lambda: (
+                router.management.GetModelStatus(mpb.GetModelStatusRequest(model_id="file-0")).state
+                == "LOADED"
+            ),
+            what="file-0 loaded",
+        )
+        others = router.management.GetModelStatus(mpb.GetModelStatusRequest(model_id="file-3"))
+        assert others.state == "NOT_LOADED"  # no loadNow: registered only
         answer = router.v2.ModelInfer(infer_request("file-4", input=np.ones((1, 64), np.float32)))
         assert output_array(answer, "output").shape == (1, 10)
