@@ -5,7 +5,8 @@
 
 One `mesh up` (etcd, a router, one pod with its puller) over a directory holding one tiny ONNX
 model (an FP32 identity). Model ids are registered through the router's management API, all
-pointing at that model, in steps up to the largest size; the registration rate is reported.
+pointing at that model, in steps up to the largest size (RegisterModels, 1,000 a call); the
+registration rate is reported.
 At each step:
 
 - **misses**: one client asks, one request at a time, for models never loaded yet (each a
@@ -36,6 +37,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import Server, closed_loop, free_port, grpc_ready, table
+from register import register_batch
 
 INPUT = "in_FP32"
 
@@ -51,29 +53,8 @@ def request(model: str) -> bytes:
 
 
 async def register(port: int, ids: list[str]) -> float:
-    """Register `ids` with 64 calls in flight; the seconds it took."""
-    from grpc import aio
-
-    from mesh.gen import management_pb2 as mpb
-    from mesh.gen import management_pb2_grpc
-
-    started = time.perf_counter()
-    async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub = management_pb2_grpc.ManagementStub(channel)  # type: ignore[no-untyped-call]
-        queue = list(reversed(ids))
-
-        async def worker() -> None:
-            while queue:
-                model_id = queue.pop()
-                await stub.RegisterModel(
-                    mpb.RegisterModelRequest(
-                        model_id=model_id, format="onnx", storage_path="identity"
-                    ),
-                    timeout=120,
-                )
-
-        await asyncio.gather(*(worker() for _ in range(64)))
-    return time.perf_counter() - started
+    """Register `ids` through RegisterModels, 1,000 a call (bench/register.py); the seconds."""
+    return await register_batch(port, ids, 1000)
 
 
 def misses(port: int, ids: list[str], out: list[float]) -> None:

@@ -1,6 +1,7 @@
 """`mesh router` and the commands that manage a mesh through a router's management API.
 
 mesh register fraud-v3 --format xgboost --storage-path fraud/v3 [--storage-key s3]
+mesh register --file models.jsonl       (many models, RegisterModels calls: mesh/bulk.py)
 mesh list | mesh status | mesh status fraud-v3 -o json | mesh load fraud-v3
 mesh unregister fraud-v3
 mesh vmodel set fraud --to fraud-v3 | mesh vmodel status fraud | mesh vmodel delete fraud
@@ -109,11 +110,18 @@ def add_admin_parsers(sub: Any) -> None:
             help="table (default), json or yaml",
         )  # fmt: skip
 
-    p = sub.add_parser("register", help="register a model", description="Register a model.")
+    p = sub.add_parser(
+        "register", help="register a model", description="Register a model, or a file of them."
+    )
     common(p)
-    p.add_argument("model_id")
-    p.add_argument("--format", required=True, help="onnx, xgboost, torch, ...")
-    p.add_argument("--storage-path", required=True, help="path in the storage entry")
+    p.add_argument("model_id", nargs="?", help="the model (without --file)")
+    p.add_argument("--format", help="onnx, xgboost, torch, ... (required without --file)")
+    p.add_argument("--storage-path", help="path in the storage entry (required without --file)")
+    p.add_argument(
+        "--file", type=Path,
+        help="register every model of this file (JSON list, JSON lines or YAML of "
+        "RegisterModelRequest objects) in batches",
+    )  # fmt: skip
     p.add_argument("--storage-key", default="", help="storage entry (default: default)")
     p.add_argument("--min-copies", type=int, default=0, help="copies kept loaded when idle")
     p.add_argument("--max-copies", type=int, default=0, help="most copies (0: no bound)")
@@ -176,7 +184,17 @@ def _show(response: Any, args: argparse.Namespace, now: float) -> str:
 def _call(stub: Any, args: argparse.Namespace, settings: AdminSettings) -> Any:
     metadata = (("authorization", f"Bearer {settings.token}"),) if settings.token else ()
     kw: dict[str, Any] = {"metadata": metadata, "timeout": settings.timeout}
+    if args.command == "register" and args.file is not None:
+        from mesh import bulk
+
+        try:
+            models = bulk.read_models(args.file)
+        except (bulk.BadFile, OSError) as exc:
+            raise _Usage(f"mesh register: {exc}") from exc
+        return bulk.register_all(stub, models, **kw)
     if args.command == "register":
+        if not (args.model_id and args.format and args.storage_path):
+            raise _Usage("mesh register: MODEL, --format and --storage-path are required")
         options = mpb.ModelOptions(min_copies=args.min_copies, max_copies=args.max_copies)
         return stub.RegisterModel(
             mpb.RegisterModelRequest(
@@ -230,6 +248,11 @@ class _Usage(Exception):
 
 def _render(response: Any, args: argparse.Namespace) -> str:
     now = getattr(response, "now", 0.0) or time.time()
+    if isinstance(response, mpb.RegisterModelsResponse) and args.output == "table":
+        from mesh import bulk
+
+        failed, line = bulk.summary(response)
+        return (table(("NAME", "CODE", "WHY"), failed) + "\n" if failed else "") + line
     if isinstance(response, dict):  # a vmodel and the model it serves
         if args.output != "table":
             data = {"vmodel": to_data(response["vmodel"]), "model": to_data(response["model"])}
@@ -264,6 +287,8 @@ def run_admin(args: argparse.Namespace) -> int:
                 if watch and args.output == "table" and sys.stdout.isatty():
                     sys.stdout.write("\x1b[H\x1b[2J")  # clear the screen, as watch(1) does
                 print(text, flush=True)
+                if isinstance(response, mpb.RegisterModelsResponse):
+                    return 1 if any(r.code for r in response.results) else 0
                 if not watch:
                     return 0
                 if args.output == "table":

@@ -47,6 +47,10 @@ class FakeModel:
     def predict(
         self, inputs: Mapping[str, np.ndarray[Any, Any]], outputs: Sequence[str]
     ) -> Mapping[str, np.ndarray[Any, Any]]:
+        self._runtime.predicting.set()
+        gate = self._runtime.predict_gate
+        if gate is not None:
+            gate.wait(30)
         if self._predict_delay:
             time.sleep(self._predict_delay)
         return {"y": inputs["x"] * 2}
@@ -72,6 +76,8 @@ class FakeRuntime:
         self.running = 0
         self.max_running = 0
         self.gates: dict[str, threading.Event] = {}
+        self.predicting = threading.Event()  # set when a predict starts
+        self.predict_gate: threading.Event | None = None  # predicts wait for it when set
         self._lock = threading.Lock()
 
     def load(self, request: LoadRequest) -> FakeModel:

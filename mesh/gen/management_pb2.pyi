@@ -62,6 +62,30 @@ class RegisterModelRequest(_message.Message):
     base: str
     def __init__(self, model_id: _Optional[str] = ..., format: _Optional[str] = ..., storage_key: _Optional[str] = ..., storage_path: _Optional[str] = ..., options: _Optional[_Union[ModelOptions, _Mapping]] = ..., load_now: bool = ..., base: _Optional[str] = ...) -> None: ...
 
+class RegisterModelsRequest(_message.Message):
+    __slots__ = ("models",)
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[RegisterModelRequest]
+    def __init__(self, models: _Optional[_Iterable[_Union[RegisterModelRequest, _Mapping]]] = ...) -> None: ...
+
+class RegisterModelResult(_message.Message):
+    __slots__ = ("model_id", "code", "message", "status")
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    model_id: str
+    code: int
+    message: str
+    status: ModelStatusResponse
+    def __init__(self, model_id: _Optional[str] = ..., code: _Optional[int] = ..., message: _Optional[str] = ..., status: _Optional[_Union[ModelStatusResponse, _Mapping]] = ...) -> None: ...
+
+class RegisterModelsResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[RegisterModelResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[RegisterModelResult, _Mapping]]] = ...) -> None: ...
+
 class UnregisterModelRequest(_message.Message):
     __slots__ = ("model_id",)
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]

@@ -44,6 +44,11 @@ class ManagementStub(object):
                 request_serializer=mesh_dot_management__pb2.RegisterModelRequest.SerializeToString,
                 response_deserializer=mesh_dot_management__pb2.ModelStatusResponse.FromString,
                 _registered_method=True)
+        self.RegisterModels = channel.unary_unary(
+                '/mesh.management.v1.Management/RegisterModels',
+                request_serializer=mesh_dot_management__pb2.RegisterModelsRequest.SerializeToString,
+                response_deserializer=mesh_dot_management__pb2.RegisterModelsResponse.FromString,
+                _registered_method=True)
         self.UnregisterModel = channel.unary_unary(
                 '/mesh.management.v1.Management/UnregisterModel',
                 request_serializer=mesh_dot_management__pb2.UnregisterModelRequest.SerializeToString,
@@ -91,6 +96,15 @@ class ManagementServicer(object):
 
     def RegisterModel(self, request, context):
         """Register (or update) a model. With load_now, returns once a copy is loaded.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RegisterModels(self, request, context):
+        """Register (or update) many models in one call: each is checked as RegisterModel checks it
+        and answered on its own (a bad one fails alone); the records are written in a few etcd
+        transactions. Returns once this router's view holds every record written.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -155,6 +169,11 @@ def add_ManagementServicer_to_server(servicer, server):
                     servicer.RegisterModel,
                     request_deserializer=mesh_dot_management__pb2.RegisterModelRequest.FromString,
                     response_serializer=mesh_dot_management__pb2.ModelStatusResponse.SerializeToString,
+            ),
+            'RegisterModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegisterModels,
+                    request_deserializer=mesh_dot_management__pb2.RegisterModelsRequest.FromString,
+                    response_serializer=mesh_dot_management__pb2.RegisterModelsResponse.SerializeToString,
             ),
             'UnregisterModel': grpc.unary_unary_rpc_method_handler(
                     servicer.UnregisterModel,
@@ -224,6 +243,33 @@ class Management(object):
             '/mesh.management.v1.Management/RegisterModel',
             mesh_dot_management__pb2.RegisterModelRequest.SerializeToString,
             mesh_dot_management__pb2.ModelStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegisterModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mesh.management.v1.Management/RegisterModels',
+            mesh_dot_management__pb2.RegisterModelsRequest.SerializeToString,
+            mesh_dot_management__pb2.RegisterModelsResponse.FromString,
             options,
             channel_credentials,
             insecure,

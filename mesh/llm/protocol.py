@@ -6,6 +6,7 @@ Imports no component: the router's HTTP routes use it as the pod's data plane do
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from mesh.errors import InvalidRequest
@@ -16,6 +17,21 @@ TEXT_INPUT = "text_input"
 TEXT_OUTPUT = "text_output"
 # A request parameter: text_input holds chat messages as JSON, for the model's chat template.
 CHAT_PARAMETER = "mesh_chat"
+
+
+def refuse_request_batching(model_id: str, format: str, options: Mapping[str, str]) -> None:
+    """InvalidRequest for `batch.*` options on a generative model: they merge tensor requests
+    (mesh.pod.batching), which a generative model never takes; its runtime batches the steps
+    of concurrent generations itself (its `max_batch` option). Checked by the router's
+    RegisterModel and by the pod's load, so the option is never silently ignored."""
+    if format != GENERATIVE_FORMAT:
+        return
+    batching = sorted(k for k in options if k.startswith("batch."))
+    if batching:
+        raise InvalidRequest(
+            f"model {model_id!r}: {batching} do not apply to a generative model, which batches "
+            "the steps of concurrent generations itself (set its max_batch option instead)"
+        )
 
 
 def parse_messages(text: str) -> list[dict[str, Any]]:

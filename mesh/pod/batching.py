@@ -30,7 +30,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -38,6 +38,8 @@ from mesh.errors import InvalidRequest, MeshError, RuntimeFailure, Unavailable
 from mesh.gen import grpc_predict_v2_pb2 as pb
 from mesh.pod.codec import DecodedRequest, decode_request, encode_response
 from mesh.runtimes.base import LoadedModel
+
+T = TypeVar("T")
 
 OPTION_PREFIX = "batch."
 _KEYS = {"batch.max_size", "batch.max_delay_ms", "batch.concurrency"}
@@ -87,6 +89,22 @@ class BatchPolicy:
         )
 
 
+async def in_worker(executor: Executor, fn: Callable[..., T], *args: Any) -> T:
+    """`fn(*args)` in a worker of `executor`. A caller cancelled meanwhile is cancelled only
+    once the call has ended: whoever holds a model around it keeps the hold for as long as
+    a framework call may still use the model (no eviction, demotion or close under it)."""
+    future = asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        while not future.done():  # the call runs on: so does the caller's hold
+            try:
+                await asyncio.wait([future])
+            except asyncio.CancelledError:
+                continue
+        raise
+
+
 def runtime_options(options: Mapping[str, str]) -> dict[str, str]:
     """The options meant for the runtime: all but the batcher's."""
     return {k: v for k, v in options.items() if not k.startswith(OPTION_PREFIX)}
@@ -127,14 +145,10 @@ class Batcher:
     async def infer(self, request: pb.ModelInferRequest, name: str) -> pb.ModelInferResponse:
         loop = asyncio.get_running_loop()
         # Decoded in a worker, as every request is: typed contents and BYTES cost per element.
-        decoded = await loop.run_in_executor(
-            self._executor, decode_request, request, self.model.signature
-        )
+        decoded = await in_worker(self._executor, decode_request, request, self.model.signature)
         rows = _rows_of(decoded)
         if rows is None or rows > self.policy.max_size:
-            return await loop.run_in_executor(
-                self._executor, run_one, self.model, name, request, decoded
-            )
+            return await in_worker(self._executor, run_one, self.model, name, request, decoded)
         item = _Item(request, name, decoded, rows, loop.create_future(), self._clock())
         self._queues.setdefault(_key_of(decoded), deque()).append(item)
         self._kick()

@@ -46,6 +46,7 @@ from mesh.errors import (
     ModelNotFound,
     ModelNotReady,
 )
+from mesh.llm.protocol import refuse_request_batching
 from mesh.placement.eviction import Candidate, choose_victims
 from mesh.pod.batching import BatchPolicy, runtime_options
 from mesh.pod.cachetypes import (
@@ -247,6 +248,7 @@ class ModelCache:
         model_id = source.model_id
         runtime = self._runtimes.get(source.format)
         options = {**source.config.options, **source.options}
+        refuse_request_batching(model_id, runtime.name, options)
         BatchPolicy.from_options(model_id, options)  # a bad batching option fails the load
         options = runtime_options(options)
         unknown = set(options) - runtime.option_keys

@@ -35,6 +35,7 @@ from mesh.pod.batching import Batcher, BatchPolicy, run_one
 from mesh.pod.cache import CachedModel, CacheView, LoadOutcome, ModelCache, ModelSource
 from mesh.pod.codec import decode_request
 from mesh.pod.devices import DeviceMemory
+from mesh.pod.inline import InlineCalls
 from mesh.pod.metrics import PodMetrics
 from mesh.pod.repository import ModelRepository, check_model_id, source_for
 from mesh.pod.text import TextRequest, decode_text_request, is_generative, text_response
@@ -90,6 +91,7 @@ class DataPlane:
         device: Device | None = None,
         metrics: PodMetrics | None = None,
         artifacts: ArtifactSource | None = None,
+        inline_below: float = 0.0,
     ) -> None:
         self.cache = cache
         self.artifacts = artifacts
@@ -107,6 +109,7 @@ class DataPlane:
         self.state = ServerState.STARTING
         self._metrics = metrics
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="mesh-infer")
+        self._calls = InlineCalls(self._pool, inline_below)  # docs: mesh.pod.inline
         # Per model: the loaded object the entry was built for, and its batcher (None: off).
         self._batchers: dict[str, tuple[LoadedModel, Batcher | None]] = {}
         cache.on_gone(self._drop_batcher)
@@ -164,8 +167,8 @@ class DataPlane:
                 batcher = self._batcher(entry, model)
                 if batcher is not None:
                     return await batcher.infer(request, name)
-                loop = asyncio.get_running_loop()
-                return await loop.run_in_executor(self._pool, _infer, model, name, request)
+                size = request.ByteSize()
+                return await self._calls.run(entry.model_id, size, _infer, model, name, request)
             finally:
                 self.cache.release(entry)
         except MeshError as exc:
@@ -427,6 +430,7 @@ class DataPlane:
         return batcher
 
     def _drop_batcher(self, model_id: str) -> None:
+        self._calls.forget(model_id)
         known = self._batchers.pop(model_id, None)
         if known is not None and known[1] is not None:
             known[1].aclose()

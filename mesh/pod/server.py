@@ -166,6 +166,7 @@ class PodServer(Service):
             runtimes,
             repository=repository,
             workers=s.workers,
+            inline_below=s.inline_below,
             device=device,
             metrics=metrics,
             artifacts=self._artifacts,

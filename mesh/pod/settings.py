@@ -68,6 +68,13 @@ class PodSettings(CommandSettings, env_prefix="MESH_POD_"):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where models run")
     device_index: int = Field(0, ge=0, description="GPU index")
     workers: int = Field(4, ge=1, description="inference threads; requests beyond them queue")
+    # mesh.pod.inline: the hand-off to a worker costs about what a small predict does.
+    inline_below: float = Field(
+        0.0005,
+        ge=0,
+        description="seconds under which a model's calls (their running mean) run on the "
+        "event loop instead of a worker thread (0: always a worker)",
+    )
     load_concurrency: int = Field(2, ge=1, description="loads at once, each in its own thread")
     load_timeout: float = Field(300.0, gt=0, description="seconds a load may take")
     min_model_age: float = Field(

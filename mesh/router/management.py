@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import logging
 import time
+from collections.abc import Mapping
 
 from mesh.cluster.codec import Keys, encode
 from mesh.cluster.records import ModelRecord, VModelRecord
@@ -18,6 +19,8 @@ from mesh.cluster.store import KeyValueStore
 from mesh.errors import InvalidRequest, MeshError, ModelNotFound
 from mesh.gen import management_pb2 as mpb
 from mesh.ids import check_id, check_registered_path
+from mesh.llm.protocol import refuse_request_batching
+from mesh.router.batches import MAX_BATCH, error_fields, record_put, register_records
 from mesh.router.core import Router
 from mesh.router.overview import (
     ModelView,
@@ -59,6 +62,77 @@ class Management:
     # -- models --------------------------------------------------------------------------------
 
     async def register(self, request: mpb.RegisterModelRequest) -> mpb.ModelStatusResponse:
+        record = self._record(request, {})
+        put = record_put(self._keys, record)
+        await self._store.put(put.key, put.value)
+        await self._mirror.wait_for(lambda m: m.models.get(record.model_id) == record)
+        if request.load_now:
+            await self._router.ensure_loaded(record.model_id)
+        return self._status(record.model_id)
+
+    async def register_many(self, request: mpb.RegisterModelsRequest) -> mpb.RegisterModelsResponse:
+        """RegisterModel for each model, the records written in a few transactions.
+
+        Each model is checked alone and fails alone (its result carries the status code the
+        single call would have raised). A store failure fails the models of that transaction.
+        """
+        if len(request.models) > MAX_BATCH:
+            raise InvalidRequest(
+                f"{len(request.models)} models in one RegisterModels call: at most {MAX_BATCH}"
+            )
+        outcomes: list[ModelRecord | MeshError] = []
+        pending: dict[str, ModelRecord] = {}
+        for item in request.models:
+            try:
+                if item.model_id in pending:
+                    raise InvalidRequest(f"model {item.model_id!r} appears twice in the batch")
+                record = self._record(item, pending)
+            except MeshError as exc:
+                outcomes.append(exc)
+                continue
+            pending[record.model_id] = record
+            outcomes.append(record)
+        written = await register_records(self._store, self._keys, list(pending.values()))
+        revision = max((r for r in written.values() if isinstance(r, int)), default=0)
+        if revision:
+            # Every record written is readable here when the call returns, as with one.
+            await self._mirror.wait_for(lambda m: m.revision >= revision, timeout=60)
+        loads = [
+            item.model_id
+            for item in request.models
+            if item.load_now and isinstance(written.get(item.model_id), int)
+        ]
+        loaded = await asyncio.gather(
+            *(self._router.ensure_loaded(m) for m in loads), return_exceptions=True
+        )
+        load_errors = {
+            m: e for m, e in zip(loads, loaded, strict=True) if isinstance(e, BaseException)
+        }
+        response = mpb.RegisterModelsResponse()
+        for item, outcome in zip(request.models, outcomes, strict=True):
+            failure: BaseException | None = None
+            if isinstance(outcome, ModelRecord):
+                written_at = written[outcome.model_id]
+                failure = written_at if isinstance(written_at, MeshError) else None
+                failure = failure or load_errors.get(outcome.model_id)
+                if failure is None:
+                    try:
+                        status = self._status(outcome.model_id)
+                    except MeshError as exc:  # unregistered again meanwhile
+                        failure = exc
+                    else:
+                        response.results.add(model_id=item.model_id, status=status)
+                        continue
+            else:
+                failure = outcome
+            response.results.add(model_id=item.model_id, **error_fields(failure))
+        return response
+
+    def _record(
+        self, request: mpb.RegisterModelRequest, pending: Mapping[str, ModelRecord]
+    ) -> ModelRecord:
+        """The record RegisterModel writes for `request`, checked; `pending`: records of the
+        same batch written beside it (a base may be one of them)."""
         check_id(request.model_id)
         if not request.format:
             raise InvalidRequest(f"model {request.model_id!r}: format is required")
@@ -68,11 +142,12 @@ class Management:
         o = request.options
         if o.min_copies < 0 or o.max_copies < 0 or (o.max_copies and o.min_copies > o.max_copies):
             raise InvalidRequest(f"model {request.model_id!r}: copies must satisfy 0 <= min <= max")
+        refuse_request_batching(request.model_id, request.format, o.runtime_options)
         if request.base:
             check_id(request.base, "base model id")
             if request.base == request.model_id:
                 raise InvalidRequest(f"model {request.model_id!r} names itself as its base")
-            base = self._mirror.models.get(request.base)
+            base = pending.get(request.base) or self._mirror.models.get(request.base)
             if base is None:
                 raise InvalidRequest(
                     f"model {request.model_id!r}: its base {request.base!r} is not registered"
@@ -100,11 +175,7 @@ class Management:
         if old is not None and _same_artifact(old, record):
             # What a copy measured still holds for the same files and options.
             record = dataclasses.replace(record, measured_size=old.measured_size)
-        await self._store.put(self._keys.model(record.model_id), encode(record))
-        await self._mirror.wait_for(lambda m: m.models.get(record.model_id) == record)
-        if request.load_now:
-            await self._router.ensure_loaded(record.model_id)
-        return self._status(record.model_id)
+        return record
 
     async def unregister(self, request: mpb.UnregisterModelRequest) -> mpb.UnregisterModelResponse:
         model_id = request.model_id

@@ -273,6 +273,9 @@ class ManagementService:
 
         methods = {
             "RegisterModel": method(m.register, mpb.RegisterModelRequest, mpb.ModelStatusResponse),
+            "RegisterModels": method(
+                m.register_many, mpb.RegisterModelsRequest, mpb.RegisterModelsResponse
+            ),
             "UnregisterModel": method(
                 m.unregister, mpb.UnregisterModelRequest, mpb.UnregisterModelResponse
             ),

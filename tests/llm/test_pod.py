@@ -250,3 +250,22 @@ def test_an_llm_evicted_into_the_host_tier_comes_back_by_a_request_with_its_modu
             assert promotions == ["mesh_pod_promotions_total 1.0"]
         finally:
             c.close()
+
+
+def test_request_batching_options_on_a_generative_model_are_refused(
+    pod: RunningPod, llm_dir: Path
+) -> None:
+    # batch.* merges tensor requests; a generative model batches its steps itself (max_batch).
+    request = rpb.LoadModelRequest(
+        model_id="llama-batched", path=str(llm_dir / "llama"), format="transformers",
+        options={"batch.max_size": "8"},
+    )  # fmt: skip
+    with pytest.raises(grpc.RpcError) as err:
+        pod.control.LoadModel(request)
+    assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "batch.max_size" in err.value.details() and "max_batch" in err.value.details()
+    status = pod.control.RuntimeStatus(rpb.RuntimeStatusRequest())
+    assert "llama-batched" not in [m.model_id for m in status.models]
+    request.options.clear()
+    request.options["max_batch"] = "4"  # the generative way loads
+    assert pod.control.LoadModel(request).model_id == "llama-batched"
