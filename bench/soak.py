@@ -148,10 +148,21 @@ def churn(
                     failed.append(f"{model}: {exc.code().name}: {exc.details()}")
 
         threads = [threading.Thread(target=client, args=(i,)) for i in range(concurrency)]
+        started = time.monotonic()
         for t in threads:
             t.start()
-        for t in threads:
-            t.join(seconds + 120)
+        timeline: list[dict[str, Any]] = []
+        while any(t.is_alive() for t in threads):
+            threads[0].join(min(60.0, max(stop - time.monotonic(), 0.1)))
+            point = {
+                "at_s": round(time.monotonic() - started),
+                "requests": sum(ok.values()) + len(failed),
+                "failed": len(failed),
+            }
+            timeline.append(point)
+            print(f"churn progress: {json.dumps(point)}", flush=True)
+            if time.monotonic() > stop + 120:
+                break
         listed = management.ListModels(mpb.ListModelsRequest(), timeout=30).models
         loaded = sum(1 for m in listed if m.state == "LOADED")
         result = {
@@ -164,6 +175,7 @@ def churn(
             "distinct_models_served": len(ok),
             "loaded_at_end": loaded,
             "first_failures": failed[:5],
+            "timeline": timeline,
         }
         print(f"churn: {json.dumps(result)}", flush=True)
         return result
