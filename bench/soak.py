@@ -152,17 +152,20 @@ def churn(
         for t in threads:
             t.start()
         timeline: list[dict[str, Any]] = []
-        while any(t.is_alive() for t in threads):
-            threads[0].join(min(60.0, max(stop - time.monotonic(), 0.1)))
-            point = {
-                "at_s": round(time.monotonic() - started),
-                "requests": sum(ok.values()) + len(failed),
-                "failed": len(failed),
-            }
-            timeline.append(point)
-            print(f"churn progress: {json.dumps(point)}", flush=True)
-            if time.monotonic() > stop + 120:
-                break
+        next_point = started + 60.0
+        give_up = stop + 120.0
+        while any(t.is_alive() for t in threads) and time.monotonic() < give_up:
+            for t in threads:
+                t.join(max(min(next_point - time.monotonic(), 1.0), 0.01))
+            if time.monotonic() >= next_point or not any(t.is_alive() for t in threads):
+                next_point += 60.0
+                point = {
+                    "at_s": round(time.monotonic() - started),
+                    "requests": sum(ok.values()) + len(failed),
+                    "failed": len(failed),
+                }
+                timeline.append(point)
+                print(f"churn progress: {json.dumps(point)}", flush=True)
         listed = management.ListModels(mpb.ListModelsRequest(), timeout=30).models
         loaded = sum(1 for m in listed if m.state == "LOADED")
         result = {
