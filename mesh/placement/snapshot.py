@@ -19,6 +19,7 @@ and a model registered without a size estimate is charged `default_size`.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -269,6 +270,22 @@ class Snapshot:
 
     def requirements(self, model_id: str) -> ModelRequirements | None:
         return self.models.get(model_id)
+
+    def without_copies(self, model_id: str, pod_ids: Collection[str]) -> Snapshot:
+        """This snapshot with `pod_ids` holding no copy of `model_id`: those pods answered that
+        they have none (evicted since their record was read), so a load may go to them. Their
+        room is left as recorded (the eviction frees it in their next record)."""
+        if not pod_ids:
+            return self
+        pods = tuple(
+            dataclasses.replace(
+                p, models=MappingProxyType({m: h for m, h in p.models.items() if m != model_id})
+            )
+            if p.pod_id in pod_ids and model_id in p.models
+            else p
+            for p in self.pods
+        )
+        return Snapshot(pods=pods, models=self.models)
 
     @classmethod
     def from_records(

@@ -150,6 +150,31 @@ def test_a_stale_copy_answering_not_found_is_retried_on_a_fresh_load(
         assert metric(router, "mesh_router_loads_total", outcome="loaded") == 1  # elsewhere
 
 
+def test_the_only_pod_answering_not_found_is_asked_to_load_the_model_again(
+    etcd: EtcdServer, prefix: str, stub: StubPod
+) -> None:
+    # A one-pod mesh whose pod evicted the model after its record was read: the pod answers
+    # NOT_FOUND, and the retry must load the model there, the only place it can go.
+    loaded = threading.Event()
+
+    def infer(context: Any) -> bytes:
+        if not loaded.is_set():
+            context.abort(grpc.StatusCode.NOT_FOUND, "model 'm' is not loaded here")
+        return pb.ModelInferResponse(model_name="m").SerializeToString()
+
+    def load(context: Any) -> bytes:
+        loaded.set()
+        return b""
+
+    stub.infer, stub.load = infer, load
+    with running_router(etcd=etcd.url, etcd_prefix=prefix) as router:
+        register(router, "m")
+        publish(router, prefix, stub.address, holds="m")  # type: ignore[attr-defined]
+        response = router.v2.ModelInfer(infer_request("m", input=X), timeout=30)
+        assert response.model_name == "m"
+        assert stub.calls == ["ModelInfer", "LoadModel", "ModelInfer"]
+
+
 def test_a_pod_refusing_a_load_for_room_is_excluded_and_another_loads_it(
     etcd: EtcdServer, prefix: str, pods: list[RunningPod], stub: StubPod
 ) -> None:
