@@ -38,10 +38,12 @@ X = np.ones((1, 64), np.float32)
 
 @dataclass
 class StubPod:
-    """Answers ModelInfer and LoadModel with `infer` and `load` (each given the gRPC context)."""
+    """Answers ModelInfer, LoadModel and ServerLive with `infer`, `load` and `live` (each given
+    the gRPC context)."""
 
     infer: Callable[[Any], bytes] = lambda context: b""
     load: Callable[[Any], bytes] = lambda context: b""
+    live: Callable[[Any], bytes] = lambda context: b""  # an empty ServerLiveResponse
     calls: list[str] = field(default_factory=list)
     remaining: list[float | None] = field(default_factory=list)
     ended: threading.Event = field(default_factory=threading.Event)
@@ -65,7 +67,10 @@ def stub_pod() -> Iterator[StubPod]:
         (
             grpc.method_handlers_generic_handler(
                 "inference.GRPCInferenceService",
-                {"ModelInfer": stub.handler("ModelInfer", lambda c: stub.infer(c))},
+                {
+                    "ModelInfer": stub.handler("ModelInfer", lambda c: stub.infer(c)),
+                    "ServerLive": stub.handler("ServerLive", lambda c: stub.live(c)),
+                },
             ),
             grpc.method_handlers_generic_handler(
                 "mesh.runtime.v1.Runtime",
@@ -218,6 +223,29 @@ def test_the_client_deadline_reaches_the_pod_and_ends_the_forward(
             assert not release.is_set()
         finally:
             release.set()
+
+
+def test_a_slow_pod_that_answers_probes_is_waited_on_past_the_attempt_timeout(
+    etcd: EtcdServer, prefix: str, stub: StubPod
+) -> None:
+    # The attempt timeout leaves only a pod that does not answer at all: one that is slow but
+    # there (the stub answers ServerLive, if only with UNIMPLEMENTED) keeps the forward.
+    release = threading.Event()
+
+    def slow(context: Any) -> bytes:
+        release.wait(30)
+        return pb.ModelInferResponse(model_name="m").SerializeToString()
+
+    stub.infer = slow
+    with running_router(etcd=etcd.url, etcd_prefix=prefix, attempt_timeout=0.2) as router:
+        register(router, "m")
+        publish(router, prefix, stub.address, holds="m")  # type: ignore[attr-defined]
+        answer = router.v2.ModelInfer.future(infer_request("m", input=X), timeout=30)
+        # Several attempt timeouts pass, each probing the pod, before it answers.
+        wait_until(lambda: stub.calls.count("ServerLive") >= 3, what="probes of the slow pod")
+        release.set()
+        assert answer.result().model_name == "m"
+        assert stub.calls.count("ModelInfer") == 1  # never given up, never sent elsewhere
 
 
 def test_a_caller_giving_up_does_not_cancel_the_load_others_wait_for(
