@@ -48,6 +48,15 @@ class StubPod:
     remaining: list[float | None] = field(default_factory=list)
     ended: threading.Event = field(default_factory=threading.Event)
 
+    # ModelStreamInfer: the responses to send (bytes each), given the gRPC context.
+    stream: Callable[[Any], Iterator[bytes]] = lambda context: iter(())
+
+    def streamed(self, requests: Iterator[bytes], context: Any) -> Iterator[bytes]:
+        next(requests, None)
+        self.calls.append("ModelStreamInfer")
+        context.add_callback(self.ended.set)
+        yield from self.stream(context)
+
     def handler(self, method: str, answer: Callable[[Any], bytes]) -> grpc.RpcMethodHandler:
         def handle(request: bytes, context: Any) -> bytes:
             self.calls.append(method)
@@ -70,6 +79,7 @@ def stub_pod() -> Iterator[StubPod]:
                 {
                     "ModelInfer": stub.handler("ModelInfer", lambda c: stub.infer(c)),
                     "ServerLive": stub.handler("ServerLive", lambda c: stub.live(c)),
+                    "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(stub.streamed),
                 },
             ),
             grpc.method_handlers_generic_handler(
@@ -246,6 +256,49 @@ def test_a_slow_pod_that_answers_probes_is_waited_on_past_the_attempt_timeout(
         release.set()
         assert answer.result().model_name == "m"
         assert stub.calls.count("ModelInfer") == 1  # never given up, never sent elsewhere
+
+
+def test_a_stream_whose_pod_leaves_before_its_first_answer_is_retried_on_another_copy(
+    etcd: EtcdServer, prefix: str
+) -> None:
+    # The stream goes to the first pod, which leaves the mesh (drained) before it answers: the
+    # router closes its channel, which ends the call not with a status but with a cancellation;
+    # the router must take it as UNAVAILABLE and send the request to the other copy.
+    release = threading.Event()
+
+    def hang(context: Any) -> Iterator[bytes]:
+        release.wait(30)
+        yield b""
+
+    def answer(context: Any) -> Iterator[bytes]:
+        response = pb.ModelInferResponse(model_name="m", id="from-b")
+        yield pb.ModelStreamInferResponse(infer_response=response).SerializeToString()
+
+    keys = Keys(prefix)
+    with (
+        stub_pod() as a,
+        stub_pod() as b,
+        running_router(etcd=etcd.url, etcd_prefix=prefix, vanished_pod_grace=0.0) as router,
+    ):
+        a.stream, b.stream = hang, answer
+        try:
+            register(router, "m")
+            publish(router, prefix, a.address, holds="m", pod_id="a")  # type: ignore[attr-defined]
+            responses = router.v2.ModelStreamInfer(iter([infer_request("m", input=X)]), timeout=30)
+            first: list[Any] = []
+            reader = threading.Thread(target=lambda: first.append(next(responses)))
+            reader.start()
+            wait_until(lambda: a.calls == ["ModelStreamInfer"], what="the stream to reach a")
+            publish(router, prefix, b.address, holds="m", pod_id="b")  # type: ignore[attr-defined]
+            store = router.server.store
+            router.run(store.delete(keys.placement("m", "a")))
+            router.run(store.delete(keys.instance("a")))  # a leaves the mesh
+            reader.join(30)
+            assert first and first[0].infer_response.id == "from-b"
+            assert b.calls == ["ModelStreamInfer"]
+            wait_until(a.ended.is_set, what="the call to the pod that left to end")
+        finally:
+            release.set()
 
 
 def test_a_caller_giving_up_does_not_cancel_the_load_others_wait_for(
