@@ -24,7 +24,13 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from mesh.cluster.records import InstanceRecord, ModelRecord, PlacementRecord, PlacementState
+from mesh.cluster.records import (
+    InstanceRecord,
+    ModelRecord,
+    PlacementRecord,
+    PlacementState,
+    device_tier,
+)
 from mesh.placement.eviction import Candidate
 
 # What a model with no size estimate is assumed to take; the pod measures the truth after load.
@@ -33,6 +39,7 @@ DEFAULT_SIZE = 256 << 20
 _LOADED = PlacementState.LOADED  # a module global: faster to reach than the enum's attribute
 _EMPTY: Mapping[str, str] = MappingProxyType({})
 _NO_SIZES: Mapping[str, int] = MappingProxyType({})
+_NO_TIER_SIZES = _NO_SIZES
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +75,8 @@ class PodView:
     # Models in the pod's host tier: evicted from its device, kept in its host memory, so a
     # load there is a promotion with no pull (the best target for a miss).
     host_models: frozenset[str] = frozenset()
+    # The kind of device its models go to (records.device_tier): "host", "cuda", ...
+    tier: str = "host"
 
     @property
     def free(self) -> int:
@@ -128,6 +137,7 @@ class PodView:
             labels=MappingProxyType(dict(instance.labels)),
             models=MappingProxyType(models),
             host_models=frozenset(instance.host_models),
+            tier=device_tier(instance.device),
         )
 
 
@@ -147,6 +157,14 @@ class ModelRequirements:
     min_copies: int = 0
     # 0: no bound beyond the number of pods that can take the model.
     max_copies: int = 0
+    # What the model measured on each kind of device (PodView.tier) for its runtime: a pod of
+    # that kind is charged this instead of `size` (mesh.placement.choose).
+    tier_sizes: Mapping[str, int] = field(default_factory=dict)
+
+    def size_on(self, pod: PodView) -> int:
+        """What a copy of the model takes on `pod`: as measured on its kind of device, else
+        `size`."""
+        return self.tier_sizes.get(pod.tier, self.size) if self.tier_sizes else self.size
 
     @classmethod
     def from_record(
@@ -158,9 +176,21 @@ class ModelRequirements:
     ) -> ModelRequirements:
         """The record's requirements. Formats name runtimes ("onnx", "xgboost", "torch")
         unless `runtime_of` maps a format to another runtime name."""
+        runtime = runtime_of.get(record.format, record.format)
+        prefix = f"{runtime}/"
+        tier_sizes = (
+            {
+                key[len(prefix) :]: size
+                for key, size in record.measured_sizes.items()
+                if key.startswith(prefix) and size > 0
+            }
+            if record.measured_sizes and not record.size_estimate  # a given estimate wins
+            else {}
+        )
         return cls(
             model_id=record.model_id,
-            runtime=runtime_of.get(record.format, record.format),
+            runtime=runtime,
+            tier_sizes=MappingProxyType(tier_sizes) if tier_sizes else _NO_TIER_SIZES,
             size=record.size_estimate or record.measured_size or default_size,
             required_labels=MappingProxyType(dict(record.required_labels)),
             preferred_labels=MappingProxyType(dict(record.preferred_labels)),
