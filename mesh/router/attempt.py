@@ -22,12 +22,9 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
-import grpc
-from grpc import aio
-
-from mesh.gen import grpc_predict_v2_pb2 as pb
+from mesh.errors import DeadlineExceeded, MeshError, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +33,13 @@ P = TypeVar("P", bound="Probed")
 
 # A probe that ends with these did not reach a serving pod; any other answer (even an error
 # such as UNIMPLEMENTED) came from a process that is there.
-_SILENT = {grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE}
+_SILENT = (DeadlineExceeded, Unavailable)
 
 
 class Probed(Protocol):
     pod_id: str
-    live: Any  # ServerLive on the pod's channel: (request, timeout=) -> awaitable answer
+
+    async def live(self, timeout: float) -> None: ...  # mesh.router.transport.PodTransport
 
 
 class PodSilent(Exception):
@@ -94,12 +92,12 @@ class Liveness:
 
     async def _probe(self, pod: Probed) -> bool:
         try:
-            await pod.live(pb.ServerLiveRequest(), timeout=self.probe_timeout)
+            await pod.live(self.probe_timeout)
             alive = True
-        except aio.AioRpcError as exc:
-            alive = exc.code() not in _SILENT
-        except Exception:  # its channel closed under the probe (the pod left): not there
+        except _SILENT:
             alive = False
+        except MeshError:  # an answer, even an error, came from a process that is there
+            alive = True
         if alive:
             self._silent.pop(pod.pod_id, None)
         else:
