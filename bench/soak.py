@@ -4,8 +4,10 @@ models through a whole local mesh with every failed request counted. A benchmark
     python bench/soak.py                      # 1,000 cycles per runtime; 30 min over 1,000 models
     python bench/soak.py --cycles 100 --churn-seconds 60 --models 200   # a short run
 
-Part 1 starts one `mesh pod` (no etcd) and, per runtime, loads and unloads one model `--cycles`
-times through the control API, reading the pod's RSS from /proc after each unload. The bound
+Part 1 starts one `mesh pod` (no etcd) and, per runtime (onnx, xgboost, torch, and the
+transformers runtime with a tiny GPT-2 made here), loads and unloads one model `--cycles` times
+through the control API, reading the pod's RSS from /proc after each unload (reported as a
+curve of 20 points, with the first, final and peak values). The bound
 is measured, not assumed: the RSS after the first tenth of the cycles (allocator and framework
 caches warmed) is the baseline, and the run passes when the final RSS stays within
 `--rss-bound` MiB of it. Part 2 runs `mesh up` (etcd, a router, two pods with pullers) with pods
@@ -29,7 +31,14 @@ from typing import Any
 
 from harness import ROOT, child_env, free_port  # type: ignore[import-not-found]
 
-RUNTIMES = {"onnx": "mlp", "xgboost": "xgb", "torch": "ts"}
+# runtime -> (the model's directory under the soak's models, its format)
+RUNTIMES = {
+    "onnx": ("mlp", "onnx"),
+    "xgboost": ("xgb", "xgboost"),
+    "torch": ("ts", "torch"),
+    "transformers": ("gpt2", "transformers"),
+}
+CURVE_POINTS = 20  # RSS samples reported per runtime (every cycles/20 cycles)
 
 
 def _rss(pid: int) -> int:
@@ -54,7 +63,9 @@ def _wait(channel: Any, proc: subprocess.Popen[bytes], what: str) -> None:
     raise SystemExit(f"soak: {what} did not start")
 
 
-def cycles(models: Path, count: int, bound_mib: float, log: Path) -> dict[str, Any]:
+def cycles(
+    models: Path, count: int, bound_mib: float, log: Path, runtimes: list[str]
+) -> dict[str, Any]:
     import grpc
 
     from mesh.gen import runtime_pb2 as rpb
@@ -71,19 +82,27 @@ def cycles(models: Path, count: int, bound_mib: float, log: Path) -> dict[str, A
         channel = grpc.insecure_channel(f"127.0.0.1:{port}")
         _wait(channel, proc, "the pod")
         control = runtime_pb2_grpc.RuntimeStub(channel)  # type: ignore[no-untyped-call]
-        for runtime, model in RUNTIMES.items():
+        for runtime in runtimes:
+            model, fmt = RUNTIMES[runtime]
             rss = []
             started = time.perf_counter()
             for _ in range(count):
                 control.LoadModel(
-                    rpb.LoadModelRequest(model_id=model, path=str(models / model)), timeout=60
+                    rpb.LoadModelRequest(model_id=model, path=str(models / model), format=fmt),
+                    timeout=60,
                 )
                 control.UnloadModel(rpb.UnloadModelRequest(model_id=model), timeout=60)
                 rss.append(_rss(proc.pid))
             seconds = time.perf_counter() - started
             base = rss[max(count // 10, 1) - 1]
             growth = (rss[-1] - base) / 2**20
+            step = max(count // CURVE_POINTS, 1)
             results[runtime] = {
+                # (cycle, MiB after its unload), every `step` cycles and the last
+                "rss_curve_mib": [
+                    (i + 1, round(rss[i] / 2**20, 1))
+                    for i in sorted({*range(step - 1, count, step), count - 1})
+                ],
                 "cycles": count,
                 "seconds": round(seconds, 1),
                 "rss_first_mib": round(rss[0] / 2**20, 1),
@@ -148,10 +167,24 @@ def churn(
                     failed.append(f"{model}: {exc.code().name}: {exc.details()}")
 
         threads = [threading.Thread(target=client, args=(i,)) for i in range(concurrency)]
+        started = time.monotonic()
         for t in threads:
             t.start()
-        for t in threads:
-            t.join(seconds + 120)
+        timeline: list[dict[str, Any]] = []
+        next_point = started + 60.0
+        give_up = stop + 120.0
+        while any(t.is_alive() for t in threads) and time.monotonic() < give_up:
+            for t in threads:
+                t.join(max(min(next_point - time.monotonic(), 1.0), 0.01))
+            if time.monotonic() >= next_point or not any(t.is_alive() for t in threads):
+                next_point += 60.0
+                point = {
+                    "at_s": round(time.monotonic() - started),
+                    "requests": sum(ok.values()) + len(failed),
+                    "failed": len(failed),
+                }
+                timeline.append(point)
+                print(f"churn progress: {json.dumps(point)}", flush=True)
         listed = management.ListModels(mpb.ListModelsRequest(), timeout=30).models
         loaded = sum(1 for m in listed if m.state == "LOADED")
         result = {
@@ -164,6 +197,7 @@ def churn(
             "distinct_models_served": len(ok),
             "loaded_at_end": loaded,
             "first_failures": failed[:5],
+            "timeline": timeline,
         }
         print(f"churn: {json.dumps(result)}", flush=True)
         return result
@@ -180,6 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--churn-seconds", type=float, default=1800.0)
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--capacity", default="64Mi", help="model bytes per pod in the churn")
+    p.add_argument(
+        "--runtimes", default=",".join(RUNTIMES), help="runtimes to cycle, comma-separated"
+    )
     p.add_argument("--skip-cycles", action="store_true")
     p.add_argument("--skip-churn", action="store_true")
     p.add_argument("--json", type=Path, help="also write the results here")
@@ -192,9 +229,16 @@ def main(argv: list[str] | None = None) -> int:
         examples.onnx_mlp(models / "mlp")
         examples.xgboost_booster(models / "xgb", n_trees=20)
         examples.torchscript_mlp(models / "ts")
+        runtimes = [r for r in args.runtimes.split(",") if r]
+        if "transformers" in runtimes and not args.skip_cycles:
+            from mesh.llm import examples as llm_examples
+
+            llm_examples.tiny_gpt2(models / "gpt2")
         out: dict[str, Any] = {}
         if not args.skip_cycles:
-            out["cycles"] = cycles(models, args.cycles, args.rss_bound, Path(tmp) / "pod.log")
+            out["cycles"] = cycles(
+                models, args.cycles, args.rss_bound, Path(tmp) / "pod.log", runtimes
+            )
         if not args.skip_churn:
             out["churn"] = churn(
                 models, args.models, args.churn_seconds, args.concurrency, args.capacity,

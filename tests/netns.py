@@ -6,6 +6,8 @@ by a bridge in a switch namespace, the test process too; a cut is a pair of `pro
         proc = net.popen("etcd", ["etcd", ...])
         net.cut("pod", "etcd")      # packets between them are refused, both ways
         net.heal("pod", "etcd")
+        net.blackhole("pod", "router")  # the pod's packets to the router vanish, unanswered
+        net.unblackhole("pod", "router")
 
 Needs root and `ip` (iproute2). `Network.available()` says whether this machine allows it.
 """
@@ -114,3 +116,19 @@ class Network:
 
     def heal(self, a: str, b: str) -> None:
         self._route("del", a, b)
+
+    def _blackhole(self, action: str, src: str, dst: str) -> None:
+        args = ("route", action, "blackhole", f"{self.ips[dst]}/32")
+        if src == "host":
+            _ip(*args)
+        else:
+            self._in(self.ns(src), *args)
+
+    def blackhole(self, src: str, dst: str) -> None:
+        """`src`'s packets to `dst` are dropped in `src`'s namespace. Seen from `dst`, `src`
+        receives what it is sent and never answers, not even a TCP ack: silence, not an error
+        (only `src`'s own sends fail, and it tells no one)."""
+        self._blackhole("add", src, dst)
+
+    def unblackhole(self, src: str, dst: str) -> None:
+        self._blackhole("del", src, dst)

@@ -33,6 +33,10 @@ class ModelRecord:
     # Bytes the model's first copy was measured to take, written by the router that loaded it
     # and kept through evictions (0: never loaded since it was registered as it is).
     measured_size: int = 0
+    # What copies measured per runtime and device tier ("xgboost/host", "torch/cuda"; keys
+    # from `size_key`): a pod is charged the size measured on its kind of device, kept through
+    # evictions like `measured_size` (which stays the first measure, whatever the tier).
+    measured_sizes: Mapping[str, int] = field(default_factory=dict)
     # Copies the mesh keeps loaded even when idle (0: loaded on demand only).
     min_copies: int = 0
     # Upper bound on copies (0: no bound beyond the number of pods).
@@ -50,6 +54,17 @@ class ModelRecord:
     # A LoRA adapter's base model id: the adapter is loaded on a pod holding the base.
     base: str = ""
     version: int = SCHEMA_VERSION
+
+
+def device_tier(device: str) -> str:
+    """The kind of device an instance record's `device` names: "cuda" for "cuda:0", "host"
+    for the host's memory (or a pod that measured none)."""
+    return device.split(":", 1)[0] or "host"
+
+
+def size_key(runtime: str, device: str) -> str:
+    """The key of `ModelRecord.measured_sizes` for a copy loaded by `runtime` on `device`."""
+    return f"{runtime}/{device_tier(device)}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -179,7 +179,7 @@ def rejection(
             return Rejection.LABELS
     if model.model_id in pod.models:
         return Rejection.HOLDS
-    if model.size > pod.capacity:
+    if model.size_on(pod) > pod.capacity:
         return Rejection.TOO_SMALL
     return None
 
@@ -219,7 +219,10 @@ def _choose(
     full: list[PodView] = []
     oldest = 0.0  # the oldest LRU time among full pods
     rejected: dict[Rejection, list[str]] = {}
+    tiered = bool(model.tier_sizes)
     for pod in pool:
+        if tiered:  # measured per kind of device: this pod is charged its kind's size
+            size = model.size_on(pod)
         # The common case, inlined (this loop is the cost of a decision); rejection() gives
         # the reason for the rest.
         if not (
@@ -261,7 +264,7 @@ def _choose(
     # sorting every full pod would be wasted. Only if it has none are the rest sorted.
     horizon = oldest + policy.lru_slack
     group = [p for p in full if p.lru_time <= horizon]
-    found = _evict_in(group, size, now, rng, policy, rejected)
+    found = _evict_in(group, model, now, rng, policy, rejected)
     if found is not None:
         return found
     rest = sorted((p for p in full if p.lru_time > horizon), key=lambda p: p.lru_time)
@@ -271,7 +274,7 @@ def _choose(
         end = start + 1
         while end < len(rest) and rest[end].lru_time <= horizon:
             end += 1
-        found = _evict_in(rest[start:end], size, now, rng, policy, rejected)
+        found = _evict_in(rest[start:end], model, now, rng, policy, rejected)
         if found is not None:
             return found
         start = end
@@ -308,7 +311,7 @@ def _choose_preferring(
 
 def _evict_in(
     group: list[PodView],
-    size: int,
+    model: ModelRequirements,
     now: float,
     rng: random.Random,
     policy: PlacementPolicy,
@@ -319,7 +322,7 @@ def _evict_in(
         rng.shuffle(group)
         group.sort(key=_busyness)
     for pod in group:
-        plan = plan_eviction(pod, size, now, policy.min_age)
+        plan = plan_eviction(pod, model.size_on(pod), now, policy.min_age)
         if isinstance(plan, EvictionPlan):
             return Placement(pod.pod_id, plan.need, plan.victims)
         rejected.setdefault(Rejection.NO_ROOM, []).append(pod.pod_id)

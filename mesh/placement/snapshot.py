@@ -19,11 +19,18 @@ and a model registered without a size estimate is charged `default_size`.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from mesh.cluster.records import InstanceRecord, ModelRecord, PlacementRecord, PlacementState
+from mesh.cluster.records import (
+    InstanceRecord,
+    ModelRecord,
+    PlacementRecord,
+    PlacementState,
+    device_tier,
+)
 from mesh.placement.eviction import Candidate
 
 # What a model with no size estimate is assumed to take; the pod measures the truth after load.
@@ -32,6 +39,7 @@ DEFAULT_SIZE = 256 << 20
 _LOADED = PlacementState.LOADED  # a module global: faster to reach than the enum's attribute
 _EMPTY: Mapping[str, str] = MappingProxyType({})
 _NO_SIZES: Mapping[str, int] = MappingProxyType({})
+_NO_TIER_SIZES = _NO_SIZES
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +75,8 @@ class PodView:
     # Models in the pod's host tier: evicted from its device, kept in its host memory, so a
     # load there is a promotion with no pull (the best target for a miss).
     host_models: frozenset[str] = frozenset()
+    # The kind of device its models go to (records.device_tier): "host", "cuda", ...
+    tier: str = "host"
 
     @property
     def free(self) -> int:
@@ -127,6 +137,7 @@ class PodView:
             labels=MappingProxyType(dict(instance.labels)),
             models=MappingProxyType(models),
             host_models=frozenset(instance.host_models),
+            tier=device_tier(instance.device),
         )
 
 
@@ -146,6 +157,14 @@ class ModelRequirements:
     min_copies: int = 0
     # 0: no bound beyond the number of pods that can take the model.
     max_copies: int = 0
+    # What the model measured on each kind of device (PodView.tier) for its runtime: a pod of
+    # that kind is charged this instead of `size` (mesh.placement.choose).
+    tier_sizes: Mapping[str, int] = field(default_factory=dict)
+
+    def size_on(self, pod: PodView) -> int:
+        """What a copy of the model takes on `pod`: as measured on its kind of device, else
+        `size`."""
+        return self.tier_sizes.get(pod.tier, self.size) if self.tier_sizes else self.size
 
     @classmethod
     def from_record(
@@ -157,9 +176,21 @@ class ModelRequirements:
     ) -> ModelRequirements:
         """The record's requirements. Formats name runtimes ("onnx", "xgboost", "torch")
         unless `runtime_of` maps a format to another runtime name."""
+        runtime = runtime_of.get(record.format, record.format)
+        prefix = f"{runtime}/"
+        tier_sizes = (
+            {
+                key[len(prefix) :]: size
+                for key, size in record.measured_sizes.items()
+                if key.startswith(prefix) and size > 0
+            }
+            if record.measured_sizes and not record.size_estimate  # a given estimate wins
+            else {}
+        )
         return cls(
             model_id=record.model_id,
-            runtime=runtime_of.get(record.format, record.format),
+            runtime=runtime,
+            tier_sizes=MappingProxyType(tier_sizes) if tier_sizes else _NO_TIER_SIZES,
             size=record.size_estimate or record.measured_size or default_size,
             required_labels=MappingProxyType(dict(record.required_labels)),
             preferred_labels=MappingProxyType(dict(record.preferred_labels)),
@@ -269,6 +300,22 @@ class Snapshot:
 
     def requirements(self, model_id: str) -> ModelRequirements | None:
         return self.models.get(model_id)
+
+    def without_copies(self, model_id: str, pod_ids: Collection[str]) -> Snapshot:
+        """This snapshot with `pod_ids` holding no copy of `model_id`: those pods answered that
+        they have none (evicted since their record was read), so a load may go to them. Their
+        room is left as recorded (the eviction frees it in their next record)."""
+        if not pod_ids:
+            return self
+        pods = tuple(
+            dataclasses.replace(
+                p, models=MappingProxyType({m: h for m, h in p.models.items() if m != model_id})
+            )
+            if p.pod_id in pod_ids and model_id in p.models
+            else p
+            for p in self.pods
+        )
+        return Snapshot(pods=pods, models=self.models)
 
     @classmethod
     def from_records(

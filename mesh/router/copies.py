@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 
 from mesh.cluster.mirror import Mirror
-from mesh.cluster.records import InstanceRecord, ModelRecord, PlacementState
+from mesh.cluster.records import InstanceRecord, ModelRecord, PlacementRecord, PlacementState
 from mesh.placement.snapshot import Snapshot
 from mesh.router.pods import PodPool
 from mesh.router.transport import PodTransport
@@ -33,6 +33,9 @@ class CopyView:
         self._pool = pool
         self.vanished = vanished
         self._fresh: dict[str, dict[str, float]] = {}
+        # (model, pod) -> the placement record that still showed a copy when the pod answered
+        # NOT_FOUND: that record is not believed until the mirror replaces it.
+        self._gone: dict[tuple[str, str], PlacementRecord] = {}
 
     def holders(self, model_id: str, exclude: Sequence[str] = ()) -> list[PodTransport]:
         """Pods serving a loaded copy, not draining, not excluded.
@@ -42,6 +45,8 @@ class CopyView:
         """
         copies = self.mirror.placements.get(model_id, {})
         pod_ids = [p for p, rec in copies.items() if rec.state is PlacementState.LOADED]
+        if self._gone:
+            pod_ids = [p for p in pod_ids if not self._disbelieved(model_id, p, copies[p])]
         fresh = self._fresh.get(model_id)
         if fresh:
             now = time.monotonic()
@@ -91,6 +96,32 @@ class CopyView:
     def loaded_here(self, model_id: str, pod_id: str) -> None:
         """This router has just loaded a copy on `pod_id`: count it until the mirror shows it."""
         self._fresh.setdefault(model_id, {})[pod_id] = time.monotonic()
+        self._gone.pop((model_id, pod_id), None)
+
+    def not_here(self, model_id: str, pod_id: str) -> None:
+        """`pod_id` answered that it holds no copy (evicted since its record was read): its
+        record of one is not believed until the mirror brings another, so that every request
+        does not find out again (under churn the pod's delete may take a while to arrive)."""
+        self.forget(model_id, pod_id)
+        record = self.mirror.placements.get(model_id, {}).get(pod_id)
+        if record is not None:
+            self._gone[(model_id, pod_id)] = record
+
+    def disbelieved(self, model_id: str) -> list[str]:
+        """Pods whose record shows a copy of `model_id` that they said they do not hold."""
+        if not self._gone:
+            return []
+        copies = self.mirror.placements.get(model_id, {})
+        return [p for p, rec in copies.items() if self._disbelieved(model_id, p, rec)]
+
+    def _disbelieved(self, model_id: str, pod_id: str, record: PlacementRecord) -> bool:
+        gone = self._gone.get((model_id, pod_id))
+        if gone is None:
+            return False
+        if gone is record:
+            return True
+        del self._gone[(model_id, pod_id)]  # the mirror has moved on: believe it again
+        return False
 
     def forget(self, model_id: str, pod_id: str) -> None:
         """The copy on `pod_id` is gone (unloaded, evicted): stop counting it."""

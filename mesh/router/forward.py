@@ -16,9 +16,10 @@ from __future__ import annotations
 import collections
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 from mesh.errors import DeadlineExceeded, MeshError, ModelNotFound, ModelNotReady, Unavailable
+from mesh.router.attempt import Liveness, PodSilent, watched
 from mesh.router.copies import CopyView
 from mesh.router.held import HeldRequests
 from mesh.router.loader import Loader
@@ -59,6 +60,8 @@ class Forwarder:
         self._metrics = metrics
         self.requests: collections.Counter[str] = collections.Counter()
         self.in_flight: collections.Counter[str] = collections.Counter()
+        # Which pods answer (the attempt timeout's probes): forwards prefer those that do.
+        self.liveness = Liveness(policy.probe_timeout, remember=policy.vanished_grace)
 
     async def infer(self, data: bytes, model_id: str, timeout: float | None) -> bytes:
         """Forward one request to a copy, retrying elsewhere on a retryable answer (one frame
@@ -68,14 +71,22 @@ class Forwarder:
         self.in_flight[model_id] += 1
         try:
             exclude: list[str] = []
+            # Pods that answered NOT_FOUND: no copy there, whatever the mirror says, but they
+            # may load one (in a one-pod mesh, the only place it can go).
+            stale: list[str] = []
             last: MeshError | None = None
-            for _ in range(self.policy.forward_attempts):
-                copies = self._copies.holders(model_id, exclude)
+            attempts = 0
+            # A pod's first NOT_FOUND costs no attempt: it did no work and only said the mirror
+            # was behind (under churn several copies can be evicted under one request); a pod
+            # answering it twice is excluded, so the loop stays bounded by the pods.
+            while attempts < self.policy.forward_attempts:
+                copies = self._copies.holders(model_id, [*exclude, *stale])
                 if copies:
-                    pod = self._pool.pick(copies)
+                    pod = self._pool.pick(self.liveness.prefer_answering(copies))
                 else:
-                    found = await self._copy(model_id, exclude, deadline)
+                    found = await self._copy(model_id, exclude, deadline, stale)
                     if found is None:
+                        attempts += 1
                         continue
                     pod = found
                 try:
@@ -86,17 +97,19 @@ class Forwarder:
                     return response
                 except _RETRYABLE as answer:
                     reason = _retry_reason(answer)
+                    if not (isinstance(answer, ModelNotFound) and pod.pod_id not in stale):
+                        attempts += 1
                     if isinstance(answer, ModelNotFound):
-                        self._copies.forget(model_id, pod.pod_id)  # evicted since we loaded it
+                        self._not_here(model_id, pod.pod_id, exclude, stale)
                     else:
                         self._copies.unreachable(pod.pod_id)
+                        exclude.append(pod.pod_id)
                     if self._metrics is not None:
                         self._metrics.retries.labels(reason).inc()
                     log.info(
                         "pod %s answered %s for %s; trying another copy",
                         pod.pod_id, reason, model_id,
                     )  # fmt: skip
-                    exclude.append(pod.pod_id)
                     last = answer
             if last is not None:
                 raise last
@@ -124,8 +137,9 @@ class Forwarder:
         self.in_flight[model_id] += 1
         try:
             exclude: list[str] = []
+            stale: list[str] = []  # as in infer
             for attempt in range(self.policy.forward_attempts):
-                pod = await self._copy(model_id, exclude, deadline)
+                pod = await self._copy(model_id, exclude, deadline, stale)
                 if pod is None:
                     continue
                 remaining = deadline - time.monotonic()
@@ -135,15 +149,21 @@ class Forwarder:
                 call = pod.stream(data, model_id, remaining)
                 try:
                     try:
-                        first = await call.read()
+                        try:
+                            first = await watched(
+                                call.read(), pod, every=self.policy.attempt_timeout,
+                                liveness=self.liveness,
+                            )  # fmt: skip
+                        except PodSilent as exc:
+                            raise Unavailable(str(exc)) from None
                     except _RETRYABLE as exc:
                         if attempt + 1 >= self.policy.forward_attempts:
                             raise
                         if isinstance(exc, ModelNotFound):
-                            self._copies.forget(model_id, pod.pod_id)
+                            self._not_here(model_id, pod.pod_id, exclude, stale)
                         else:
                             self._copies.unreachable(pod.pod_id)
-                        exclude.append(pod.pod_id)
+                            exclude.append(pod.pod_id)
                         continue
                     if first is None:
                         raise Unavailable(f"pod {pod.pod_id} ended the stream without an answer")
@@ -154,8 +174,9 @@ class Forwarder:
                         and attempt + 1 < self.policy.forward_attempts
                     ):
                         if issubclass(error, ModelNotFound):
-                            self._copies.forget(model_id, pod.pod_id)
-                        exclude.append(pod.pod_id)
+                            self._not_here(model_id, pod.pod_id, exclude, stale)
+                        else:
+                            exclude.append(pod.pod_id)
                         continue
                     if self._held is not None and self._held.count:
                         self._held.answered()
@@ -175,15 +196,15 @@ class Forwarder:
                 del self.in_flight[model_id]
 
     async def _copy(
-        self, model_id: str, exclude: list[str], deadline: float
+        self, model_id: str, exclude: list[str], deadline: float, stale: Sequence[str] = ()
     ) -> PodTransport | None:
         """A copy to send to, loading one on a miss; None when its pod left (try again)."""
-        copies = self._copies.holders(model_id, exclude)
+        copies = self._copies.holders(model_id, [*exclude, *stale])
         if copies:
-            return self._pool.pick(copies)
+            return self._pool.pick(self.liveness.prefer_answering(copies))
         if self._held is not None:
             await self._held.wait_for_pod(model_id, deadline)
-        pod_id = await self._loader.ensure_loaded(model_id, exclude, deadline)
+        pod_id = await self._loader.ensure_loaded(model_id, exclude, deadline, stale=stale)
         if pod_id in exclude:
             pod_id = await self._loader.add_copy_for(model_id, exclude, deadline)
         instance = self._copies.instance(pod_id)
@@ -191,6 +212,12 @@ class Forwarder:
             exclude.append(pod_id)
             return None
         return self._pool.client(pod_id, instance.address)
+
+    def _not_here(self, model_id: str, pod_id: str, exclude: list[str], stale: list[str]) -> None:
+        """`pod_id` answered NOT_FOUND for `model_id` (evicted since the mirror showed it): the
+        request may load it there again, but a pod that says so twice is tried no more."""
+        self._copies.not_here(model_id, pod_id)
+        (exclude if pod_id in stale else stale).append(pod_id)
 
     async def forward(
         self, pod: PodTransport, data: bytes, model_id: str, deadline: float
@@ -203,7 +230,15 @@ class Forwarder:
         try:
             # A pod's answer is raised as its mesh error, to pass on or retry (_infer); a pod
             # that left during the call is Unavailable (mesh.router.transport).
-            response = await pod.infer(data, model_id, remaining)
+            try:
+                # A pod that does not answer, nor a probe after --attempt-timeout, is left for
+                # another copy (mesh.router.attempt).
+                response = await watched(
+                    pod.infer(data, model_id, remaining), pod,
+                    every=self.policy.attempt_timeout, liveness=self.liveness,
+                )  # fmt: skip
+            except PodSilent as exc:
+                raise Unavailable(str(exc)) from None
             if self._metrics is not None:
                 self._metrics.forward.observe(time.perf_counter() - started)
             return response

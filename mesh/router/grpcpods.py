@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 INFER = "/inference.GRPCInferenceService/ModelInfer"
 STREAM = "/inference.GRPCInferenceService/ModelStreamInfer"
 METADATA = "/inference.GRPCInferenceService/ModelMetadata"
+LIVE = "/inference.GRPCInferenceService/ServerLive"
 LOAD = "/mesh.runtime.v1.Runtime/LoadModel"
 UNLOAD = "/mesh.runtime.v1.Runtime/UnloadModel"
 # The metadata naming the model a forwarded request is for (the pod serves it under that id).
@@ -94,6 +95,11 @@ class PodClient:
         self._infer: Any = self.channel.unary_unary(INFER)
         self._stream: Any = self.channel.stream_stream(STREAM)
         self._metadata: Any = self.channel.unary_unary(METADATA)
+        self._live: Any = self.channel.unary_unary(
+            LIVE,
+            request_serializer=pb.ServerLiveRequest.SerializeToString,
+            response_deserializer=pb.ServerLiveResponse.FromString,
+        )
         self._load: Any = self.channel.unary_unary(
             LOAD,
             request_serializer=rpb.LoadModelRequest.SerializeToString,
@@ -160,6 +166,9 @@ class PodClient:
 
     async def unload(self, model_id: str, timeout: float) -> None:
         await self._call(self._unload, rpb.UnloadModelRequest(model_id=model_id), timeout)
+
+    async def live(self, timeout: float) -> None:
+        await self._call(self._live, pb.ServerLiveRequest(), timeout)
 
     async def _call(self, method: Any, request: Any, timeout: float | None) -> Any:
         try:

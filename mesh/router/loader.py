@@ -28,7 +28,7 @@ from typing import Any
 from mesh.cluster.claims import LoadClaims
 from mesh.cluster.codec import Keys, encode
 from mesh.cluster.mirror import Mirror
-from mesh.cluster.records import ModelRecord
+from mesh.cluster.records import ModelRecord, size_key
 from mesh.cluster.store import Compare, KeyValueStore, Put
 from mesh.errors import (
     DeadlineExceeded,
@@ -38,9 +38,9 @@ from mesh.errors import (
     StoreUnavailable,
     Unavailable,
 )
-from mesh.placement.choose import NoPod, choose_pod
-from mesh.placement.failures import FailureLog
-from mesh.placement.snapshot import Snapshot, TypicalSizes
+from mesh.placement.choose import Decision, NoPod, choose_pod
+from mesh.placement.failures import FailureLog, ModelFailures
+from mesh.placement.snapshot import ModelRequirements, Snapshot, TypicalSizes
 from mesh.router.copies import CopyView
 from mesh.router.metrics import RouterMetrics
 from mesh.router.overview import Activity
@@ -113,11 +113,18 @@ class Loader:
         return self._typical
 
     async def ensure_loaded(
-        self, model_id: str, exclude: Sequence[str] = (), deadline: float | None = None
+        self,
+        model_id: str,
+        exclude: Sequence[str] = (),
+        deadline: float | None = None,
+        *,
+        stale: Sequence[str] = (),
     ) -> str:
-        """A pod holding a loaded copy of `model_id`, loading one if there is none."""
+        """A pod holding a loaded copy of `model_id`, loading one if there is none. `stale`:
+        pods that answered they hold none although the mirror shows a copy; a load may go
+        there when no other pod can take it."""
         deadline = deadline or time.monotonic() + self.policy.load_timeout
-        copies = self.copies.holders(model_id, exclude)
+        copies = self.copies.holders(model_id, [*exclude, *stale])
         if copies:
             return copies[0].pod_id
         future = self._loads.get(model_id)
@@ -134,7 +141,9 @@ class Loader:
             # A caller that gives up must not cut the load others wait for (or the copy the
             # next request would find): it runs for the longer of that and the load timeout.
             load_deadline = max(deadline, time.monotonic() + self.policy.load_timeout)
-            task = asyncio.create_task(self._load(model_id, list(exclude), load_deadline))
+            task = asyncio.create_task(
+                self._load(model_id, list(exclude), load_deadline, stale=tuple(stale))
+            )
             task.add_done_callback(lambda t: self._settle(model_id, future, t))
             if miss is not None:
                 task.add_done_callback(lambda t: miss.observe(time.perf_counter() - started))
@@ -164,6 +173,25 @@ class Loader:
         copies = self.copies.holders(model_id, exclude)
         if copies:
             return copies[0].pod_id
+        if self.copies.loading_elsewhere(model_id, exclude):
+            # A copy on its way to a pod outside `exclude` (another router's load, under
+            # churn) is the copy wanted: wait for it, where a new one would find that pod
+            # already holding the model and no other to go to.
+            try:
+                await self.mirror.wait_for(
+                    lambda m: (
+                        bool(self.copies.holders(model_id, exclude))
+                        or not self.copies.loading_elsewhere(model_id, exclude)
+                    ),
+                    timeout=max(deadline - time.monotonic(), 0.001),
+                )
+            except TimeoutError:
+                raise DeadlineExceeded(
+                    f"model {model_id!r} was not loaded within the deadline"
+                ) from None
+            copies = self.copies.holders(model_id, exclude)
+            if copies:
+                return copies[0].pod_id
         return await self._load(model_id, list(exclude), deadline, new_copy=True)
 
     async def add_copy(self, model_id: str, exclude: Sequence[str]) -> str:
@@ -172,15 +200,22 @@ class Loader:
         return await self._load(model_id, list(exclude), deadline, new_copy=True)
 
     async def _load(
-        self, model_id: str, exclude: list[str], deadline: float, new_copy: bool = False
+        self,
+        model_id: str,
+        exclude: list[str],
+        deadline: float,
+        new_copy: bool = False,
+        stale: Sequence[str] = (),
     ) -> str:
         record = self.mirror.models.get(model_id)
         if record is None:
             raise ModelNotFound(f"model {model_id!r} is not registered in this mesh")
         last_error = ""
         waited = False
+        # Pods that said they hold no copy, to this request or another, are stale too.
+        stale = [*stale, *(p for p in self.copies.disbelieved(model_id) if p not in stale)]
         for _ in range(self.policy.load_attempts):
-            copies = self.copies.holders(model_id, exclude)
+            copies = self.copies.holders(model_id, [*exclude, *stale])
             if copies and not new_copy:
                 return copies[0].pod_id
             if not new_copy and self.copies.loading_elsewhere(model_id, exclude):
@@ -198,9 +233,9 @@ class Loader:
             if not record.size_estimate and measured:
                 # What a copy measured on a pod beats the default guess.
                 requirements = dataclasses.replace(requirements, size=measured)
-            decision = choose_pod(
-                snapshot, requirements, now, self._rng, exclude=exclude,
-                failures=self.failures.for_model(model_id, now),
+            decision = self._choose_pod(
+                snapshot, requirements, now, exclude, stale,
+                self.failures.for_model(model_id, now),
             )  # fmt: skip
             if (
                 isinstance(decision, NoPod)
@@ -211,9 +246,7 @@ class Loader:
                 # small or too full for the guess may well take the model, evicting what it
                 # must by its own estimate (file size times its learned factor). Let it judge.
                 requirements = dataclasses.replace(requirements, size=1)
-                decision = choose_pod(
-                    snapshot, requirements, now, self._rng, exclude=exclude, failures=failures
-                )
+                decision = self._choose_pod(snapshot, requirements, now, exclude, stale, failures)
             if isinstance(decision, NoPod) and not waited and not self.mirror.instances:
                 # No pod at all (their leases expired while etcd was away, or the mesh is
                 # starting): wait for one to register rather than fail at once.
@@ -242,7 +275,7 @@ class Loader:
                 size = await self._tell_pod_to_load(pod_id, record, deadline)
                 self.failures.clear(model_id)
                 self.copies.loaded_here(model_id, pod_id)
-                self._remember_size(model_id, size)
+                self._remember_size(model_id, size, pod_id)
                 return pod_id
             except ModelLoadFailed as exc:
                 last_error = str(exc)
@@ -251,6 +284,28 @@ class Loader:
             finally:
                 await self.claims.release(model_id, pod_id, claimed)
         raise ModelLoadFailed(f"model {model_id!r} ({_spec(record)}) failed to load: {last_error}")
+
+    def _choose_pod(
+        self,
+        snapshot: Snapshot,
+        requirements: ModelRequirements,
+        now: float,
+        exclude: Sequence[str],
+        stale: Sequence[str],
+        failures: ModelFailures | None,
+    ) -> Decision:
+        """The pod for a load: one outside `exclude` and `stale` (pods that just answered
+        NOT_FOUND, having evicted the model), else one of the stale ones after all, which
+        hold no copy whatever their records say (in a one-pod mesh, the only place to go)."""
+        decision = choose_pod(
+            snapshot, requirements, now, self._rng, exclude=[*exclude, *stale], failures=failures
+        )
+        if isinstance(decision, NoPod) and stale:
+            decision = choose_pod(
+                snapshot.without_copies(requirements.model_id, stale), requirements, now,
+                self._rng, exclude=exclude, failures=failures,
+            )  # fmt: skip
+        return decision
 
     async def _base_pod(self, base: str, exclude: list[str], deadline: float) -> str:
         holders = self.copies.holders(base, exclude)
@@ -298,22 +353,34 @@ class Loader:
             check_every=self.policy.claim_check,
         )
 
-    def _remember_size(self, model_id: str, size: int) -> None:
-        """Write what the copy measured into the model's registration (once, or when it moved
-        by more than a quarter), so that it outlives the copy: evicted and asked for again, the
-        model is placed by its size, not the default."""
+    def _remember_size(self, model_id: str, size: int, pod_id: str) -> None:
+        """Write what the copy measured into the model's registration, for its runtime and the
+        kind of device of `pod_id` (once, or when it moved by more than a quarter), so that it
+        outlives the copy: evicted and asked for again, the model is placed by its size on
+        each kind of pod, not the default."""
         record = self.mirror.models.get(model_id)
+        instance = self.copies.instance(pod_id)
         if record is None or size <= 0:
             return
-        if record.measured_size and abs(size - record.measured_size) <= record.measured_size / 4:
+        key = size_key(record.format, instance.device if instance is not None else "")
+        known = record.measured_sizes.get(key, 0)
+        if known and abs(size - known) <= known / 4 and record.measured_size:
             return
-        task = asyncio.create_task(self._write_size(record, size))
+        task = asyncio.create_task(self._write_size(record, size, key))
         self._size_writes.add(task)
         task.add_done_callback(self._size_writes.discard)
 
-    async def _write_size(self, record: ModelRecord, size: int) -> None:
+    async def _write_size(self, record: ModelRecord, size: int, size_at: str) -> None:
         key = self._keys.model(record.model_id)
-        updated = dataclasses.replace(record, measured_size=size)
+        updated = dataclasses.replace(
+            record,
+            measured_size=(
+                record.measured_size
+                if record.measured_size and abs(size - record.measured_size) <= size / 4
+                else size
+            ),
+            measured_sizes={**record.measured_sizes, size_at: size},
+        )
         try:
             # Only over the registration as it was: a re-registration meanwhile wins.
             await self._store.txn(

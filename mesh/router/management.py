@@ -174,7 +174,9 @@ class Management:
         old = self._mirror.models.get(record.model_id)
         if old is not None and _same_artifact(old, record):
             # What a copy measured still holds for the same files and options.
-            record = dataclasses.replace(record, measured_size=old.measured_size)
+            record = dataclasses.replace(
+                record, measured_size=old.measured_size, measured_sizes=old.measured_sizes
+            )
         return record
 
     async def unregister(self, request: mpb.UnregisterModelRequest) -> mpb.UnregisterModelResponse:

@@ -22,3 +22,8 @@ class RouterPolicy:
     # from being tried again until one expires (or its registration changes, or a retry).
     failure_ttl: float = 900.0
     failure_attempts: int = 3
+    # A forward still waiting on a pod after attempt_timeout seconds asks it ServerLive
+    # (within probe_timeout): one that does not answer is given up for another copy
+    # (mesh.router.attempt); 0: wait on the pod until the deadline.
+    attempt_timeout: float = 5.0
+    probe_timeout: float = 1.0

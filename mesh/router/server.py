@@ -152,7 +152,8 @@ class RouterServer(Service):
             policy=RouterPolicy(
                 s.forward_attempts, s.load_attempts, s.load_timeout,
                 vanished_grace=s.vanished_pod_grace, failure_ttl=s.failure_ttl,
-                failure_attempts=s.failure_attempts,
+                failure_attempts=s.failure_attempts, attempt_timeout=s.attempt_timeout,
+                probe_timeout=s.probe_timeout,
             ),
             metrics=metrics,
             held=self.held,

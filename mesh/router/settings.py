@@ -57,6 +57,17 @@ class RouterSettings(CommandSettings, env_prefix="MESH_ROUTER_"):
         description="requests held at once, within their deadline, while a pod starts for a "
         "pool with none (scale from zero; more are RESOURCE_EXHAUSTED; 0: none held)",
     )
+    attempt_timeout: float = Field(
+        5.0,
+        ge=0,
+        description="seconds a forward waits on a pod before asking it ServerLive; a pod that "
+        "does not answer within --probe-timeout (packets dropped, host frozen) is left and the "
+        "request retried on another copy, a slow one that answers is waited on (0: wait until "
+        "the client's deadline)",
+    )
+    probe_timeout: float = Field(
+        1.0, gt=0, description="seconds a probed pod has to answer ServerLive"
+    )
     leader_interval: float = Field(
         5.0,
         gt=0,

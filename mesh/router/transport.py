@@ -81,6 +81,11 @@ class PodTransport(Protocol):
         """Unload the copy, if the pod holds one."""
         ...
 
+    async def live(self, timeout: float) -> None:
+        """Return once the pod answers that it is there (ServerLive), whatever it answers;
+        DeadlineExceeded or Unavailable when it does not (mesh.router.attempt)."""
+        ...
+
     async def aclose(self) -> None: ...
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import doctest
 import random
 
@@ -150,6 +151,38 @@ def test_a_model_never_loaded_is_estimated_by_its_formats_measured_sizes() -> No
     assert sizes["a"] == 6 << 20 and sizes["b"] == 5 << 20  # each its own measurement
     assert sizes["given"] == 1 << 30  # an estimate given at registration wins
     assert sizes["other"] == DEFAULT_SIZE  # nothing of its format measured yet
+
+
+def test_a_pod_is_charged_the_size_measured_on_its_kind_of_device() -> None:
+    # Measured at 4 MiB in host memory and 48 MiB on a GPU (a CUDA context, an arena): a GPU
+    # pod with 16 MiB free cannot take it without evicting, a CPU pod with as much can.
+    model = ModelRecord(
+        "m", "torch", measured_size=4 << 20,
+        measured_sizes={"torch/host": 4 << 20, "torch/cuda": 48 << 20, "onnx/cuda": 1},
+    )  # fmt: skip
+    pods = [
+        InstanceRecord("gpu", "g:1", 64 << 20, used=48 << 20, runtimes=("torch",),
+                       device="cuda:0"),
+        InstanceRecord("cpu", "c:1", 64 << 20, used=48 << 20, runtimes=("torch",),
+                       device="host"),
+    ]  # fmt: skip
+    snap = Snapshot.from_records(pods, [], [model])
+    req = snap.requirements("m")
+    assert req is not None
+    gpu, cpu = snap.pod("gpu"), snap.pod("cpu")
+    assert gpu is not None and cpu is not None
+    assert (req.size_on(gpu), req.size_on(cpu)) == (48 << 20, 4 << 20)  # its runtime's, by tier
+    assert choose_pod(snap, req, 10.0, random.Random(0)) == Placement("cpu", 0, ())
+    # Too big for the GPU pod at all: refused there, never planned as an eviction.
+    small = Snapshot.from_records(
+        [dataclasses.replace(pods[0], capacity=32 << 20, used=0)], [], [model]
+    )
+    decision = choose_pod(small, req, 10.0, random.Random(0))
+    assert not isinstance(decision, Placement) and "less capacity" in decision.reason
+    # A size given at registration wins over every measurement.
+    given = dataclasses.replace(model, size_estimate=8 << 20)
+    req = Snapshot.from_records(pods, [], [given]).requirements("m")
+    assert req is not None and req.size_on(gpu) == 8 << 20
 
 
 @settings(max_examples=200)

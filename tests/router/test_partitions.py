@@ -8,6 +8,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
@@ -78,27 +79,25 @@ def _partition(net: Network, load: Load, client: _Client, names: list[str], a: s
     wait_until(lambda: load.ok["xgb"] > after + 20, what="traffic after the cut")
 
 
-@pytest.mark.slow
-def test_partitions_fail_no_request_for_a_model_with_live_copies(
-    net: Network, model_dir: Path, tmp_path: Path
-) -> None:
+@contextmanager
+def _mesh(net: Network, model_dir: Path, logs: Path, **router_env: str) -> Iterator[_Client]:
+    """etcd, pods pod0 and pod1 and a router, each in a namespace of its own, with model xgb
+    (two copies) loaded: the router's client."""
     etcd_ip = net.add("etcd")
-    names = ["pod0", "pod1"]
-    ips = {n: net.add(n) for n in names}
+    ips = {n: net.add(n) for n in NAMES}
     router_ip = net.add("router")
     procs = []
-    logs = tmp_path
     env = {**os.environ, "MESH_ROUTER_LEASE_TTL": "3", "MESH_ROUTER_LEADER_INTERVAL": "0.3",
-           "MESH_ROUTER_VANISHED_POD_GRACE": "8"}  # fmt: skip
+           "MESH_ROUTER_VANISHED_POD_GRACE": "8", **router_env}  # fmt: skip
     url = f"http://{etcd_ip}:2379"
     try:
         procs.append(net.popen("etcd", [
-            "etcd", "--data-dir", str(tmp_path / "etcd"), "--listen-client-urls", url,
+            "etcd", "--data-dir", str(logs / "etcd"), "--listen-client-urls", url,
             "--advertise-client-urls", url, "--listen-peer-urls", f"http://{etcd_ip}:2380",
             "--initial-advertise-peer-urls", f"http://{etcd_ip}:2380",
             "--initial-cluster", f"default=http://{etcd_ip}:2380", "--log-level", "error",
         ], stderr=(logs / "etcd.log").open("wb")))  # fmt: skip
-        for n in names:
+        for n in NAMES:
             procs.append(net.popen(n, [
                 sys.executable, "-m", "mesh", "pod", "--etcd", url, "--pod-id", n,
                 "--host", ips[n], "--port", "8085", "--no-metrics", "--capacity", "1Gi",
@@ -116,7 +115,24 @@ def test_partitions_fail_no_request_for_a_model_with_live_copies(
                 options=mpb.ModelOptions(min_copies=2),
             ), timeout=30,
         )  # fmt: skip
-        wait_until(lambda: _loaded(client, "xgb") == names, timeout=90, what="two copies")
+        wait_until(lambda: _loaded(client, "xgb") == NAMES, timeout=90, what="two copies")
+        yield client
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait(10)
+
+
+NAMES = ["pod0", "pod1"]
+X = {"input__0": np.ones((1, 64), np.float32)}
+
+
+@pytest.mark.slow
+def test_partitions_fail_no_request_for_a_model_with_live_copies(
+    net: Network, model_dir: Path, tmp_path: Path
+) -> None:
+    names = NAMES
+    with _mesh(net, model_dir, tmp_path) as client:
         # And one whose only copy is pinned to pod0: it lives through pod0's lost lease only
         # if the router keeps using a pod it can reach after its records vanished.
         client.management.RegisterModel(
@@ -126,7 +142,7 @@ def test_partitions_fail_no_request_for_a_model_with_live_copies(
             ), timeout=30,
         )  # fmt: skip
         wait_until(lambda: _loaded(client, "single") == ["pod0"], what="the pinned copy")
-        x = {"input__0": np.ones((1, 64), np.float32)}
+        x = X
         with Load(client, {"xgb": x}) as load:  # type: ignore[arg-type]
             with TimedLoad(client, {"single": x}) as pinned:  # type: ignore[arg-type]
                 _partition(net, load, client, names, "pod0", "etcd")
@@ -135,7 +151,30 @@ def test_partitions_fail_no_request_for_a_model_with_live_copies(
         assert load.failed["xgb"] == [], load.failed["xgb"][:5]
         assert pinned.failed["single"] == [], pinned.failed["single"][:5]
         assert pinned.ok["single"] > 100
-    finally:
-        for proc in procs:
-            proc.kill()
-            proc.wait(10)
+
+
+@pytest.mark.slow
+def test_a_blackholed_pod_fails_no_request_for_a_model_with_a_copy_elsewhere(
+    net: Network, model_dir: Path, tmp_path: Path
+) -> None:
+    # pod0 keeps its lease (etcd hears it) but nothing it sends the router arrives: no answer,
+    # no error, no TCP ack. Forwards to it would hang until the client's 20 s deadline (and
+    # gRPC's keepalive gives up on the connection only after 40 s); the router's attempt
+    # timeout probes pod0, finds it silent and retries the request on pod1.
+    with _mesh(
+        net, model_dir, tmp_path,
+        MESH_ROUTER_ATTEMPT_TIMEOUT="1", MESH_ROUTER_PROBE_TIMEOUT="0.5",
+    ) as client:  # fmt: skip
+        with TimedLoad(client, {"xgb": X}) as load:  # type: ignore[arg-type]
+            wait_until(lambda: load.ok["xgb"] > 50, what="traffic before the blackhole")
+            net.blackhole("pod0", "router")
+            cut_at = time.monotonic()
+            before = load.ok["xgb"]
+            # Longer than a client's deadline: a request stuck on pod0 would have failed.
+            wait_until(lambda: time.monotonic() - cut_at > 25, timeout=40, what="the blackhole")
+            assert load.ok["xgb"] > before + 50, "requests stopped while pod0 was blackholed"
+            net.unblackhole("pod0", "router")
+            after = load.ok["xgb"]
+            wait_until(lambda: load.ok["xgb"] > after + 50, what="traffic after the blackhole")
+        assert load.failed["xgb"] == [], load.failed["xgb"][:5]
+        assert _loaded(client, "xgb") == NAMES  # pod0 kept its copy and its place

@@ -38,13 +38,24 @@ X = np.ones((1, 64), np.float32)
 
 @dataclass
 class StubPod:
-    """Answers ModelInfer and LoadModel with `infer` and `load` (each given the gRPC context)."""
+    """Answers ModelInfer, LoadModel and ServerLive with `infer`, `load` and `live` (each given
+    the gRPC context)."""
 
     infer: Callable[[Any], bytes] = lambda context: b""
     load: Callable[[Any], bytes] = lambda context: b""
+    live: Callable[[Any], bytes] = lambda context: b""  # an empty ServerLiveResponse
     calls: list[str] = field(default_factory=list)
     remaining: list[float | None] = field(default_factory=list)
     ended: threading.Event = field(default_factory=threading.Event)
+
+    # ModelStreamInfer: the responses to send (bytes each), given the gRPC context.
+    stream: Callable[[Any], Iterator[bytes]] = lambda context: iter(())
+
+    def streamed(self, requests: Iterator[bytes], context: Any) -> Iterator[bytes]:
+        next(requests, None)
+        self.calls.append("ModelStreamInfer")
+        context.add_callback(self.ended.set)
+        yield from self.stream(context)
 
     def handler(self, method: str, answer: Callable[[Any], bytes]) -> grpc.RpcMethodHandler:
         def handle(request: bytes, context: Any) -> bytes:
@@ -65,7 +76,11 @@ def stub_pod() -> Iterator[StubPod]:
         (
             grpc.method_handlers_generic_handler(
                 "inference.GRPCInferenceService",
-                {"ModelInfer": stub.handler("ModelInfer", lambda c: stub.infer(c))},
+                {
+                    "ModelInfer": stub.handler("ModelInfer", lambda c: stub.infer(c)),
+                    "ServerLive": stub.handler("ServerLive", lambda c: stub.live(c)),
+                    "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(stub.streamed),
+                },
             ),
             grpc.method_handlers_generic_handler(
                 "mesh.runtime.v1.Runtime",
@@ -150,6 +165,31 @@ def test_a_stale_copy_answering_not_found_is_retried_on_a_fresh_load(
         assert metric(router, "mesh_router_loads_total", outcome="loaded") == 1  # elsewhere
 
 
+def test_the_only_pod_answering_not_found_is_asked_to_load_the_model_again(
+    etcd: EtcdServer, prefix: str, stub: StubPod
+) -> None:
+    # A one-pod mesh whose pod evicted the model after its record was read: the pod answers
+    # NOT_FOUND, and the retry must load the model there, the only place it can go.
+    loaded = threading.Event()
+
+    def infer(context: Any) -> bytes:
+        if not loaded.is_set():
+            context.abort(grpc.StatusCode.NOT_FOUND, "model 'm' is not loaded here")
+        return pb.ModelInferResponse(model_name="m").SerializeToString()
+
+    def load(context: Any) -> bytes:
+        loaded.set()
+        return b""
+
+    stub.infer, stub.load = infer, load
+    with running_router(etcd=etcd.url, etcd_prefix=prefix) as router:
+        register(router, "m")
+        publish(router, prefix, stub.address, holds="m")  # type: ignore[attr-defined]
+        response = router.v2.ModelInfer(infer_request("m", input=X), timeout=30)
+        assert response.model_name == "m"
+        assert stub.calls == ["ModelInfer", "LoadModel", "ModelInfer"]
+
+
 def test_a_pod_refusing_a_load_for_room_is_excluded_and_another_loads_it(
     etcd: EtcdServer, prefix: str, pods: list[RunningPod], stub: StubPod
 ) -> None:
@@ -191,6 +231,72 @@ def test_the_client_deadline_reaches_the_pod_and_ends_the_forward(
             # ...and its call ended when the deadline passed, while the handler still hung.
             wait_until(stub.ended.is_set, timeout=10, what="the forwarded call to end")
             assert not release.is_set()
+        finally:
+            release.set()
+
+
+def test_a_slow_pod_that_answers_probes_is_waited_on_past_the_attempt_timeout(
+    etcd: EtcdServer, prefix: str, stub: StubPod
+) -> None:
+    # The attempt timeout leaves only a pod that does not answer at all: one that is slow but
+    # there (the stub answers ServerLive, if only with UNIMPLEMENTED) keeps the forward.
+    release = threading.Event()
+
+    def slow(context: Any) -> bytes:
+        release.wait(30)
+        return pb.ModelInferResponse(model_name="m").SerializeToString()
+
+    stub.infer = slow
+    with running_router(etcd=etcd.url, etcd_prefix=prefix, attempt_timeout=0.2) as router:
+        register(router, "m")
+        publish(router, prefix, stub.address, holds="m")  # type: ignore[attr-defined]
+        answer = router.v2.ModelInfer.future(infer_request("m", input=X), timeout=30)
+        # Several attempt timeouts pass, each probing the pod, before it answers.
+        wait_until(lambda: stub.calls.count("ServerLive") >= 3, what="probes of the slow pod")
+        release.set()
+        assert answer.result().model_name == "m"
+        assert stub.calls.count("ModelInfer") == 1  # never given up, never sent elsewhere
+
+
+def test_a_stream_whose_pod_leaves_before_its_first_answer_is_retried_on_another_copy(
+    etcd: EtcdServer, prefix: str
+) -> None:
+    # The stream goes to the first pod, which leaves the mesh (drained) before it answers: the
+    # router closes its channel, which ends the call not with a status but with a cancellation;
+    # the router must take it as UNAVAILABLE and send the request to the other copy.
+    release = threading.Event()
+
+    def hang(context: Any) -> Iterator[bytes]:
+        release.wait(30)
+        yield b""
+
+    def answer(context: Any) -> Iterator[bytes]:
+        response = pb.ModelInferResponse(model_name="m", id="from-b")
+        yield pb.ModelStreamInferResponse(infer_response=response).SerializeToString()
+
+    keys = Keys(prefix)
+    with (
+        stub_pod() as a,
+        stub_pod() as b,
+        running_router(etcd=etcd.url, etcd_prefix=prefix, vanished_pod_grace=0.0) as router,
+    ):
+        a.stream, b.stream = hang, answer
+        try:
+            register(router, "m")
+            publish(router, prefix, a.address, holds="m", pod_id="a")  # type: ignore[attr-defined]
+            responses = router.v2.ModelStreamInfer(iter([infer_request("m", input=X)]), timeout=30)
+            first: list[Any] = []
+            reader = threading.Thread(target=lambda: first.append(next(responses)))
+            reader.start()
+            wait_until(lambda: a.calls == ["ModelStreamInfer"], what="the stream to reach a")
+            publish(router, prefix, b.address, holds="m", pod_id="b")  # type: ignore[attr-defined]
+            store = router.server.store
+            router.run(store.delete(keys.placement("m", "a")))
+            router.run(store.delete(keys.instance("a")))  # a leaves the mesh
+            reader.join(30)
+            assert first and first[0].infer_response.id == "from-b"
+            assert b.calls == ["ModelStreamInfer"]
+            wait_until(a.ended.is_set, what="the call to the pod that left to end")
         finally:
             release.set()
 

@@ -69,13 +69,18 @@ def test_models_of_unknown_size_load_on_small_pods_and_keep_their_size(
         # Evicted (here: unloaded everywhere), the model keeps its measured size...
         model = used[0]
         size = mirror.models[model].measured_size
+        # ... recorded for its runtime and the kind of device it was measured on (these pods
+        # measure the host's memory) ...
+        assert mirror.models[model].measured_sizes == {"xgboost/host": size}
         for pod in small_pods:
             pod.control.UnloadModel(rpb.UnloadModelRequest(model_id=model))
         wait_until(lambda: model not in mirror.placements, what="the copies gone")
         assert mirror.models[model].measured_size == size
+        assert mirror.models[model].measured_sizes == {"xgboost/host": size}
         # ... and re-registering the same files keeps it too.
         router.management.RegisterModel(
             mpb.RegisterModelRequest(model_id=model, format="xgboost", storage_path="xgb")
         )
         assert mirror.models[model].measured_size == size
+        assert mirror.models[model].measured_sizes == {"xgboost/host": size}
         router.v2.ModelInfer(infer_request(model, input__0=x), timeout=30)
