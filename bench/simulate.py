@@ -388,7 +388,9 @@ class Pod:
 class Mesh:
     """The cluster under one policy: pods with their own LRU, and placement deciding misses."""
 
-    def __init__(self, cfg: Config, w: Workload, policy: str, active: int | None = None) -> None:
+    def __init__(
+        self, cfg: Config, w: Workload, policy: str, active: int | None = None, min_pods: int = 0
+    ) -> None:
         self.cfg = cfg
         self.w = w
         # `elastic` places as `mesh` does; mesh.placement.pool sizes its pool.
@@ -408,11 +410,11 @@ class Mesh:
         self.pods = [Pod(i, c) for i, c in enumerate(w.capacities)]
         self.by_name = {p.name: p for p in self.pods}
         # Pods serving now. An elastic pool starts with none; a fixed one with `active` pods.
-        n_active = 0 if self.elastic else len(self.pods) if active is None else active
+        n_active = min_pods if self.elastic else len(self.pods) if active is None else active
         self.active = [i < n_active for i in range(len(self.pods))]
         self.all_active = all(self.active)
         self.pool_policy = PoolPolicy(
-            min_pods=0, max_pods=len(self.pods), window=cfg.pool_window,
+            min_pods=min_pods, max_pods=len(self.pods), window=cfg.pool_window,
             scale_down_after=cfg.scale_down_after, pod_capacity=min(w.capacities),
         )  # fmt: skip
         self.pool_state = PoolState()
@@ -855,6 +857,25 @@ class Mesh:
 # -- driver --------------------------------------------------------------------------------------
 
 
+def policy_kind(cfg: Config, policy: str) -> tuple[str, int | None, int]:
+    """(placement kind, fixed pods serving, elastic floor) of a policy name.
+
+    `fixed-half` and `fixed-N` are `mesh` with half or N of the pods; `elastic-min-N` is the
+    elastic pool that never goes below N pods (so the sweep can find equal hit ratios).
+    """
+    if policy == "random":
+        return "random", None, 0
+    if policy == "elastic":
+        return "elastic", None, 0
+    if policy.startswith("elastic-min-"):
+        return "elastic", None, min(int(policy.removeprefix("elastic-min-")), cfg.pods)
+    if policy == "fixed-half":
+        return "mesh", cfg.pods // 2, 0
+    if policy.startswith("fixed-"):
+        return "mesh", min(int(policy.removeprefix("fixed-")), cfg.pods), 0
+    return "mesh", None, 0
+
+
 def run_one(args: tuple[Config, str, str]) -> dict[str, Any]:
     cfg, kind, policy = args
     w = workload(cfg, kind)
@@ -862,9 +883,8 @@ def run_one(args: tuple[Config, str, str]) -> dict[str, Any]:
         res = run_ideal(cfg, w)
     else:
         mesh_cfg = replace(cfg, sample=0) if policy == "mesh-full" else cfg
-        kind_of = {"random": "random", "elastic": "elastic"}
-        active = cfg.pods // 2 if policy == "fixed-half" else None
-        res = Mesh(mesh_cfg, w, kind_of.get(policy, "mesh"), active).run()
+        kind, active, min_pods = policy_kind(cfg, policy)
+        res = Mesh(mesh_cfg, w, kind, active, min_pods).run()
         res.policy = policy
     return res.summary()
 
@@ -985,7 +1005,7 @@ def headline(cfg: Config, preset: str, jobs: int) -> str:
 def report(results: list[dict[str, Any]], kinds: list[str], total: float) -> None:
     for kind in kinds:
         rows = sorted(
-            (r for r in results if r["workload"] == kind), key=lambda r: ORDER[r["policy"]]
+            (r for r in results if r["workload"] == kind), key=lambda r: ORDER.get(r["policy"], 1)
         )
         sim_s = rows[0]["sim_seconds"] if rows else 0.0
         print(f"\nworkload {kind}: {sim_s:,.0f} s simulated\n")
@@ -994,7 +1014,7 @@ def report(results: list[dict[str, Any]], kinds: list[str], total: float) -> Non
         for line in reading(rows):
             print(textwrap.fill(line, 100, initial_indent="- ", subsequent_indent="  "))
         print("- wall s: " + ", ".join(f"{r['policy']} {r['wall_seconds']:.1f}" for r in rows))
-        if any(r["policy"] == "elastic" for r in rows):
+        if any(r["policy"].startswith("elastic") for r in rows):
             print()
             print(pool_table(rows))
     print(f"\nwhole run: {total:.1f} s")
