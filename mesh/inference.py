@@ -10,6 +10,10 @@ Decoding them into arrays, with every check first, is mesh.pod.codec's job.
     response = await plane.infer(request)
     response.outputs[0].name, response.outputs[0].data
 
+The objects are values: nothing changes one after it is made. They are not frozen dataclasses
+because one is made per tensor per request, and a frozen dataclass's `__init__` costs twice a
+plain one's.
+
 Parameters are plain values (bool, int, float, str: the v2 protocol's parameter kinds; None for
 one sent with no value).
 """
@@ -24,7 +28,7 @@ ParameterValue = bool | int | float | str | None
 Parameters = Mapping[str, ParameterValue]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class InferInput:
     """One input tensor. `contents`: its typed values by the v2 field that carries them
     (`fp32_contents`, `bytes_contents`, ...), only the fields that hold any; empty when the
@@ -36,13 +40,13 @@ class InferInput:
     contents: Mapping[str, Sequence[Any]] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RequestedOutput:
     name: str
     parameters: Parameters = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class InferRequest:
     """A v2 inference request. `raw`: one entry of raw bytes per input, in order, or empty
     (then every input carries typed contents). `outputs` empty: every output of the model.
@@ -58,7 +62,7 @@ class InferRequest:
     size: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class InferOutput:
     """One output tensor; `data` is its raw contents (v2's binary layout: BYTES elements each
     after a 4-byte little-endian length)."""

@@ -9,7 +9,7 @@ the message once, as the message always took them.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from google.protobuf.message import DecodeError
@@ -61,28 +61,31 @@ def set_parameters(
             param.string_param = str(value)
 
 
+# Shared by every input without typed contents (read only, as the objects are).
+_NO_CONTENTS: dict[str, Any] = {}
+
+
 def _contents(tensor: pb.ModelInferRequest.InferInputTensor) -> dict[str, Any]:
-    if not tensor.HasField("contents"):
-        return {}
     return {fd.name: values for fd, values in tensor.contents.ListFields()}
 
 
 def request_of(message: pb.ModelInferRequest) -> InferRequest:
     """The neutral request over `message`'s own fields."""
-    inputs = [InferInput(t.name, t.datatype, t.shape, _contents(t)) for t in message.inputs]
-    outputs: Iterable[RequestedOutput] = ()
+    inputs = [
+        InferInput(
+            t.name, t.datatype, t.shape, _contents(t) if t.HasField("contents") else _NO_CONTENTS
+        )
+        for t in message.inputs
+    ]
+    outputs: Sequence[RequestedOutput] = ()
     if message.outputs:
         outputs = [
             RequestedOutput(o.name, parameters_of(o.parameters) if o.parameters else {})
             for o in message.outputs
         ]
+    parameters = parameters_of(message.parameters) if message.parameters else {}
     return InferRequest(
-        model_name=message.model_name,
-        inputs=inputs,
-        raw=message.raw_input_contents,
-        outputs=tuple(outputs),
-        id=message.id,
-        parameters=parameters_of(message.parameters) if message.parameters else {},
+        message.model_name, inputs, message.raw_input_contents, outputs, message.id, parameters
     )
 
 
