@@ -50,8 +50,8 @@ class RequestedOutput:
 class InferRequest:
     """A v2 inference request. `raw`: one entry of raw bytes per input, in order, or empty
     (then every input carries typed contents). `outputs` empty: every output of the model.
-    `size`: the request's size on its wire in bytes, as the edge knows it (0: unknown); a small
-    request of a fast model may run on the event loop (mesh.pod.inline)."""
+    `size`: the request's size on its wire in bytes, as the edge knows it (0: unknown, taken
+    as small); a small request of a fast model may run on the event loop (mesh.pod.inline)."""
 
     model_name: str
     inputs: Sequence[InferInput]
