@@ -27,6 +27,7 @@ from mesh.pod.artifacts import DirectoryArtifacts
 from mesh.pod.repository import ModelRepository
 from mesh.pod.server import PodServer
 from mesh.pod.settings import PodSettings
+from mesh.pod.wire import wire_infer
 from mesh.router.server import RouterServer
 from mesh.router.settings import RouterSettings
 from mesh.runtimes.registry import RuntimeRegistry
@@ -112,7 +113,7 @@ async def serve(
         raise
     # The router reaches its pod's data plane by a call, not a loopback gRPC hop.
     assert pod.plane is not None  # started
-    router.pool.serve_in_process("embedded", pod.plane.infer_wire)
+    router.pool.serve_in_process("embedded", wire_infer(pod.plane))
     log.info(
         "mesh serve: %d models from %s on %s:%d (gRPC), REST %s",
         len(names), models, host, router.port, router.rest_port or "off",

@@ -35,7 +35,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from mesh.errors import InvalidRequest, MeshError, RuntimeFailure, Unavailable
-from mesh.gen import grpc_predict_v2_pb2 as pb
+from mesh.inference import InferRequest, InferResponse
 from mesh.pod.codec import DecodedRequest, decode_request, encode_response
 from mesh.runtimes.base import LoadedModel
 
@@ -112,11 +112,11 @@ def runtime_options(options: Mapping[str, str]) -> dict[str, str]:
 
 @dataclass(slots=True)
 class _Item:
-    request: pb.ModelInferRequest
+    request: InferRequest
     name: str
     decoded: DecodedRequest
     rows: int
-    future: asyncio.Future[pb.ModelInferResponse]
+    future: asyncio.Future[InferResponse]
     queued_at: float
     call: asyncio.Task[None] | None = None  # the framework call it went into
 
@@ -142,7 +142,7 @@ class Batcher:
         self._timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def infer(self, request: pb.ModelInferRequest, name: str) -> pb.ModelInferResponse:
+    async def infer(self, request: InferRequest, name: str) -> InferResponse:
         loop = asyncio.get_running_loop()
         # Decoded in a worker, as every request is: typed contents and BYTES cost per element.
         decoded = await in_worker(self._executor, decode_request, request, self.model.signature)
@@ -296,13 +296,13 @@ def _predict(model: LoadedModel, name: str, decoded: DecodedRequest) -> Mapping[
 
 
 def run_one(
-    model: LoadedModel, name: str, request: pb.ModelInferRequest, decoded: DecodedRequest
-) -> pb.ModelInferResponse:
+    model: LoadedModel, name: str, request: InferRequest, decoded: DecodedRequest
+) -> InferResponse:
     """Predict and encode one decoded request, in a worker thread (batched or not)."""
     return encode_response(request, name, _predict(model, name, decoded), decoded.outputs)
 
 
-def _run_batch(model: LoadedModel, items: list[_Item]) -> list[pb.ModelInferResponse]:
+def _run_batch(model: LoadedModel, items: list[_Item]) -> list[InferResponse]:
     """One framework call for every item, split back by rows; in a worker thread."""
     if len(items) == 1:
         item = items[0]

@@ -1,5 +1,8 @@
 """Decode v2 inference requests into numpy arrays and encode results, checking sizes first.
 
+It speaks mesh.inference's protocol-neutral objects; the protocols convert at their edges
+(mesh.pod.wire for protobuf). The raw contents it views are the message's own bytes.
+
 Every check happens before any data is decoded, and each failure is an InvalidRequest whose
 message names the tensor. Raw inputs become numpy views of the request's bytes (no copy);
 typed `contents` are converted, which is the slower path the protocol accepts for convenience.
@@ -16,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from mesh.errors import InvalidRequest
-from mesh.gen import grpc_predict_v2_pb2 as pb
+from mesh.inference import InferOutput, InferRequest, InferResponse
 from mesh.tensors import DATATYPES, Signature, datatype_of
 
 # The typed-contents field that carries each datatype (FP16 and BF16 travel raw only).
@@ -47,10 +50,10 @@ class DecodedRequest:
     outputs: tuple[str, ...]
 
 
-def decode_request(request: pb.ModelInferRequest, signature: Signature) -> DecodedRequest:
+def decode_request(request: InferRequest, signature: Signature) -> DecodedRequest:
     """Check `request` against `signature`, then view its tensors as numpy arrays."""
     inputs = request.inputs
-    raw = request.raw_input_contents
+    raw = request.raw
     if raw and len(raw) != len(inputs):
         raise InvalidRequest(
             f"raw_input_contents has {len(raw)} entries but the request has {len(inputs)} "
@@ -88,7 +91,7 @@ def decode_request(request: pb.ModelInferRequest, signature: Signature) -> Decod
             )
         count = _element_count(shape)
         if raw:
-            if any(tensor.contents.ListFields()):
+            if tensor.contents:
                 raise InvalidRequest(
                     f"input {name!r} has both typed contents and raw_input_contents"
                 )
@@ -107,11 +110,11 @@ def decode_request(request: pb.ModelInferRequest, signature: Signature) -> Decod
                     "raw_input_contents"
                 )
             for other in _ALL_CONTENTS:
-                if other != field and len(getattr(tensor.contents, other)):
+                if other != field and len(tensor.contents.get(other, ())):
                     raise InvalidRequest(
                         f"input {name!r} of {spec.datatype} carries {other}; expected {field}"
                     )
-            got = len(getattr(tensor.contents, field))
+            got = len(tensor.contents.get(field, ()))
             if got != count:
                 raise InvalidRequest(
                     f"input {name!r}: {field} holds {got} elements, shape {list(shape)} needs "
@@ -132,7 +135,7 @@ def decode_request(request: pb.ModelInferRequest, signature: Signature) -> Decod
             else:
                 array = np.frombuffer(raw[i], dtype=dtype).reshape(shape)
         else:
-            values = getattr(tensor.contents, CONTENTS_FIELD[tensor.datatype])
+            values = tensor.contents.get(CONTENTS_FIELD[tensor.datatype], ())
             if tensor.datatype == "BYTES":
                 array = np.empty(counts[i], dtype=object)
                 array[:] = list(values)
@@ -188,7 +191,7 @@ def _decode_bytes(buffer: bytes, count: int, name: str) -> np.ndarray[Any, Any]:
     return out
 
 
-def _requested_outputs(request: pb.ModelInferRequest, signature: Signature) -> tuple[str, ...]:
+def _requested_outputs(request: InferRequest, signature: Signature) -> tuple[str, ...]:
     known = [s.name for s in signature.outputs]
     if not request.outputs:
         return tuple(known)
@@ -205,22 +208,18 @@ def _requested_outputs(request: pb.ModelInferRequest, signature: Signature) -> t
 
 
 def encode_response(
-    request: pb.ModelInferRequest,
+    request: InferRequest,
     model_name: str,
     results: Mapping[str, np.ndarray[Any, Any]],
     outputs: Sequence[str],
-) -> pb.ModelInferResponse:
+) -> InferResponse:
     """Build the response: every requested output as raw contents, in the requested order."""
-    response = pb.ModelInferResponse(model_name=model_name, id=request.id)
+    tensors = []
     for name in outputs:
         array = np.asarray(results[name])
         datatype = datatype_of(array.dtype)
-        tensor = response.outputs.add()
-        tensor.name = name
-        tensor.datatype = datatype
-        tensor.shape.extend(array.shape)
-        response.raw_output_contents.append(_encode_array(array, datatype))
-    return response
+        tensors.append(InferOutput(name, datatype, array.shape, _encode_array(array, datatype)))
+    return InferResponse(model_name, request.id, tensors)
 
 
 def _encode_array(array: np.ndarray[Any, Any], datatype: str) -> bytes:

@@ -1,6 +1,10 @@
 """The pod's core: v2 inference and model control over the cache, with no gRPC in it.
 
-The gRPC servicers (mesh.pod.service) convert and call; everything a request does happens here.
+It takes and returns mesh.inference's protocol-neutral requests and responses: the gRPC servicers
+(mesh.pod.service), the REST backend (mesh.pod.rest) and a router in this process
+(mesh.pod.wire.wire_infer) convert at their edges and call; everything a request does happens
+here. Its metrics label a failure with the `status_label` it is given (the composition root
+passes mesh.grpcstatus.status_name, so the labels are the gRPC code names they always were).
 Decoding, the framework call and encoding run together in one worker thread of a bounded pool,
 so the event loop only accounts (acquire, release) and the GIL-free parts of the frameworks run
 in parallel.
@@ -12,12 +16,10 @@ import asyncio
 import enum
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
-
-from google.protobuf.message import DecodeError
 
 from mesh import __version__
 from mesh.errors import (
@@ -27,8 +29,7 @@ from mesh.errors import (
     ModelNotReady,
     Unavailable,
 )
-from mesh.gen import grpc_predict_v2_pb2 as pb
-from mesh.grpcstatus import status_name
+from mesh.inference import InferRequest, InferResponse
 from mesh.llm.chunks import Chunk, Stats
 from mesh.llm.params import SamplingParams
 from mesh.pod.batching import Batcher, BatchPolicy, run_one
@@ -53,6 +54,11 @@ BASE_OPTION = "adapter.base"
 # Attempts to get a model loaded and acquired: a just-loaded model can be evicted by another
 # load before this request takes it, when every other model is busy.
 _ACQUIRE_ATTEMPTS = 3
+
+
+def _error_label(exc: MeshError) -> str:
+    """The metrics label of a failure when the pod is given no `status_label`."""
+    return "ERROR"
 
 
 class ArtifactSource(Protocol):
@@ -92,8 +98,10 @@ class DataPlane:
         metrics: PodMetrics | None = None,
         artifacts: ArtifactSource | None = None,
         inline_below: float = 0.0,
+        status_label: Callable[[MeshError], str] = _error_label,
     ) -> None:
         self.cache = cache
+        self._status_label = status_label
         self.artifacts = artifacts
         self._pulled: set[str] = set()
         # Per model: its release to the puller under way (a pull of it waits for it first).
@@ -150,9 +158,7 @@ class DataPlane:
         finally:
             self.cache.release(entry)
 
-    async def infer(
-        self, request: pb.ModelInferRequest, name: str | None = None
-    ) -> pb.ModelInferResponse:
+    async def infer(self, request: InferRequest, name: str | None = None) -> InferResponse:
         """Run `request` on its model (`name`, when given, overrides request.model_name)."""
         name = name or request.model_name
         started = time.perf_counter()
@@ -167,12 +173,13 @@ class DataPlane:
                 batcher = self._batcher(entry, model)
                 if batcher is not None:
                     return await batcher.infer(request, name)
-                size = request.ByteSize()
-                return await self._calls.run(entry.model_id, size, _infer, model, name, request)
+                return await self._calls.run(
+                    entry.model_id, request.size, _infer, model, name, request
+                )
             finally:
                 self.cache.release(entry)
         except MeshError as exc:
-            status = status_name(exc)
+            status = self._status_label(exc)
             raise
         except asyncio.CancelledError:
             status = "CANCELLED"
@@ -183,20 +190,9 @@ class DataPlane:
                 elapsed = time.perf_counter() - started if status == "OK" else None
                 self._metrics.observe_request(name, status, elapsed)
 
-    async def infer_wire(self, data: bytes, name: str = "") -> bytes:
-        """`infer` on a serialized ModelInferRequest: for a router in this process."""
-        try:
-            request = pb.ModelInferRequest.FromString(data)
-        except DecodeError as exc:
-            raise InvalidRequest(f"the request is not a ModelInferRequest: {exc}") from None
-        response = await self.infer(request, name or None)
-        return response.SerializeToString()
-
     # -- generative models ---------------------------------------------------------------------
 
-    async def _infer_text(
-        self, model: Any, name: str, request: pb.ModelInferRequest
-    ) -> pb.ModelInferResponse:
+    async def _infer_text(self, model: Any, name: str, request: InferRequest) -> InferResponse:
         """ModelInfer on a generative model: the whole text in one response."""
         text_request = decode_text_request(request)
         echo = text_request.echo and isinstance(text_request.prompt, str)
@@ -234,8 +230,8 @@ class DataPlane:
         return Generation(self, entry, name, stream, model)
 
     async def stream_infer(
-        self, request: pb.ModelInferRequest, name: str | None = None
-    ) -> AsyncIterator[pb.ModelInferResponse]:
+        self, request: InferRequest, name: str | None = None
+    ) -> AsyncIterator[InferResponse]:
         """One request on ModelStreamInfer: a generative model's text as it comes (when the
         request asks to stream), else one response."""
         name = name or request.model_name
@@ -485,7 +481,7 @@ class Generation:
                     self._plane._observe_generation(self.name, chunk.stats)
                 yield chunk
         except MeshError as exc:
-            self._status = status_name(exc)
+            self._status = self._plane._status_label(exc)
             raise
         except (asyncio.CancelledError, GeneratorExit):
             self._status = "CANCELLED"
@@ -513,6 +509,6 @@ def _model_of(entry: CachedModel) -> LoadedModel:
     return model
 
 
-def _infer(model: LoadedModel, name: str, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+def _infer(model: LoadedModel, name: str, request: InferRequest) -> InferResponse:
     """Decode, predict and encode, in a worker thread."""
     return run_one(model, name, request, decode_request(request, model.signature))

@@ -49,7 +49,7 @@ class InlineCalls:
     """Runs a model's calls on the loop while they are short, else in `executor`.
 
     >>> calls = InlineCalls(pool, threshold=0.0005)
-    >>> response = await calls.run("fraud", request.ByteSize(), infer, model, request)
+    >>> response = await calls.run("fraud", request.size, infer, model, request)
     """
 
     def __init__(

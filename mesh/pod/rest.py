@@ -17,6 +17,7 @@ from mesh.errors import DeadlineExceeded, ModelNotFound
 from mesh.gen import grpc_predict_v2_pb2 as pb
 from mesh.http.v2 import ModelIndexEntry
 from mesh.pod.dataplane import DataPlane
+from mesh.pod.wire import message_of, request_of
 from mesh.tensors import TensorSpec
 
 T = TypeVar("T")
@@ -55,7 +56,8 @@ class PodBackend:
     async def infer(
         self, request: pb.ModelInferRequest, name: str, timeout: float | None
     ) -> pb.ModelInferResponse:
-        return await self._within(self._plane.infer(request, name), timeout, name)
+        response = await self._within(self._plane.infer(request_of(request), name), timeout, name)
+        return message_of(response)
 
     async def repository_index(self, ready_only: bool) -> list[ModelIndexEntry]:
         plane = self._plane

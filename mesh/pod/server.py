@@ -29,6 +29,7 @@ from mesh.cluster.mirror import Mirror
 from mesh.cluster.registration import PodRegistration
 from mesh.cluster.store import KeyValueStore
 from mesh.errors import InvalidRequest, MeshError
+from mesh.grpcstatus import status_name
 from mesh.grpcutil import ErrorInterceptor
 from mesh.health import Health
 from mesh.http.app import HttpApp
@@ -170,6 +171,7 @@ class PodServer(Service):
             device=device,
             metrics=metrics,
             artifacts=self._artifacts,
+            status_label=status_name,
         )
         self.plane.device_memory = memory
         options = [

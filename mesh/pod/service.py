@@ -19,6 +19,7 @@ from mesh.grpcstatus import status_name
 from mesh.grpcutil import fan_in, service_handler
 from mesh.pod.dataplane import DataPlane, ServerState
 from mesh.pod.rest import PodBackend
+from mesh.pod.wire import message_of, request_of
 from mesh.tensors import TensorSpec
 
 log = logging.getLogger(__name__)
@@ -135,7 +136,8 @@ class InferenceService:
         )
 
     async def model_infer(self, request: pb.ModelInferRequest, context: Context) -> Any:
-        return await self._plane.infer(request, _model_override(context))
+        response = await self._plane.infer(request_of(request), _model_override(context))
+        return message_of(response)
 
     async def model_stream_infer(
         self, requests: AsyncIterator[pb.ModelInferRequest], context: Context
@@ -152,8 +154,8 @@ class InferenceService:
             put: Callable[[pb.ModelStreamInferResponse], Awaitable[None]],
         ) -> None:
             try:
-                async for response in self._plane.stream_infer(request, override):
-                    await put(pb.ModelStreamInferResponse(infer_response=response))
+                async for response in self._plane.stream_infer(request_of(request), override):
+                    await put(pb.ModelStreamInferResponse(infer_response=message_of(response)))
             except MeshError as exc:
                 await put(_stream_error(request, status_name(exc), str(exc)))
             except Exception as exc:

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from mesh.errors import InvalidRequest
-from mesh.gen import grpc_predict_v2_pb2 as pb
+from mesh.inference import InferRequest, InferResponse
 from mesh.llm.chunks import Chunk
 from mesh.llm.params import SamplingParams
 from mesh.llm.protocol import CHAT_PARAMETER, TEXT_INPUT, TEXT_OUTPUT, parse_messages
@@ -48,7 +48,7 @@ def is_generative(model: Any) -> bool:
     return getattr(model, "generative", False) is True
 
 
-def decode_text_request(request: pb.ModelInferRequest) -> TextRequest:
+def decode_text_request(request: InferRequest) -> TextRequest:
     names = [t.name for t in request.inputs]
     specs = [_TEXT] + [_OPTIONAL[n] for n in names if n in _OPTIONAL]
     unknown = [n for n in names if n != TEXT_INPUT and n not in _OPTIONAL]
@@ -60,7 +60,7 @@ def decode_text_request(request: pb.ModelInferRequest) -> TextRequest:
     decoded = decode_request(request, Signature.of(specs, ())).inputs
     prompt = _one(decoded[TEXT_INPUT], TEXT_INPUT)
     text = prompt.decode("utf-8", "strict") if isinstance(prompt, bytes) else str(prompt)
-    raw: dict[str, Any] = {k: _param(v) for k, v in request.parameters.items()}
+    raw: dict[str, Any] = dict(request.parameters)
     prompt_or_chat: str | list[dict[str, Any]] = text
     if raw.pop(CHAT_PARAMETER, False):
         prompt_or_chat = parse_messages(text)
@@ -83,17 +83,17 @@ def decode_text_request(request: pb.ModelInferRequest) -> TextRequest:
 
 
 def text_response(
-    request: pb.ModelInferRequest, model_name: str, text: str, chunk: Chunk | None, final: bool
-) -> pb.ModelInferResponse:
+    request: InferRequest, model_name: str, text: str, chunk: Chunk | None, final: bool
+) -> InferResponse:
     """One response holding `text`; `chunk` (the last one) adds why and how much."""
     out = np.array([text.encode()], dtype=object)
     response = encode_response(request, model_name, {TEXT_OUTPUT: out}, (TEXT_OUTPUT,))
-    response.parameters["triton_final_response"].bool_param = final
+    response.parameters["triton_final_response"] = final
     if chunk is not None and chunk.finish_reason is not None:
-        response.parameters["finish_reason"].string_param = chunk.finish_reason
+        response.parameters["finish_reason"] = chunk.finish_reason
         if chunk.stats is not None:
-            response.parameters["prompt_tokens"].int64_param = chunk.stats.prompt_tokens
-            response.parameters["completion_tokens"].int64_param = chunk.stats.completion_tokens
+            response.parameters["prompt_tokens"] = int(chunk.stats.prompt_tokens)
+            response.parameters["completion_tokens"] = int(chunk.stats.completion_tokens)
     return response
 
 
@@ -101,10 +101,3 @@ def _one(array: np.ndarray[Any, Any], name: str) -> Any:
     if array.size != 1:
         raise InvalidRequest(f"input {name!r} must hold one element, it holds {array.size}")
     return array.reshape(-1)[0]
-
-
-def _param(value: pb.InferParameter) -> Any:
-    kind = value.WhichOneof("parameter_choice")
-    if kind is None:
-        return None
-    return getattr(value, kind)

@@ -24,7 +24,9 @@ import xgboost as xgb
 from mesh import examples
 from mesh.errors import InvalidRequest, RuntimeFailure
 from mesh.gen import grpc_predict_v2_pb2 as pb
+from mesh.inference import InferRequest
 from mesh.pod.batching import Batcher, BatchPolicy
+from mesh.pod.wire import message_of, request_of
 from mesh.tensors import Signature, TensorSpec
 from tests.helpers import RunningPod, infer_request, output_array, running_pod
 
@@ -146,8 +148,8 @@ class HeldModel:
         pass
 
 
-def request(value: float, rows: int = 1) -> pb.ModelInferRequest:
-    return infer_request("held", x=np.full((rows, 2), value, np.float32))
+def request(value: float, rows: int = 1) -> InferRequest:
+    return request_of(infer_request("held", x=np.full((rows, 2), value, np.float32)))
 
 
 async def until(check: Any) -> None:
@@ -171,7 +173,7 @@ async def test_requests_that_come_while_the_model_is_busy_form_the_next_call() -
         answers = await asyncio.gather(first, *rest)
     assert model.calls == [1, 5]
     for value, answer in zip(range(1, 7), answers, strict=True):
-        assert output_array(answer, "y").tolist() == [[2.0 * value, 2.0 * value]]
+        assert output_array(message_of(answer), "y").tolist() == [[2.0 * value, 2.0 * value]]
 
 
 async def test_a_caller_that_gives_up_is_left_out_of_its_batch() -> None:
@@ -189,7 +191,7 @@ async def test_a_caller_that_gives_up_is_left_out_of_its_batch() -> None:
         await first
         kept = await asyncio.gather(waiting[0], waiting[2])
     assert model.calls == [1, 2]
-    assert [output_array(a, "y")[0, 0] for a in kept] == [4.0, 8.0]
+    assert [output_array(message_of(a), "y")[0, 0] for a in kept] == [4.0, 8.0]
 
 
 async def test_a_model_without_a_batch_dimension_fails_each_request_of_the_call() -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mesh.pod.wire import request_of
 from mesh.runtimes.registry import RuntimeRegistry
 from tests.fakes import FakeRuntime
 from tests.helpers import infer_request, running_pod
@@ -30,12 +31,12 @@ def test_a_cancelled_request_keeps_its_hold_until_the_framework_call_ends(
     runtime = FakeRuntime()
     runtime.predict_gate = threading.Event()
     rows = 4 if batched else 1
-    request = infer_request("held", x=np.ones(rows, np.float32))
+    request = request_of(infer_request("held", x=np.ones(rows, np.float32)))
     with running_pod(runtimes=RuntimeRegistry([runtime]), models=str(tmp_path)) as pod:
         plane = pod.plane
 
         async def scenario() -> tuple[int, bool, int]:
-            await plane.infer(infer_request("held", x=np.ones(1, np.float32)))  # loads it
+            await plane.infer(request_of(infer_request("held", x=np.ones(1, np.float32))))
             assert (plane._batchers["held"][1] is not None) == batched
             runtime.predict_gate.clear()  # type: ignore[union-attr]
             runtime.predicting.clear()

@@ -15,14 +15,14 @@ from collections.abc import Callable
 from mesh.cluster.mirror import Change
 from mesh.errors import MeshError
 from mesh.placement.handoff import plan_handoff
-from mesh.router.core import Router
+from mesh.router.jobs.view import JobsView
 
 log = logging.getLogger("mesh.router.background")
 
 
 class HandOff:
     def __init__(
-        self, router: Router, is_leader: Callable[[], bool], interval: float, concurrency: int
+        self, router: JobsView, is_leader: Callable[[], bool], interval: float, concurrency: int
     ) -> None:
         self._router = router
         self._is_leader = is_leader

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from mesh.errors import MeshError
-from mesh.router.core import Router
+from mesh.router.jobs.view import JobsView
 from mesh.router.jobs.warn import WarnOnce
 
 
 class MinCopies:
-    def __init__(self, router: Router) -> None:
+    def __init__(self, router: JobsView) -> None:
         self._router = router
         # The last reason each model could not get its min_copies, logged once, not each round.
         self._short = WarnOnce("min_copies of")

@@ -27,14 +27,14 @@ from mesh.placement.copies import (
     observe,
 )
 from mesh.placement.snapshot import ModelRequirements
-from mesh.router.core import Router
+from mesh.router.jobs.view import JobsView
 from mesh.router.jobs.warn import WarnOnce
 
 log = logging.getLogger("mesh.router.background")
 
 
 class CopyScaling:
-    def __init__(self, router: Router, policy: CopyPolicy = DEFAULT_COPY_POLICY) -> None:
+    def __init__(self, router: JobsView, policy: CopyPolicy = DEFAULT_COPY_POLICY) -> None:
         self._router = router
         self._policy = policy
         self._loads: dict[str, LoadState] = {}

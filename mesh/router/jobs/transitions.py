@@ -15,14 +15,14 @@ from mesh.cluster.codec import encode
 from mesh.cluster.records import VModelRecord
 from mesh.cluster.store import Compare, Put
 from mesh.errors import MeshError
-from mesh.router.core import Router
+from mesh.router.jobs.view import JobsView
 from mesh.router.jobs.warn import WarnOnce
 
 log = logging.getLogger("mesh.router.background")
 
 
 class VModelTransitions:
-    def __init__(self, router: Router) -> None:
+    def __init__(self, router: JobsView) -> None:
         self._router = router
         self._stalled = WarnOnce("a vmodel's target does not load:")
         self.loads: dict[str, asyncio.Task[None]] = {}
