@@ -167,10 +167,21 @@ def vmodel_detail(v: Any) -> str:
     ])  # fmt: skip
 
 
+def held_table(demand: Sequence[Any], now: float) -> str:
+    """Requests the routers hold for pools with no pod (scale from zero), a row per pool, model
+    and router."""
+    rows = [(d.pool, d.model_id, d.router_id, d.held, age(d.since, now)) for d in demand]
+    return table(("POOL", "HELD FOR", "ROUTER", "HELD", "SINCE"), rows)
+
+
 def mesh_tables(status: Any) -> str:
     parts = [pods_table(status.pods, status.now), models_table(status.models, status.now)]
     if status.vmodels:
         parts.append(vmodels_table(status.vmodels))
+    if status.demand:
+        parts.append(held_table(status.demand, status.now))
+    if status.demand_error:
+        parts.append(f"held requests: not known ({status.demand_error})")
     return "\n\n".join(parts)
 
 

@@ -34,6 +34,9 @@ class PoolsView:
     pods: dict[str, list[PodView]] = field(default_factory=dict)
     loads_per_second: dict[str, float] = field(default_factory=dict)  # by pod id
     now: float = 0.0  # the router's clock: ages are measured against it
+    # Requests the routers hold for each pool (no pod to serve them), and by model within it.
+    held: dict[str, int] = field(default_factory=dict)
+    held_models: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 class MeshApi:
@@ -76,7 +79,8 @@ class MeshApi:
         return {p.pod_id: len(p.models) for p in r.pods if p.draining}
 
     def pools(self) -> PoolsView:
-        """Every pod with a `pool` label, with the copies it holds (size, last use)."""
+        """Every pod with a `pool` label, with the copies it holds (size, last use), and the
+        requests the routers hold for each pool (scale from zero)."""
         r = self._call("GetMeshStatus", mpb.GetMeshStatusRequest())
         held: dict[str, dict[str, HeldModel]] = {}
         for m in r.models:
@@ -101,6 +105,11 @@ class MeshApi:
                 )
             )  # fmt: skip
             out.loads_per_second[p.pod_id] = p.loads_per_second
+        for d in r.demand:
+            waiting = max(d.held, 1)  # a record exists only while a request is held
+            out.held[d.pool] = out.held.get(d.pool, 0) + waiting
+            models = out.held_models.setdefault(d.pool, {})
+            models[d.model_id] = models.get(d.model_id, 0) + waiting
         return out
 
     def model(self, model_id: str) -> ModelView | None:

@@ -166,9 +166,9 @@ class Pools:
         bounds = runtime.bounds(s.min_pods, s.max_pods)
         name = rt.deployment_name(runtime)
         current = self._api.deployment(name)
-        # Held requests do not reach the controller yet: a pool at zero would never come back,
-        # so the controller keeps at least one pod (docs/kubernetes.md).
-        floor = max(bounds.min_pods, 1)
+        # A pool may go to zero: a request for it is then held by a router, which publishes
+        # its demand, and the management API reports it here (`held`), bringing a pod back.
+        floor = bounds.min_pods
         ceiling = max(bounds.max_pods, floor)
         wanted = _with_hash(rt.deployment(runtime, self.namespace, s.template, floor))
         if current is None:
@@ -198,6 +198,7 @@ class Pools:
             # Every miss of the pool costs a load on one of its pods.
             misses_per_second=sum(view.loads_per_second.get(p.pod_id, 0.0) for p in members),
             load_seconds=s.load_seconds,
+            held=view.held.get(runtime.name, 0),
         )
         decision = decide_pool(policy, signals, self._states.get(runtime.name, PoolState()))
         self._states[runtime.name] = decision.state

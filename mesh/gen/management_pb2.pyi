@@ -262,13 +262,33 @@ class PodStatus(_message.Message):
     def __init__(self, pod_id: _Optional[str] = ..., address: _Optional[str] = ..., capacity_bytes: _Optional[int] = ..., used_bytes: _Optional[int] = ..., models: _Optional[_Iterable[str]] = ..., loading_count: _Optional[int] = ..., in_flight: _Optional[int] = ..., lru_time: _Optional[float] = ..., draining: bool = ..., updated_at: _Optional[float] = ..., labels: _Optional[_Mapping[str, str]] = ..., runtimes: _Optional[_Iterable[str]] = ..., host_capacity_bytes: _Optional[int] = ..., host_used_bytes: _Optional[int] = ..., host_models: _Optional[_Iterable[str]] = ..., device: _Optional[str] = ..., loads_per_second: _Optional[float] = ...) -> None: ...
 
 class MeshStatusResponse(_message.Message):
-    __slots__ = ("pods", "models", "vmodels", "now")
+    __slots__ = ("pods", "models", "vmodels", "now", "demand", "demand_error")
     PODS_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
     VMODELS_FIELD_NUMBER: _ClassVar[int]
     NOW_FIELD_NUMBER: _ClassVar[int]
+    DEMAND_FIELD_NUMBER: _ClassVar[int]
+    DEMAND_ERROR_FIELD_NUMBER: _ClassVar[int]
     pods: _containers.RepeatedCompositeFieldContainer[PodStatus]
     models: _containers.RepeatedCompositeFieldContainer[ModelStatusResponse]
     vmodels: _containers.RepeatedCompositeFieldContainer[VModelStatusResponse]
     now: float
-    def __init__(self, pods: _Optional[_Iterable[_Union[PodStatus, _Mapping]]] = ..., models: _Optional[_Iterable[_Union[ModelStatusResponse, _Mapping]]] = ..., vmodels: _Optional[_Iterable[_Union[VModelStatusResponse, _Mapping]]] = ..., now: _Optional[float] = ...) -> None: ...
+    demand: _containers.RepeatedCompositeFieldContainer[PoolDemand]
+    demand_error: str
+    def __init__(self, pods: _Optional[_Iterable[_Union[PodStatus, _Mapping]]] = ..., models: _Optional[_Iterable[_Union[ModelStatusResponse, _Mapping]]] = ..., vmodels: _Optional[_Iterable[_Union[VModelStatusResponse, _Mapping]]] = ..., now: _Optional[float] = ..., demand: _Optional[_Iterable[_Union[PoolDemand, _Mapping]]] = ..., demand_error: _Optional[str] = ...) -> None: ...
+
+class PoolDemand(_message.Message):
+    __slots__ = ("pool", "model_id", "router_id", "held", "bytes_wanted", "since")
+    POOL_FIELD_NUMBER: _ClassVar[int]
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUTER_ID_FIELD_NUMBER: _ClassVar[int]
+    HELD_FIELD_NUMBER: _ClassVar[int]
+    BYTES_WANTED_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    pool: str
+    model_id: str
+    router_id: str
+    held: int
+    bytes_wanted: int
+    since: float
+    def __init__(self, pool: _Optional[str] = ..., model_id: _Optional[str] = ..., router_id: _Optional[str] = ..., held: _Optional[int] = ..., bytes_wanted: _Optional[int] = ..., since: _Optional[float] = ...) -> None: ...

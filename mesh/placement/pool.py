@@ -7,7 +7,10 @@ A pool's size follows four needs, each turned into a number of pods, and the lar
 - **thrash guard**: when the pool misses and its least recently used model is younger than
   `lru_age_floor`, the pool evicts what it will need again soon: one pod more than it has;
 - **loads**: misses per second times the seconds a load takes is the number of loads under way
-  on average; each pod should spend at most `load_share` of its time loading;
+  on average; each pod should spend at most `load_share` of its time loading (an idle pool,
+  nothing used within the window and nothing in flight or held, has no loads need: a rate
+  measured over a longer span than the window would otherwise hold its last pod, and a miss at
+  zero pods is held and brings one back);
 - **requests**: requests in flight (held ones included) over `in_flight_per_pod`.
 
 The answer is bounded by `min_pods` and `max_pods`. A pool grows at once. It shrinks by one pod
@@ -109,15 +112,15 @@ def decide_pool(
 
     in_use = _models_in_use(pods, since)
     working_set = sum(in_use.values())
+    in_flight = sum(p.in_flight for p in pods) + signals.held
+    idle = not in_use and not in_flight
     needs = {
         "bytes": math.ceil(working_set / (capacity * (1 - policy.headroom))) if capacity else 0,
         "thrash": current + 1 if _thrashing(pods, signals, policy) else 0,
-        "loads": math.ceil(
-            signals.misses_per_second * signals.load_seconds / policy.load_share - 1e-9
-        ),
-        "requests": math.ceil(
-            (sum(p.in_flight for p in pods) + signals.held) / policy.in_flight_per_pod
-        ),
+        "loads": 0
+        if idle
+        else math.ceil(signals.misses_per_second * signals.load_seconds / policy.load_share - 1e-9),
+        "requests": math.ceil(in_flight / policy.in_flight_per_pod),
     }
     wanted = max(needs.values())
     desired = min(max(wanted, policy.min_pods), policy.max_pods)

@@ -14,6 +14,7 @@ import time
 from collections.abc import Mapping
 
 from mesh.cluster.codec import Keys, encode
+from mesh.cluster.demand import read_demand
 from mesh.cluster.records import ModelRecord, VModelRecord
 from mesh.cluster.store import KeyValueStore
 from mesh.errors import InvalidRequest, MeshError, ModelNotFound
@@ -251,7 +252,24 @@ class Management:
                 vmodel_id=v.vmodel_id, active_model_id=v.active, target_model_id=v.target,
                 transition=v.transition, last_failure=v.last_failure,
             )  # fmt: skip
+        await self._add_demand(response)
         return response
+
+    async def _add_demand(self, response: mpb.MeshStatusResponse) -> None:
+        """Every router's held requests (their demand records, one range read): what a pool
+        controller that reads only this API needs to bring a pool back from zero. etcd failing
+        leaves the rest of the answer whole, with the reason in demand_error."""
+        try:
+            records = await read_demand(self._store, self._keys.root)
+        except MeshError as exc:
+            log.warning("mesh status: demand records: %s", exc)
+            response.demand_error = str(exc)
+            return
+        for d in sorted(records, key=lambda d: (d.pool, d.model_id, d.router_id)):
+            response.demand.add(
+                pool=d.pool, model_id=d.model_id, router_id=d.router_id, held=d.held,
+                bytes_wanted=d.bytes_wanted, since=d.since,
+            )  # fmt: skip
 
     # -- vmodels -------------------------------------------------------------------------------
 

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 import pytest
 
@@ -119,6 +121,14 @@ def serve(router: RunningRouter, name: str) -> Any:
     return output_array(response, "output")
 
 
+def vmodel_target(router: RunningRouter, name: str) -> str | None:
+    try:
+        request = mpb.GetVModelStatusRequest(vmodel_id=name)
+        return str(router.management.GetVModelStatus(request, timeout=10).target_model_id)
+    except grpc.RpcError:
+        return None
+
+
 def test_a_serving_runtime_becomes_pods_that_serve_its_formats(
     kube: FakeKubeAPI, router: RunningRouter, kubelet: Kubelet,
     controllers: tuple[Controller, Controller, Pools],
@@ -223,3 +233,52 @@ def test_pool_size_changes_go_through_the_scale_subresource_to_running_pods(
     deployment = kube.get("deployments", NAMESPACE, "mesh-pod-onnx-rt")
     assert deployment is not None
     assert deployment["spec"]["replicas"] == 1
+
+
+def test_a_pool_with_min_pods_zero_comes_from_zero_for_a_held_request_and_goes_back(
+    kube: FakeKubeAPI, router: RunningRouter, kubelet: Kubelet
+) -> None:
+    client = kube.client()
+    mesh = MeshApi(router.address, timeout=10)
+    pools = Pools(PoolApi(client, NAMESPACE), mesh, PoolSettings(interval=0.3, window=3.0))
+    predictors = Controller(PredictorApi(client, NAMESPACE), mesh, POLICY, pools=pools)
+    predictors.start()
+    try:
+        kube.create("servingruntimes", serving_runtime("onnx-rt", "onnx", **{
+            "mesh.serving.kserve.io/min-pods": "0",
+            "mesh.serving.kserve.io/scale-down-after": "2"}))  # fmt: skip
+        deployment = wait_until(lambda: kube.get("deployments", NAMESPACE, "mesh-pod-onnx-rt"))
+        assert deployment["spec"]["replicas"] == 0
+        kube.create("predictors", predictor("fraud", "onnx", "mlp"))
+        # The Predictor's name (a vmodel) points at its model at once, with no pod to load it.
+        model_id = wait_until(lambda: vmodel_target(router, "fraud"), what="the vmodel fraud")
+        assert kubelet.pods("mesh-pod-onnx-rt", NAMESPACE) == []
+
+        with ThreadPoolExecutor(1) as pool:
+            answer = pool.submit(serve, router, "fraud")
+            # Held by the router, reported by the management API, scaled from zero via /scale.
+            demand = wait_until(
+                lambda: answer.done() or router.management.GetMeshStatus(
+                    mpb.GetMeshStatusRequest(), timeout=10).demand, what="the held request",
+            )  # fmt: skip
+            if answer.done():
+                answer.result()
+            assert [(d.pool, d.model_id, d.held) for d in demand] == [("onnx-rt", model_id, 1)]
+            assert answer.result(timeout=90).shape == (1, 10)
+        scale_puts = [r for r in kube.requests
+                      if r.method == "PUT" and r.path.endswith("/deployments/mesh-pod-onnx-rt/scale")]  # fmt: skip
+        assert scale_puts
+        assert len(kubelet.pods("mesh-pod-onnx-rt", NAMESPACE)) == 1
+        assert not router.management.GetMeshStatus(mpb.GetMeshStatusRequest(), timeout=10).demand
+
+        # Idle past the window and scale-down-after: back to no pods.
+        wait_until(
+            lambda: not kubelet.pods("mesh-pod-onnx-rt", NAMESPACE) and not pool_pods(
+                router, "onnx-rt"), timeout=90, what="the pool back at zero",
+        )  # fmt: skip
+        deployment = kube.get("deployments", NAMESPACE, "mesh-pod-onnx-rt")
+        assert deployment is not None and deployment["spec"]["replicas"] == 0
+    finally:
+        predictors.stop()
+        mesh.close()
+        client.close()

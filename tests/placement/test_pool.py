@@ -174,3 +174,20 @@ def test_a_sole_copy_too_large_for_any_one_pod_keeps_its_pod() -> None:
     decision = decide_pool(policy, PoolSignals(pods, now=NOW))
     assert decision.needs["bytes"] == 2  # the pool would shrink if a hand-off fitted
     assert decision.remove is None
+
+
+def test_a_miss_rate_left_over_from_before_the_window_does_not_hold_an_idle_pools_last_pod() -> (
+    None
+):
+    # The routers measure loads over five minutes; the window may be shorter. A pool whose last
+    # use is past the window still shows the load that brought its model in.
+    policy = PoolPolicy(min_pods=0, max_pods=4, window=WINDOW, scale_down_after=0.0)
+    idle = pod("p0", 100, m=(10, NOW - WINDOW - 1))
+    decision = decide_pool(
+        policy, PoolSignals((idle,), now=NOW, misses_per_second=0.01, load_seconds=10.0)
+    )
+    assert (decision.desired, decision.remove) == (0, "p0")
+    # The same rate while the model is in use keeps the pod.
+    busy = pod("p0", 100, m=(10, NOW - 1))
+    signals = PoolSignals((busy,), now=NOW, misses_per_second=0.01, load_seconds=10.0)
+    assert decide_pool(policy, signals).desired == 1

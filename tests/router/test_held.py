@@ -15,6 +15,7 @@ import pytest
 from prometheus_client import generate_latest
 
 from mesh import examples
+from mesh.cli import main
 from mesh.cluster.demand import read_demand
 from mesh.gen import management_pb2 as mpb
 from mesh.llm.protocol import GENERATIVE_FORMAT
@@ -65,7 +66,7 @@ def _metric(router: RunningRouter, name: str) -> float:
 
 
 def test_a_held_request_publishes_its_demand_and_is_answered_once_a_pod_registers(
-    etcd: EtcdServer, prefix: str, identity_dir: Path
+    etcd: EtcdServer, prefix: str, identity_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with running_router(etcd=etcd.url, etcd_prefix=prefix) as router:
         _register(router, "identity", size=4096)
@@ -77,6 +78,17 @@ def test_a_held_request_publishes_its_demand_and_is_answered_once_a_pod_register
             assert demand.bytes_wanted == 4096 and demand.since > 0
             assert _metric(router, "mesh_router_held_requests") == 1
             assert not answer.done()
+            # The management API reports it (what the Kubernetes controller sizes pools by),
+            # and `mesh status` shows it.
+            status = router.management.GetMeshStatus(mpb.GetMeshStatusRequest(), timeout=10)
+            assert [(d.pool, d.model_id, d.held) for d in status.demand] == [
+                ("default", "identity", 1)
+            ]
+            assert main(["status", "--router", router.address]) == 0
+            out = capsys.readouterr().out
+            assert "HELD FOR" in out
+            (row,) = [line.split() for line in out.splitlines() if line.startswith("default ")]
+            assert row[:2] == ["default", "identity"] and row[3] == "1"
             with running_pod(
                 artifacts=DirectoryArtifacts(identity_dir), etcd=etcd.url, etcd_prefix=prefix,
                 pod_id="pod-late", lease_ttl=5, runtimes=RuntimeRegistry.discover(["onnx"]),
