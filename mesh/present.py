@@ -21,7 +21,7 @@ OUTPUTS = ("table", "json", "yaml")
 # Fields holding unix seconds, and int64 fields (which protobuf's JSON spells as strings).
 _TIMES = {"since", "last_used", "lru_time", "updated_at", "now"}
 _INTS = {"capacity_bytes", "used_bytes", "size_bytes", "size_estimate", "host_capacity_bytes",
-         "host_used_bytes", "host_bytes"}  # fmt: skip
+         "host_used_bytes", "host_bytes", "artifact_bytes"}  # fmt: skip
 
 
 def iso(seconds: float) -> str | None:

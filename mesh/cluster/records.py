@@ -37,6 +37,10 @@ class ModelRecord:
     # from `size_key`): a pod is charged the size measured on its kind of device, kept through
     # evictions like `measured_size` (which stays the first measure, whatever the tier).
     measured_sizes: Mapping[str, int] = field(default_factory=dict)
+    # The model's files on disk (0: unknown): given at registration, else written by the router
+    # from the first pod that loaded it. A model with no measured size is estimated from this
+    # times its format's factor across the mesh (InstanceRecord.size_factors).
+    artifact_bytes: int = 0
     # Copies the mesh keeps loaded even when idle (0: loaded on demand only).
     min_copies: int = 0
     # Upper bound on copies (0: no bound beyond the number of pods).
@@ -115,6 +119,9 @@ class InstanceRecord:
     # Which process holds the pod id (random per process): a pod takes over its own record
     # from an expired lease, and refuses an id another live process holds.
     incarnation: str = ""
+    # What the pod learned from its loads: bytes in memory per byte on disk, per format,
+    # rounded (mesh.pod.sizing.SizeFactors.published) so that a load rarely rewrites the record.
+    size_factors: Mapping[str, float] = field(default_factory=dict)
     version: int = SCHEMA_VERSION
 
 

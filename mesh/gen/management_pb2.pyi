@@ -6,7 +6,7 @@ from typing import ClassVar as _ClassVar, Iterable as _Iterable, Mapping as _Map
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ModelOptions(_message.Message):
-    __slots__ = ("min_copies", "max_copies", "pinned_pods", "required_labels", "runtime_options", "size_estimate", "preferred_labels")
+    __slots__ = ("min_copies", "max_copies", "pinned_pods", "required_labels", "runtime_options", "size_estimate", "preferred_labels", "artifact_bytes")
     class RequiredLabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -35,6 +35,7 @@ class ModelOptions(_message.Message):
     RUNTIME_OPTIONS_FIELD_NUMBER: _ClassVar[int]
     SIZE_ESTIMATE_FIELD_NUMBER: _ClassVar[int]
     PREFERRED_LABELS_FIELD_NUMBER: _ClassVar[int]
+    ARTIFACT_BYTES_FIELD_NUMBER: _ClassVar[int]
     min_copies: int
     max_copies: int
     pinned_pods: _containers.RepeatedScalarFieldContainer[str]
@@ -42,7 +43,8 @@ class ModelOptions(_message.Message):
     runtime_options: _containers.ScalarMap[str, str]
     size_estimate: int
     preferred_labels: _containers.ScalarMap[str, str]
-    def __init__(self, min_copies: _Optional[int] = ..., max_copies: _Optional[int] = ..., pinned_pods: _Optional[_Iterable[str]] = ..., required_labels: _Optional[_Mapping[str, str]] = ..., runtime_options: _Optional[_Mapping[str, str]] = ..., size_estimate: _Optional[int] = ..., preferred_labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    artifact_bytes: int
+    def __init__(self, min_copies: _Optional[int] = ..., max_copies: _Optional[int] = ..., pinned_pods: _Optional[_Iterable[str]] = ..., required_labels: _Optional[_Mapping[str, str]] = ..., runtime_options: _Optional[_Mapping[str, str]] = ..., size_estimate: _Optional[int] = ..., preferred_labels: _Optional[_Mapping[str, str]] = ..., artifact_bytes: _Optional[int] = ...) -> None: ...
 
 class RegisterModelRequest(_message.Message):
     __slots__ = ("model_id", "format", "storage_key", "storage_path", "options", "load_now", "base")

@@ -30,7 +30,7 @@ class LoadModelRequest(_message.Message):
     def __init__(self, model_id: _Optional[str] = ..., format: _Optional[str] = ..., path: _Optional[str] = ..., options: _Optional[_Mapping[str, str]] = ..., storage_key: _Optional[str] = ..., storage_path: _Optional[str] = ...) -> None: ...
 
 class LoadModelResponse(_message.Message):
-    __slots__ = ("model_id", "size_bytes", "measured_bytes", "estimated_bytes", "load_seconds", "already_loaded", "evicted")
+    __slots__ = ("model_id", "size_bytes", "measured_bytes", "estimated_bytes", "load_seconds", "already_loaded", "evicted", "artifact_bytes")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
     MEASURED_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -38,6 +38,7 @@ class LoadModelResponse(_message.Message):
     LOAD_SECONDS_FIELD_NUMBER: _ClassVar[int]
     ALREADY_LOADED_FIELD_NUMBER: _ClassVar[int]
     EVICTED_FIELD_NUMBER: _ClassVar[int]
+    ARTIFACT_BYTES_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     size_bytes: int
     measured_bytes: int
@@ -45,7 +46,8 @@ class LoadModelResponse(_message.Message):
     load_seconds: float
     already_loaded: bool
     evicted: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, model_id: _Optional[str] = ..., size_bytes: _Optional[int] = ..., measured_bytes: _Optional[int] = ..., estimated_bytes: _Optional[int] = ..., load_seconds: _Optional[float] = ..., already_loaded: bool = ..., evicted: _Optional[_Iterable[str]] = ...) -> None: ...
+    artifact_bytes: int
+    def __init__(self, model_id: _Optional[str] = ..., size_bytes: _Optional[int] = ..., measured_bytes: _Optional[int] = ..., estimated_bytes: _Optional[int] = ..., load_seconds: _Optional[float] = ..., already_loaded: bool = ..., evicted: _Optional[_Iterable[str]] = ..., artifact_bytes: _Optional[int] = ...) -> None: ...
 
 class UnloadModelRequest(_message.Message):
     __slots__ = ("model_id",)

@@ -241,6 +241,43 @@ class TypicalSizes:
         return self._cache
 
 
+def mesh_size_factors(instances: Iterable[InstanceRecord]) -> dict[str, float]:
+    """Per format, the median of the size factors (bytes in memory per byte on disk) the pods
+    learned from their loads and publish in their instance records.
+
+    >>> mesh_size_factors([InstanceRecord("a", "", 1, size_factors={"onnx": 2.0}),
+    ...                    InstanceRecord("b", "", 1, size_factors={"onnx": 3.0, "torch": 1.5}),
+    ...                    InstanceRecord("c", "", 1, size_factors={"onnx": 9.0})])
+    {'onnx': 3.0, 'torch': 1.5}
+    """
+    found: dict[str, list[float]] = {}
+    for i in instances:
+        for fmt, factor in i.size_factors.items():
+            if factor > 0:
+                found.setdefault(fmt, []).append(factor)
+    return {fmt: sorted(f)[len(f) // 2] for fmt, f in found.items()}
+
+
+def estimated_size(
+    record: ModelRecord, factors: Mapping[str, float], typical: Mapping[str, int], default: int
+) -> int:
+    """What a model with no size given or measured is expected to take, in order: its files'
+    bytes on disk times its format's factor across the mesh (`mesh_size_factors`), else the
+    median measured size of its format (`typical_sizes`), else `default`. (A size given at
+    registration and a measured one come first: `ModelRequirements.from_record`.)
+
+    >>> r = ModelRecord("m", "onnx", artifact_bytes=1000)
+    >>> estimated_size(r, {"onnx": 2.5}, {"onnx": 99}, 7)
+    2500
+    >>> estimated_size(r, {}, {"onnx": 99}, 7), estimated_size(ModelRecord("n", "onnx"), {}, {}, 7)
+    (99, 7)
+    """
+    factor = factors.get(record.format, 0.0)
+    if record.artifact_bytes > 0 and factor > 0:
+        return max(int(record.artifact_bytes * factor), 1)
+    return typical.get(record.format, default)
+
+
 def typical_sizes(models: Iterable[ModelRecord]) -> dict[str, int]:
     """Per format, the median size measured across the mesh's models: the estimate of a model
     of that format never loaded and registered without one (learned from every pod's loads,
@@ -328,20 +365,27 @@ class Snapshot:
         runtime_of: Mapping[str, str] = _EMPTY,
         dead: Collection[str] = (),
         typical: Mapping[str, int] | None = None,
+        factors: Mapping[str, float] | None = None,
     ) -> Snapshot:
         """The snapshot the router's mirror describes.
 
         `dead`: pods whose records still stand but that the router found unreachable; they are
         kept in the snapshot (their copies still count) and never chosen. `typical`: the
         per-format estimates (`typical_sizes`) when the caller keeps them; else they come from
-        `models`.
+        `models`. `factors`: the per-format size factors (`mesh_size_factors`); else they come
+        from `instances`. A model with no size given or measured is sized by `estimated_size`.
         """
         models = list(models)
+        instances = list(instances)
         if typical is None:
             typical = typical_sizes(models)
+        if factors is None:
+            factors = mesh_size_factors(instances)
         requirements = {
             r.model_id: ModelRequirements.from_record(
-                r, default_size=typical.get(r.format, default_size), runtime_of=runtime_of
+                r,
+                default_size=estimated_size(r, factors, typical, default_size),
+                runtime_of=runtime_of,
             )
             for r in models
         }

@@ -206,7 +206,10 @@ class ModelCache:
         model_id = source.model_id
         while (entry := self._entries.get(model_id)) is not None:
             if entry.state is State.LOADED:
-                return LoadOutcome(model_id, entry.size, entry.measured, entry.estimated, 0.0, True)
+                return LoadOutcome(
+                    model_id, entry.size, entry.measured, entry.estimated, 0.0, True,
+                    artifact_bytes=entry.source.disk_bytes(),
+                )  # fmt: skip
             if entry.state is State.LOADING:
                 await entry.settled.wait()
                 if entry.error is not None:
@@ -356,6 +359,7 @@ class ModelCache:
             False,
             tuple(evicted),
             promoted=promoting is not None,
+            artifact_bytes=source.disk_bytes(),
         )
 
     def _plan(
@@ -699,6 +703,7 @@ class ModelCache:
             host.capacity if host is not None else 0,
             host.used if host is not None else 0,
             host.views() if host is not None else (),
+            self._sizes.published(),
         )
 
     def lru_age(self) -> float:

@@ -99,6 +99,8 @@ class LoadOutcome:
     evicted: tuple[str, ...] = ()
     # Brought back from the host tier (no file read, no pull).
     promoted: bool = False
+    # The model's files on disk (0: unknown).
+    artifact_bytes: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,3 +137,4 @@ class CacheView:
     host_capacity: int = 0  # 0: no host tier
     host_used: int = 0
     demoted: tuple[DemotedView, ...] = ()  # in the host tier, most recently used first
+    size_factors: Mapping[str, float] = field(default_factory=dict)  # SizeFactors.published

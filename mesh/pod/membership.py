@@ -49,6 +49,7 @@ def pod_state(plane: DataPlane, pod_id: str, address: str, labels: dict[str, str
         device=reading.device if reading is not None else "",
         device_total=reading.total if reading is not None else 0,
         device_used=reading.used if reading is not None else 0,
+        size_factors=dict(view.size_factors),
     )
     placements = [
         PlacementRecord(

@@ -229,6 +229,7 @@ class RuntimeService:
             load_seconds=outcome.seconds,
             already_loaded=outcome.already_loaded,
             evicted=outcome.evicted,
+            artifact_bytes=outcome.artifact_bytes,
         )
 
     async def unload_model(self, request: rpb.UnloadModelRequest, context: Context) -> Any:

@@ -42,6 +42,11 @@ class SizeFactors:
         factor = self._factors.get(source.format, runtime.size_factor)
         return max(int(source.disk_bytes() * factor), MIN_SIZE)
 
+    def published(self) -> dict[str, float]:
+        """The factors learned so far, to two significant digits (the instance record's
+        `size_factors`: a factor drifting by a few percent does not rewrite the record)."""
+        return {fmt: float(f"{factor:.2g}") for fmt, factor in sorted(self._factors.items())}
+
     def learn(self, source: ModelSource, measured: int) -> None:
         disk = source.disk_bytes()
         if disk <= 0:

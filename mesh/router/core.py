@@ -127,8 +127,8 @@ class Router:
             if (
                 old is None
                 or new is None
-                or dataclasses.replace(old, measured_size=0, measured_sizes={})
-                != dataclasses.replace(new, measured_size=0, measured_sizes={})
+                or dataclasses.replace(old, measured_size=0, measured_sizes={}, artifact_bytes=0)
+                != dataclasses.replace(new, measured_size=0, measured_sizes={}, artifact_bytes=0)
             ):
                 self.failures.clear(change.key)
         return self.vanished.observe(changes, self.mirror.instances)

@@ -25,7 +25,7 @@ from mesh.errors import DeadlineExceeded, MeshError, Unavailable
 from mesh.gen import grpc_predict_v2_pb2 as pb
 from mesh.gen import runtime_pb2 as rpb
 from mesh.grpcstatus import error_class_named, error_from_status
-from mesh.router.transport import LoadRequest, LocalInfer, PodTransport
+from mesh.router.transport import Loaded, LoadRequest, LocalInfer, PodTransport
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ class PodClient:
         response: bytes = await self._call(self._metadata, data, timeout)
         return response
 
-    async def load(self, request: LoadRequest, timeout: float) -> int:
+    async def load(self, request: LoadRequest, timeout: float) -> Loaded:
         message = rpb.LoadModelRequest(
             model_id=request.model_id,
             format=request.format,
@@ -162,7 +162,7 @@ class PodClient:
             if left is None:
                 raise
             raise Unavailable(f"UNAVAILABLE: {left}") from None
-        return int(response.size_bytes)
+        return Loaded(int(response.size_bytes), int(response.artifact_bytes))
 
     async def unload(self, model_id: str, timeout: float) -> None:
         await self._call(self._unload, rpb.UnloadModelRequest(model_id=model_id), timeout)

@@ -46,7 +46,7 @@ from mesh.router.metrics import RouterMetrics
 from mesh.router.overview import Activity
 from mesh.router.pods import PodPool
 from mesh.router.policy import RouterPolicy
-from mesh.router.transport import LoadRequest
+from mesh.router.transport import Loaded, LoadRequest
 
 log = logging.getLogger(__name__)
 
@@ -272,10 +272,10 @@ class Loader:
                     return pod_id
                 continue  # the other router's load failed or its claim expired: try again
             try:
-                size = await self._tell_pod_to_load(pod_id, record, deadline)
+                loaded = await self._tell_pod_to_load(pod_id, record, deadline)
                 self.failures.clear(model_id)
                 self.copies.loaded_here(model_id, pod_id)
-                self._remember_size(model_id, size, pod_id)
+                self._remember_size(model_id, loaded, pod_id)
                 return pod_id
             except ModelLoadFailed as exc:
                 last_error = str(exc)
@@ -353,24 +353,34 @@ class Loader:
             check_every=self.policy.claim_check,
         )
 
-    def _remember_size(self, model_id: str, size: int, pod_id: str) -> None:
+    def _remember_size(self, model_id: str, loaded: Loaded, pod_id: str) -> None:
         """Write what the copy measured into the model's registration, for its runtime and the
         kind of device of `pod_id` (once, or when it moved by more than a quarter), so that it
         outlives the copy: evicted and asked for again, the model is placed by its size on
-        each kind of pod, not the default."""
+        each kind of pod, not the default. The files' size on disk is written once, for the
+        estimate of a copy of the same files on a kind of pod none measured."""
+        size = loaded.size
         record = self.mirror.models.get(model_id)
         instance = self.copies.instance(pod_id)
         if record is None or size <= 0:
             return
         key = size_key(record.format, instance.device if instance is not None else "")
         known = record.measured_sizes.get(key, 0)
-        if known and abs(size - known) <= known / 4 and record.measured_size:
+        artifact = record.artifact_bytes or loaded.artifact_bytes
+        if (
+            known
+            and abs(size - known) <= known / 4
+            and record.measured_size
+            and artifact == record.artifact_bytes
+        ):
             return
-        task = asyncio.create_task(self._write_size(record, size, key))
+        task = asyncio.create_task(self._write_size(record, size, key, artifact))
         self._size_writes.add(task)
         task.add_done_callback(self._size_writes.discard)
 
-    async def _write_size(self, record: ModelRecord, size: int, size_at: str) -> None:
+    async def _write_size(
+        self, record: ModelRecord, size: int, size_at: str, artifact_bytes: int
+    ) -> None:
         key = self._keys.model(record.model_id)
         updated = dataclasses.replace(
             record,
@@ -380,6 +390,7 @@ class Loader:
                 else size
             ),
             measured_sizes={**record.measured_sizes, size_at: size},
+            artifact_bytes=artifact_bytes,
         )
         try:
             # Only over the registration as it was: a re-registration meanwhile wins.
@@ -389,7 +400,7 @@ class Loader:
         except MeshError as exc:
             log.info("could not record the size of %s: %s", record.model_id, exc)
 
-    async def _tell_pod_to_load(self, pod_id: str, record: Any, deadline: float) -> int:
+    async def _tell_pod_to_load(self, pod_id: str, record: Any, deadline: float) -> Loaded:
         instance = self.mirror.instances.get(pod_id)
         if instance is None:
             raise ModelLoadFailed(f"pod {pod_id} left the mesh")
@@ -404,9 +415,9 @@ class Loader:
         self.loads_started += 1
         outcome = "failed"
         try:
-            size = await pod.load(request, timeout=max(deadline - time.monotonic(), 0.001))
+            loaded = await pod.load(request, timeout=max(deadline - time.monotonic(), 0.001))
             outcome = "loaded"
-            return size
+            return loaded
         except DeadlineExceeded:
             raise DeadlineExceeded(
                 f"model {record.model_id!r}: load on {pod_id} outlived the deadline"

@@ -143,6 +143,8 @@ class Management:
         o = request.options
         if o.min_copies < 0 or o.max_copies < 0 or (o.max_copies and o.min_copies > o.max_copies):
             raise InvalidRequest(f"model {request.model_id!r}: copies must satisfy 0 <= min <= max")
+        if o.size_estimate < 0 or o.artifact_bytes < 0:
+            raise InvalidRequest(f"model {request.model_id!r}: sizes must not be negative")
         refuse_request_batching(request.model_id, request.format, o.runtime_options)
         if request.base:
             check_id(request.base, "base model id")
@@ -163,6 +165,7 @@ class Management:
             storage_key=request.storage_key,
             storage_path=request.storage_path,
             size_estimate=o.size_estimate,
+            artifact_bytes=o.artifact_bytes,
             min_copies=o.min_copies,
             max_copies=o.max_copies,
             pinned_pods=tuple(o.pinned_pods),
@@ -176,7 +179,10 @@ class Management:
         if old is not None and _same_artifact(old, record):
             # What a copy measured still holds for the same files and options.
             record = dataclasses.replace(
-                record, measured_size=old.measured_size, measured_sizes=old.measured_sizes
+                record,
+                measured_size=old.measured_size,
+                measured_sizes=old.measured_sizes,
+                artifact_bytes=record.artifact_bytes or old.artifact_bytes,
             )
         return record
 
@@ -353,6 +359,7 @@ def model_message(view: ModelView, record: ModelRecord) -> mpb.ModelStatusRespon
             preferred_labels=dict(record.preferred_labels),
             runtime_options=dict(record.options),
             size_estimate=record.size_estimate,
+            artifact_bytes=record.artifact_bytes,
         ),
         last_failure=view.last_failure,
         state=view.state,

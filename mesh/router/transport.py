@@ -36,6 +36,15 @@ class LoadRequest:
     options: Mapping[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """A load's answer: the bytes the copy takes on the pod, and its files' bytes on disk
+    (0: the pod did not say)."""
+
+    size: int
+    artifact_bytes: int = 0
+
+
 class PodStream(Protocol):
     """One streamed request on its way: the pod's responses, as it sends them."""
 
@@ -72,9 +81,10 @@ class PodTransport(Protocol):
         """A serialized ModelMetadataRequest in, the pod's serialized answer out."""
         ...
 
-    async def load(self, request: LoadRequest, timeout: float) -> int:
-        """Load a copy; the bytes it takes on the pod. An error's message starts with the
-        status the pod answered (`FAILED_PRECONDITION: ...`), for the load's failure record."""
+    async def load(self, request: LoadRequest, timeout: float) -> Loaded:
+        """Load a copy; the bytes it takes on the pod and its files'. An error's message starts
+        with the status the pod answered (`FAILED_PRECONDITION: ...`), for the load's failure
+        record."""
         ...
 
     async def unload(self, model_id: str, timeout: float) -> None:

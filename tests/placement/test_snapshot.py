@@ -215,3 +215,40 @@ def test_typical_sizes_kept_change_by_change_equal_those_computed_afresh(
             records[model_id] = record
         kept.update(previous, record)
         assert kept.sizes() == typical_sizes(records.values())
+
+
+def _pod(pod_id: str, **factors: float) -> InstanceRecord:
+    return InstanceRecord(pod_id, "10.0.0.9:8085", capacity=GB, size_factors=factors)
+
+
+def test_a_model_never_measured_is_estimated_from_its_files_times_the_median_factor() -> None:
+    pods = [_pod("a", onnx=2.0), _pod("b", onnx=3.0, torch=1.1), _pod("c", onnx=40.0), _pod("d")]
+    measured = ModelRecord("seen", "onnx", measured_size=5_000)
+    fresh = ModelRecord("fresh", "onnx", artifact_bytes=1_000)
+    snap = Snapshot.from_records(pods, [], [measured, fresh])
+    fresh_size = snap.requirements("fresh")
+    assert fresh_size is not None and fresh_size.size == 3_000  # the median, not the outlier
+
+
+def test_the_size_of_a_model_comes_given_then_measured_then_estimated_then_typical() -> None:
+    pods = [_pod("a", onnx=2.0)]
+    others = [ModelRecord(f"o{i}", "onnx", measured_size=700) for i in range(3)]
+    models = [
+        ModelRecord("given", "onnx", size_estimate=9, measured_size=8, artifact_bytes=100),
+        ModelRecord("measured", "onnx", measured_size=8, artifact_bytes=100),
+        ModelRecord("files", "onnx", artifact_bytes=100),
+        ModelRecord("typical", "onnx"),
+        ModelRecord("other-format", "torch", artifact_bytes=100),  # no pod learned torch
+    ]
+    snap = Snapshot.from_records(pods, [], [*others, *models])
+    sizes = {m.model_id: snap.requirements(m.model_id).size for m in models}  # type: ignore[union-attr]
+    assert sizes == {
+        "given": 9, "measured": 8, "files": 200, "typical": 700, "other-format": DEFAULT_SIZE,
+    }  # fmt: skip
+
+
+def test_a_loading_copy_of_a_model_never_measured_is_charged_the_estimate() -> None:
+    pods = [_pod("a", xgboost=4.0)]
+    loading = PlacementRecord("m", "a", PlacementState.LOADING, since=1.0)
+    snap = Snapshot.from_records(pods, [loading], [ModelRecord("m", "xgboost", artifact_bytes=10)])
+    assert snap.pods[0].used == 40

@@ -84,3 +84,66 @@ def test_models_of_unknown_size_load_on_small_pods_and_keep_their_size(
         assert mirror.models[model].measured_size == size
         assert mirror.models[model].measured_sizes == {"xgboost/host": size}
         router.v2.ModelInfer(infer_request(model, input__0=x), timeout=30)
+
+
+def _disk_bytes(directory: Path) -> int:
+    return sum(p.stat().st_size for p in directory.iterdir() if p.is_file())
+
+
+def test_a_model_re_registered_with_new_files_is_estimated_from_its_files_times_the_mesh_factor(
+    etcd: EtcdServer, prefix: str, model_dir: Path, small_pods: list[RunningPod]
+) -> None:
+    x = np.ones((1, 64), np.float32)
+    with running_router(etcd=etcd.url, etcd_prefix=prefix) as router:
+        mirror = router.server.mirror
+        router.management.RegisterModel(
+            mpb.RegisterModelRequest(model_id="a", format="xgboost", storage_path="xgb")
+        )
+        router.v2.ModelInfer(infer_request("a", input__0=x), timeout=30)
+        # The pod that loaded it told the router its files' size, which the registration keeps...
+        wait_until(lambda: mirror.models["a"].measured_size > 0, what="the measured size")
+        assert mirror.models["a"].artifact_bytes == _disk_bytes(model_dir / "xgb")
+        # ... and publishes what it learned from the load: bytes in memory per byte on disk.
+        wait_until(
+            lambda: any(i.size_factors.get("xgboost", 0) > 0 for i in mirror.instances.values()),
+            what="a pod's xgboost factor",
+        )
+        for pod in small_pods:
+            pod.control.UnloadModel(rpb.UnloadModelRequest(model_id="a"))
+        wait_until(lambda: "a" not in mirror.placements, what="the copy gone")
+        # New files, of another size, with their size given by the operator: what the old
+        # files measured no longer holds.
+        new_files = _disk_bytes(model_dir / "xgb-json")
+        assert new_files != mirror.models["a"].artifact_bytes
+        router.management.RegisterModel(
+            mpb.RegisterModelRequest(
+                model_id="a", format="xgboost", storage_path="xgb-json",
+                options=mpb.ModelOptions(artifact_bytes=new_files),
+            )
+        )  # fmt: skip
+        record = mirror.models["a"]
+        assert (record.measured_size, dict(record.measured_sizes)) == (0, {})
+        assert record.artifact_bytes == new_files
+        factors = sorted(
+            f for i in mirror.instances.values() if (f := i.size_factors.get("xgboost", 0)) > 0
+        )
+        expected = int(new_files * factors[len(factors) // 2])
+        snapshot = router.server.router.loader._placement_view("a", record)
+        requirements = snapshot.requirements("a")
+        assert requirements is not None and requirements.size == expected
+        # The estimate places the model, which loads and serves from its new files.
+        router.v2.ModelInfer(infer_request("a", input__0=x), timeout=30)
+        wait_until(lambda: mirror.models["a"].measured_size > 0, what="the new measured size")
+        assert mirror.models["a"].artifact_bytes == new_files
+
+
+def test_a_negative_artifact_size_is_refused(etcd: EtcdServer, prefix: str) -> None:
+    with running_router(etcd=etcd.url, etcd_prefix=prefix) as router:
+        with pytest.raises(grpc.RpcError) as caught:
+            router.management.RegisterModel(
+                mpb.RegisterModelRequest(
+                    model_id="a", format="xgboost", storage_path="xgb",
+                    options=mpb.ModelOptions(artifact_bytes=-1),
+                )
+            )  # fmt: skip
+        assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
