@@ -86,3 +86,34 @@ async def test_the_edges_carry_the_request_size_so_a_large_request_stays_in_the_
 
     await wire_infer(Plane())(message.SerializeToString(), "")
     assert seen[0].size > MAX_INLINE_BYTES
+
+
+async def test_a_call_still_queued_for_a_worker_never_runs_once_its_caller_is_cancelled() -> None:
+    """An overloaded pod: a request whose client gave up while it waited for a worker is not
+    computed later, and its caller (holding the model) ends at once; a call already running
+    keeps its caller until it is over."""
+    import asyncio
+
+    from mesh.pod.batching import in_worker
+
+    gate = threading.Event()
+    ran: list[str] = []
+
+    def busy() -> None:
+        ran.append("busy")
+        gate.wait(30)
+
+    with ThreadPoolExecutor(1) as pool:
+        running = asyncio.create_task(in_worker(pool, busy))
+        queued = asyncio.create_task(in_worker(pool, ran.append, "queued"))
+        while not ran:  # the worker is in the first call
+            await asyncio.sleep(0.001)
+        await asyncio.sleep(0)
+        queued.cancel()
+        running.cancel()
+        done, _ = await asyncio.wait([queued], timeout=10)
+        assert queued in done and queued.cancelled()  # no wait for the worker to come free
+        assert not running.done()  # its call is still using the model
+        gate.set()
+        await asyncio.gather(running, return_exceptions=True)
+    assert ran == ["busy"]  # the queued call never ran
