@@ -92,11 +92,16 @@ class BatchPolicy:
 async def in_worker(executor: Executor, fn: Callable[..., T], *args: Any) -> T:
     """`fn(*args)` in a worker of `executor`. A caller cancelled meanwhile is cancelled only
     once the call has ended: whoever holds a model around it keeps the hold for as long as
-    a framework call may still use the model (no eviction, demotion or close under it)."""
-    future = asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+    a framework call may still use the model (no eviction, demotion or close under it). A
+    call still queued for a worker when its caller is cancelled never runs: a request whose
+    client gave up (its deadline passed in the queue of an overloaded pod) costs no work."""
+    call = executor.submit(fn, *args)
+    future = asyncio.wrap_future(call)
     try:
         return await asyncio.shield(future)
     except asyncio.CancelledError:
+        if call.cancel():  # not started, and now it never will
+            raise
         while not future.done():  # the call runs on: so does the caller's hold
             try:
                 await asyncio.wait([future])

@@ -69,8 +69,10 @@ def _contents(tensor: pb.ModelInferRequest.InferInputTensor) -> dict[str, Any]:
     return {fd.name: values for fd, values in tensor.contents.ListFields()}
 
 
-def request_of(message: pb.ModelInferRequest) -> InferRequest:
-    """The neutral request over `message`'s own fields."""
+def request_of(message: pb.ModelInferRequest, size: int | None = None) -> InferRequest:
+    """The neutral request over `message`'s own fields. `size`: its bytes on the wire when
+    the caller has them (else measured here); the inline decision (mesh.pod.inline) keeps a
+    large request off the event loop by it."""
     inputs = [
         InferInput(
             t.name, t.datatype, t.shape, _contents(t) if t.HasField("contents") else _NO_CONTENTS
@@ -85,7 +87,13 @@ def request_of(message: pb.ModelInferRequest) -> InferRequest:
         ]
     parameters = parameters_of(message.parameters) if message.parameters else {}
     return InferRequest(
-        message.model_name, inputs, message.raw_input_contents, outputs, message.id, parameters
+        message.model_name,
+        inputs,
+        message.raw_input_contents,
+        outputs,
+        message.id,
+        parameters,
+        message.ByteSize() if size is None else size,
     )
 
 
@@ -110,7 +118,7 @@ def wire_infer(plane: _Plane) -> WireInfer:
             message = pb.ModelInferRequest.FromString(data)
         except DecodeError as exc:
             raise InvalidRequest(f"the request is not a ModelInferRequest: {exc}") from None
-        response = await plane.infer(request_of(message), name or None)
+        response = await plane.infer(request_of(message, len(data)), name or None)
         return message_of(response).SerializeToString()
 
     return infer

@@ -110,6 +110,7 @@ class HeldRequests:
         self._per_model: collections.Counter[str] = collections.Counter()
         self._since: dict[str, float] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._writers: collections.Counter[str] = collections.Counter()  # by model, not done
         self._writes: set[asyncio.Task[None]] = set()
 
     # -- the request path ----------------------------------------------------------------------
@@ -207,12 +208,27 @@ class HeldRequests:
     def _publish(self, model_id: str, pool: str, record: ModelRecord) -> None:
         """Bring the model's demand record in line with the requests held, in the background:
         one writer per model at a time, each writing what is held when it runs."""
+        self._writers[model_id] += 1
         task = asyncio.create_task(self._write(model_id, pool, record))
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)
 
     async def _write(self, model_id: str, pool: str, record: ModelRecord) -> None:
         lock = self._locks.setdefault(model_id, asyncio.Lock())
+        try:
+            await self._write_locked(lock, model_id, pool, record)
+        finally:
+            self._writers[model_id] -= 1
+            # The lock goes only with its last writer: one dropped while writers still wait
+            # on it (lock.locked() is False between a release and the next waiter's turn)
+            # let a new writer run beside them, and an old count could land last.
+            if not self._writers[model_id]:
+                del self._writers[model_id]
+                self._locks.pop(model_id, None)
+
+    async def _write_locked(
+        self, lock: asyncio.Lock, model_id: str, pool: str, record: ModelRecord
+    ) -> None:
         async with lock:
             held = self._per_model.get(model_id, 0)
             demand = DemandRecord(
@@ -235,8 +251,6 @@ class HeldRequests:
                     await self._store.delete(key)
             except MeshError as exc:
                 log.warning("demand for %s: cannot write %s: %s", model_id, key, exc)
-        if not held and not self._per_model.get(model_id) and not lock.locked():
-            self._locks.pop(model_id, None)
 
     async def aclose(self) -> None:
         """Wait for the demand writes under way (the lease's revocation removes the rest)."""

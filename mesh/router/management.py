@@ -93,7 +93,23 @@ class Management:
                 continue
             pending[record.model_id] = record
             outcomes.append(record)
-        written = await register_records(self._store, self._keys, list(pending.values()))
+        # An adapter whose base is in this batch is written once its base is: in another
+        # transaction, the base's failing would leave the adapter registered on nothing.
+        first = [r for r in pending.values() if r.base not in pending]
+        adapters = [r for r in pending.values() if r.base in pending]
+        written = await register_records(self._store, self._keys, first)
+        ready = []
+        for adapter in adapters:
+            base_at = written[adapter.base]
+            if isinstance(base_at, MeshError):  # its code, with what it says of the base
+                written[adapter.model_id] = type(base_at)(
+                    f"model {adapter.model_id!r}: its base {adapter.base!r} was not "
+                    f"registered: {base_at}"
+                )
+            else:
+                ready.append(adapter)
+        if ready:
+            written.update(await register_records(self._store, self._keys, ready))
         revision = max((r for r in written.values() if isinstance(r, int)), default=0)
         if revision:
             # Every record written is readable here when the call returns, as with one.

@@ -83,9 +83,10 @@ def test_a_batch_registers_each_model_alone_in_few_transactions(
         assert listed == set(good) | {"adapter"}
         status = router.management.GetModelStatus(mpb.GetModelStatusRequest(model_id="bulk-0299"))
         assert status.storage_path == "mlp"
-        # 301 records in transactions of at most 128, not one write each.
+        # 301 records in transactions of at most 128, not one write each (the adapter after
+        # its base, once the base is written).
         written = _revisions(router, prefix, [*good, "adapter"])
-        assert len(written) == math.ceil(301 / MAX_TXN_OPS)
+        assert len(written) == math.ceil(300 / MAX_TXN_OPS) + 1
 
 
 def test_records_too_large_for_one_transaction_are_split_by_size(
@@ -176,3 +177,35 @@ def test_mesh_register_file_registers_and_loads_and_reports_failures(
         assert others.state == "NOT_LOADED"  # no loadNow: registered only
         answer = router.v2.ModelInfer(infer_request("file-4", input=np.ones((1, 64), np.float32)))
         assert output_array(answer, "output").shape == (1, 10)
+
+
+def test_an_adapter_is_not_written_when_its_base_in_the_same_batch_fails(
+    etcd: EtcdServer, prefix: str
+) -> None:
+    """A base and its adapter in one batch but in different transactions: the base's
+    transaction failing must not leave the adapter registered on a base that is not."""
+    from mesh.errors import Unavailable
+
+    with running_router(etcd=etcd.url, etcd_prefix=prefix) as router:
+        store = router.server.store
+        keys = Keys(prefix)
+        real_txn = store.txn
+
+        async def txn(compares, puts, *args, **kwargs):  # type: ignore[no-untyped-def]
+            if any(p.key == keys.model("base-0") for p in puts):
+                raise Unavailable("etcd lost the transaction")
+            return await real_txn(compares, puts, *args, **kwargs)
+
+        store.txn = txn
+        try:
+            models = [_model("base-0")] + [_model(f"fill-{i:03d}") for i in range(MAX_TXN_OPS)]
+            models.append(_model("adapter-0", base="base-0"))  # past the first transaction
+            response = router.management.RegisterModels(mpb.RegisterModelsRequest(models=models))
+        finally:
+            store.txn = real_txn
+        by_id = {r.model_id: r for r in response.results}
+        assert by_id["base-0"].code == grpc.StatusCode.UNAVAILABLE.value[0]
+        assert by_id["adapter-0"].code == grpc.StatusCode.UNAVAILABLE.value[0]
+        assert "base-0" in by_id["adapter-0"].message and not by_id["adapter-0"].HasField("status")
+        listed = {m.model_id for m in router.management.ListModels(mpb.ListModelsRequest()).models}
+        assert "base-0" not in listed and "adapter-0" not in listed
