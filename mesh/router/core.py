@@ -24,12 +24,7 @@ from mesh.cluster.codec import Keys
 from mesh.cluster.mirror import Mirror
 from mesh.cluster.records import InstanceRecord
 from mesh.cluster.store import KeyValueStore
-from mesh.errors import (
-    MeshError,
-    ModelNotFound,
-    ModelNotReady,
-    Unavailable,
-)
+from mesh.errors import ModelNotFound
 from mesh.placement.failures import FailureLog, FailurePolicy
 from mesh.router.copies import CopyView
 from mesh.router.forward import Forwarder
@@ -43,16 +38,6 @@ from mesh.router.transport import PodTransport
 from mesh.router.vanished import VanishedPods
 
 log = logging.getLogger(__name__)
-
-# A pod's answers that another copy may not give: it does not hold the model (any more), or it
-# cannot serve now (draining, unloading, gone).
-_RETRYABLE = (ModelNotFound, ModelNotReady, Unavailable)
-
-
-def _retry_reason(exc: MeshError | type[MeshError]) -> str:
-    """The label of a retry in the metrics: the status the pod's answer stands for."""
-    cls = exc if isinstance(exc, type) else type(exc)
-    return "NOT_FOUND" if issubclass(cls, ModelNotFound) else "UNAVAILABLE"
 
 
 class Router:
