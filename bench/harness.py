@@ -199,6 +199,21 @@ class Server:
             self.stop()
 
 
+def one_pod_mesh(work: Path, port: int) -> Server:
+    """`mesh up` with one 256 MiB pod over an ONNX identity model, gRPC on `port` (not started).
+
+    The benches of the router's control path (registration, misses) run against it.
+    """
+    from mesh import examples
+
+    examples.onnx_identity(work / "models" / "identity", datatypes=("FP32",))
+    argv = [
+        sys.executable, "-m", "mesh", "up", "--storage", str(work / "models"), "--pods",
+        "1", "--capacity", "256Mi", "--port", str(port), "--rest-port", str(free_port()),
+    ]  # fmt: skip
+    return Server("mesh up", argv, work / "mesh.log", grpc_ready(port))
+
+
 def _tree(root: int) -> list[int]:
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():

@@ -36,7 +36,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import Server, closed_loop, free_port, grpc_ready, table
+from harness import closed_loop, free_port, one_pod_mesh, table
 from register import register_batch
 
 INPUT = "in_FP32"
@@ -81,18 +81,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sizes = [int(n) for n in args.sizes.split(",")]
 
-    from mesh import examples
-
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="mesh-misses-") as tmp:
         work = Path(tmp)
-        examples.onnx_identity(work / "models" / "identity", datatypes=("FP32",))
         port = free_port()
-        argv_up = [
-            sys.executable, "-m", "mesh", "up", "--storage", str(work / "models"), "--pods",
-            "1", "--capacity", "256Mi", "--port", str(port), "--rest-port", str(free_port()),
-        ]  # fmt: skip
-        mesh = Server("mesh up", argv_up, work / "mesh.log", grpc_ready(port))
+        mesh = one_pod_mesh(work, port)
         with mesh.running():
             registered = 0
             hot = "hot"

@@ -30,7 +30,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import Server, free_port, grpc_ready, table
+from harness import free_port, one_pod_mesh, table
 
 
 async def register_single(port: int, ids: list[str], in_flight: int = 64) -> float:
@@ -115,19 +115,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", help="py-spy collapsed stacks of the router to FILE.MODE.txt")
     args = parser.parse_args(argv)
 
-    from mesh import examples
-
     modes = [args.only] if args.only else ["single", "batch"]
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="mesh-register-") as tmp:
         work = Path(tmp)
-        examples.onnx_identity(work / "models" / "identity", datatypes=("FP32",))
         port = free_port()
-        argv_up = [
-            sys.executable, "-m", "mesh", "up", "--storage", str(work / "models"), "--pods",
-            "1", "--capacity", "256Mi", "--port", str(port), "--rest-port", str(free_port()),
-        ]  # fmt: skip
-        mesh = Server("mesh up", argv_up, work / "mesh.log", grpc_ready(port))
+        mesh = one_pod_mesh(work, port)
         with mesh.running():
             asyncio.run(register_single(port, ["warm-up"]))
             for mode in modes:
