@@ -19,12 +19,13 @@ def test_the_gpu_script_runs_on_the_host_and_sees_demotions_promotions_and_memor
     out = tmp_path / "gpu.json"
     script = str(ROOT / "bench" / "gpu.py")
     args = ["--device", "host", "--quick", "--cycles", "3", "--json", str(out)]
-    subprocess.run(
+    done = subprocess.run(
         [sys.executable, script, *args],
-        check=True,
         timeout=300,
         capture_output=True,
+        text=True,
     )
+    assert done.returncode == 0, done.stderr[-4000:]  # the bench's traceback, when it fails
     (result,) = json.loads(out.read_text())
     assert result["device"] == "cpu" and result["memory_source"] == "host"
     past = result["past_memory"]
