@@ -11,25 +11,29 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Protocol
 
 from mesh.cluster.codec import Keys, encode
 from mesh.cluster.demand import read_demand
+from mesh.cluster.mirror import Mirror
 from mesh.cluster.records import ModelRecord, VModelRecord
 from mesh.cluster.store import KeyValueStore
 from mesh.errors import InvalidRequest, MeshError, ModelNotFound
 from mesh.gen import management_pb2 as mpb
 from mesh.ids import check_id, check_registered_path
 from mesh.llm.protocol import refuse_request_batching
+from mesh.placement.failures import FailureLog
 from mesh.router.batches import MAX_BATCH, error_fields, record_put, register_records
-from mesh.router.core import Router
 from mesh.router.overview import (
+    Activity,
     ModelView,
     model_view,
     pod_loads_per_second,
     snapshot,
     vmodel_view,
 )
+from mesh.router.transport import PodTransport
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +47,35 @@ def _same_artifact(a: ModelRecord, b: ModelRecord) -> bool:
     )
 
 
+class ManagementView(Protocol):
+    """What the management API may use of its router: the narrow interface it is typed on.
+
+    `mesh.router.core.Router` satisfies it (mypy checks that where mesh.router.server hands the
+    router over). Reads: the mirror, where copies are, the failures and activity the status
+    pages show; actions: a model loaded through the router's single-flight loader, and a
+    client for one pod (an unload an operator asked for).
+    """
+
+    @property
+    def mirror(self) -> Mirror: ...
+
+    @property
+    def failures(self) -> FailureLog: ...
+
+    @property
+    def activity(self) -> Activity: ...
+
+    def known_copies(self, model_id: str) -> set[str]: ...
+
+    def pod_client(self, pod_id: str, address: str) -> PodTransport: ...
+
+    async def ensure_loaded(
+        self, model_id: str, exclude: Sequence[str] = (), deadline: float | None = None
+    ) -> str: ...
+
+
 class Management:
-    def __init__(self, store: KeyValueStore, keys: Keys, router: Router) -> None:
+    def __init__(self, store: KeyValueStore, keys: Keys, router: ManagementView) -> None:
         self._store = store
         self._keys = keys
         self._router = router
@@ -57,7 +88,7 @@ class Management:
         return self._transition_errors
 
     @property
-    def _mirror(self):  # type: ignore[no-untyped-def]
+    def _mirror(self) -> Mirror:
         return self._router.mirror
 
     # -- models --------------------------------------------------------------------------------
