@@ -20,6 +20,7 @@ from mesh.grpcutil import fan_in, service_handler
 from mesh.pod.dataplane import DataPlane, ServerState
 from mesh.pod.rest import PodBackend
 from mesh.pod.wire import message_of, request_of
+from mesh.storagewire import from_request
 from mesh.tensors import TensorSpec
 
 log = logging.getLogger(__name__)
@@ -213,13 +214,14 @@ class RuntimeService:
         self._plane = plane
 
     async def load_model(self, request: rpb.LoadModelRequest, context: Context) -> Any:
-        outcome = await self._plane.load(
-            request.model_id,
-            request.path,
-            request.format,
-            dict(request.options),
+        storage, options = from_request(
+            request.storage if request.HasField("storage") else None,
             request.storage_key,
             request.storage_path,
+            request.options,
+        )
+        outcome = await self._plane.load(
+            request.model_id, request.path, request.format, options, storage
         )
         return rpb.LoadModelResponse(
             model_id=outcome.model_id,
