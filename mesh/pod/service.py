@@ -214,12 +214,15 @@ class RuntimeService:
         self._plane = plane
 
     async def load_model(self, request: rpb.LoadModelRequest, context: Context) -> Any:
-        storage, options = from_request(
-            request.storage if request.HasField("storage") else None,
-            request.storage_key,
-            request.storage_path,
-            request.options,
-        )
+        try:
+            storage, options = from_request(
+                request.storage if request.HasField("storage") else None,
+                request.storage_key,
+                request.storage_path,
+                request.options,
+            )
+        except InvalidRequest as exc:
+            raise InvalidRequest(f"model {request.model_id!r}: {exc}") from None
         outcome = await self._plane.load(
             request.model_id, request.path, request.format, options, storage
         )

@@ -14,6 +14,7 @@ import grpc
 import numpy as np
 import pytest
 
+from mesh.cli import main
 from mesh.cluster.codec import Keys
 from mesh.cluster.etcd import EtcdConfig, EtcdStore
 from mesh.gen import management_pb2 as mpb
@@ -186,3 +187,22 @@ def test_a_record_written_before_storage_ref_loads_and_keeps_its_size(
     stored = _stored(etcd, prefix, "old")
     assert stored["storage"]["bucket"] == "models-b" and stored["measured_size"] > 0
     assert "storage_key" not in stored and stored["options"] == {"nthread": "1"}
+
+
+def test_mesh_register_and_status_show_the_storage_with_its_options(
+    router: RunningRouter, puller: FakePuller, capsys: pytest.CaptureFixture[str]
+) -> None:
+    r = ("--router", router.address)
+    assert main(["register", "plain", "--format", "xgboost", "--storage-path", "xgb", *r]) == 0
+    assert "Storage:      default:xgb\n" in capsys.readouterr().out
+    storage = spb.StorageRef(key="s3", path="xgb", bucket="b", unpack=spb.UNPACK_FALSE)
+    router.management.RegisterModel(
+        mpb.RegisterModelRequest(model_id="opts", format="xgboost", storage=storage)
+    )
+    assert main(["status", "opts", *r]) == 0
+    assert "Storage:      s3:xgb (bucket=b, unpack=false)\n" in capsys.readouterr().out
+    assert main(["status", "opts", "-o", "json", *r]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["storage"] == {
+        "key": "s3", "path": "xgb", "bucket": "b", "unpack": "UNPACK_FALSE", "sha256": ""
+    }  # fmt: skip
