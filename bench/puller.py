@@ -51,6 +51,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from mesh.lifecycle import free_port  # noqa: E402
+from mesh.storageref import StorageRef  # noqa: E402
 
 BUCKET = "bench"
 KEYS_PER_PULLER = 64
@@ -145,7 +146,7 @@ class Keys:
 async def pull_cold(client: Any, keys: Keys, path: str) -> tuple[float, Path]:
     key = keys.next()
     started = time.perf_counter()
-    result = await client.fetch(f"bench-{key}", key, path)
+    result = await client.fetch(f"bench-{key}", StorageRef(key, path))
     elapsed = time.perf_counter() - started
     await client.release(f"bench-{key}")
     assert not result.cache_hit
@@ -275,7 +276,7 @@ async def run(args: argparse.Namespace, results: Results, work: Path) -> None:
         with process(cmd, sock.exists, work / "puller-models.log"):
             async with PullerClient(f"unix:{sock}", timeout=600) as client:
                 # The storage key's client is made by a first pull, as in a running pod.
-                await client.pull("warm", "k0", "warmup.bin")
+                await client.pull("warm", StorageRef("k0", "warmup.bin"))
                 for key, label, path, load in models:
                     load(path)  # the framework imported and warmed before timing
                     raw_dl, raw_load, pulled = [], [], []
@@ -290,7 +291,7 @@ async def run(args: argparse.Namespace, results: Results, work: Path) -> None:
                         raw_load.append(time.perf_counter() - started)
                         target.unlink()
                         started = time.perf_counter()
-                        result = await client.fetch(f"{key}-{rep}", "k0", object_key)
+                        result = await client.fetch(f"{key}-{rep}", StorageRef("k0", object_key))
                         load(result.local_path)
                         pulled.append(time.perf_counter() - started)
                         assert not result.cache_hit
@@ -311,7 +312,7 @@ async def run(args: argparse.Namespace, results: Results, work: Path) -> None:
                 warm = []
                 for _ in range(200):
                     started = time.perf_counter()
-                    await client.fetch("warm", "k0", "warmup.bin")
+                    await client.fetch("warm", StorageRef("k0", "warmup.bin"))
                     warm.append(time.perf_counter() - started)
                 results.warm = {
                     "p50_ms": statistics.median(warm) * 1e3,

@@ -27,6 +27,7 @@ from mesh.cluster.mirror import Mirror
 from mesh.cluster.records import InstanceRecord, ModelRecord, PlacementRecord, PlacementState
 from mesh.router.core import Router
 from mesh.router.pods import PodPool
+from mesh.storageref import StorageRef
 
 
 async def _answer(*args: Any, **kwargs: Any) -> bytes:
@@ -43,7 +44,7 @@ def _pool() -> PodPool:
 
 async def run(calls: int, rounds: int) -> list[float]:
     store, keys = MemoryStore(), Keys("/bench/")
-    await store.put(keys.model("m"), encode(ModelRecord("m", "onnx", storage_path="m")))
+    await store.put(keys.model("m"), encode(ModelRecord("m", "onnx", storage=StorageRef(path="m"))))
     await store.put(keys.instance("p"), encode(InstanceRecord("p", "127.0.0.1:1", 2**30)))
     placement = PlacementRecord("m", "p", PlacementState.LOADED, time.time(), 1000)
     await store.put(keys.placement("m", "p"), encode(placement))

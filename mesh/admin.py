@@ -39,6 +39,8 @@ from mesh.present import (
     vmodel_detail,
 )
 from mesh.settings import CommandSettings, add_flags
+from mesh.storageref import StorageRef
+from mesh.storagewire import to_message
 
 COMMANDS = ("register", "unregister", "status", "list", "vmodel", "load")
 
@@ -198,9 +200,9 @@ def _call(stub: Any, args: argparse.Namespace, settings: AdminSettings) -> Any:
         options = mpb.ModelOptions(min_copies=args.min_copies, max_copies=args.max_copies)
         return stub.RegisterModel(
             mpb.RegisterModelRequest(
-                model_id=args.model_id, format=args.format, storage_key=args.storage_key,
-                storage_path=args.storage_path, options=options, load_now=args.load_now,
-                base=args.base,
+                model_id=args.model_id, format=args.format,
+                storage=to_message(StorageRef(args.storage_key, args.storage_path)),
+                options=options, load_now=args.load_now, base=args.base,
             ),
             **kw,
         )  # fmt: skip

@@ -1,8 +1,9 @@
 """`mesh register --file`: many models from a file, in RegisterModels calls of `BATCH` models.
 
 The file holds RegisterModelRequest objects in protobuf's JSON form (`modelId` or
-`model_id`, `format`, `storagePath`, `storageKey`, `options`, `loadNow`, `base`): a JSON
-list, one JSON object a line, or a YAML list (a `.yaml`/`.yml` name). Every model is checked
+`model_id`, `format`, `storage` {`key`, `path`, `bucket`, `unpack`, `sha256`}, or the
+deprecated `storagePath` and `storageKey`; `options`, `loadNow`, `base`): a JSON list, one JSON
+object a line, or a YAML list (a `.yaml`/`.yml` name). Every model is checked
 by the router on its own; the command prints what failed and exits 1 if anything did.
 
     mesh register --file models.jsonl

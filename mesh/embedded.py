@@ -32,6 +32,7 @@ from mesh.router.server import RouterServer
 from mesh.router.settings import RouterSettings
 from mesh.runtimes.registry import RuntimeRegistry
 from mesh.settings import CommandSettings, Nested, ServerSettings
+from mesh.storageref import StorageRef
 from mesh.units import ByteSize
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ async def register_directory(store: MemoryStore, keys: Keys, models: Path) -> li
         path = source.file.parent if source.file.parent != models else source.file
         # An adapter names its base: the router loads it beside the base.
         record = ModelRecord(
-            name, source.format, storage_path=str(path.relative_to(models)),
+            name, source.format, storage=StorageRef(path=str(path.relative_to(models))),
             registered_at=time.time(), base=source.base or "",
         )  # fmt: skip
         await store.put(keys.model(name), encode(record))

@@ -17,6 +17,8 @@ from typing import Any
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
+from mesh.storagewire import from_message
+
 OUTPUTS = ("table", "json", "yaml")
 # Fields holding unix seconds, and int64 fields (which protobuf's JSON spells as strings).
 _TIMES = {"since", "last_used", "lru_time", "updated_at", "now"}
@@ -139,11 +141,20 @@ def _fields(pairs: Sequence[tuple[str, object]]) -> str:
     return "\n".join(f"{(k + ':').ljust(width)} {v}" for k, v in pairs)
 
 
+def _storage(m: Any) -> str:
+    """Where a ModelStatusResponse's files are, with the puller's options if any."""
+    if not m.HasField("storage"):  # a router from before StorageRef
+        return f"{m.storage_key or 'default'}:{m.storage_path}"
+    ref = from_message(m.storage)
+    options = ", ".join(f"{k}={v}" for k, v in sorted(ref.options().items()))
+    return f"{ref} ({options})" if options else str(ref)
+
+
 def model_detail(m: Any, now: float) -> str:
     o = m.options
     pairs: list[tuple[str, object]] = [
         ("Model", m.model_id), ("Format", m.format), ("State", m.state),
-        ("Storage", f"{m.storage_key or 'default'}:{m.storage_path}"),
+        ("Storage", _storage(m)),
         ("Copies", f"min {o.min_copies}, max {o.max_copies or 'any'}"),
         ("Last use", age(m.last_used, now)), ("Last failure", m.last_failure or "-"),
     ]  # fmt: skip

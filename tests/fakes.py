@@ -18,6 +18,7 @@ import numpy as np
 from mesh.errors import ArtifactNotFound
 from mesh.pod.cache import ModelSource
 from mesh.runtimes.base import LoadRequest
+from mesh.storageref import StorageRef
 from mesh.tensors import Signature, TensorSpec
 
 
@@ -215,19 +216,13 @@ class CountingPuller:
         self.pulls: list[str] = []
         self.released: list[str] = []
 
-    async def pull(
-        self,
-        model_id: str,
-        storage_key: str,
-        path: str,
-        options: Mapping[str, str] | None = None,
-    ) -> str:
+    async def pull(self, model_id: str, storage: StorageRef) -> str:
         import shutil
 
         self.pulls.append(model_id)
-        source = self.store / path
+        source = self.store / storage.path
         if not source.exists():  # as the puller answers (tests/puller/test_source_contract.py)
-            raise ArtifactNotFound(f"storage {storage_key!r}: {path} does not exist")
+            raise ArtifactNotFound(f"storage {storage.key!r}: {storage.path} does not exist")
         target = self.cache / model_id / source.name
         shutil.rmtree(target.parent, ignore_errors=True)
         if source.is_dir():
@@ -250,18 +245,19 @@ class FakePuller:
 
     def __init__(self, storage: Path) -> None:
         self.storage = storage
+        # (model id, storage key, path) of each pull, its puller options, and its whole ref.
         self.pulls: list[tuple[str, str, str]] = []
         self.options: list[dict[str, str]] = []
+        self.refs: list[StorageRef] = []
         self.released: list[str] = []
 
-    async def pull(
-        self, model_id: str, storage_key: str, path: str, options: dict[str, str] | None = None
-    ) -> str:
-        self.pulls.append((model_id, storage_key, path))
-        self.options.append(dict(options or {}))
-        local = self.storage / path
+    async def pull(self, model_id: str, storage: StorageRef) -> str:
+        self.pulls.append((model_id, storage.key, storage.path))
+        self.options.append(storage.options())
+        self.refs.append(storage)
+        local = self.storage / storage.path
         if not local.exists():
-            raise ArtifactNotFound(f"storage {storage_key!r}: {path} does not exist")
+            raise ArtifactNotFound(f"storage {storage.key!r}: {storage.path} does not exist")
         return str(local)
 
     async def release(self, model_id: str) -> None:

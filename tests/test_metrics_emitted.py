@@ -42,6 +42,7 @@ from mesh.pod.devices import FakeDevice
 from mesh.puller.client import PullerClient
 from mesh.puller.server import PullerServer
 from mesh.runtimes.registry import RuntimeRegistry
+from mesh.storageref import StorageRef
 from tests.cluster.conftest import etcd, prefix  # noqa: F401  (shared fixtures)
 from tests.cluster.etcd_server import EtcdServer
 from tests.controller.conftest import NAMESPACE, build_controller, predictor
@@ -206,13 +207,13 @@ def test_every_documented_metric_is_emitted_after_a_scenario(
         async def puller_calls() -> None:  # a hit, a miss that fails, an eviction
             client = PullerClient(puller.address, timeout=60)
             try:
-                await client.fetch("p-hit", "default", "mlp")
-                await client.fetch("p-hit", "default", "mlp")
+                await client.fetch("p-hit", StorageRef("default", "mlp"))
+                await client.fetch("p-hit", StorageRef("default", "mlp"))
                 with pytest.raises(Exception, match="missing"):
-                    await client.fetch("p-missing", "default", "missing")
-                await client.fetch("p-big", "default", "big-1.bin")
+                    await client.fetch("p-missing", StorageRef("default", "missing"))
+                await client.fetch("p-big", StorageRef("default", "big-1.bin"))
                 await client.release("p-big")
-                await client.fetch("p-big-2", "default", "big-2.bin")  # evicts big-1
+                await client.fetch("p-big-2", StorageRef("default", "big-2.bin"))  # evicts big-1
             finally:
                 await client.aclose()
 

@@ -3,6 +3,12 @@
 Values are plain JSON objects (readable with `etcdctl get --prefix /mesh/`). Decoding is
 strict about types and tolerant of fields it does not know (a newer writer), and a value that
 cannot be decoded raises StoreError naming the key, so one bad value cannot poison a mirror.
+
+A model record names its files in a nested "storage" object (mesh.storageref.StorageRef).
+One written before that held "storage_key" and "storage_path" at the top and the puller's
+options among its runtime options as "storage.*": it is read into the same record (options
+that do not parse stay where they were, and the pod refuses them at load, as the puller did).
+`legacy_encoding` writes a record the old way, for comparing against one stored so.
 """
 
 from __future__ import annotations
@@ -18,7 +24,8 @@ from mesh.cluster.records import (
     PlacementState,
     VModelRecord,
 )
-from mesh.errors import StoreError
+from mesh.errors import InvalidRequest, StoreError
+from mesh.storageref import LEGACY_PREFIX, StorageRef, Unpack, split_legacy_options
 
 R = TypeVar("R")
 
@@ -70,6 +77,17 @@ def encode(record: Any) -> bytes:
     return json.dumps(data, separators=(",", ":"), sort_keys=True).encode()
 
 
+def legacy_encoding(record: ModelRecord) -> bytes:
+    """`record` as a writer from before StorageRef wrote it (top-level storage_key and
+    storage_path, the puller's options as "storage.*" options)."""
+    data = dataclasses.asdict(record)
+    storage = data.pop("storage")
+    data["storage_key"], data["storage_path"] = storage["key"], storage["path"]
+    pulled = {LEGACY_PREFIX + k: v for k, v in record.storage.options().items()}
+    data["options"] = {**data["options"], **pulled}
+    return json.dumps(data, separators=(",", ":"), sort_keys=True).encode()
+
+
 def decode(cls: type[R], key: str, value: bytes) -> R:
     try:
         raw = json.loads(value)
@@ -81,11 +99,41 @@ def decode(cls: type[R], key: str, value: bytes) -> R:
             kwargs[name] = tuple(kwargs[name])
         if cls is PlacementRecord:
             kwargs["state"] = PlacementState(kwargs["state"])
+        if cls is ModelRecord:
+            kwargs["storage"], options = _model_storage(raw)
+            if options is not None:
+                kwargs["options"] = options
         record = cls(**kwargs)
         _check_types(record)
         return record
     except (ValueError, TypeError, KeyError) as exc:
         raise StoreError(f"cannot decode {cls.__name__} at {key!r}: {exc}") from exc
+
+
+_STORAGE_FIELDS = ("key", "path", "bucket", "sha256")
+
+
+def _model_storage(raw: dict[str, Any]) -> tuple[StorageRef, dict[str, str] | None]:
+    """A model record's StorageRef, and its options when the old shape moved some out."""
+    storage = raw.get("storage")
+    if storage is not None:
+        if not isinstance(storage, dict):
+            raise TypeError("storage must be an object")
+        strings = {k: storage.get(k, "") for k in _STORAGE_FIELDS}
+        if not all(isinstance(v, str) for v in strings.values()):
+            raise TypeError(f"storage's {', '.join(_STORAGE_FIELDS)} must be strings")
+        return StorageRef(**strings, unpack=Unpack(storage.get("unpack", "auto"))), None
+    key, path = raw.get("storage_key", ""), raw.get("storage_path", "")
+    if not isinstance(key, str) or not isinstance(path, str):
+        raise TypeError("storage_key and storage_path must be strings")
+    options = raw.get("options")
+    if not isinstance(options, dict) or not any(k.startswith(LEGACY_PREFIX) for k in options):
+        return StorageRef(key, path), None
+    runtime, pulled = split_legacy_options(options)
+    try:
+        return StorageRef.parse(key, path, pulled), runtime
+    except InvalidRequest:
+        return StorageRef(key, path), None
 
 
 def _check_types(record: Any) -> None:

@@ -16,6 +16,8 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from mesh.storageref import StorageRef
+
 SCHEMA_VERSION = 1
 
 
@@ -25,8 +27,11 @@ class ModelRecord:
 
     model_id: str
     format: str
-    storage_key: str = ""
-    storage_path: str = ""
+    # Where its files are, with the puller's options (JSON: "storage": {"key", "path",
+    # "bucket", "unpack", "sha256"}). Records written before it held top-level "storage_key"
+    # and "storage_path", and the puller's options among `options` as "storage.*": the codec
+    # reads those into this.
+    storage: StorageRef = field(default_factory=StorageRef)
     # Bytes the model is expected to take once loaded; 0 when unknown (placement then uses
     # what a copy measured, else its default).
     size_estimate: int = 0
@@ -52,7 +57,7 @@ class ModelRecord:
     # Labels of the pods the model should go to when one of them can take it without
     # evicting (a Predictor's `gpu: preferred`): a preference, never a constraint.
     preferred_labels: Mapping[str, str] = field(default_factory=dict)
-    # Runtime options passed to LoadModel.
+    # Runtime options passed to LoadModel: the runtime's alone.
     options: Mapping[str, str] = field(default_factory=dict)
     registered_at: float = 0.0
     # A LoRA adapter's base model id: the adapter is loaded on a pod holding the base.

@@ -22,6 +22,7 @@ from mesh.errors import InvalidRequest, ModelNotFound, Unavailable
 from mesh.gen import management_pb2 as mpb
 from mesh.gen import management_pb2_grpc
 from mesh.placement.snapshot import HeldModel, PodView
+from mesh.storagewire import to_message
 
 _STATES = {"loaded": PlacementState.LOADED, "loading": PlacementState.LOADING}
 POOL_LABEL = "pool"
@@ -136,8 +137,7 @@ class MeshApi:
         request = mpb.RegisterModelRequest(
             model_id=spec.model_id,
             format=spec.format,
-            storage_key=spec.storage_key,
-            storage_path=spec.storage_path,
+            storage=to_message(spec.storage),
             options=options,
         )
         self._call("RegisterModel", request)

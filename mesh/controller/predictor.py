@@ -15,8 +15,8 @@ a fallback) and the older `storage.s3{secretKey, bucket}` beside `path`.
 >>> spec = parse({"metadata": {"name": "fraud", "namespace": "ml"},
 ...               "spec": {"modelType": {"name": "xgboost"},
 ...                        "storage": {"key": "s3", "path": "fraud/v3"}}})
->>> spec.model_id, spec.format, spec.storage_key, spec.storage_path
-('fraud-f27636547c', 'xgboost', 's3', 'fraud/v3')
+>>> spec.model_id, spec.format, str(spec.storage)
+('fraud-f27636547c', 'xgboost', 's3:fraud/v3')
 """
 
 from __future__ import annotations
@@ -28,8 +28,9 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from mesh.errors import InvalidIdentifier
+from mesh.errors import InvalidIdentifier, InvalidRequest
 from mesh.ids import check_id, check_registered_path
+from mesh.storageref import LEGACY_PREFIX, PULL_OPTIONS, StorageRef, check_storage
 
 # ModelMesh model types (and a few spellings people use) to the runtimes that serve them.
 FORMATS = {
@@ -40,8 +41,8 @@ FORMATS = {
     "torchscript": "torch",
     "pt2": "torch",
 }
-# What reaches the puller (mesh.pod.dataplane.STORAGE_OPTION): the bucket and friends.
-PULL_PARAMETERS = ("bucket", "unpack", "sha256")
+# What reaches the puller, in the model's StorageRef: the bucket and friends.
+PULL_PARAMETERS = PULL_OPTIONS
 _HASH_LENGTH = 10
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 
@@ -62,8 +63,9 @@ class PredictorSpec:
     namespace: str
     model_id: str
     format: str
-    storage_key: str
-    storage_path: str
+    # Where the model's files are, with the puller's options (storage.parameters).
+    storage: StorageRef
+    # The runtime's options (none come from a Predictor today).
     options: Mapping[str, str] = field(default_factory=dict)
     gpu: str = ""
     # The model type as the spec names it, its version, and the runtime it names (if any):
@@ -127,10 +129,16 @@ def parse(
             reason="RuntimeNotRecognized",
         )
     storage_key, storage_path, parameters = _storage(spec)
+    try:
+        storage = check_storage(StorageRef.parse(storage_key, storage_path, parameters))
+    except InvalidRequest as exc:
+        raise InvalidSpec(f"spec.storage: {exc}") from None
     gpu = str(spec.get("gpu") or "")
     if gpu not in ("", "required", "preferred"):
         raise InvalidSpec(f"spec.gpu must be 'required' or 'preferred', not {gpu!r}")
-    options = {f"storage.{k}": v for k, v in parameters.items()}
+    # The model id hashes the parameters as they were spelled when they travelled as
+    # "storage.*" runtime options, so that a Predictor keeps its model id.
+    options = {f"{LEGACY_PREFIX}{k}": v for k, v in parameters.items()}
     identity = {
         "format": format,
         "type": type_name,
@@ -157,9 +165,7 @@ def parse(
         namespace=namespace,
         model_id=model_id,
         format=format,
-        storage_key=storage_key,
-        storage_path=storage_path,
-        options=options,
+        storage=storage,
         gpu=gpu,
         model_type=type_name,
         version=str(model_type.get("version") or ""),

@@ -1,3 +1,4 @@
+from mesh.gen import storage_pb2 as _storage_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -47,7 +48,7 @@ class ModelOptions(_message.Message):
     def __init__(self, min_copies: _Optional[int] = ..., max_copies: _Optional[int] = ..., pinned_pods: _Optional[_Iterable[str]] = ..., required_labels: _Optional[_Mapping[str, str]] = ..., runtime_options: _Optional[_Mapping[str, str]] = ..., size_estimate: _Optional[int] = ..., preferred_labels: _Optional[_Mapping[str, str]] = ..., artifact_bytes: _Optional[int] = ...) -> None: ...
 
 class RegisterModelRequest(_message.Message):
-    __slots__ = ("model_id", "format", "storage_key", "storage_path", "options", "load_now", "base")
+    __slots__ = ("model_id", "format", "storage_key", "storage_path", "options", "load_now", "base", "storage")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     STORAGE_KEY_FIELD_NUMBER: _ClassVar[int]
@@ -55,6 +56,7 @@ class RegisterModelRequest(_message.Message):
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
     LOAD_NOW_FIELD_NUMBER: _ClassVar[int]
     BASE_FIELD_NUMBER: _ClassVar[int]
+    STORAGE_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     format: str
     storage_key: str
@@ -62,7 +64,8 @@ class RegisterModelRequest(_message.Message):
     options: ModelOptions
     load_now: bool
     base: str
-    def __init__(self, model_id: _Optional[str] = ..., format: _Optional[str] = ..., storage_key: _Optional[str] = ..., storage_path: _Optional[str] = ..., options: _Optional[_Union[ModelOptions, _Mapping]] = ..., load_now: bool = ..., base: _Optional[str] = ...) -> None: ...
+    storage: _storage_pb2.StorageRef
+    def __init__(self, model_id: _Optional[str] = ..., format: _Optional[str] = ..., storage_key: _Optional[str] = ..., storage_path: _Optional[str] = ..., options: _Optional[_Union[ModelOptions, _Mapping]] = ..., load_now: bool = ..., base: _Optional[str] = ..., storage: _Optional[_Union[_storage_pb2.StorageRef, _Mapping]] = ...) -> None: ...
 
 class RegisterModelsRequest(_message.Message):
     __slots__ = ("models",)
@@ -131,7 +134,7 @@ class CopyStatus(_message.Message):
     def __init__(self, pod_id: _Optional[str] = ..., state: _Optional[str] = ..., size_bytes: _Optional[int] = ..., since: _Optional[float] = ..., error: _Optional[str] = ..., last_used: _Optional[float] = ...) -> None: ...
 
 class ModelStatusResponse(_message.Message):
-    __slots__ = ("model_id", "format", "storage_key", "storage_path", "options", "copies", "last_failure", "state", "last_used", "host_copies")
+    __slots__ = ("model_id", "format", "storage_key", "storage_path", "options", "copies", "last_failure", "state", "last_used", "host_copies", "storage")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     STORAGE_KEY_FIELD_NUMBER: _ClassVar[int]
@@ -142,6 +145,7 @@ class ModelStatusResponse(_message.Message):
     STATE_FIELD_NUMBER: _ClassVar[int]
     LAST_USED_FIELD_NUMBER: _ClassVar[int]
     HOST_COPIES_FIELD_NUMBER: _ClassVar[int]
+    STORAGE_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     format: str
     storage_key: str
@@ -152,7 +156,8 @@ class ModelStatusResponse(_message.Message):
     state: str
     last_used: float
     host_copies: _containers.RepeatedCompositeFieldContainer[HostCopyStatus]
-    def __init__(self, model_id: _Optional[str] = ..., format: _Optional[str] = ..., storage_key: _Optional[str] = ..., storage_path: _Optional[str] = ..., options: _Optional[_Union[ModelOptions, _Mapping]] = ..., copies: _Optional[_Iterable[_Union[CopyStatus, _Mapping]]] = ..., last_failure: _Optional[str] = ..., state: _Optional[str] = ..., last_used: _Optional[float] = ..., host_copies: _Optional[_Iterable[_Union[HostCopyStatus, _Mapping]]] = ...) -> None: ...
+    storage: _storage_pb2.StorageRef
+    def __init__(self, model_id: _Optional[str] = ..., format: _Optional[str] = ..., storage_key: _Optional[str] = ..., storage_path: _Optional[str] = ..., options: _Optional[_Union[ModelOptions, _Mapping]] = ..., copies: _Optional[_Iterable[_Union[CopyStatus, _Mapping]]] = ..., last_failure: _Optional[str] = ..., state: _Optional[str] = ..., last_used: _Optional[float] = ..., host_copies: _Optional[_Iterable[_Union[HostCopyStatus, _Mapping]]] = ..., storage: _Optional[_Union[_storage_pb2.StorageRef, _Mapping]] = ...) -> None: ...
 
 class HostCopyStatus(_message.Message):
     __slots__ = ("pod_id", "host_bytes")

@@ -13,9 +13,10 @@ from mesh.gen import _pool as _mesh_pool
 _sym_db = _symbol_database.Default()
 
 
+from mesh.gen import storage_pb2 as mesh_dot_storage__pb2
 
 
-DESCRIPTOR = _mesh_pool.POOL.AddSerializedFile(b'\n\x11mesh/puller.proto\x12\x0emesh.puller.v1\"\xad\x01\n\x0bPullRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x13\n\x0bstorage_key\x18\x02 \x01(\t\x12\x0c\n\x04path\x18\x03 \x01(\t\x12\x39\n\x07options\x18\x04 \x03(\x0b\x32(.mesh.puller.v1.PullRequest.OptionsEntry\x1a.\n\x0cOptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"l\n\x0cPullResponse\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x12\n\nlocal_path\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x03\x12\x11\n\tcache_hit\x18\x04 \x01(\x08\x12\x0f\n\x07seconds\x18\x05 \x01(\x01\"\"\n\x0eReleaseRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\"#\n\x0fReleaseResponse\x12\x10\n\x08was_held\x18\x01 \x01(\x08\"\x14\n\x12\x43\x61\x63heStatusRequest\"\x83\x01\n\x0e\x43\x61\x63hedArtifact\x12\x13\n\x0bstorage_key\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x12\n\nlocal_path\x18\x03 \x01(\t\x12\x12\n\nsize_bytes\x18\x04 \x01(\x03\x12\x11\n\tmodel_ids\x18\x05 \x03(\t\x12\x11\n\tlast_used\x18\x06 \x01(\x01\"\xa2\x01\n\x13\x43\x61\x63heStatusResponse\x12\x16\n\x0e\x63\x61pacity_bytes\x18\x01 \x01(\x03\x12\x12\n\nused_bytes\x18\x02 \x01(\x03\x12\x16\n\x0ereserved_bytes\x18\x03 \x01(\x03\x12\x14\n\x0cin_use_bytes\x18\x04 \x01(\x03\x12\x31\n\tartifacts\x18\x05 \x03(\x0b\x32\x1e.mesh.puller.v1.CachedArtifact2\xf5\x01\n\x06Puller\x12\x43\n\x04Pull\x12\x1b.mesh.puller.v1.PullRequest\x1a\x1c.mesh.puller.v1.PullResponse\"\x00\x12L\n\x07Release\x12\x1e.mesh.puller.v1.ReleaseRequest\x1a\x1f.mesh.puller.v1.ReleaseResponse\"\x00\x12X\n\x0b\x43\x61\x63heStatus\x12\".mesh.puller.v1.CacheStatusRequest\x1a#.mesh.puller.v1.CacheStatusResponse\"\x00\x62\x06proto3')
+DESCRIPTOR = _mesh_pool.POOL.AddSerializedFile(b'\n\x11mesh/puller.proto\x12\x0emesh.puller.v1\x1a\x12mesh/storage.proto\"\xdb\x01\n\x0bPullRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x13\n\x0bstorage_key\x18\x02 \x01(\t\x12\x0c\n\x04path\x18\x03 \x01(\t\x12\x39\n\x07options\x18\x04 \x03(\x0b\x32(.mesh.puller.v1.PullRequest.OptionsEntry\x12,\n\x07storage\x18\x05 \x01(\x0b\x32\x1b.mesh.storage.v1.StorageRef\x1a.\n\x0cOptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"l\n\x0cPullResponse\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x12\n\nlocal_path\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x03\x12\x11\n\tcache_hit\x18\x04 \x01(\x08\x12\x0f\n\x07seconds\x18\x05 \x01(\x01\"\"\n\x0eReleaseRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\"#\n\x0fReleaseResponse\x12\x10\n\x08was_held\x18\x01 \x01(\x08\"\x14\n\x12\x43\x61\x63heStatusRequest\"\x83\x01\n\x0e\x43\x61\x63hedArtifact\x12\x13\n\x0bstorage_key\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x12\n\nlocal_path\x18\x03 \x01(\t\x12\x12\n\nsize_bytes\x18\x04 \x01(\x03\x12\x11\n\tmodel_ids\x18\x05 \x03(\t\x12\x11\n\tlast_used\x18\x06 \x01(\x01\"\xa2\x01\n\x13\x43\x61\x63heStatusResponse\x12\x16\n\x0e\x63\x61pacity_bytes\x18\x01 \x01(\x03\x12\x12\n\nused_bytes\x18\x02 \x01(\x03\x12\x16\n\x0ereserved_bytes\x18\x03 \x01(\x03\x12\x14\n\x0cin_use_bytes\x18\x04 \x01(\x03\x12\x31\n\tartifacts\x18\x05 \x03(\x0b\x32\x1e.mesh.puller.v1.CachedArtifact2\xf5\x01\n\x06Puller\x12\x43\n\x04Pull\x12\x1b.mesh.puller.v1.PullRequest\x1a\x1c.mesh.puller.v1.PullResponse\"\x00\x12L\n\x07Release\x12\x1e.mesh.puller.v1.ReleaseRequest\x1a\x1f.mesh.puller.v1.ReleaseResponse\"\x00\x12X\n\x0b\x43\x61\x63heStatus\x12\".mesh.puller.v1.CacheStatusRequest\x1a#.mesh.puller.v1.CacheStatusResponse\"\x00\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -24,22 +25,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_PULLREQUEST_OPTIONSENTRY']._loaded_options = None
   _globals['_PULLREQUEST_OPTIONSENTRY']._serialized_options = b'8\001'
-  _globals['_PULLREQUEST']._serialized_start=38
-  _globals['_PULLREQUEST']._serialized_end=211
-  _globals['_PULLREQUEST_OPTIONSENTRY']._serialized_start=165
-  _globals['_PULLREQUEST_OPTIONSENTRY']._serialized_end=211
-  _globals['_PULLRESPONSE']._serialized_start=213
-  _globals['_PULLRESPONSE']._serialized_end=321
-  _globals['_RELEASEREQUEST']._serialized_start=323
-  _globals['_RELEASEREQUEST']._serialized_end=357
-  _globals['_RELEASERESPONSE']._serialized_start=359
-  _globals['_RELEASERESPONSE']._serialized_end=394
-  _globals['_CACHESTATUSREQUEST']._serialized_start=396
-  _globals['_CACHESTATUSREQUEST']._serialized_end=416
-  _globals['_CACHEDARTIFACT']._serialized_start=419
-  _globals['_CACHEDARTIFACT']._serialized_end=550
-  _globals['_CACHESTATUSRESPONSE']._serialized_start=553
-  _globals['_CACHESTATUSRESPONSE']._serialized_end=715
-  _globals['_PULLER']._serialized_start=718
-  _globals['_PULLER']._serialized_end=963
+  _globals['_PULLREQUEST']._serialized_start=58
+  _globals['_PULLREQUEST']._serialized_end=277
+  _globals['_PULLREQUEST_OPTIONSENTRY']._serialized_start=231
+  _globals['_PULLREQUEST_OPTIONSENTRY']._serialized_end=277
+  _globals['_PULLRESPONSE']._serialized_start=279
+  _globals['_PULLRESPONSE']._serialized_end=387
+  _globals['_RELEASEREQUEST']._serialized_start=389
+  _globals['_RELEASEREQUEST']._serialized_end=423
+  _globals['_RELEASERESPONSE']._serialized_start=425
+  _globals['_RELEASERESPONSE']._serialized_end=460
+  _globals['_CACHESTATUSREQUEST']._serialized_start=462
+  _globals['_CACHESTATUSREQUEST']._serialized_end=482
+  _globals['_CACHEDARTIFACT']._serialized_start=485
+  _globals['_CACHEDARTIFACT']._serialized_end=616
+  _globals['_CACHESTATUSRESPONSE']._serialized_start=619
+  _globals['_CACHESTATUSRESPONSE']._serialized_end=781
+  _globals['_PULLER']._serialized_start=784
+  _globals['_PULLER']._serialized_end=1029
 # @@protoc_insertion_point(module_scope)

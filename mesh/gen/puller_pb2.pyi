@@ -1,3 +1,4 @@
+from mesh.gen import storage_pb2 as _storage_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -6,7 +7,7 @@ from typing import ClassVar as _ClassVar, Iterable as _Iterable, Mapping as _Map
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class PullRequest(_message.Message):
-    __slots__ = ("model_id", "storage_key", "path", "options")
+    __slots__ = ("model_id", "storage_key", "path", "options", "storage")
     class OptionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -18,11 +19,13 @@ class PullRequest(_message.Message):
     STORAGE_KEY_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    STORAGE_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     storage_key: str
     path: str
     options: _containers.ScalarMap[str, str]
-    def __init__(self, model_id: _Optional[str] = ..., storage_key: _Optional[str] = ..., path: _Optional[str] = ..., options: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    storage: _storage_pb2.StorageRef
+    def __init__(self, model_id: _Optional[str] = ..., storage_key: _Optional[str] = ..., path: _Optional[str] = ..., options: _Optional[_Mapping[str, str]] = ..., storage: _Optional[_Union[_storage_pb2.StorageRef, _Mapping]] = ...) -> None: ...
 
 class PullResponse(_message.Message):
     __slots__ = ("model_id", "local_path", "size_bytes", "cache_hit", "seconds")

@@ -13,9 +13,10 @@ from mesh.gen import _pool as _mesh_pool
 _sym_db = _symbol_database.Default()
 
 
+from mesh.gen import storage_pb2 as mesh_dot_storage__pb2
 
 
-DESCRIPTOR = _mesh_pool.POOL.AddSerializedFile(b'\n\x12mesh/runtime.proto\x12\x0fmesh.runtime.v1\"\xde\x01\n\x10LoadModelRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x02 \x01(\t\x12\x0c\n\x04path\x18\x03 \x01(\t\x12?\n\x07options\x18\x04 \x03(\x0b\x32..mesh.runtime.v1.LoadModelRequest.OptionsEntry\x12\x13\n\x0bstorage_key\x18\x05 \x01(\t\x12\x14\n\x0cstorage_path\x18\x06 \x01(\t\x1a.\n\x0cOptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xc1\x01\n\x11LoadModelResponse\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x03\x12\x16\n\x0emeasured_bytes\x18\x03 \x01(\x03\x12\x17\n\x0f\x65stimated_bytes\x18\x04 \x01(\x03\x12\x14\n\x0cload_seconds\x18\x05 \x01(\x01\x12\x16\n\x0e\x61lready_loaded\x18\x06 \x01(\x08\x12\x0f\n\x07\x65victed\x18\x07 \x03(\t\x12\x16\n\x0e\x61rtifact_bytes\x18\x08 \x01(\x03\"&\n\x12UnloadModelRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\">\n\x13UnloadModelResponse\x12\x12\n\nwas_loaded\x18\x01 \x01(\x08\x12\x13\n\x0b\x66reed_bytes\x18\x02 \x01(\x03\"\x16\n\x14RuntimeStatusRequest\"\x83\x03\n\x0bModelStatus\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x02 \x01(\t\x12\x31\n\x05state\x18\x03 \x01(\x0e\x32\".mesh.runtime.v1.ModelStatus.State\x12\x12\n\nsize_bytes\x18\x04 \x01(\x03\x12\x16\n\x0emeasured_bytes\x18\x05 \x01(\x03\x12\x17\n\x0f\x65stimated_bytes\x18\x06 \x01(\x03\x12\x11\n\tlast_used\x18\x07 \x01(\x01\x12\x11\n\tin_flight\x18\x08 \x01(\x05\x12\x11\n\tloaded_at\x18\t \x01(\x01\x12\r\n\x05\x65rror\x18\n \x01(\t\x12\x11\n\tfailed_at\x18\x0b \x01(\x01\x12\x14\n\x0c\x64\x65vice_bytes\x18\x0c \x01(\x03\x12\x12\n\nhost_bytes\x18\r \x01(\x03\x12\x1a\n\x12host_copy_is_model\x18\x0e \x01(\x08\"9\n\x05State\x12\x0b\n\x07LOADING\x10\x00\x12\n\n\x06LOADED\x10\x01\x12\n\n\x06\x46\x41ILED\x10\x02\x12\x0b\n\x07\x44\x45MOTED\x10\x03\"\xfc\x02\n\x15RuntimeStatusResponse\x12;\n\x05state\x18\x01 \x01(\x0e\x32,.mesh.runtime.v1.RuntimeStatusResponse.State\x12\x16\n\x0e\x63\x61pacity_bytes\x18\x02 \x01(\x03\x12\x12\n\nused_bytes\x18\x03 \x01(\x03\x12,\n\x06models\x18\x04 \x03(\x0b\x32\x1c.mesh.runtime.v1.ModelStatus\x12\x15\n\rloading_count\x18\x05 \x01(\x05\x12\x10\n\x08runtimes\x18\x06 \x03(\t\x12\x0e\n\x06\x64\x65vice\x18\x07 \x01(\t\x12\x1b\n\x13host_capacity_bytes\x18\x08 \x01(\x03\x12\x17\n\x0fhost_used_bytes\x18\t \x01(\x03\x12-\n\x07\x64\x65moted\x18\n \x03(\x0b\x32\x1c.mesh.runtime.v1.ModelStatus\".\n\x05State\x12\x0c\n\x08STARTING\x10\x00\x12\t\n\x05READY\x10\x01\x12\x0c\n\x08\x44RAINING\x10\x02\x32\x9d\x02\n\x07Runtime\x12T\n\tLoadModel\x12!.mesh.runtime.v1.LoadModelRequest\x1a\".mesh.runtime.v1.LoadModelResponse\"\x00\x12Z\n\x0bUnloadModel\x12#.mesh.runtime.v1.UnloadModelRequest\x1a$.mesh.runtime.v1.UnloadModelResponse\"\x00\x12`\n\rRuntimeStatus\x12%.mesh.runtime.v1.RuntimeStatusRequest\x1a&.mesh.runtime.v1.RuntimeStatusResponse\"\x00\x62\x06proto3')
+DESCRIPTOR = _mesh_pool.POOL.AddSerializedFile(b'\n\x12mesh/runtime.proto\x12\x0fmesh.runtime.v1\x1a\x12mesh/storage.proto\"\x8c\x02\n\x10LoadModelRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x02 \x01(\t\x12\x0c\n\x04path\x18\x03 \x01(\t\x12?\n\x07options\x18\x04 \x03(\x0b\x32..mesh.runtime.v1.LoadModelRequest.OptionsEntry\x12\x13\n\x0bstorage_key\x18\x05 \x01(\t\x12\x14\n\x0cstorage_path\x18\x06 \x01(\t\x12,\n\x07storage\x18\x07 \x01(\x0b\x32\x1b.mesh.storage.v1.StorageRef\x1a.\n\x0cOptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xc1\x01\n\x11LoadModelResponse\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x03\x12\x16\n\x0emeasured_bytes\x18\x03 \x01(\x03\x12\x17\n\x0f\x65stimated_bytes\x18\x04 \x01(\x03\x12\x14\n\x0cload_seconds\x18\x05 \x01(\x01\x12\x16\n\x0e\x61lready_loaded\x18\x06 \x01(\x08\x12\x0f\n\x07\x65victed\x18\x07 \x03(\t\x12\x16\n\x0e\x61rtifact_bytes\x18\x08 \x01(\x03\"&\n\x12UnloadModelRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\">\n\x13UnloadModelResponse\x12\x12\n\nwas_loaded\x18\x01 \x01(\x08\x12\x13\n\x0b\x66reed_bytes\x18\x02 \x01(\x03\"\x16\n\x14RuntimeStatusRequest\"\x83\x03\n\x0bModelStatus\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x02 \x01(\t\x12\x31\n\x05state\x18\x03 \x01(\x0e\x32\".mesh.runtime.v1.ModelStatus.State\x12\x12\n\nsize_bytes\x18\x04 \x01(\x03\x12\x16\n\x0emeasured_bytes\x18\x05 \x01(\x03\x12\x17\n\x0f\x65stimated_bytes\x18\x06 \x01(\x03\x12\x11\n\tlast_used\x18\x07 \x01(\x01\x12\x11\n\tin_flight\x18\x08 \x01(\x05\x12\x11\n\tloaded_at\x18\t \x01(\x01\x12\r\n\x05\x65rror\x18\n \x01(\t\x12\x11\n\tfailed_at\x18\x0b \x01(\x01\x12\x14\n\x0c\x64\x65vice_bytes\x18\x0c \x01(\x03\x12\x12\n\nhost_bytes\x18\r \x01(\x03\x12\x1a\n\x12host_copy_is_model\x18\x0e \x01(\x08\"9\n\x05State\x12\x0b\n\x07LOADING\x10\x00\x12\n\n\x06LOADED\x10\x01\x12\n\n\x06\x46\x41ILED\x10\x02\x12\x0b\n\x07\x44\x45MOTED\x10\x03\"\xfc\x02\n\x15RuntimeStatusResponse\x12;\n\x05state\x18\x01 \x01(\x0e\x32,.mesh.runtime.v1.RuntimeStatusResponse.State\x12\x16\n\x0e\x63\x61pacity_bytes\x18\x02 \x01(\x03\x12\x12\n\nused_bytes\x18\x03 \x01(\x03\x12,\n\x06models\x18\x04 \x03(\x0b\x32\x1c.mesh.runtime.v1.ModelStatus\x12\x15\n\rloading_count\x18\x05 \x01(\x05\x12\x10\n\x08runtimes\x18\x06 \x03(\t\x12\x0e\n\x06\x64\x65vice\x18\x07 \x01(\t\x12\x1b\n\x13host_capacity_bytes\x18\x08 \x01(\x03\x12\x17\n\x0fhost_used_bytes\x18\t \x01(\x03\x12-\n\x07\x64\x65moted\x18\n \x03(\x0b\x32\x1c.mesh.runtime.v1.ModelStatus\".\n\x05State\x12\x0c\n\x08STARTING\x10\x00\x12\t\n\x05READY\x10\x01\x12\x0c\n\x08\x44RAINING\x10\x02\x32\x9d\x02\n\x07Runtime\x12T\n\tLoadModel\x12!.mesh.runtime.v1.LoadModelRequest\x1a\".mesh.runtime.v1.LoadModelResponse\"\x00\x12Z\n\x0bUnloadModel\x12#.mesh.runtime.v1.UnloadModelRequest\x1a$.mesh.runtime.v1.UnloadModelResponse\"\x00\x12`\n\rRuntimeStatus\x12%.mesh.runtime.v1.RuntimeStatusRequest\x1a&.mesh.runtime.v1.RuntimeStatusResponse\"\x00\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -24,26 +25,26 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_LOADMODELREQUEST_OPTIONSENTRY']._loaded_options = None
   _globals['_LOADMODELREQUEST_OPTIONSENTRY']._serialized_options = b'8\001'
-  _globals['_LOADMODELREQUEST']._serialized_start=40
-  _globals['_LOADMODELREQUEST']._serialized_end=262
-  _globals['_LOADMODELREQUEST_OPTIONSENTRY']._serialized_start=216
-  _globals['_LOADMODELREQUEST_OPTIONSENTRY']._serialized_end=262
-  _globals['_LOADMODELRESPONSE']._serialized_start=265
-  _globals['_LOADMODELRESPONSE']._serialized_end=458
-  _globals['_UNLOADMODELREQUEST']._serialized_start=460
-  _globals['_UNLOADMODELREQUEST']._serialized_end=498
-  _globals['_UNLOADMODELRESPONSE']._serialized_start=500
-  _globals['_UNLOADMODELRESPONSE']._serialized_end=562
-  _globals['_RUNTIMESTATUSREQUEST']._serialized_start=564
-  _globals['_RUNTIMESTATUSREQUEST']._serialized_end=586
-  _globals['_MODELSTATUS']._serialized_start=589
-  _globals['_MODELSTATUS']._serialized_end=976
-  _globals['_MODELSTATUS_STATE']._serialized_start=919
-  _globals['_MODELSTATUS_STATE']._serialized_end=976
-  _globals['_RUNTIMESTATUSRESPONSE']._serialized_start=979
-  _globals['_RUNTIMESTATUSRESPONSE']._serialized_end=1359
-  _globals['_RUNTIMESTATUSRESPONSE_STATE']._serialized_start=1313
-  _globals['_RUNTIMESTATUSRESPONSE_STATE']._serialized_end=1359
-  _globals['_RUNTIME']._serialized_start=1362
-  _globals['_RUNTIME']._serialized_end=1647
+  _globals['_LOADMODELREQUEST']._serialized_start=60
+  _globals['_LOADMODELREQUEST']._serialized_end=328
+  _globals['_LOADMODELREQUEST_OPTIONSENTRY']._serialized_start=282
+  _globals['_LOADMODELREQUEST_OPTIONSENTRY']._serialized_end=328
+  _globals['_LOADMODELRESPONSE']._serialized_start=331
+  _globals['_LOADMODELRESPONSE']._serialized_end=524
+  _globals['_UNLOADMODELREQUEST']._serialized_start=526
+  _globals['_UNLOADMODELREQUEST']._serialized_end=564
+  _globals['_UNLOADMODELRESPONSE']._serialized_start=566
+  _globals['_UNLOADMODELRESPONSE']._serialized_end=628
+  _globals['_RUNTIMESTATUSREQUEST']._serialized_start=630
+  _globals['_RUNTIMESTATUSREQUEST']._serialized_end=652
+  _globals['_MODELSTATUS']._serialized_start=655
+  _globals['_MODELSTATUS']._serialized_end=1042
+  _globals['_MODELSTATUS_STATE']._serialized_start=985
+  _globals['_MODELSTATUS_STATE']._serialized_end=1042
+  _globals['_RUNTIMESTATUSRESPONSE']._serialized_start=1045
+  _globals['_RUNTIMESTATUSRESPONSE']._serialized_end=1425
+  _globals['_RUNTIMESTATUSRESPONSE_STATE']._serialized_start=1379
+  _globals['_RUNTIMESTATUSRESPONSE_STATE']._serialized_end=1425
+  _globals['_RUNTIME']._serialized_start=1428
+  _globals['_RUNTIME']._serialized_end=1713
 # @@protoc_insertion_point(module_scope)

@@ -1,3 +1,4 @@
+from mesh.gen import storage_pb2 as _storage_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -7,7 +8,7 @@ from typing import ClassVar as _ClassVar, Iterable as _Iterable, Mapping as _Map
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class LoadModelRequest(_message.Message):
-    __slots__ = ("model_id", "format", "path", "options", "storage_key", "storage_path")
+    __slots__ = ("model_id", "format", "path", "options", "storage_key", "storage_path", "storage")
     class OptionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -21,13 +22,15 @@ class LoadModelRequest(_message.Message):
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
     STORAGE_KEY_FIELD_NUMBER: _ClassVar[int]
     STORAGE_PATH_FIELD_NUMBER: _ClassVar[int]
+    STORAGE_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     format: str
     path: str
     options: _containers.ScalarMap[str, str]
     storage_key: str
     storage_path: str
-    def __init__(self, model_id: _Optional[str] = ..., format: _Optional[str] = ..., path: _Optional[str] = ..., options: _Optional[_Mapping[str, str]] = ..., storage_key: _Optional[str] = ..., storage_path: _Optional[str] = ...) -> None: ...
+    storage: _storage_pb2.StorageRef
+    def __init__(self, model_id: _Optional[str] = ..., format: _Optional[str] = ..., path: _Optional[str] = ..., options: _Optional[_Mapping[str, str]] = ..., storage_key: _Optional[str] = ..., storage_path: _Optional[str] = ..., storage: _Optional[_Union[_storage_pb2.StorageRef, _Mapping]] = ...) -> None: ...
 
 class LoadModelResponse(_message.Message):
     __slots__ = ("model_id", "size_bytes", "measured_bytes", "estimated_bytes", "load_seconds", "already_loaded", "evicted", "artifact_bytes")

@@ -42,13 +42,12 @@ from mesh.pod.repository import ModelRepository, check_model_id, source_for
 from mesh.pod.text import TextRequest, decode_text_request, is_generative, text_response
 from mesh.runtimes.base import Device, LoadedModel
 from mesh.runtimes.registry import RuntimeRegistry
+from mesh.storageref import StorageRef
 from mesh.tensors import Signature
 
 log = logging.getLogger(__name__)
 
 SERVER_NAME = "mesh"
-# Prefix of the model options that go to the puller rather than the runtime.
-STORAGE_OPTION = "storage."
 # The option a router sets on an adapter's LoadModel: its base, as registered in the mesh.
 BASE_OPTION = "adapter.base"
 # Attempts to get a model loaded and acquired: a just-loaded model can be evicted by another
@@ -64,15 +63,8 @@ def _error_label(exc: MeshError) -> str:
 class ArtifactSource(Protocol):
     """Where a pod gets model files it does not have: its puller (mesh.puller.client)."""
 
-    async def pull(
-        self,
-        model_id: str,
-        storage_key: str,
-        path: str,
-        options: Mapping[str, str] | None = None,
-    ) -> str:
-        """Fetch the model; the local path of its file or directory. `options` are the
-        puller's (bucket, unpack, sha256)."""
+    async def pull(self, model_id: str, storage: StorageRef) -> str:
+        """Fetch the model's files from `storage`; the local path of its file or directory."""
         ...
 
     async def release(self, model_id: str) -> None:
@@ -285,11 +277,11 @@ class DataPlane:
         model_id: str,
         path: str,
         format: str = "",
-        options: dict[str, str] | None = None,
-        storage_key: str = "",
-        storage_path: str = "",
+        options: Mapping[str, str] | None = None,
+        storage: StorageRef | None = None,
     ) -> LoadOutcome:
-        """Load from a local path, or from storage through the pod's puller."""
+        """Load from a local path, or from `storage` through the pod's puller. `options` are
+        the runtime's."""
         self._refuse_if_draining()
         check_model_id(model_id)
         options = dict(options or {})
@@ -299,9 +291,8 @@ class DataPlane:
             return await self.cache.load(present, retry_failed=True)
         demoted = self.cache.demoted_source(model_id)
         if demoted is not None:
-            runtime_options = {k: v for k, v in options.items() if not k.startswith(STORAGE_OPTION)}
             other_format = bool(format) and format != demoted.format
-            if other_format or runtime_options != dict(demoted.options):
+            if other_format or options != dict(demoted.options):
                 await self.cache.unload(model_id)  # registered anew: not the copy it keeps
                 demoted = None
         if demoted is not None:  # in the host tier: a promotion, with no pull
@@ -309,25 +300,16 @@ class DataPlane:
         if path:
             source = source_for(model_id, Path(path), self.runtimes, format, options, base)
             return await self._load_source(source, retry_failed=True)
-        if not storage_path:
+        if storage is None or not storage.path:
             raise InvalidRequest(f"model {model_id!r}: give a path or a storage_path")
         if self.artifacts is None:
             raise InvalidRequest(
-                f"model {model_id!r}: this pod has no puller (--puller) to fetch "
-                f"{storage_key or 'default'}:{storage_path}"
+                f"model {model_id!r}: this pod has no puller (--puller) to fetch {storage}"
             )
-        # Options named storage.* are the puller's (a Predictor's storage.parameters, such as
-        # another bucket than the storage entry's); the others are the runtime's.
-        pull_options = {
-            k.removeprefix(STORAGE_OPTION): v
-            for k, v in (options or {}).items()
-            if k.startswith(STORAGE_OPTION)
-        }
-        options = {k: v for k, v in (options or {}).items() if not k.startswith(STORAGE_OPTION)}
         releasing = self._releases.get(model_id)
         if releasing is not None:  # let go just now (an unload): the release goes first
             await asyncio.shield(releasing)
-        local = await self.artifacts.pull(model_id, storage_key, storage_path, pull_options)
+        local = await self.artifacts.pull(model_id, storage)
         self._pulled.add(model_id)
         try:
             source = source_for(model_id, Path(local), self.runtimes, format, options, base)

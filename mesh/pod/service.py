@@ -20,6 +20,7 @@ from mesh.grpcutil import fan_in, service_handler
 from mesh.pod.dataplane import DataPlane, ServerState
 from mesh.pod.rest import PodBackend
 from mesh.pod.wire import message_of, request_of
+from mesh.storagewire import from_request
 from mesh.tensors import TensorSpec
 
 log = logging.getLogger(__name__)
@@ -213,13 +214,17 @@ class RuntimeService:
         self._plane = plane
 
     async def load_model(self, request: rpb.LoadModelRequest, context: Context) -> Any:
+        try:
+            storage, options = from_request(
+                request.storage if request.HasField("storage") else None,
+                request.storage_key,
+                request.storage_path,
+                request.options,
+            )
+        except InvalidRequest as exc:
+            raise InvalidRequest(f"model {request.model_id!r}: {exc}") from None
         outcome = await self._plane.load(
-            request.model_id,
-            request.path,
-            request.format,
-            dict(request.options),
-            request.storage_key,
-            request.storage_path,
+            request.model_id, request.path, request.format, options, storage
         )
         return rpb.LoadModelResponse(
             model_id=outcome.model_id,

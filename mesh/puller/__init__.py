@@ -1,7 +1,7 @@
 """The puller: the pod's sidecar that fetches model artifacts from object storage into a bounded
 local disk cache shared with its pod (docs/puller.md).
 
-    pod ──Pull(model id, storage key, path)──▶ PullerService ──▶ Puller ──▶ Fetcher ──▶ storage
+    pod ──Pull(model id, StorageRef)─────────▶ PullerService ──▶ Puller ──▶ Fetcher ──▶ storage
                                                                    │
                                                                 DiskCache (bounded, LRU, refcounted)
 

@@ -1,7 +1,7 @@
 """A typed asyncio client of the puller, for the pod (mesh.pod.dataplane.ArtifactSource).
 
     async with PullerClient("unix:/run/mesh/puller.sock") as puller:
-        local = await puller.pull("mnist", "s3", "models/mnist.onnx")   # a local path
+        local = await puller.pull("mnist", StorageRef("s3", "models/mnist.onnx"))  # a local path
         ...
         await puller.release("mnist")
 
@@ -19,7 +19,6 @@ first call.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -41,6 +40,8 @@ from mesh.errors import (
 from mesh.gen import puller_pb2 as ppb
 from mesh.grpcstatus import code_of
 from mesh.puller.records import PULLER_SERVICE, ArtifactView, CacheView, PullResult
+from mesh.storageref import StorageRef
+from mesh.storagewire import to_message
 
 # The puller's errors, by the code each is answered with (mesh.grpcstatus's table); any other
 # code is a plain MeshError (INTERNAL).
@@ -97,17 +98,9 @@ class PullerClient:
         except aio.AioRpcError as exc:
             raise error_from_status(exc, self.target) from exc
 
-    async def fetch(
-        self,
-        model_id: str,
-        storage_key: str,
-        path: str,
-        options: Mapping[str, str] | None = None,
-    ) -> PullResult:
+    async def fetch(self, model_id: str, storage: StorageRef) -> PullResult:
         """Pull, returning everything the puller says about it."""
-        request = ppb.PullRequest(
-            model_id=model_id, storage_key=storage_key, path=path, options=dict(options or {})
-        )
+        request = ppb.PullRequest(model_id=model_id, storage=to_message(storage))
         response = await self._invoke("Pull", request, ppb.PullResponse)
         return PullResult(
             model_id=response.model_id,
@@ -117,16 +110,10 @@ class PullerClient:
             seconds=response.seconds,
         )
 
-    async def pull(
-        self,
-        model_id: str,
-        storage_key: str,
-        path: str,
-        options: Mapping[str, str] | None = None,
-    ) -> str:
+    async def pull(self, model_id: str, storage: StorageRef) -> str:
         """Bring the model's artifact onto the shared disk; its local path (file or
         directory). The model holds it until `release`."""
-        return str((await self.fetch(model_id, storage_key, path, options)).local_path)
+        return str((await self.fetch(model_id, storage)).local_path)
 
     async def release(self, model_id: str) -> None:
         """The model no longer needs its artifact."""

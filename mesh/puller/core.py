@@ -11,9 +11,11 @@ A storage path names an object or, when there is none by that name (or the path 
 a prefix: every object under it, laid out as a directory. `.tar`, `.tar.gz`/`.tgz` and `.zip`
 objects are unpacked (mesh.puller.archive) unless the pull says `unpack: false`.
 
-Options a pull may give: `bucket` (or Azure container) instead of the entry's; `unpack`:
-`auto` (by suffix, the default), `true` (must be an archive) or `false`; `sha256`: the hex
-digest a single object must have. Unknown options are refused.
+A pull names its artifact with one mesh.storageref.StorageRef: the storage key and path, and
+the options: `bucket` (or Azure container) instead of the entry's; `unpack`: AUTO (by suffix,
+the default), TRUE (must be an archive) or FALSE; `sha256`: the hex digest a single object must
+have. The reference is checked again here (mesh.storageref.check_options, and the path segment
+by segment).
 
 How it fails: every failure is a MeshError naming the model, storage key and path (never a
 credential), counted in `mesh_puller_failures{reason}` by its class name. A failed download
@@ -24,12 +26,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Literal
 
 from mesh.errors import (
     ArtifactNotFound,
@@ -46,38 +46,14 @@ from mesh.puller.paths import check_model_id, check_storage_path, safe_relative
 from mesh.puller.records import CacheView, PullResult
 from mesh.puller.storage import StorageConfigSource, StorageEntry
 from mesh.puller.transfer import Transfer, run_all
+from mesh.storageref import StorageRef, Unpack, check_options
 
 log = logging.getLogger(__name__)
 
-_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
-_OPTIONS = ("bucket", "unpack", "sha256")
 # Objects of one prefix downloaded at once (their ranges also share the request limit).
 _FILES_AT_ONCE = 8
 
 FetcherFactory = Callable[[StorageEntry, "str | None", ClientPolicy, Path], Fetcher]
-
-
-@dataclass(frozen=True, slots=True)
-class PullOptions:
-    bucket: str | None = None
-    unpack: Literal["auto", "true", "false"] = "auto"
-    sha256: str | None = None
-
-    @classmethod
-    def parse(cls, options: Mapping[str, str]) -> PullOptions:
-        unknown = sorted(set(options) - set(_OPTIONS))
-        if unknown:
-            raise InvalidRequest(f"unknown pull options {unknown} (known: {', '.join(_OPTIONS)})")
-        bucket = options.get("bucket") or None
-        if bucket is not None and ("/" in bucket or not bucket.isprintable()):
-            raise InvalidRequest(f"option bucket={bucket!r} is not a bucket name")
-        unpack = options.get("unpack", "auto").lower() or "auto"
-        if unpack not in ("auto", "true", "false"):
-            raise InvalidRequest(f"option unpack={unpack!r}: give auto, true or false")
-        sha256 = options.get("sha256") or None
-        if sha256 is not None and not _SHA256.fullmatch(sha256):
-            raise InvalidRequest("option sha256 must be 64 hex digits")
-        return cls(bucket, unpack, sha256.lower() if sha256 else None)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +67,7 @@ class Puller:
 
     >>> puller = Puller(cache=cache, config=StorageConfigSource(Path("/storage-config")),
     ...                 transfer=transfer, metrics=metrics)
-    >>> result = await puller.pull("mnist", "s3", "models/mnist.onnx")   # doctest: +SKIP
+    >>> result = await puller.pull("mnist", StorageRef("s3", "models/mnist.onnx"))  # doctest: +SKIP
     >>> result.local_path        # /models/cache/artifacts/<digest>/data/mnist.onnx
     >>> await puller.release("mnist")
     """
@@ -119,29 +95,23 @@ class Puller:
         self._fetchers: dict[tuple[str, str | None], tuple[str, Fetcher]] = {}
         self._flights: dict[str, asyncio.Task[Artifact]] = {}
 
-    async def pull(
-        self,
-        model_id: str,
-        storage_key: str,
-        path: str,
-        options: Mapping[str, str] | None = None,
-    ) -> PullResult:
-        """Bring the artifact at `path` in storage `storage_key` into the cache for
-        `model_id`; its local path and size."""
+    async def pull(self, model_id: str, storage: StorageRef) -> PullResult:
+        """Bring the artifact `storage` names into the cache for `model_id`; its local path
+        and size."""
         started = time.perf_counter()
-        storage_key = storage_key or "default"
+        path = storage.path
         try:
             check_model_id(model_id)
             key = check_storage_path(path)
             prefix_only = path.endswith("/")
-            opts = PullOptions.parse(options or {})
-            entry = self._config.current().entry(storage_key)
-            fetcher = self._fetcher(entry, opts.bucket)
+            opts = check_options(storage)
+            entry = self._config.current().entry(storage.entry)
+            fetcher = self._fetcher(entry, opts.bucket or None)
             artifact_key = ArtifactKey(
                 storage_key=entry.name,
                 identity=fetcher.identity,
                 path=key + ("/" if prefix_only else ""),
-                unpack=opts.unpack,
+                unpack=opts.unpack.value,
                 source=f"{fetcher.location}/{key}",
             )
             digest = artifact_key.digest()
@@ -163,21 +133,24 @@ class Puller:
             finally:
                 self.cache.unpin(digest)
         except MeshError as exc:
-            self._metrics.failures.labels(type(exc).__name__).inc()
-            log.warning("pull of %r from %s:%s failed: %s", model_id, storage_key, path, exc)
+            self.failed(model_id, str(storage), exc)
             raise
         seconds = time.perf_counter() - started
         log.info(
-            "pulled %r from %s:%s: %d bytes at %s (%s, %.3f s)",
+            "pulled %r from %s: %d bytes at %s (%s, %.3f s)",
             model_id,
-            storage_key,
-            path,
+            storage,
             artifact.size,
             artifact.local_path,
             "hit" if hit else "downloaded",
             seconds,
         )
         return PullResult(model_id, artifact.local_path, artifact.size, hit, seconds)
+
+    def failed(self, model_id: str, where: str, exc: MeshError) -> None:
+        """Count and log a refused or failed pull (the transport's refusals too)."""
+        self._metrics.failures.labels(type(exc).__name__).inc()
+        log.warning("pull of %r from %s failed: %s", model_id, where, exc)
 
     async def release(self, model_id: str) -> bool:
         """`model_id` no longer needs its artifact: it may be evicted. False if it held none."""
@@ -218,7 +191,7 @@ class Puller:
         fetcher: Fetcher,
         key: str,
         prefix_only: bool,
-        opts: PullOptions,
+        opts: StorageRef,
     ) -> asyncio.Task[Artifact]:
         digest = artifact_key.digest()
         task = asyncio.create_task(
@@ -244,7 +217,7 @@ class Puller:
         fetcher: Fetcher,
         key: str,
         prefix_only: bool,
-        opts: PullOptions,
+        opts: StorageRef,
     ) -> Artifact:
         started = time.perf_counter()
         what = f"storage {fetcher.storage_key!r}: {fetcher.location}/{key}"
@@ -258,9 +231,9 @@ class Puller:
                 reservation = await self.cache.reserve(info.size, what)
                 content, size = await self._single(fetcher, info, workdir, reservation, opts, what)
             else:
-                if opts.sha256 is not None:
+                if opts.sha256:
                     raise InvalidRequest(f"{what}: option sha256 applies to single objects only")
-                if opts.unpack == "true":
+                if opts.unpack is Unpack.TRUE:
                     raise InvalidRequest(f"{what}: unpack=true needs a single archive object")
                 objects = await self._listing(fetcher, key, what)
                 reservation = await self.cache.reserve(sum(o.size for _, o in objects), what)
@@ -286,12 +259,12 @@ class Puller:
         info: ObjectInfo,
         workdir: Path,
         reservation: Reservation,
-        opts: PullOptions,
+        opts: StorageRef,
         what: str,
     ) -> tuple[PurePosixPath, int]:
         name = PurePosixPath(info.key).name
-        kind = archive.archive_kind(name) if opts.unpack != "false" else None
-        if opts.unpack == "true" and kind is None:
+        kind = archive.archive_kind(name) if opts.unpack is not Unpack.FALSE else None
+        if opts.unpack is Unpack.TRUE and kind is None:
             raise InvalidRequest(f"{what}: unpack=true, but {name!r} is no .tar, .tar.gz, .zip")
         data = workdir / "data"
         await asyncio.to_thread(data.mkdir)
@@ -301,13 +274,18 @@ class Puller:
                 info.key,
                 data / name,
                 known=info,
-                sha256=opts.sha256,
+                sha256=opts.sha256 or None,
                 resize=reservation.resize,
             )
             return PurePosixPath("data", name), got.size
         packed = workdir / f"archive-{name}"
         got = await self._transfer.download(
-            fetcher, info.key, packed, known=info, sha256=opts.sha256, resize=reservation.resize
+            fetcher,
+            info.key,
+            packed,
+            known=info,
+            sha256=opts.sha256 or None,
+            resize=reservation.resize,
         )
         bound = min(self._archive.max_bytes, self.cache.capacity)
         plan = await asyncio.to_thread(

@@ -11,10 +11,12 @@ from typing import Any
 import grpc
 from grpc import aio
 
+from mesh.errors import MeshError
 from mesh.gen import puller_pb2 as ppb
 from mesh.grpcutil import service_handler
 from mesh.puller.core import Puller
 from mesh.puller.records import PULLER_SERVICE
+from mesh.storagewire import from_request
 
 Context = aio.ServicerContext[Any, Any]
 
@@ -24,9 +26,20 @@ class PullerService:
         self._puller = puller
 
     async def pull(self, request: ppb.PullRequest, context: Context) -> Any:
-        result = await self._puller.pull(
-            request.model_id, request.storage_key, request.path, dict(request.options)
-        )
+        try:
+            storage, _ = from_request(
+                request.storage if request.HasField("storage") else None,
+                request.storage_key,
+                request.path,
+                request.options,
+                prefixed=False,
+            )
+        except MeshError as exc:
+            self._puller.failed(
+                request.model_id, f"{request.storage_key or 'default'}:{request.path}", exc
+            )
+            raise
+        result = await self._puller.pull(request.model_id, storage)
         return ppb.PullResponse(
             model_id=result.model_id,
             local_path=str(result.local_path),

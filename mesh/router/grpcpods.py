@@ -26,6 +26,7 @@ from mesh.gen import grpc_predict_v2_pb2 as pb
 from mesh.gen import runtime_pb2 as rpb
 from mesh.grpcstatus import error_class_named, error_from_status
 from mesh.router.transport import Loaded, LoadRequest, LocalInfer, PodTransport
+from mesh.storagewire import to_message
 
 log = logging.getLogger(__name__)
 
@@ -147,8 +148,7 @@ class PodClient:
         message = rpb.LoadModelRequest(
             model_id=request.model_id,
             format=request.format,
-            storage_key=request.storage_key,
-            storage_path=request.storage_path,
+            storage=to_message(request.storage),
             options=dict(request.options),
         )
         try:

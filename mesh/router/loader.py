@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from mesh.cluster.claims import LoadClaims
-from mesh.cluster.codec import Keys, encode
+from mesh.cluster.codec import Keys, encode, legacy_encoding
 from mesh.cluster.mirror import Mirror
 from mesh.cluster.records import ModelRecord, size_key
 from mesh.cluster.store import Compare, KeyValueStore, Put
@@ -56,7 +56,7 @@ BASE_OPTION = "adapter.base"
 
 def _spec(record: ModelRecord) -> str:
     """The registration a failure is about, as a message names it."""
-    return f"{record.format} from {record.storage_key or 'default'}:{record.storage_path}"
+    return f"{record.format} from {record.storage}"
 
 
 class Loader:
@@ -393,10 +393,15 @@ class Loader:
             artifact_bytes=artifact_bytes,
         )
         try:
-            # Only over the registration as it was: a re-registration meanwhile wins.
-            await self._store.txn(
-                [Compare.value_is(key, encode(record))], [Put(key, encode(updated))]
-            )
+            # Only over the registration as it was: a re-registration meanwhile wins. A record
+            # stored before StorageRef is compared as it was written (and written anew).
+            current = encode(record)
+            for stored in dict.fromkeys((current, legacy_encoding(record))):
+                done = await self._store.txn(
+                    [Compare.value_is(key, stored)], [Put(key, encode(updated))]
+                )
+                if done.succeeded:
+                    break
         except MeshError as exc:
             log.info("could not record the size of %s: %s", record.model_id, exc)
 
@@ -408,8 +413,7 @@ class Loader:
         request = LoadRequest(
             model_id=record.model_id,
             format=record.format,
-            storage_key=record.storage_key,
-            storage_path=record.storage_path,
+            storage=record.storage,
             options={**record.options, **({BASE_OPTION: record.base} if record.base else {})},
         )
         self.loads_started += 1

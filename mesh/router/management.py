@@ -21,7 +21,7 @@ from mesh.cluster.records import ModelRecord, VModelRecord
 from mesh.cluster.store import KeyValueStore
 from mesh.errors import InvalidRequest, MeshError, ModelNotFound
 from mesh.gen import management_pb2 as mpb
-from mesh.ids import check_id, check_registered_path
+from mesh.ids import check_id
 from mesh.llm.protocol import refuse_request_batching
 from mesh.placement.failures import FailureLog
 from mesh.router.batches import MAX_BATCH, error_fields, record_put, register_records
@@ -34,17 +34,30 @@ from mesh.router.overview import (
     vmodel_view,
 )
 from mesh.router.transport import PodTransport
+from mesh.storageref import StorageRef, check_storage
+from mesh.storagewire import from_request, to_message
 
 log = logging.getLogger(__name__)
 
 
 def _same_artifact(a: ModelRecord, b: ModelRecord) -> bool:
-    return (a.format, a.storage_key, a.storage_path, dict(a.options)) == (
-        b.format,
-        b.storage_key,
-        b.storage_path,
-        dict(b.options),
-    )
+    return (a.format, a.storage, dict(a.options)) == (b.format, b.storage, dict(b.options))
+
+
+def _storage(request: mpb.RegisterModelRequest) -> tuple[StorageRef, dict[str, str]]:
+    """The registration's StorageRef, checked, and its runtime options: from `storage`, or
+    from the deprecated storage_key, storage_path and "storage.*" runtime options."""
+    what = f"model {request.model_id!r}"
+    try:
+        ref, runtime_options = from_request(
+            request.storage if request.HasField("storage") else None,
+            request.storage_key,
+            request.storage_path,
+            request.options.runtime_options,
+        )
+    except InvalidRequest as exc:
+        raise InvalidRequest(f"{what}: {exc}") from None
+    return check_storage(ref, what), runtime_options
 
 
 class ManagementView(Protocol):
@@ -184,15 +197,13 @@ class Management:
         check_id(request.model_id)
         if not request.format:
             raise InvalidRequest(f"model {request.model_id!r}: format is required")
-        if not request.storage_path:
-            raise InvalidRequest(f"model {request.model_id!r}: storage_path is required")
-        check_registered_path(request.storage_path, f"model {request.model_id!r}: storage path")
         o = request.options
+        storage, runtime_options = _storage(request)
         if o.min_copies < 0 or o.max_copies < 0 or (o.max_copies and o.min_copies > o.max_copies):
             raise InvalidRequest(f"model {request.model_id!r}: copies must satisfy 0 <= min <= max")
         if o.size_estimate < 0 or o.artifact_bytes < 0:
             raise InvalidRequest(f"model {request.model_id!r}: sizes must not be negative")
-        refuse_request_batching(request.model_id, request.format, o.runtime_options)
+        refuse_request_batching(request.model_id, request.format, runtime_options)
         if request.base:
             check_id(request.base, "base model id")
             if request.base == request.model_id:
@@ -209,8 +220,7 @@ class Management:
         record = ModelRecord(
             model_id=request.model_id,
             format=request.format,
-            storage_key=request.storage_key,
-            storage_path=request.storage_path,
+            storage=storage,
             size_estimate=o.size_estimate,
             artifact_bytes=o.artifact_bytes,
             min_copies=o.min_copies,
@@ -218,7 +228,7 @@ class Management:
             pinned_pods=tuple(o.pinned_pods),
             required_labels=dict(o.required_labels),
             preferred_labels=dict(o.preferred_labels),
-            options=dict(o.runtime_options),
+            options=runtime_options,
             registered_at=time.time(),
             base=request.base,
         )
@@ -396,8 +406,9 @@ def model_message(view: ModelView, record: ModelRecord) -> mpb.ModelStatusRespon
     response = mpb.ModelStatusResponse(
         model_id=view.model_id,
         format=record.format,
-        storage_key=record.storage_key,
-        storage_path=record.storage_path,
+        storage_key=record.storage.key,
+        storage_path=record.storage.path,
+        storage=to_message(record.storage),
         options=mpb.ModelOptions(
             min_copies=record.min_copies,
             max_copies=record.max_copies,

@@ -286,8 +286,8 @@ def model_view(
         copies=tuple(copies),
         last_used=max((c.last_used for c in copies), default=0.0),
         last_failure=last_failure,
-        storage_key=record.storage_key,
-        storage_path=record.storage_path,
+        storage_key=record.storage.key,
+        storage_path=record.storage.path,
         host_copies=held.get(model_id, ()),
     )
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from mesh.errors import MeshError
+from mesh.storageref import StorageRef
 
 # A pod's inference in this process: (serialized ModelInferRequest, model id) -> serialized
 # ModelInferResponse, raising MeshError.
@@ -27,12 +28,12 @@ LocalInfer = Callable[[bytes, str], Awaitable[bytes]]
 
 @dataclass(frozen=True, slots=True)
 class LoadRequest:
-    """Load `model_id` from storage (for the pod's puller), in `format`, with `options`."""
+    """Load `model_id` from `storage` (for the pod's puller), in `format`, with the runtime's
+    `options`."""
 
     model_id: str
     format: str = ""
-    storage_key: str = ""
-    storage_path: str = ""
+    storage: StorageRef = field(default_factory=StorageRef)
     options: Mapping[str, str] = field(default_factory=dict)
 
 

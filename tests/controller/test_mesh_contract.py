@@ -18,6 +18,7 @@ import pytest
 from mesh.controller.meshapi import MeshApi
 from mesh.controller.predictor import PredictorSpec
 from mesh.errors import ModelNotFound
+from mesh.storageref import StorageRef
 from tests.cluster.etcd_server import EtcdServer
 from tests.controller.fakemesh import FakeMesh
 from tests.helpers import running_router
@@ -27,7 +28,7 @@ TRANSITIONS = {"UP_TO_DATE", "IN_PROGRESS", "BLOCKED_BY_FAILED_LOAD"}
 
 
 def spec(model_id: str) -> PredictorSpec:
-    return PredictorSpec("p", "ml", model_id, "onnx", "", "mlp")
+    return PredictorSpec("p", "ml", model_id, "onnx", StorageRef("", "mlp"))
 
 
 @pytest.fixture(params=["fake", "router"])

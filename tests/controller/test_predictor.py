@@ -16,6 +16,7 @@ from mesh.controller.predictor import (
     parse,
     status,
 )
+from mesh.storageref import StorageRef, Unpack
 
 NOW = "2026-11-28T10:00:00Z"
 
@@ -27,17 +28,27 @@ def resource(**spec: Any) -> dict[str, Any]:
 def test_both_storage_forms() -> None:
     new = parse(resource(modelType={"name": "xgboost"},
                          storage={"key": "s3", "path": "f/v3", "parameters": {"bucket": "b2"}}))  # fmt: skip
-    assert (new.format, new.storage_key, new.storage_path) == ("xgboost", "s3", "f/v3")
-    assert new.options == {"storage.bucket": "b2"}
+    assert (new.format, new.storage) == ("xgboost", StorageRef("s3", "f/v3", bucket="b2"))
+    assert new.options == {}  # the puller's options are in the StorageRef, not the runtime's
     old = parse(resource(modelType={"name": "onnx"}, path="m/model.onnx",
                          storage={"s3": {"secretKey": "minio", "bucket": "models"}}))  # fmt: skip
-    assert (old.format, old.storage_key, old.storage_path) == ("onnx", "minio", "m/model.onnx")
-    assert old.options == {"storage.bucket": "models"}
+    assert (old.format, old.storage) == ("onnx", StorageRef("minio", "m/model.onnx", "models"))
+    assert old.options == {}
     torch = parse(resource(modelType={"name": "pytorch"}, path="ts", gpu="required"))
     assert torch.format == "torch" and torch.required_labels == {"gpu": "true"}
     assert torch.preferred_labels == {}
     prefers = parse(resource(modelType={"name": "pytorch"}, path="ts", gpu="preferred"))
     assert prefers.preferred_labels == {"gpu": "true"} and prefers.required_labels == {}
+
+
+def test_a_predictor_keeps_the_model_id_it_had_when_parameters_were_runtime_options() -> None:
+    # The id the controller made before StorageRef (storage.* runtime options): an upgrade
+    # must not make every Predictor a new model.
+    spec = parse(resource(modelType={"name": "xgboost"},
+                          storage={"key": "s3", "path": "f/v3",
+                                   "parameters": {"bucket": "b2", "unpack": "false"}}))  # fmt: skip
+    assert spec.model_id == "fraud-9c740930e0"
+    assert spec.storage == StorageRef("s3", "f/v3", bucket="b2", unpack=Unpack.FALSE)
 
 
 def test_the_model_id_changes_with_what_is_loaded_and_only_with_it() -> None:
@@ -71,6 +82,12 @@ def test_the_model_id_changes_with_what_is_loaded_and_only_with_it() -> None:
          "InvalidPredictorSpec", "x"),
         ({"modelType": {"name": "onnx"}, "path": "a", "storage": {"s3": {"bucket": "b"}}},
          "InvalidPredictorSpec", "secretKey"),
+        ({"modelType": {"name": "onnx"}, "path": "a",
+          "storage": {"parameters": {"unpack": "maybe"}}}, "InvalidPredictorSpec", "unpack"),
+        ({"modelType": {"name": "onnx"}, "path": "a",
+          "storage": {"parameters": {"sha256": "xyz"}}}, "InvalidPredictorSpec", "sha256"),
+        ({"modelType": {"name": "onnx"}, "path": "a",
+          "storage": {"parameters": {"bucket": "a/b"}}}, "InvalidPredictorSpec", "bucket"),
     ],
 )  # fmt: skip
 def test_invalid_specs_say_why(spec: dict[str, Any], reason: str, words: str) -> None:

@@ -9,6 +9,7 @@ import pytest
 from mesh.controller import inferenceservice as isvc
 from mesh.controller import predictor as pr
 from mesh.controller.runtimes import choose_runtime, effective, parse_runtime
+from mesh.storageref import StorageRef
 
 
 def rt(name: str, *formats: dict[str, Any], cluster: bool = False, **spec: Any) -> Any:
@@ -100,14 +101,12 @@ def test_an_inference_service_reads_as_the_predictor_it_stands_for() -> None:
                     "storage": {"key": "s3", "path": "fraud/v3"}})  # fmt: skip
     spec = pr.parse(isvc.as_predictor(obj), {"onnx-rt"})
     assert (spec.format, spec.version, spec.runtime) == ("onnx", "1", "onnx-rt")
-    assert (spec.storage_key, spec.storage_path) == ("s3", "fraud/v3")
+    assert spec.storage == StorageRef("s3", "fraud/v3")
 
     uri = isvc_obj({"modelFormat": {"name": "xgboost"}, "storageUri": "s3://models/fraud/v3"},
                    **{isvc.SECRET_KEY: "minio"})  # fmt: skip
     spec = pr.parse(isvc.as_predictor(uri))
-    assert (spec.storage_key, spec.storage_path, dict(spec.options)) == (
-        "minio", "fraud/v3", {"storage.bucket": "models"},
-    )  # fmt: skip
+    assert (spec.storage, dict(spec.options)) == (StorageRef("minio", "fraud/v3", "models"), {})
     assert isvc.is_modelmesh(uri)
     assert not isvc.is_modelmesh({"metadata": {"name": "kserve-one"}})
 

@@ -16,6 +16,7 @@ from mesh.cluster.etcd import EtcdConfig, EtcdStore
 from mesh.cluster.records import ModelRecord
 from mesh.gen import runtime_pb2 as rpb
 from mesh.pod.artifacts import DirectoryArtifacts
+from mesh.storageref import StorageRef
 from tests.cluster.conftest import etcd, prefix  # noqa: F401  (shared fixtures)
 from tests.cluster.etcd_server import EtcdServer
 from tests.helpers import RunningPod, running_pod, wait_until
@@ -29,7 +30,7 @@ def two_pods(
 ) -> Iterator[tuple[RunningPod, RunningPod]]:
     async def register() -> None:  # as a router would, with no router (and so no leader)
         store = EtcdStore(EtcdConfig.parse(etcd.url))
-        record = ModelRecord("mlp", "onnx", storage_path="mlp")
+        record = ModelRecord("mlp", "onnx", storage=StorageRef(path="mlp"))
         await store.put(Keys(prefix).model("mlp"), encode(record))
         await store.aclose()
 

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
+from mesh.gen import puller_pb2 as ppb
 from mesh.puller.client import PullerClient
 from mesh.puller.core import Puller
 from mesh.puller.server import PullerServer, build_puller
@@ -109,6 +110,16 @@ class Served:
 
     def metric(self, name: str, **labels: str) -> float:
         return self.server.registry.get_sample_value(name, labels) or 0.0
+
+    async def legacy_fetch(
+        self, model_id: str, key: str, path: str, options: dict[str, str] | None = None
+    ) -> Any:
+        """Pull as a pod from before StorageRef asks: storage_key, path and options by name,
+        no `storage` message. Its PullResponse; a failure as the client raises it."""
+        request = ppb.PullRequest(
+            model_id=model_id, storage_key=key, path=path, options=options or {}
+        )
+        return await self.client._invoke("Pull", request, ppb.PullResponse)
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ import pytest
 
 from mesh.errors import CacheFull, StorageUnavailable
 from mesh.puller.fetcher import ObjectInfo
+from mesh.storageref import StorageRef
 from tests.puller.conftest import Rig, tree_bytes
 
 KB = 1024
@@ -32,11 +33,13 @@ async def test_unused_artifacts_go_least_recently_used_first(
 ) -> None:
     rig = make_rig(files(tmp_path, {n: 100 * KB for n in "abcd"}), cache_bytes=300 * KB)
     puller = rig.puller
-    paths = {n: (await puller.pull(f"m-{n}", "local", n)).local_path for n in "abc"}
+    paths = {n: (await puller.pull(f"m-{n}", StorageRef("local", n))).local_path for n in "abc"}
     for n in "abc":
         assert await puller.release(f"m-{n}")
-    assert (await puller.pull("m-a2", "local", "a")).cache_hit  # a is now the most recent
-    d = await puller.pull("m-d", "local", "d")
+    assert (
+        await puller.pull("m-a2", StorageRef("local", "a"))
+    ).cache_hit  # a is now the most recent
+    d = await puller.pull("m-d", StorageRef("local", "d"))
     assert not paths["b"].exists()  # b: least recently used, and no model holds it
     assert paths["a"].exists() and paths["c"].exists() and d.local_path.exists()
     assert rig.metric("mesh_puller_evictions_total") == 1
@@ -48,13 +51,13 @@ async def test_an_artifact_in_use_is_never_evicted(
 ) -> None:
     rig = make_rig(files(tmp_path, {n: 100 * KB for n in "abc"}), cache_bytes=250 * KB)
     puller = rig.puller
-    a = await puller.pull("m-a", "local", "a")
-    b = await puller.pull("m-b", "local", "b")
+    a = await puller.pull("m-a", StorageRef("local", "a"))
+    b = await puller.pull("m-b", StorageRef("local", "b"))
     with pytest.raises(CacheFull, match="held by models"):
-        await puller.pull("m-c", "local", "c")
+        await puller.pull("m-c", StorageRef("local", "c"))
     assert a.local_path.exists() and b.local_path.exists()
     await puller.release("m-a")
-    await puller.pull("m-c", "local", "c")
+    await puller.pull("m-c", StorageRef("local", "c"))
     assert not a.local_path.exists()
     assert b.local_path.exists()
     assert rig.metric("mesh_puller_failures_total", reason="CacheFull") == 1
@@ -65,7 +68,7 @@ async def test_an_artifact_larger_than_the_cache_is_refused_and_leaves_nothing(
 ) -> None:
     rig = make_rig(files(tmp_path, {"big": 200 * KB}), cache_bytes=100 * KB)
     with pytest.raises(CacheFull, match="more than the whole cache"):
-        await rig.puller.pull("m", "local", "big")
+        await rig.puller.pull("m", StorageRef("local", "big"))
     assert tree_bytes(rig.settings.cache_dir) == 0
 
 
@@ -74,15 +77,15 @@ async def test_two_model_ids_share_one_artifact_until_both_release(
 ) -> None:
     rig = make_rig(files(tmp_path, {"a": 100 * KB, "b": 100 * KB}), cache_bytes=150 * KB)
     puller = rig.puller
-    first = await puller.pull("one", "local", "a")
-    second = await puller.pull("two", "local", "a")
+    first = await puller.pull("one", StorageRef("local", "a"))
+    second = await puller.pull("two", StorageRef("local", "a"))
     assert second.cache_hit and second.local_path == first.local_path
-    await puller.pull("one", "local", "a")  # the same model again: still one reference
+    await puller.pull("one", StorageRef("local", "a"))  # the same model again: still one reference
     await puller.release("one")
     with pytest.raises(CacheFull):  # "two" still holds it
-        await puller.pull("three", "local", "b")
+        await puller.pull("three", StorageRef("local", "b"))
     await puller.release("two")
-    await puller.pull("three", "local", "b")
+    await puller.pull("three", StorageRef("local", "b"))
     assert not first.local_path.exists()
     assert not await puller.release("two")  # already released: nothing held
 
@@ -112,7 +115,7 @@ async def test_the_cache_stays_within_its_budget_under_churn(
             name = rng.choice(list(sizes))
             model_id = f"w{worker}-{step}"
             try:
-                result = await puller.pull(model_id, "local", name)
+                result = await puller.pull(model_id, StorageRef("local", name))
             except CacheFull:
                 continue  # every byte held by the other workers right now: allowed to fail
             assert result.local_path.stat().st_size == sizes[name]
@@ -165,7 +168,7 @@ async def test_a_partial_download_is_never_visible_under_the_final_name(
     gate = asyncio.Event()
     opener = rig.puller._open_fetcher
     rig.puller._open_fetcher = lambda *a: GatedFetcher(opener(*a), gate, fails)
-    pull = asyncio.create_task(rig.puller.pull("m", "local", "model.bin"))
+    pull = asyncio.create_task(rig.puller.pull("m", StorageRef("local", "model.bin")))
     artifacts = rig.settings.cache_dir / "artifacts"
     tmp = rig.settings.cache_dir / ".tmp"
     for _ in range(200):
@@ -192,8 +195,8 @@ async def test_a_restart_keeps_artifacts_and_what_models_hold(
 ) -> None:
     storage = files(tmp_path, {"a": 100 * KB, "b": 100 * KB, "c": 100 * KB})
     first = make_rig(storage, cache_bytes=200 * KB)
-    a = await first.puller.pull("m-a", "local", "a")
-    await first.puller.pull("m-b", "local", "b")
+    a = await first.puller.pull("m-a", StorageRef("local", "a"))
+    await first.puller.pull("m-b", StorageRef("local", "b"))
     await first.puller.release("m-b")
     leftover = first.settings.cache_dir / ".tmp" / "crashed.1234"
     leftover.mkdir()
@@ -202,9 +205,9 @@ async def test_a_restart_keeps_artifacts_and_what_models_hold(
     second = make_rig(storage, cache_bytes=200 * KB)  # the same directory, a new process
     assert not leftover.exists()
     assert second.puller.status().used == 200 * KB
-    assert (await second.puller.pull("m-b", "local", "b")).cache_hit
+    assert (await second.puller.pull("m-b", StorageRef("local", "b"))).cache_hit
     await second.puller.release("m-b")
-    await second.puller.pull("m-c", "local", "c")  # room for c: b goes, held a stays
+    await second.puller.pull("m-c", StorageRef("local", "c"))  # room for c: b goes, held a stays
     assert a.local_path.exists()
     assert [v.models for v in second.puller.status().artifacts if v.source.endswith("/a")] == [
         ("m-a",)
@@ -217,7 +220,7 @@ async def test_a_smaller_budget_at_restart_evicts_down_to_it(
     storage = files(tmp_path, {n: 100 * KB for n in "abc"})
     first = make_rig(storage, cache_bytes=300 * KB)
     for n in "abc":
-        await first.puller.pull(f"m-{n}", "local", n)
+        await first.puller.pull(f"m-{n}", StorageRef("local", n))
         await first.puller.release(f"m-{n}")
     second = make_rig(storage, cache_bytes=150 * KB)
     assert second.puller.status().used == 100 * KB

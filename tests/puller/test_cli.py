@@ -18,6 +18,7 @@ import pytest
 from mesh.cli import main
 from mesh.puller.client import PullerClient
 from mesh.puller.settings import PullerSettings
+from mesh.storageref import StorageRef
 
 
 def test_bad_settings_exit_with_status_2(capsys: pytest.CaptureFixture[str]) -> None:
@@ -74,7 +75,7 @@ def test_the_process_serves_pulls_and_stops_on_sigterm(tmp_path: Path) -> None:
 
         async def pull() -> str:
             async with PullerClient(f"unix:{socket}", timeout=30) as client:
-                return await client.pull("m", "", "model.onnx")
+                return await client.pull("m", StorageRef("", "model.onnx"))
 
         assert Path(asyncio.run(pull())).read_bytes() == b"m" * 5000
         proc.send_signal(signal.SIGTERM)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from mesh.errors import CacheFull
+from mesh.storageref import StorageRef
 from tests.puller.conftest import Rig, tree_bytes
 
 
@@ -45,7 +46,7 @@ async def test_a_full_cache_disk_is_resource_exhausted_and_leaves_nothing(
         cache_dir=small_disk / "cache", cache_bytes=1 << 30,
     )  # fmt: skip
     with pytest.raises(CacheFull, match=r"(?i)disk|space"):
-        await rig.puller.pull("big", "local", "big.bin")
+        await rig.puller.pull("big", StorageRef("local", "big.bin"))
     assert tree_bytes(small_disk) < 64 << 10  # no partial download left taking the room
-    small = await rig.puller.pull("small", "local", "small.bin")
+    small = await rig.puller.pull("small", StorageRef("local", "small.bin"))
     assert _same(small.local_path, store / "small.bin")

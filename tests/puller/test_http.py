@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from mesh.errors import ArtifactChanged, ArtifactNotFound, StorageAccessDenied, StorageUnavailable
+from mesh.storageref import StorageRef
 from tests.certs import make_certs
 from tests.puller.conftest import Rig, every_log_line
 from tests.puller.servers import Fault, FaultServer
@@ -30,7 +31,7 @@ async def test_500s_then_recovery(http_server: FaultServer, make_rig: Callable[.
         Fault("status", 500, method="HEAD"), Fault("status", 503), Fault("status", 500)
     )
     rig = make_rig(http_entry(http_server))
-    result = await rig.puller.pull("m", "web", "m.onnx")
+    result = await rig.puller.pull("m", StorageRef("web", "m.onnx"))
     assert result.local_path.read_bytes() == data
     assert rig.metric("mesh_puller_retries_total", reason="unavailable") == 3
 
@@ -44,7 +45,7 @@ async def test_storage_that_keeps_failing_is_unavailable_naming_the_key(
     with pytest.raises(
         StorageUnavailable, match=r"storage 'web': http://127\.0\.0\.1:\d+/models/m"
     ):
-        await rig.puller.pull("m", "web", "m.onnx")
+        await rig.puller.pull("m", StorageRef("web", "m.onnx"))
     assert rig.metric("mesh_puller_failures_total", reason="StorageUnavailable") == 1
     assert rig.puller.status().used == 0
 
@@ -56,7 +57,7 @@ async def test_a_connection_cut_mid_object_resumes_where_it_stopped(
     http_server.put("models/big.bin", data)
     http_server.fail(Fault("cut", after=700_000))
     rig = make_rig(http_entry(http_server), range_size=4 * MB)  # one range: easy to follow
-    result = await rig.puller.pull("m", "web", "big.bin")
+    result = await rig.puller.pull("m", StorageRef("web", "big.bin"))
     assert result.local_path.read_bytes() == data
     ranges = [seen.range for seen in http_server.gets("models/big.bin")]
     assert ranges[0] == f"bytes=0-{len(data) - 1}"
@@ -73,7 +74,7 @@ async def test_an_object_that_changes_size_during_download_is_fetched_again(
     http_server.put("models/m.bin", old)
     http_server.fail(Fault("replace", data=new))  # the first range is served, then it changes
     rig = make_rig(http_entry(http_server), range_size=256 << 10, concurrency=1)
-    result = await rig.puller.pull("m", "web", "m.bin")
+    result = await rig.puller.pull("m", StorageRef("web", "m.bin"))
     assert result.local_path.read_bytes() == new
     assert result.size == len(new) == rig.puller.status().used
     assert rig.metric("mesh_puller_retries_total", reason="changed") >= 1
@@ -90,7 +91,7 @@ async def test_an_object_that_never_stops_changing_is_unavailable(
     http_server.state.before_get = mutate
     rig = make_rig(http_entry(http_server), retries=2)
     with pytest.raises(ArtifactChanged, match=r"storage 'web'.*changed"):
-        await rig.puller.pull("m", "web", "m.bin")
+        await rig.puller.pull("m", StorageRef("web", "m.bin"))
     assert list((rig.settings.cache_dir / ".tmp").iterdir()) == []
     assert rig.puller.status().reserved == 0
 
@@ -103,7 +104,7 @@ async def test_a_server_without_ranges_still_works(
     http_server.state.ranges = False
     http_server.state.etags = False
     rig = make_rig(http_entry(http_server))
-    assert (await rig.puller.pull("m", "web", "m.bin")).local_path.read_bytes() == data
+    assert (await rig.puller.pull("m", StorageRef("web", "m.bin"))).local_path.read_bytes() == data
 
 
 async def test_http_cannot_list_a_prefix(
@@ -111,7 +112,7 @@ async def test_http_cannot_list_a_prefix(
 ) -> None:
     rig = make_rig(http_entry(http_server))
     with pytest.raises(ArtifactNotFound, match="cannot list a prefix"):
-        await rig.puller.pull("m", "web", "some/dir")
+        await rig.puller.pull("m", StorageRef("web", "some/dir"))
 
 
 async def test_a_credential_the_server_echoes_back_is_scrubbed(
@@ -124,9 +125,9 @@ async def test_a_credential_the_server_echoes_back_is_scrubbed(
     http_server.fail(Fault("status", 403), Fault("status", 500))
     rig = make_rig(http_entry(http_server, headers={"Authorization": TOKEN}), retries=0)
     with pytest.raises(StorageAccessDenied) as denied:
-        await rig.puller.pull("m", "web", "m.bin")
+        await rig.puller.pull("m", StorageRef("web", "m.bin"))
     with pytest.raises(StorageUnavailable) as unavailable:  # a 500 whose body has the token
-        await rig.puller.pull("m", "web", "m.bin")
+        await rig.puller.pull("m", StorageRef("web", "m.bin"))
     # Both faults were served, to requests that carried the token: it reached the puller.
     assert http_server.fired() == ["GET status 403", "GET status 500"]
     assert http_server.pending() == []
@@ -161,11 +162,11 @@ async def test_https_with_a_custom_ca_is_verified_against_that_ca(
             },
             retries=0,
         )
-        pulled = await rig.puller.pull("m", "trusted", "m.bin")
+        pulled = await rig.puller.pull("m", StorageRef("trusted", "m.bin"))
         assert pulled.local_path.read_bytes() == data
         # Without the CA the server's certificate is not trusted: refused, nothing fetched.
         with pytest.raises(StorageUnavailable, match="storage 'untrusted'"):
-            await rig.puller.pull("m2", "untrusted", "m.bin")
+            await rig.puller.pull("m2", StorageRef("untrusted", "m.bin"))
         assert [s.path for s in server.state.seen if s.method == "GET"] == ["/models/m.bin"]
     finally:
         server.stop()

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from mesh import examples
+from mesh.storageref import StorageRef
 from tests.puller.servers import MotoServer
 from tests.puller.test_s3 import s3_entry
 
@@ -33,8 +34,8 @@ async def test_onnx_and_xgboost_models_pulled_from_s3_load_in_their_frameworks(
     await asyncio.to_thread(upload_dir, moto, bucket, tmp_path / "src", "models")
     served = await serve_puller({"default": s3_entry(moto, bucket)})
 
-    onnx_local = Path(await served.client.pull("mlp", "", "models/mlp/model.onnx"))
-    xgb_dir = Path(await served.client.pull("xgb", "", "models/xgb"))  # a prefix
+    onnx_local = Path(await served.client.pull("mlp", StorageRef("", "models/mlp/model.onnx")))
+    xgb_dir = Path(await served.client.pull("xgb", StorageRef("", "models/xgb")))  # a prefix
     await asyncio.to_thread(check_loads, onnx_local, onnx_file, xgb_dir / xgb_file.name, xgb_file)
 
 

@@ -17,6 +17,7 @@ import grpc
 import pytest
 
 from mesh.errors import MeshError, StorageAccessDenied, UnsafePath
+from mesh.storageref import StorageRef, Unpack
 from tests.puller.conftest import Rig, every_log_line
 from tests.puller.servers import MotoServer
 
@@ -41,12 +42,12 @@ async def test_a_single_object_in_ranges_verified_then_a_hit(
     data = os.urandom(3 * 1024 * 1024 + 5)
     moto.client().put_object(Bucket=bucket, Key="models/m/model.onnx", Body=data)
     rig = make_rig({"default": s3_entry(moto, bucket)}, range_size=512 << 10)
-    result = await rig.puller.pull("m", "", "models/m/model.onnx")
+    result = await rig.puller.pull("m", StorageRef("", "models/m/model.onnx"))
     assert not result.cache_hit
     assert result.local_path.name == "model.onnx"
     assert result.size == len(data)
     assert hashlib.sha256(result.local_path.read_bytes()).digest() == hashlib.sha256(data).digest()
-    again = await rig.puller.pull("m2", "default", "models/m/model.onnx")
+    again = await rig.puller.pull("m2", StorageRef("default", "models/m/model.onnx"))
     assert again.cache_hit and again.local_path == result.local_path
     assert rig.metric("mesh_puller_downloaded_bytes_total", type="s3") == len(data)
     assert rig.metric("mesh_puller_cache_hits_total") == 1
@@ -63,13 +64,15 @@ async def test_a_prefix_becomes_a_directory(
     s3.put_object(Bucket=bucket, Key="models/mlp/extra/vocab.txt", Body=b"v" * 10)
     s3.put_object(Bucket=bucket, Key="models/mlp-other/x", Body=b"not under the prefix")
     rig = make_rig({"default": s3_entry(moto, bucket)})
-    result = await rig.puller.pull("mlp", "", "models/mlp")
+    result = await rig.puller.pull("mlp", StorageRef("", "models/mlp"))
     found = sorted(
         p.relative_to(result.local_path).as_posix() for p in result.local_path.rglob("*")
     )
     assert found == ["extra", "extra/vocab.txt", "mesh.json", "model.onnx"]
     assert result.size == 1012
-    assert (await rig.puller.pull("mlp2", "", "models/mlp/")).size == 1012  # prefix only
+    assert (
+        await rig.puller.pull("mlp2", StorageRef("", "models/mlp/"))
+    ).size == 1012  # prefix only
 
 
 async def test_an_archive_is_unpacked(
@@ -83,11 +86,11 @@ async def test_an_archive_is_unpacked(
             tar.addfile(info, io.BytesIO(data))
     moto.client().put_object(Bucket=bucket, Key="mlp.tar.gz", Body=buffer.getvalue())
     rig = make_rig({"default": s3_entry(moto, bucket)})
-    result = await rig.puller.pull("mlp", "", "mlp.tar.gz")
+    result = await rig.puller.pull("mlp", StorageRef("", "mlp.tar.gz"))
     assert result.local_path.name == "mlp"  # the archive's one top directory
     assert sorted(p.name for p in result.local_path.iterdir()) == ["mesh.json", "model.onnx"]
     assert result.size == 5002 == rig.puller.status().used
-    kept = await rig.puller.pull("packed", "", "mlp.tar.gz", {"unpack": "false"})
+    kept = await rig.puller.pull("packed", StorageRef("", "mlp.tar.gz", unpack=Unpack.FALSE))
     assert kept.local_path.name == "mlp.tar.gz"
 
 
@@ -98,7 +101,7 @@ async def test_fifty_concurrent_pulls_make_one_download(
     moto.client().put_object(Bucket=bucket, Key="popular.bin", Body=data)
     rig = make_rig({"default": s3_entry(moto, bucket)})
     results = await asyncio.gather(
-        *(rig.puller.pull(f"model-{i}", "", "popular.bin") for i in range(50))
+        *(rig.puller.pull(f"model-{i}", StorageRef("", "popular.bin")) for i in range(50))
     )
     assert len({r.local_path for r in results}) == 1
     assert rig.metric("mesh_puller_downloaded_bytes_total", type="s3") == len(data)
@@ -129,7 +132,7 @@ async def test_missing_objects_buckets_and_unsafe_archives_reach_grpc_clearly(
     ]
     for key, path, options, code, message in cases:
         with pytest.raises(MeshError) as raised:
-            await served.client.fetch("m", key, path, options)
+            await served.client.fetch("m", StorageRef(key, path, **options))
         status = raised.value.__cause__
         assert isinstance(status, grpc.aio.AioRpcError)
         assert status.code() == getattr(grpc.StatusCode, code), status.details()
@@ -146,7 +149,7 @@ async def test_keys_that_climb_out_of_a_prefix_are_refused(
     s3.put_object(Bucket=bucket, Key="evil/../../../escape.txt", Body=b"x")
     rig = make_rig({"default": s3_entry(moto, bucket)})
     with pytest.raises(UnsafePath, match="'default'"):
-        await rig.puller.pull("m", "", "evil")
+        await rig.puller.pull("m", StorageRef("", "evil"))
     assert rig.puller.status().used == 0
     assert not any(rig.settings.cache_dir.parent.rglob("escape.txt"))
 
@@ -181,10 +184,12 @@ async def test_wrong_credentials_are_denied_and_a_fixed_entry_works_without_a_re
     await asyncio.to_thread(moto.require_auth, True)  # moto checks signatures from here on
     try:
         with pytest.raises(StorageAccessDenied) as denied:
-            await served.client.fetch("m1", "wrong", "m/model.onnx")
+            await served.client.fetch("m1", StorageRef("wrong", "m/model.onnx"))
         with pytest.raises(StorageAccessDenied) as listing:  # a prefix: obstore's list path
-            await served.client.fetch("m2", "wrong", "m/")
-        assert (await served.client.fetch("m3", "right", "m/model.onnx")).size == 100_000
+            await served.client.fetch("m2", StorageRef("wrong", "m/"))
+        assert (
+            await served.client.fetch("m3", StorageRef("right", "m/model.onnx"))
+        ).size == 100_000
         # The secret is fixed in the configuration: the next pull uses it, no restart.
         config = served.server.settings.storage_config
         fixed = config.with_suffix(".new")
@@ -192,7 +197,9 @@ async def test_wrong_credentials_are_denied_and_a_fixed_entry_works_without_a_re
             json.dumps({"right": right, "wrong": {**wrong, "secret_access_key": secret}})
         )
         os.replace(fixed, config)
-        assert (await served.client.fetch("m4", "wrong", "m/model.onnx")).cache_hit is False
+        assert (
+            await served.client.fetch("m4", StorageRef("wrong", "m/model.onnx"))
+        ).cache_hit is False
     finally:
         await asyncio.to_thread(moto.require_auth, False)
     for err in (denied.value, listing.value):

@@ -14,6 +14,9 @@ import grpc
 import pytest
 
 from mesh import errors
+from mesh.gen import puller_pb2 as ppb
+from mesh.gen import storage_pb2 as spb
+from mesh.storageref import StorageRef, Unpack
 from tests.puller.conftest import Served
 
 KB = 1024
@@ -32,9 +35,9 @@ async def test_pull_status_and_release_over_a_unix_socket(
     store: dict[str, Any], serve_puller: Callable[..., Any]
 ) -> None:
     served: Served = await serve_puller(store)
-    local = await served.client.pull("mlp", "", "mlp")  # the pod's ArtifactSource call
+    local = await served.client.pull("mlp", StorageRef("", "mlp"))  # the pod's ArtifactSource call
     assert (await asyncio.to_thread(Path(local, "model.onnx").stat)).st_size == 20 * KB
-    again = await served.client.fetch("mlp-copy", "default", "mlp")
+    again = await served.client.fetch("mlp-copy", StorageRef("default", "mlp"))
     assert again.cache_hit and str(again.local_path) == local and again.size == 20 * KB
     status = await served.client.status()
     assert status.used == 20 * KB and status.in_use == 20 * KB
@@ -102,8 +105,8 @@ async def test_each_failure_reaches_the_client_as_its_status(
     names: str,
 ) -> None:
     served: Served = await serve_puller(store, cache_bytes=100 * KB, retries=0)
-    with pytest.raises(error, match=names) as raised:
-        await served.client.fetch(model_id, key, path, options)
+    with pytest.raises(error, match=names) as raised:  # the old shape: options by name
+        await served.legacy_fetch(model_id, key, path, options)
     cause = raised.value.__cause__
     assert isinstance(cause, grpc.aio.AioRpcError)
     assert cause.code() == getattr(grpc.StatusCode, status)
@@ -118,7 +121,7 @@ async def test_a_loopback_port_and_the_metrics_endpoint(
         store, listen="127.0.0.1:0", metrics_port=0, metrics_host="127.0.0.1"
     )
     assert served.server.port > 0
-    await served.client.pull("mlp", "", "mlp/model.onnx")
+    await served.client.pull("mlp", StorageRef("", "mlp/model.onnx"))
     url = f"http://127.0.0.1:{served.server.metrics_port}/metrics"
     text = await asyncio.to_thread(_get, url)
     assert "mesh_puller_cache_misses_total 1.0" in text
@@ -136,4 +139,48 @@ async def test_an_unreachable_puller_is_unavailable() -> None:
 
     async with PullerClient("unix:/nonexistent/puller.sock", timeout=5) as client:
         with pytest.raises(errors.Unavailable, match="puller at unix:/nonexistent"):
-            await client.pull("m", "", "x")
+            await client.pull("m", StorageRef("", "x"))
+
+
+async def test_the_old_and_the_new_shape_of_a_pull_name_one_artifact(
+    store: dict[str, Any], serve_puller: Callable[..., Any]
+) -> None:
+    served: Served = await serve_puller(store)
+    data = (Path(store["default"]["root"]) / "mlp" / "model.onnx").read_bytes()
+    digest = _sha(data).upper()  # any case: the puller checks it in lower case
+    new = await served.client.fetch("new", StorageRef("", "mlp/model.onnx", sha256=digest))
+    assert not new.cache_hit and new.size == 20 * KB
+    old = await served.legacy_fetch("old", "default", "mlp/model.onnx", {"sha256": digest})
+    assert old.cache_hit and old.local_path == str(new.local_path)
+    prefix = await served.client.fetch("prefix", StorageRef("", "mlp/", unpack=Unpack.FALSE))
+    assert not prefix.cache_hit and (prefix.local_path / "model.onnx").exists()
+
+
+@pytest.mark.parametrize(
+    ("fields", "names"),
+    [
+        ({"storage": spb.StorageRef(path="mlp", bucket="a/b")}, "bucket"),
+        ({"storage": spb.StorageRef(path="mlp/model.onnx", sha256="xyz")}, "sha256"),
+        ({"storage": spb.StorageRef(path="../../etc/passwd")}, "storage path"),
+        ({"storage": spb.StorageRef(path="mlp", unpack=7)}, "unpack"),  # type: ignore[arg-type]
+        ({"storage": spb.StorageRef(path="mlp"), "path": "big.bin"}, "disagree"),
+        ({"storage": spb.StorageRef(path="mlp"), "options": {"bucket": "b"}}, "beside storage"),
+    ],
+    ids=["bucket", "sha256", "traversal", "unpack", "two-paths", "options-beside-storage"],
+)
+async def test_a_bad_storage_message_is_invalid_argument(
+    store: dict[str, Any], serve_puller: Callable[..., Any], fields: dict[str, Any], names: str
+) -> None:
+    served: Served = await serve_puller(store)
+    request = ppb.PullRequest(model_id="m", **fields)
+    with pytest.raises(errors.InvalidRequest, match=names) as raised:
+        await served.client._invoke("Pull", request, ppb.PullResponse)
+    cause = raised.value.__cause__
+    assert isinstance(cause, grpc.aio.AioRpcError)
+    assert cause.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (
+        served.metric("mesh_puller_failures_total", reason="InvalidRequest")
+        + served.metric("mesh_puller_failures_total", reason="UnsafePath")
+        == 1
+    )
+    assert (await served.client.status()).used == 0

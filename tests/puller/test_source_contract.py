@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from mesh.errors import ArtifactNotFound
+from mesh.storageref import StorageRef
 from tests.fakes import CountingPuller, FakePuller
 
 KEY = "models"
@@ -57,11 +58,11 @@ async def test_a_pull_gives_a_local_copy_of_the_stored_bytes(
     make_source: Source, storage: Path
 ) -> None:
     source = await make_source(storage)
-    single = await source.pull("a", KEY, "single.ubj")
+    single = await source.pull("a", StorageRef(KEY, "single.ubj"))
     assert content(single) == content(storage / "single.ubj")
-    tree = await source.pull("b", KEY, "mlp")
+    tree = await source.pull("b", StorageRef(KEY, "mlp"))
     assert content(Path(tree) / "model.onnx") == content(storage / "mlp" / "model.onnx")
-    again = await source.pull("a", KEY, "single.ubj")
+    again = await source.pull("a", StorageRef(KEY, "single.ubj"))
     assert content(again) == content(single)
 
 
@@ -70,15 +71,15 @@ async def test_a_path_the_storage_does_not_have_is_not_found(
 ) -> None:
     source = await make_source(storage)
     with pytest.raises(ArtifactNotFound):
-        await source.pull("m", KEY, "missing.onnx")
+        await source.pull("m", StorageRef(KEY, "missing.onnx"))
 
 
 async def test_release_after_a_pull_and_of_nothing_is_accepted(
     make_source: Source, storage: Path
 ) -> None:
     source = await make_source(storage)
-    await source.pull("a", KEY, "single.ubj")
+    await source.pull("a", StorageRef(KEY, "single.ubj"))
     await source.release("a")
     await source.release("never-pulled")
     # Released is not gone from storage: the next pull works.
-    assert content(await source.pull("a", KEY, "single.ubj"))
+    assert content(await source.pull("a", StorageRef(KEY, "single.ubj")))
