@@ -600,11 +600,22 @@ class ModelCache:
         if isinstance(entry, int):  # a model no entry holds any more (a load we gave up on)
             with self._activity():
                 _close(model, self._releaser, entry)
+            self._trim_soon()
             return
         with self._activity() as activity:
             before = self._audit.before() if self._audit is not None else None
             _close(model, self._releaser, entry.size)
             self._audited(entry, before, activity)
+        self._trim_soon()
+
+    def _trim_soon(self) -> None:
+        """In the unload thread, after a close: trim the freed heap as the thread's next job,
+        once the unload's caller has its answer, rather than in the next load (which would
+        otherwise trim it before measuring, mesh.pod.memory)."""
+        try:
+            self._unload_pool.submit(self._releaser.trim_pending)
+        except RuntimeError:  # the pool is shutting down: nothing is loaded any more
+            self._releaser.trim_pending()
 
     def _demoted(self, model: LoadedModel, entry: CachedModel) -> tuple[HostCopy | None, bool]:
         """Move a model evicted for room to the host tier, in the unload thread: (its copy,
@@ -617,6 +628,8 @@ class ModelCache:
             if copy is None:
                 _close(model, self._releaser, entry.size)
             self._audited(entry, before, activity)
+        if copy is None:
+            self._trim_soon()
         return copy, keep
 
     def _read_later(self, entry: CachedModel) -> None:
