@@ -15,7 +15,9 @@ a second pod runs the same from another source tree (`git worktree add` of the c
 compare with) and takes its turn in the same rounds: before and after in one run.
 
 Reported: medians and the ratio LoadModel / in process (target: <= 2x), the pod's own
-`load_seconds` (its time from claim to loaded, without the RPC), and two floors under any
+`load_seconds` (its time from claim to loaded, without the RPC), the median of what it
+measured the model to take (`measured_bytes`; loads it could not measure alone, and so
+charged the estimate, are counted beside it), and two floors under any
 LoadModel: a ServerLive round trip to the same pod, which loads nothing, and the in-process
 load again on a trimmed heap, as the pod measures its loads (the freed pages fault in anew).
 The load average before and after the run says how much the machine was shared.
@@ -68,9 +70,10 @@ class Pod:
     rpc: list[float] = field(default_factory=list)
     server_s: list[float] = field(default_factory=list)
     live: list[float] = field(default_factory=list)
+    measured: list[int] = field(default_factory=list)
 
     def reset(self) -> None:
-        self.rpc, self.server_s, self.live = [], [], []
+        self.rpc, self.server_s, self.live, self.measured = [], [], [], []
 
 
 def _pod(name: str, tree: Path, work: Path, args: argparse.Namespace) -> Pod:
@@ -125,6 +128,7 @@ def _round(pod: Pod, key: str, fmt: str, file: Path, i: int) -> None:
         pod.rpc.append(seconds)
         pod.server_s.append(response.load_seconds)
         pod.live.append(live)
+        pod.measured.append(response.measured_bytes)
 
 
 def _measure(pods: list[Pod], key: str, fmt: str, file: Path, reps: int) -> list[dict[str, Any]]:
@@ -165,6 +169,8 @@ def _measure(pods: list[Pod], key: str, fmt: str, file: Path, reps: int) -> list
             "rpc_ms": statistics.median(pod.rpc) * 1e3,
             "server_ms": statistics.median(pod.server_s) * 1e3,
             "live_ms": statistics.median(pod.live) * 1e3,
+            "measured_kib": statistics.median(pod.measured) / 1024,
+            "unmeasured": sum(1 for m in pod.measured if m == 0),
         })  # fmt: skip
     return rows
 
@@ -223,9 +229,11 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(table(
         ["model", "pod", "reps", "in process ms", "trimmed heap ms", "LoadModel ms",
-         "pod load_seconds ms", "ServerLive ms", "LoadModel / in process", "target <= 2x"],
+         "pod load_seconds ms", "ServerLive ms", "measured KiB", "LoadModel / in process",
+         "target <= 2x"],
         [[r["model"], r["pod"], str(r["reps"]), f"{r['inproc_ms']:.2f}", f"{r['cold_ms']:.2f}",
           f"{r['rpc_ms']:.2f}", f"{r['server_ms']:.2f}", f"{r['live_ms']:.2f}",
+          f"{r['measured_kib']:.0f}" + (f" ({r['unmeasured']} not)" if r["unmeasured"] else ""),
           f"{r['rpc_ms'] / r['inproc_ms']:.2f}x",
           "MET" if r["rpc_ms"] <= 2 * r["inproc_ms"] else "MISSED"] for r in rows],
     ))  # fmt: skip
