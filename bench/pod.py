@@ -149,9 +149,12 @@ def ort_session(path: Path) -> Any:
 
 
 def xgb_booster(path: Path) -> Any:
+    """A Booster read with one thread too: its `nthread` does not reach the reading, which
+    otherwise runs on every core's OpenMP thread (bench/loads.py says what that cost)."""
     import xgboost as xgb
 
-    return xgb.Booster(params={"nthread": 1}, model_file=str(path))
+    with xgb.config_context(nthread=1):
+        return xgb.Booster(params={"nthread": 1}, model_file=str(path))
 
 
 def in_process_predictor(model: Model) -> Callable[[np.ndarray[Any, Any]], np.ndarray[Any, Any]]:

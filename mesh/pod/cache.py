@@ -260,12 +260,13 @@ class ModelCache:
                 f"model {model_id!r}: runtime {runtime.name} has no options {sorted(unknown)}; "
                 f"it takes {sorted(runtime.option_keys)}"
             )
+        disk = source.disk_bytes()  # read once: the estimate, the factor, the outcome
         if demoted is not None:  # a promotion: its file may be gone, its size is known
             estimated = max(demoted.device_bytes, MIN_SIZE)
         elif not source.file.is_file():
             raise ModelNotFound(f"model {model_id!r}: no model file at {source.file}")
         else:
-            estimated = self.estimate(source)
+            estimated = self._sizes.estimate(source, disk)
         base = None
         if source.base is not None:
             base = self._entries.get(source.base)
@@ -276,7 +277,7 @@ class ModelCache:
         victims = self._plan(model_id, estimated, keep=source.base)
 
         now = self._clock()
-        entry = CachedModel(source, estimated, now)
+        entry = CachedModel(source, estimated, now, disk)
         self._entries[model_id] = entry
         if base is not None:
             base.dependents.add(model_id)
@@ -318,7 +319,7 @@ class ModelCache:
                 measured if measured is not None else max(hint, estimated), hint, MIN_SIZE
             )
             if measured is not None and promoting is None:
-                self._sizes.learn(source, measured)
+                self._sizes.learn(source, measured, entry.artifact_bytes)
             evicted += await self._fit_after_load(entry, keep=source.base)
         except BaseException as exc:
             if promoting is not None:
@@ -359,7 +360,7 @@ class ModelCache:
             False,
             tuple(evicted),
             promoted=promoting is not None,
-            artifact_bytes=source.disk_bytes(),
+            artifact_bytes=entry.artifact_bytes,
         )
 
     def _plan(
@@ -600,11 +601,22 @@ class ModelCache:
         if isinstance(entry, int):  # a model no entry holds any more (a load we gave up on)
             with self._activity():
                 _close(model, self._releaser, entry)
+            self._trim_soon()
             return
         with self._activity() as activity:
             before = self._audit.before() if self._audit is not None else None
             _close(model, self._releaser, entry.size)
             self._audited(entry, before, activity)
+        self._trim_soon()
+
+    def _trim_soon(self) -> None:
+        """In the unload thread, after a close: trim the freed heap as the thread's next job,
+        once the unload's caller has its answer, rather than in the next load (which would
+        otherwise trim it before measuring, mesh.pod.memory)."""
+        try:
+            self._unload_pool.submit(self._releaser.trim_pending)
+        except RuntimeError:  # the pool is shutting down: nothing is loaded any more
+            self._releaser.trim_pending()
 
     def _demoted(self, model: LoadedModel, entry: CachedModel) -> tuple[HostCopy | None, bool]:
         """Move a model evicted for room to the host tier, in the unload thread: (its copy,
@@ -617,6 +629,8 @@ class ModelCache:
             if copy is None:
                 _close(model, self._releaser, entry.size)
             self._audited(entry, before, activity)
+        if copy is None:
+            self._trim_soon()
         return copy, keep
 
     def _read_later(self, entry: CachedModel) -> None:

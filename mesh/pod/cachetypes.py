@@ -48,6 +48,7 @@ class CachedModel:
     """One model's place in the cache. Mutated only on the event loop."""
 
     __slots__ = (
+        "artifact_bytes",
         "dependents",
         "error",
         "estimated",
@@ -67,9 +68,12 @@ class CachedModel:
         "state",
     )
 
-    def __init__(self, source: ModelSource, estimated: int, now: float) -> None:
+    def __init__(
+        self, source: ModelSource, estimated: int, now: float, artifact_bytes: int = 0
+    ) -> None:
         self.model_id = source.model_id
         self.source = source
+        self.artifact_bytes = artifact_bytes  # its files' bytes on disk when it was claimed
         self.state = State.LOADING
         self.model: LoadedModel | None = None
         self.size = estimated

@@ -40,20 +40,20 @@ class LoadExecutor:
         await self._slots.acquire()
         future = loop.run_in_executor(self._pool, self._measure, load, request)
         try:
-            result = await asyncio.wait_for(asyncio.shield(future), self.timeout)
-        except TimeoutError:
-            self._orphan(future, size)
-            raise DeadlineExceeded(
-                f"model {model_id!r} did not load within {self.timeout:g}s"
-            ) from None
+            # asyncio.wait neither cancels the load on a timeout or a cancelled caller (as a
+            # shield would not) and wakes this task one loop turn sooner than wait_for(shield).
+            done, _ = await asyncio.wait((future,), timeout=self.timeout)
         except BaseException:
             if future.done():
                 self._slots.release()
             else:
                 self._orphan(future, size)
             raise
+        if not done:
+            self._orphan(future, size)
+            raise DeadlineExceeded(f"model {model_id!r} did not load within {self.timeout:g}s")
         self._slots.release()
-        return result
+        return future.result()
 
     def _orphan(self, future: asyncio.Future[Measured], size: int) -> None:
         """A load we stopped waiting for: free its slot and bytes when its thread ends."""

@@ -17,15 +17,40 @@ import ctypes.util
 import gc
 import os
 import threading
+from collections.abc import Callable
 from functools import cache
-from pathlib import Path
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
+_statm: tuple[int, int] | None = None  # (process id, descriptor of its /proc/self/statm)
+_statm_lock = threading.Lock()
+
+
+def _statm_fd() -> int | None:
+    """A descriptor of /proc/self/statm kept open: each load reads it twice, and a positional
+    read of an open file costs a tenth of opening it anew (1.6 against 14 us here). Opened
+    again in a forked child, whose "self" is another process."""
+    global _statm
+    pid = os.getpid()
+    held = _statm
+    if held is not None and held[0] == pid:
+        return held[1]
+    with _statm_lock:
+        if _statm is None or _statm[0] != pid:
+            try:
+                _statm = (pid, os.open("/proc/self/statm", os.O_RDONLY | os.O_CLOEXEC))
+            except OSError:
+                return None
+        return _statm[1]
+
+
 def rss_bytes() -> int | None:
+    fd = _statm_fd()
+    if fd is None:
+        return None
     try:
-        fields = Path("/proc/self/statm").read_text().split()
+        fields = os.pread(fd, 256, 0).split()
     except OSError:
         return None
     return int(fields[1]) * _PAGE
@@ -56,10 +81,14 @@ class MemoryReleaser:
     Trimming after every unload would make the next load fault all its pages back in (a 34 MB
     model loaded in 72 ms instead of 34 ms here), so the heap is trimmed once `trim_after`
     bytes have been freed since the last trim: RSS still comes back, in steps.
+
+    A trim runs under the releaser's lock, so that a load waiting in `before_load` starts
+    measuring only once a trim under way has ended.
     """
 
-    def __init__(self, trim_after: int = 32 * 2**20) -> None:
+    def __init__(self, trim_after: int = 32 * 2**20, trim: Callable[[], None] = trim_heap) -> None:
         self._trim_after = trim_after
+        self._trim = trim
         self._pending = 0
         self._lock = threading.Lock()
 
@@ -70,11 +99,20 @@ class MemoryReleaser:
         charged a quarter of what models really cost and overfilled its capacity. The price is
         the page faults of a cold heap on loads that follow unloads.
         """
+        self.trim_pending()
+
+    def trim_pending(self) -> None:
+        """Trim whatever was freed since the last trim, if anything was.
+
+        The pod calls it in its unload thread once an unload has answered, so that a load
+        coming later finds nothing left to trim: the trim then costs that load nothing (it was
+        0.1 ms of a 1 ms load here). A load that comes first trims for itself.
+        """
         with self._lock:
             if self._pending == 0:
                 return
             self._pending = 0
-        trim_heap()
+            self._trim()
 
     def release(self, freed_bytes: int) -> None:
         gc.collect()
@@ -83,4 +121,4 @@ class MemoryReleaser:
             if self._pending < self._trim_after:
                 return
             self._pending = 0
-        trim_heap()
+            self._trim()

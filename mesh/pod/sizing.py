@@ -37,18 +37,20 @@ class SizeFactors:
         self._runtimes = runtimes
         self._factors: dict[str, float] = {}
 
-    def estimate(self, source: ModelSource) -> int:
+    def estimate(self, source: ModelSource, disk: int | None = None) -> int:
+        """`disk`: the source's bytes on disk where the caller has them (else read here)."""
         runtime = self._runtimes.get(source.format)
         factor = self._factors.get(source.format, runtime.size_factor)
-        return max(int(source.disk_bytes() * factor), MIN_SIZE)
+        disk = source.disk_bytes() if disk is None else disk
+        return max(int(disk * factor), MIN_SIZE)
 
     def published(self) -> dict[str, float]:
         """The factors learned so far, to two significant digits (the instance record's
         `size_factors`: a factor drifting by a few percent does not rewrite the record)."""
         return {fmt: float(f"{factor:.2g}") for fmt, factor in sorted(self._factors.items())}
 
-    def learn(self, source: ModelSource, measured: int) -> None:
-        disk = source.disk_bytes()
+    def learn(self, source: ModelSource, measured: int, disk: int | None = None) -> None:
+        disk = source.disk_bytes() if disk is None else disk
         if disk <= 0:
             return
         runtime = self._runtimes.get(source.format)
