@@ -262,7 +262,7 @@ class Management:
         instance = self._mirror.instances.get(pod_id)
         if instance is None:
             return
-        pod = self._router.pod_client(pod_id, instance.address)
+        pod = self._router.pod_client(pod_id, instance.address, instance.data_address)
         await pod.unload(model_id, timeout=60)
 
     async def status(self, request: mpb.GetModelStatusRequest) -> mpb.ModelStatusResponse:
