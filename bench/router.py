@@ -11,19 +11,22 @@ child processes), models built on the spot by mesh.examples:
    registered and loaded through the router's management API (1 pod, 1Gi: with two, the
    router's copy scaling may add a second copy of a model this hot, which the direct and proxy
    targets would not use). Each is then
-   driven at batch 1 and client concurrency 1, 8 and 32 through three targets: **direct** (the
+   driven at batch 1 and client concurrency 1, 8 and 32 through four targets: **direct** (the
    pod that holds it, found with GetModelStatus; a pod answers a request whose model_name is a
    model it holds), the **router**, and a **bare proxy** (bench/passthrough_proxy.py: grpc.aio,
    a generic ModelInfer handler forwarding the request bytes to that pod over one grpc.aio
-   channel: the floor of one Python hop). At each concurrency the three targets run back to
+   channel: the floor of one Python hop), and **router-grpc**, a second router on the same mesh
+   with --no-pod-frames (gRPC to the pod where the first router sends frames, mesh.frames: the
+   same-run A/B of the router->pod transport). At each concurrency the targets run back to
    back, for `--rounds` rounds in alternating order (d-p-r, r-p-d, ...), so that the ratios
    compare cells measured seconds apart; a cell's figures pool its rounds. Reported: req/s,
    p50, p99, router/proxy and router/direct, each hop's added p50 over direct, and the CPU time
    per request of the client, the hop (router or proxy) and the pod over the measured window
    (/proc/PID/stat). Goals: a router within 15% of the bare proxy (req/s >= 0.85x and p50
-   <= 1.15x the proxy's, every cell), both measured in the same run. No peer figures: MLServer
-   or KServe is compared only when run beside the mesh in the same run (bench/peers.py),
-   not here.
+   <= 1.15x the proxy's, every cell), both measured in the same run; and issue 13's, for each
+   router: p50 at c=1 within 0.5 ms of direct's, req/s at c=32 >= 0.9x the proxy's. No peer
+   figures: MLServer or KServe is compared only when run beside the mesh in the same run
+   (bench/peers.py), not here.
 
 2. **Zipf over 1,000 models.** Five copies of the small ONNX MLP are loaded through the router
    on the first mesh, one at a time, and the median of the pods' charged size (RuntimeStatus

@@ -209,8 +209,9 @@ class FrameServer:
         return _ServerConnection(self, self._max_message_bytes, self._max_in_flight)
 
     async def aclose(self, grace: float = 0.0) -> None:
-        """Take no new connection nor request, let the calls in flight end (up to `grace`
-        seconds), then close every connection (calls still running are cancelled)."""
+        """Take no new connection, answer new requests UNAVAILABLE (the router retries them on
+        another copy), let the calls in flight end (up to `grace` seconds), then close every
+        connection (calls still running are cancelled)."""
         if self._server is None:
             return
         server, self._server = self._server, None
@@ -327,7 +328,8 @@ class _ServerConnection(_Frames):
             return
         transport.write(_RESPONSE.pack(len(body) + 6, RESPONSE, call_id, status) + body)
 
-    # Flow control: read while fewer than max_in_flight calls run and the client reads.
+    # Flow control: read while fewer than max_in_flight calls run and the client reads; once
+    # stopped, read on, answering each new request UNAVAILABLE at once.
     def pause_writing(self) -> None:
         self._paused_writing = True
         self._flow()
@@ -343,7 +345,8 @@ class _ServerConnection(_Frames):
     def _flow(self) -> None:
         if self.transport is None or self.transport.is_closing():
             return
-        pause = self._stopped or self._paused_writing or len(self.calls) >= self._max_in_flight
+        full = not self._stopped and len(self.calls) >= self._max_in_flight
+        pause = self._paused_writing or full
         if pause and not self.hold:
             self.hold = True
             self.transport.pause_reading()

@@ -373,6 +373,8 @@ async def test_a_stopping_listener_lets_calls_in_flight_finish(
     stopping = asyncio.create_task(server.aclose(grace=30.0))
     await asyncio.sleep(0.1)
     assert not stopping.done()  # waits for the call in flight
+    with pytest.raises(errors.Unavailable):  # a new request is refused at once, not held
+        await client.infer(b"", "m", 5.0)
     pod.release.set()
     assert await asyncio.wait_for(call, 10) == b"released"
     await asyncio.wait_for(stopping, 10)
