@@ -11,19 +11,22 @@ child processes), models built on the spot by mesh.examples:
    registered and loaded through the router's management API (1 pod, 1Gi: with two, the
    router's copy scaling may add a second copy of a model this hot, which the direct and proxy
    targets would not use). Each is then
-   driven at batch 1 and client concurrency 1, 8 and 32 through three targets: **direct** (the
+   driven at batch 1 and client concurrency 1, 8 and 32 through four targets: **direct** (the
    pod that holds it, found with GetModelStatus; a pod answers a request whose model_name is a
    model it holds), the **router**, and a **bare proxy** (bench/passthrough_proxy.py: grpc.aio,
    a generic ModelInfer handler forwarding the request bytes to that pod over one grpc.aio
-   channel: the floor of one Python hop). At each concurrency the three targets run back to
+   channel: the floor of one Python hop), and **router-grpc**, a second router on the same mesh
+   with --no-pod-frames (gRPC to the pod where the first router sends frames, mesh.frames: the
+   same-run A/B of the router->pod transport). At each concurrency the targets run back to
    back, for `--rounds` rounds in alternating order (d-p-r, r-p-d, ...), so that the ratios
    compare cells measured seconds apart; a cell's figures pool its rounds. Reported: req/s,
    p50, p99, router/proxy and router/direct, each hop's added p50 over direct, and the CPU time
    per request of the client, the hop (router or proxy) and the pod over the measured window
    (/proc/PID/stat). Goals: a router within 15% of the bare proxy (req/s >= 0.85x and p50
-   <= 1.15x the proxy's, every cell), both measured in the same run. No peer figures: MLServer
-   or KServe is compared only when run beside the mesh in the same run (bench/peers.py),
-   not here.
+   <= 1.15x the proxy's, every cell), both measured in the same run; and issue 13's, for each
+   router: p50 at c=1 within 0.5 ms of direct's, req/s at c=32 >= 0.9x the proxy's. No peer
+   figures: MLServer or KServe is compared only when run beside the mesh in the same run
+   (bench/peers.py), not here.
 
 2. **Zipf over 1,000 models.** Five copies of the small ONNX MLP are loaded through the router
    on the first mesh, one at a time, and the median of the pods' charged size (RuntimeStatus
@@ -106,10 +109,16 @@ if TYPE_CHECKING:
     from mesh.up import LocalMesh
 
 CONCURRENCIES = (1, 8, 32)
-TARGETS = ("direct", "proxy", "router")
+# router-grpc: a second router on the same mesh with --no-pod-frames (gRPC to the pod), for the
+# same-run A/B of the router->pod transport (mesh.frames).
+TARGETS = ("direct", "proxy", "router", "router-grpc")
 N_FEATURES = 64
 
 TARGET_PROXY_MARGIN = 0.15  # router within 15% of the bare proxy
+# Issue 13: the router's p50 at c=1 within 0.5 ms of the pod's, its req/s at c=32 >= 0.9x the
+# bare proxy's.
+TARGET_HOP_MS = 0.5
+TARGET_PROXY_RPS = 0.9
 
 ZIPF_MODELS = 1000
 ZIPF_FIT = 100  # copies that fit in all the pods together: 10% of the models
@@ -497,6 +506,38 @@ def bench_hits(
     x = sample(1)
     payloads = {m.key: infer_request(m.model_id, m.input_name, x) for m in models}
     pids = child_pids(info)
+    grpc_router = Server(
+        "router-grpc",
+        [
+            sys.executable, "-m", "mesh", "router", "--etcd", info.etcd.url,
+            "--host", "127.0.0.1", "--port", "0", "--no-rest", "--no-metrics",
+            "--router-id", "bench-router-grpc", "--no-pod-frames",
+        ],
+        log_dir / "router-grpc.log",
+        None,
+        listening=r"router listening on \S+:(\d+)",
+        startup_timeout=STARTUP_TIMEOUT_S,
+        stop_timeout=STOP_TIMEOUT_S,
+    )  # fmt: skip
+    with grpc_router.running():
+        assert grpc_router.proc is not None
+        _bench_hits(info, models, warmup, duration, rounds, results, log_dir, pids, payloads,
+                    grpc_router)  # fmt: skip
+
+
+def _bench_hits(
+    info: LocalMesh,
+    models: list[Model],
+    warmup: float,
+    duration: float,
+    rounds: int,
+    results: Results,
+    log_dir: Path,
+    pids: dict[str, int],
+    payloads: dict[str, bytes],
+    grpc_router: Server,
+) -> None:
+    assert grpc_router.proc is not None
     for m in models:
         pod_id = results.placement[m.model_id]
         direct = pod_addresses(info)[pod_id]
@@ -522,11 +563,13 @@ def bench_hits(
                 "direct": direct,
                 "proxy": f"127.0.0.1:{proxy.port}",
                 "router": info.router.address,
+                "router-grpc": f"127.0.0.1:{grpc_router.port}",
             }
             watched = {
                 "direct": {"pod": pids[pod_id]},
                 "proxy": {"hop": proxy.proc.pid, "pod": pids[pod_id]},
                 "router": {"hop": pids["router"], "pod": pids[pod_id]},
+                "router-grpc": {"hop": grpc_router.proc.pid, "pod": pids[pod_id]},
             }
             for target, address in addresses.items():
                 check_answer(address, m, sample(4, seed=2), target)
@@ -555,7 +598,7 @@ def bench_hits(
                     )
                     results.hit.append(row)
                     print(
-                        f"  {m.key} c={c:<2d} {target:6s} {row['rps']:7,.0f} req/s  p50 "
+                        f"  {m.key} c={c:<2d} {target:11s} {row['rps']:7,.0f} req/s  p50 "
                         f"{row['p50_ms']:6.2f} ms  p99 {row['p99_ms']:6.2f} ms"
                         + (f"  errors {row['errors']}: {row['first_error']}" * bool(row["errors"])),
                         flush=True,
@@ -907,11 +950,47 @@ def report(results: Results) -> str:
         )
         rows = []
         ratio_ok = True
+        transport_rows = []
+        goal_rows = []
         for model in ("mlp", "xgb"):
             for c in CONCURRENCIES:
-                d, p, r = (cells.get((model, t, c)) for t in TARGETS)
+                d, p, r, g = (cells.get((model, t, c)) for t in TARGETS)
                 if not (d and p and r):
                     continue
+                if g and g["rps"] and r["rps"]:
+                    transport_rows.append(
+                        [
+                            model,
+                            str(c),
+                            f"{r['rps'] / g['rps']:.2f}",
+                            f"{r['p50_ms'] / g['p50_ms']:.2f}",
+                            f"{g['p50_ms'] - d['p50_ms']:.2f}",
+                            f"{r['p50_ms'] - d['p50_ms']:.2f}",
+                            f"{g['rps'] / p['rps']:.2f}",
+                            f"{r['rps'] / p['rps']:.2f}",
+                        ]
+                    )
+                for name, hop in (("router", r), ("router-grpc", g)):
+                    if hop is None or not hop["rps"]:
+                        continue
+                    if c == 1:
+                        added = hop["p50_ms"] - d["p50_ms"]
+                        goal_rows.append(
+                            [
+                                f"{model}: {name} p50 at c=1 <= the pod's + {TARGET_HOP_MS} ms",
+                                f"+{added:.2f} ms",
+                                verdict(added <= TARGET_HOP_MS),
+                            ]
+                        )
+                    if c == 32:
+                        share = hop["rps"] / p["rps"]
+                        goal_rows.append(
+                            [
+                                f"{model}: {name} req/s at c=32 >= {TARGET_PROXY_RPS}x the proxy's",
+                                f"{share:.2f}x",
+                                verdict(share >= TARGET_PROXY_RPS),
+                            ]
+                        )
                 rps_pp, p50_pp = r["rps"] / p["rps"], r["p50_ms"] / p["p50_ms"]
                 ok = rps_pp >= 1 - TARGET_PROXY_MARGIN and p50_pp <= 1 + TARGET_PROXY_MARGIN
                 ratio_ok &= ok
@@ -949,13 +1028,34 @@ def report(results: Results) -> str:
                 rows,
             )
         )
-        goal_rows = [
+        if transport_rows:
+            out.append(
+                "\nThe router->pod transport: router (frames to the pod, mesh.frames) against "
+                "router-grpc (the same code, --no-pod-frames); hop = p50 minus direct p50\n"
+            )
+            out.append(
+                table(
+                    [
+                        "model",
+                        "conc",
+                        "frames/grpc req/s",
+                        "frames/grpc p50",
+                        "grpc hop ms",
+                        "frames hop ms",
+                        "grpc/proxy req/s",
+                        "frames/proxy req/s",
+                    ],
+                    transport_rows,
+                )
+            )
+        goal_rows.insert(
+            0,
             [
                 "router within 15% of the bare proxy (req/s >= 0.85x, p50 <= 1.15x, every cell)",
                 "see above",
                 verdict(ratio_ok),
-            ]
-        ]
+            ],
+        )
         cpu_rows = []
         for r in results.hit:
             cpu = r["cpu_ms_per_request"]

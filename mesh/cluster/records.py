@@ -127,6 +127,9 @@ class InstanceRecord:
     # What the pod learned from its loads: bytes in memory per byte on disk, per format,
     # rounded (mesh.pod.sizing.SizeFactors.published) so that a load rarely rewrites the record.
     size_factors: Mapping[str, float] = field(default_factory=dict)
+    # host:port of the pod's frame listener (mesh.frames), which routers use for unary
+    # inference instead of gRPC; empty: the pod has none (or predates it), and gRPC serves all.
+    data_address: str = ""
     version: int = SCHEMA_VERSION
 
 

@@ -23,7 +23,9 @@ from mesh.pod.settings import PodSettings
 _STATES = {"loading": PlacementState.LOADING, "loaded": PlacementState.LOADED}
 
 
-def pod_state(plane: DataPlane, pod_id: str, address: str, labels: dict[str, str]) -> PodState:
+def pod_state(
+    plane: DataPlane, pod_id: str, address: str, labels: dict[str, str], data_address: str = ""
+) -> PodState:
     view = plane.status()
     loaded = [m for m in view.models if m.state == "loaded"]
     lru = min((m.last_used or m.loaded_at for m in loaded), default=0.0)
@@ -50,6 +52,7 @@ def pod_state(plane: DataPlane, pod_id: str, address: str, labels: dict[str, str
         device_total=reading.total if reading is not None else 0,
         device_used=reading.used if reading is not None else 0,
         size_factors=dict(view.size_factors),
+        data_address=data_address,
     )
     placements = [
         PlacementRecord(
@@ -105,10 +108,16 @@ def not_yet_elsewhere(mirror: Mirror, pod_id: str, models: list[str]) -> list[st
 
 
 def join(
-    settings: PodSettings, plane: DataPlane, port: int, store: KeyValueStore | None = None
+    settings: PodSettings,
+    plane: DataPlane,
+    port: int,
+    store: KeyValueStore | None = None,
+    *,
+    data_port: int | None = None,
 ) -> tuple[KeyValueStore, PodRegistration]:
     """The store and registration of a pod in a mesh (not yet started): etcd from the
-    settings, or the store given (the embedded mode's in-memory store)."""
+    settings, or the store given (the embedded mode's in-memory store). `data_port`: the
+    frame listener's, advertised on the same host as the gRPC port."""
     if store is None:
         assert settings.etcd.endpoints is not None
         config = EtcdConfig.parse(
@@ -117,11 +126,14 @@ def join(
         store = EtcdStore(config)
     pod_id = pod_id_of(settings)
     address = advertised_address(settings, port)
+    data_address = ""
+    if data_port is not None:
+        data_address = f"{address.rpartition(':')[0]}:{data_port}"
     labels = dict(settings.labels)
     registration = PodRegistration(
         store,
         Keys(settings.etcd.prefix),
-        lambda: pod_state(plane, pod_id, address, labels),
+        lambda: pod_state(plane, pod_id, address, labels, data_address),
         ttl=settings.lease_ttl,
     )
     plane.cache.subscribe(registration.notify)

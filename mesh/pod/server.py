@@ -29,6 +29,7 @@ from mesh.cluster.mirror import Mirror
 from mesh.cluster.registration import PodRegistration
 from mesh.cluster.store import KeyValueStore
 from mesh.errors import InvalidRequest, MeshError
+from mesh.frames import FrameServer
 from mesh.grpcstatus import status_name
 from mesh.grpcutil import ErrorInterceptor
 from mesh.health import Health
@@ -51,6 +52,7 @@ from mesh.pod.repository import ModelRepository
 from mesh.pod.rest import PodBackend
 from mesh.pod.service import InferenceService, RuntimeService
 from mesh.pod.settings import PodSettings
+from mesh.pod.wire import wire_infer
 from mesh.puller.client import PullerClient
 from mesh.runtimes.base import Device
 from mesh.runtimes.registry import RuntimeRegistry
@@ -87,6 +89,9 @@ class PodServer(Service):
         self.port = 0
         self.metrics_port: int | None = None
         self.rest_port: int | None = None
+        # The frame listener's port (mesh.frames; --data-port), None when it has none.
+        self.data_port: int | None = None
+        self._frames: FrameServer | None = None
         self._http: HttpApp | None = None
         self._server: aio.Server | None = None
         self._metrics = MetricsEndpoint()
@@ -108,6 +113,8 @@ class PodServer(Service):
             )
         if s.server.rest_port is not None:
             check_port_free(s.server.host, s.server.rest_port, "the REST port; --rest-port")
+        if s.data_port:
+            check_port_free(s.server.host, s.data_port, "the data port; --data-port")
         runtimes = self._runtimes or RuntimeRegistry.discover(s.runtimes)
         if not runtimes.names:
             raise InvalidRequest(
@@ -192,6 +199,10 @@ class PodServer(Service):
             raise InvalidRequest(f"cannot listen on {s.server.host}:{s.server.port}")
         await server.start()
         self._server = server
+        if s.data_port is not None:
+            # Unary inference for routers, cheaper than a gRPC call (mesh.frames).
+            self._frames = FrameServer(wire_infer(self.plane), s.max_message_bytes)
+            self.data_port = await self._frames.start(s.server.host, s.data_port)
         if s.server.rest_port is not None:
             self._http = HttpApp(s.max_message_bytes)
             self._http.mount_v2(V2Endpoints(PodBackend(self.plane)))
@@ -202,7 +213,9 @@ class PodServer(Service):
                 s.server.metrics_port, s.server.host, self.registry
             )
         if s.etcd.endpoints or self._given_store is not None:
-            store, self.registration = join(s, self.plane, self.port, self._given_store)
+            store, self.registration = join(
+                s, self.plane, self.port, self._given_store, data_port=self.data_port
+            )
             if self._given_store is None:
                 self._store = store
             await self.registration.start()
@@ -262,7 +275,11 @@ class PodServer(Service):
         # Refuses new calls at once and waits for those in flight, up to the grace period.
         if self._http is not None:
             await self._http.aclose()
-        await server.stop(grace=self.settings.drain_timeout)
+        grace = self.settings.drain_timeout
+        if self._frames is not None:
+            await asyncio.gather(server.stop(grace=grace), self._frames.aclose(grace=grace))
+        else:
+            await server.stop(grace=grace)
         await self.plane.aclose()
         if self.registration is not None:
             await self.registration.aclose(revoke=True)

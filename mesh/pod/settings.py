@@ -65,6 +65,14 @@ class PodSettings(CommandSettings, env_prefix="MESH_POD_"):
     unload_settle: float = Field(
         2.0, ge=0, description="seconds an unload's device memory may take to come back"
     )
+    # mesh.frames: a frame costs the router less CPU than a grpc.aio call (docs/pod.md).
+    data_port: Annotated[int | None, Flag(off="no-data-port")] = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="port of the data transport routers use for unary inference instead of "
+        "gRPC (0 picks a free one; unset: none, routers use the gRPC port)",
+    )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where models run")
     device_index: int = Field(0, ge=0, description="GPU index")
     workers: int = Field(4, ge=1, description="inference threads; requests beyond them queue")

@@ -62,7 +62,7 @@ class CopyView:
             instance = self.mirror.instances.get(pod_id)
             if instance is None or instance.draining:
                 continue
-            found.append(self._pool.client(pod_id, instance.address))
+            found.append(self._pool.client(pod_id, instance.address, instance.data_address))
         if not found and self.vanished.grace > 0:
             for pod_id in self.vanished.expire():
                 self._pool.forget(pod_id)
@@ -70,7 +70,9 @@ class CopyView:
             # try (a failure drops it) than a load on a pod that may not exist either.
             for instance in self.vanished.holders(model_id):
                 if instance.pod_id not in exclude:
-                    found.append(self._pool.client(instance.pod_id, instance.address))
+                    found.append(
+                        self._pool.client(instance.pod_id, instance.address, instance.data_address)
+                    )
         return found
 
     def first_holder(self, model_id: str, exclude: Sequence[str] = ()) -> str:
@@ -139,7 +141,11 @@ class CopyView:
     def client(self, pod_id: str) -> PodTransport | None:
         """The client of a pod the mirror (or the vanished list) knows; None if none does."""
         instance = self.instance(pod_id)
-        return None if instance is None else self._pool.client(pod_id, instance.address)
+        return (
+            None
+            if instance is None
+            else self._pool.client(pod_id, instance.address, instance.data_address)
+        )
 
     def unreachable(self, pod_id: str) -> None:
         """A call to `pod_id` found it gone: a pod whose records vanished is forgotten."""

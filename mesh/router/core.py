@@ -139,8 +139,8 @@ class Router:
 
     # -- the request path ----------------------------------------------------------------------
 
-    def pod_client(self, pod_id: str, address: str) -> PodTransport:
-        return self._pool.client(pod_id, address)
+    def pod_client(self, pod_id: str, address: str, data_address: str = "") -> PodTransport:
+        return self._pool.client(pod_id, address, data_address)
 
     def holders(self, model_id: str, exclude: Sequence[str] = ()) -> list[PodTransport]:
         """Pods serving a loaded copy, not draining, not excluded (mesh.router.copies)."""

@@ -211,7 +211,7 @@ class Forwarder:
         if instance is None:
             exclude.append(pod_id)
             return None
-        return self._pool.client(pod_id, instance.address)
+        return self._pool.client(pod_id, instance.address, instance.data_address)
 
     def _not_here(self, model_id: str, pod_id: str, exclude: list[str], stale: list[str]) -> None:
         """`pod_id` answered NOT_FOUND for `model_id` (evicted since the mirror showed it): the

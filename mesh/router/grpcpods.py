@@ -2,7 +2,10 @@
 
 Each pod gets one grpc.aio channel (HTTP/2 multiplexes every request over it), created on first
 use by the pool (mesh.router.pods.PodPool, with `GrpcPods` as its `connect`) and closed when the
-pod leaves the mirror. Inference and metadata go as the client's bytes, untouched.
+pod leaves the mirror. Inference and metadata go as the client's bytes, untouched. A pod that
+advertises a frame listener (InstanceRecord.data_address) gets its unary inference over that
+instead (`FramePodClient`, mesh.frames: a frame costs the router a fraction of a grpc.aio
+call's CPU), and everything else over its channel; a pod that advertises none gets gRPC alone.
 
 A pod's status becomes the mesh error of mesh.grpcstatus's table with the pod's message, so the
 router passes it on unchanged. Closing a channel (its pod left the mirror) ends the calls in
@@ -22,6 +25,7 @@ import grpc
 from grpc import aio
 
 from mesh.errors import DeadlineExceeded, MeshError, Unavailable
+from mesh.frames import FrameClient
 from mesh.gen import grpc_predict_v2_pb2 as pb
 from mesh.gen import runtime_pb2 as rpb
 from mesh.grpcstatus import error_class_named, error_from_status
@@ -83,9 +87,12 @@ class GrpcPodStream:
 class PodClient:
     """A pod over gRPC (mesh.router.transport.PodTransport)."""
 
-    def __init__(self, pod_id: str, address: str, max_message_bytes: int) -> None:
+    def __init__(
+        self, pod_id: str, address: str, max_message_bytes: int, data_address: str = ""
+    ) -> None:
         self.pod_id = pod_id
         self.address = address
+        self.data_address = data_address
         options = [
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
@@ -185,6 +192,25 @@ class PodClient:
         await self.channel.close()
 
 
+class FramePodClient(PodClient):
+    """A pod with a frame listener: unary inference over it (mesh.frames), the rest over gRPC.
+    The frame client raises the same mesh errors as the gRPC call would: the pod's status with
+    its message, Unavailable when the connection fails or closes under the call."""
+
+    def __init__(
+        self, pod_id: str, address: str, max_message_bytes: int, data_address: str
+    ) -> None:
+        super().__init__(pod_id, address, max_message_bytes, data_address)
+        self._frames = FrameClient(pod_id, data_address, max_message_bytes)
+
+    async def infer(self, data: bytes, model_id: str, timeout: float | None) -> bytes:
+        return await self._frames.infer(data, model_id, timeout)
+
+    async def aclose(self) -> None:
+        await self._frames.aclose()
+        await super().aclose()
+
+
 class InProcessPodClient(PodClient):
     """A pod in this process (`mesh serve`): inference calls its data plane directly, with no
     loopback hop; the control calls (load, unload, metadata) still go over its gRPC port.
@@ -194,8 +220,15 @@ class InProcessPodClient(PodClient):
     unexpected a MeshError (INTERNAL) naming it.
     """
 
-    def __init__(self, pod_id: str, address: str, max_message_bytes: int, local: LocalInfer):
-        super().__init__(pod_id, address, max_message_bytes)
+    def __init__(
+        self,
+        pod_id: str,
+        address: str,
+        max_message_bytes: int,
+        local: LocalInfer,
+        data_address: str = "",
+    ) -> None:
+        super().__init__(pod_id, address, max_message_bytes, data_address)
         self._local = local
 
     async def infer(self, data: bytes, model_id: str, timeout: float | None) -> bytes:
@@ -213,12 +246,19 @@ class InProcessPodClient(PodClient):
 
 class GrpcPods:
     """The pool's `connect` (mesh.router.transport.Connect): gRPC channels of at most
-    `max_message_bytes` per message, or the pod in this process."""
+    `max_message_bytes` per message, with inference over the pod's frame listener where it
+    advertises one (`frames=False`: gRPC alone), or the pod in this process."""
 
-    def __init__(self, max_message_bytes: int) -> None:
+    def __init__(self, max_message_bytes: int, *, frames: bool = True) -> None:
         self.max_message_bytes = max_message_bytes
+        self.frames = frames
 
-    def __call__(self, pod_id: str, address: str, local: LocalInfer | None) -> PodTransport:
-        if local is None:
-            return PodClient(pod_id, address, self.max_message_bytes)
-        return InProcessPodClient(pod_id, address, self.max_message_bytes, local)
+    def __call__(
+        self, pod_id: str, address: str, local: LocalInfer | None, data_address: str = ""
+    ) -> PodTransport:
+        if local is not None:
+            return InProcessPodClient(pod_id, address, self.max_message_bytes, local, data_address)
+        if data_address and self.frames:
+            return FramePodClient(pod_id, address, self.max_message_bytes, data_address)
+        # Keeps the data address it was made for, so that the pool reuses it.
+        return PodClient(pod_id, address, self.max_message_bytes, data_address)

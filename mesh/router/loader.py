@@ -409,7 +409,7 @@ class Loader:
         instance = self.mirror.instances.get(pod_id)
         if instance is None:
             raise ModelLoadFailed(f"pod {pod_id} left the mesh")
-        pod = self._pool.client(pod_id, instance.address)
+        pod = self._pool.client(pod_id, instance.address, instance.data_address)
         request = LoadRequest(
             model_id=record.model_id,
             format=record.format,

@@ -80,7 +80,7 @@ class ManagementView(Protocol):
 
     def known_copies(self, model_id: str) -> set[str]: ...
 
-    def pod_client(self, pod_id: str, address: str) -> PodTransport: ...
+    def pod_client(self, pod_id: str, address: str, data_address: str = "") -> PodTransport: ...
 
     async def ensure_loaded(
         self, model_id: str, exclude: Sequence[str] = (), deadline: float | None = None
@@ -262,7 +262,7 @@ class Management:
         instance = self._mirror.instances.get(pod_id)
         if instance is None:
             return
-        pod = self._router.pod_client(pod_id, instance.address)
+        pod = self._router.pod_client(pod_id, instance.address, instance.data_address)
         await pod.unload(model_id, timeout=60)
 
     async def status(self, request: mpb.GetModelStatusRequest) -> mpb.ModelStatusResponse:

@@ -32,12 +32,16 @@ class PodPool:
         self._local[pod_id] = infer
         self.forget(pod_id)
 
-    def client(self, pod_id: str, address: str) -> PodTransport:
+    def client(self, pod_id: str, address: str, data_address: str = "") -> PodTransport:
+        """The client of `pod_id` at `address` (and its frame listener at `data_address`, ""
+        for none): a new one when the pod moved to other addresses."""
         client = self._clients.get(pod_id)
-        if client is None or client.address != address:
+        if client is None or client.address != address or client.data_address != data_address:
             if client is not None:
                 self._close_later(client)
-            client = self._clients[pod_id] = self._connect(pod_id, address, self._local.get(pod_id))
+            local = self._local.get(pod_id)
+            client = self._connect(pod_id, address, local, data_address)
+            self._clients[pod_id] = client
         return client
 
     def forget(self, pod_id: str) -> None:

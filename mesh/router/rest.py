@@ -76,7 +76,7 @@ class RouterBackend:
         instance = router.mirror.instances.get(pod_id)
         if instance is None:
             raise ModelNotFound(f"model {name!r}: its pod left the mesh")
-        pod = router.pod_client(pod_id, instance.address)
+        pod = router.pod_client(pod_id, instance.address, instance.data_address)
         forwarded = pb.ModelMetadataRequest(name=model_id, version=version)
         raw = await pod.metadata(forwarded.SerializeToString(), timeout=timeout)
         response = pb.ModelMetadataResponse.FromString(raw)
@@ -146,6 +146,6 @@ class RouterBackend:
         instance = self._router.mirror.instances.get(pod_id)
         if instance is None:
             return
-        pod = self._router.pod_client(pod_id, instance.address)
+        pod = self._router.pod_client(pod_id, instance.address, instance.data_address)
         await pod.unload(model_id, timeout=60)
         self._router.forget_copy(model_id, pod_id)

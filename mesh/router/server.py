@@ -137,7 +137,7 @@ class RouterServer(Service):
         await self.mirror.start(timeout=60)
         self.lease = RouterLease(self.store, s.lease_ttl)
         await self.lease.start()
-        self.pool = PodPool(GrpcPods(s.max_message_bytes))
+        self.pool = PodPool(GrpcPods(s.max_message_bytes, frames=s.pod_frames))
         metrics = RouterMetrics(self.registry)
         router_id = s.router_id or f"{socket.gethostname()}-{id(self):x}"
         self.held = (

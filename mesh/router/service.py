@@ -156,7 +156,7 @@ class RouterInference:
         instance = self._router.mirror.instances.get(pod_id)
         if instance is None:
             raise ModelNotFound(f"model {request.name!r}: its pod left the mesh")
-        pod = self._router.pod_client(pod_id, instance.address)
+        pod = self._router.pod_client(pod_id, instance.address, instance.data_address)
         forwarded = pb.ModelMetadataRequest(name=model_id, version=request.version)
         raw = await pod.metadata(forwarded.SerializeToString(), timeout=deadline)
         response = pb.ModelMetadataResponse.FromString(raw)

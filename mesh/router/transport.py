@@ -60,10 +60,12 @@ class PodStream(Protocol):
 
 class PodTransport(Protocol):
     """One pod, as the router calls it. `outstanding` is the router's own count of requests in
-    flight to it (mesh.router.pods.PodPool.pick reads it)."""
+    flight to it (mesh.router.pods.PodPool.pick reads it). `address` is the pod's gRPC
+    address; `data_address` its frame listener's (mesh.frames), "" where it has none."""
 
     pod_id: str
     address: str
+    data_address: str
     outstanding: int
 
     async def infer(self, data: bytes, model_id: str, timeout: float | None) -> bytes:
@@ -101,7 +103,10 @@ class PodTransport(Protocol):
 
 
 class Connect(Protocol):
-    """How the pool reaches a pod: a transport to `address`, or to `local` when the pod runs in
-    this process (`mesh serve`)."""
+    """How the pool reaches a pod: a transport to `address` (and to `data_address`, the pod's
+    frame listener, when it advertises one), or to `local` when the pod runs in this process
+    (`mesh serve`)."""
 
-    def __call__(self, pod_id: str, address: str, local: LocalInfer | None) -> PodTransport: ...
+    def __call__(
+        self, pod_id: str, address: str, local: LocalInfer | None, data_address: str = ""
+    ) -> PodTransport: ...

@@ -85,5 +85,5 @@ class CopyScaling:
         if pod_id is None or instance is None:
             return
         log.info("removing the copy of %s on %s: %s", model_id, pod_id, reason)
-        pod = self._router.pod_client(pod_id, instance.address)
+        pod = self._router.pod_client(pod_id, instance.address, instance.data_address)
         await pod.unload(model_id, timeout=60)
