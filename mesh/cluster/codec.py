@@ -130,6 +130,8 @@ def _model_storage(raw: dict[str, Any]) -> tuple[StorageRef, dict[str, str] | No
     if not isinstance(options, dict) or not any(k.startswith(LEGACY_PREFIX) for k in options):
         return StorageRef(key, path), None
     runtime, pulled = split_legacy_options(options)
+    if not all(isinstance(v, str) for v in pulled.values()):
+        return StorageRef(key, path), None  # no option the puller took: left as they were
     try:
         return StorageRef.parse(key, path, pulled), runtime
     except InvalidRequest:

@@ -95,7 +95,9 @@ class DataPlane:
         self.cache = cache
         self._status_label = status_label
         self.artifacts = artifacts
-        self._pulled: set[str] = set()
+        # Per model pulled: the storage its files came from (a LoadModel naming other storage
+        # is a new registration: the host tier's copy of the old files is not promoted).
+        self._pulled: dict[str, StorageRef] = {}
         # Per model: its release to the puller under way (a pull of it waits for it first).
         self._releases: dict[str, asyncio.Task[None]] = {}
         # The pulled files stay held while the model is anywhere on the pod: a model in the
@@ -292,7 +294,11 @@ class DataPlane:
         demoted = self.cache.demoted_source(model_id)
         if demoted is not None:
             other_format = bool(format) and format != demoted.format
-            if other_format or options != dict(demoted.options):
+            pulled_from = self._pulled.get(model_id)  # None: not pulled (a local path)
+            other_storage = bool(
+                pulled_from is not None and storage and storage.path and storage != pulled_from
+            )
+            if other_format or other_storage or options != dict(demoted.options):
                 await self.cache.unload(model_id)  # registered anew: not the copy it keeps
                 demoted = None
         if demoted is not None:  # in the host tier: a promotion, with no pull
@@ -310,7 +316,7 @@ class DataPlane:
         if releasing is not None:  # let go just now (an unload): the release goes first
             await asyncio.shield(releasing)
         local = await self.artifacts.pull(model_id, storage)
-        self._pulled.add(model_id)
+        self._pulled[model_id] = storage
         try:
             source = source_for(model_id, Path(local), self.runtimes, format, options, base)
             return await self._load_source(source, retry_failed=True)
@@ -343,7 +349,7 @@ class DataPlane:
     def _release(self, model_id: str) -> None:
         """The model left the pod (both tiers): its artifact may go from the puller's disk."""
         if model_id in self._pulled and self.artifacts is not None:
-            self._pulled.discard(model_id)
+            del self._pulled[model_id]
             task = asyncio.create_task(self._release_quietly(model_id))
             self._releases[model_id] = task
 

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from mesh.cluster.claims import LoadClaims
-from mesh.cluster.codec import Keys, encode, legacy_encoding
+from mesh.cluster.codec import Keys, decode, encode, legacy_encoding
 from mesh.cluster.mirror import Mirror
 from mesh.cluster.records import ModelRecord, size_key
 from mesh.cluster.store import Compare, KeyValueStore, Put
@@ -401,7 +401,15 @@ class Loader:
                     [Compare.value_is(key, stored)], [Put(key, encode(updated))]
                 )
                 if done.succeeded:
-                    break
+                    return
+            # An old record whose options spell the puller's otherwise (as the client gave
+            # them: "storage.unpack": "Auto"): over its revision, if it is still this one.
+            entry = await self._store.get(key)
+            if entry is not None and decode(ModelRecord, key, entry.value) == record:
+                await self._store.txn(
+                    [Compare.mod_revision_is(key, entry.mod_revision)],
+                    [Put(key, encode(updated))],
+                )
         except MeshError as exc:
             log.info("could not record the size of %s: %s", record.model_id, exc)
 

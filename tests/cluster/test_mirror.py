@@ -133,3 +133,21 @@ async def test_mirror_converges_through_an_etcd_restart(etcd: EtcdServer, prefix
     finally:
         await mirror.aclose()
         await store.aclose()
+
+
+async def test_a_hand_written_old_record_with_a_storage_option_no_string_does_not_stall_it(
+    store: KeyValueStore, prefix: str
+) -> None:
+    """A record from before StorageRef whose "storage.unpack" is a number (etcdctl by hand):
+    the mirror still loads everything (it used to fail on it at every resync, and never
+    became ready)."""
+    keys = Keys(prefix)
+    old = b'{"model_id":"old","format":"onnx","storage_path":"m","options":{"storage.unpack":1}}'
+    await store.put(keys.model("old"), old)
+    await store.put(keys.model("z"), encode(ModelRecord("z", "onnx")))
+    mirror = Mirror(store, keys, FAST)
+    await mirror.start(timeout=10)
+    try:
+        assert set(mirror.models) == {"old", "z"}
+    finally:
+        await mirror.aclose()

@@ -23,6 +23,8 @@ from mesh.gen import runtime_pb2 as rpb
 from mesh.pod.devices import FakeDevice
 from mesh.pod.membership import pod_state
 from mesh.runtimes.registry import RuntimeRegistry
+from mesh.storageref import StorageRef
+from mesh.storagewire import to_message
 from tests.fakes import CountingPuller, DeviceRuntime
 from tests.helpers import RunningPod, infer_request, output_array, running_pod, wait_until
 
@@ -298,3 +300,48 @@ def test_a_model_registered_anew_is_pulled_not_promoted_from_the_host_tier(
     load(pod, "a", "big", intra_op_threads="2")
     assert len(puller.pulls) == pulls + 1 and puller.pulls[-1] == "a"
     assert "a" not in pod.run(_state(pod)).instance.host_models
+
+
+@pytest.mark.parametrize(
+    "anew",
+    [
+        {"path": "c.fgpu"},
+        {"path": "a.fgpu", "bucket": "other"},
+        {"path": "a.fgpu", "sha256": "ab" * 32},
+    ],
+    ids=["other path", "other bucket", "a digest"],
+)
+def test_a_model_registered_anew_with_other_storage_is_pulled_not_promoted(
+    store: Path, tmp_path: Path, anew: dict[str, str]
+) -> None:
+    """The host tier keeps the copy of the files it was pulled from: a LoadModel for the same
+    id naming other storage (a new registration: other files, another bucket, a digest to
+    check) pulls them, rather than promoting the old files; the same storage promotes."""
+    device = FakeDevice(total=100 * MB)
+    runtime = DeviceRuntime(device)
+    puller = CountingPuller(store, tmp_path / "disk")
+    size = str(10 * MB)
+    with running_pod(
+        runtimes=RuntimeRegistry([runtime]),
+        artifacts=puller,
+        device_memory=device,
+        capacity=15 * MB,  # one model on the device
+        host_tier="50M",
+    ) as pod:
+
+        def load_ref(model_id: str, **ref: str) -> None:
+            storage = to_message(StorageRef(**ref))
+            request = rpb.LoadModelRequest(
+                model_id=model_id, storage=storage, options={"size": size}
+            )
+            pod.control.LoadModel(request, timeout=60)
+            pod.run(pod.plane.cache.demotions_read())
+
+        load_ref("a", path="a.fgpu")
+        load_ref("b", path="b.fgpu")  # a demoted
+        load_ref("a", path="a.fgpu")  # the same storage: promoted; b demoted
+        assert runtime.restored == ["a"] and puller.pulls == ["a", "b"]
+        load_ref("b", path="b.fgpu")  # a demoted again
+        load_ref("a", **anew)
+        assert puller.pulls == ["a", "b", "a"]
+        assert runtime.restored == ["a", "b"]  # a was loaded anew, not promoted

@@ -162,9 +162,20 @@ def test_a_bad_storage_is_refused_at_registration(
     assert puller.refs == []
 
 
+@pytest.mark.parametrize(
+    "spelled",
+    [{}, {"storage.unpack": "Auto", "storage.sha256": ""}],
+    ids=["as read", "spelled otherwise"],
+)
 def test_a_record_written_before_storage_ref_loads_and_keeps_its_size(
-    etcd: EtcdServer, prefix: str, router: RunningRouter, puller: FakePuller
+    etcd: EtcdServer,
+    prefix: str,
+    router: RunningRouter,
+    puller: FakePuller,
+    spelled: dict[str, str],
 ) -> None:
+    """Also when its options spell the puller's defaults otherwise than the codec reads them
+    (an old router stored them as the client gave them, and the old puller took them)."""
     # As a router from before StorageRef wrote it (mesh.cluster.codec.encode of that record).
     old = {
         "model_id": "old", "format": "xgboost", "storage_key": "s3", "storage_path": "xgb",
@@ -173,6 +184,7 @@ def test_a_record_written_before_storage_ref_loads_and_keeps_its_size(
         "preferred_labels": {}, "options": {"nthread": "1", "storage.bucket": "models-b"},
         "registered_at": 1.0, "base": "", "version": 1,
     }  # fmt: skip
+    old["options"] = {**old["options"], **spelled}
     _put_raw(etcd, prefix, "old", old)
     mirror = router.server.mirror
     wait_until(lambda: "old" in mirror.models)
