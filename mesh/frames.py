@@ -19,7 +19,8 @@ How it fails, and what each side keeps of gRPC's behaviour:
   message, and the client raises the class of that status with the message unchanged, as the
   gRPC transport does; anything unexpected on the pod is INTERNAL naming it.
 - Deadlines: the pod runs the call under the request's timeout (DEADLINE_EXCEEDED past it) and
-  the client stops waiting at the same deadline, telling the pod to stop (a cancel frame).
+  the client stops waiting at the same deadline, connect included, telling the pod to stop (a
+  cancel frame).
 - Cancellation: a caller cancelled while waiting sends a cancel frame; a connection that closes
   cancels every call the pod is running for it.
 - A pod that goes away: every call waiting on its connection fails `Unavailable` (which the
@@ -398,11 +399,18 @@ class FrameClient:
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"the request of {len(data)} bytes exceeds the limit of {self._max_message_bytes}",
             )
+        loop = asyncio.get_running_loop()
         connection = self._connection
         if connection is None or connection.lost:
+            # The caller's deadline bounds the connect too (as a gRPC call's does): what is
+            # left of it goes to the pod.
+            started = loop.time()
             connection = await self._connect(timeout)
+            if timeout:
+                timeout -= loop.time() - started
+                if timeout <= 0:
+                    raise DeadlineExceeded("Deadline Exceeded")
         call_id = next(self._ids) & 0xFFFFFFFF
-        loop = asyncio.get_running_loop()
         answer: asyncio.Future[bytes] = loop.create_future()
         connection.waiting[call_id] = answer
         model = model_id.encode()
@@ -435,8 +443,13 @@ class FrameClient:
         if self._connecting is None:
             self._connecting = asyncio.ensure_future(self._open())
             self._connecting.add_done_callback(self._opened)
-        # A caller that gives up does not cancel the connect the others share.
-        return await asyncio.shield(self._connecting)
+        # A caller that gives up (or whose deadline passes) does not cancel the connect the
+        # others share.
+        try:
+            async with asyncio.timeout(timeout or None):
+                return await asyncio.shield(self._connecting)
+        except TimeoutError:  # _open's own failures are Unavailable
+            raise DeadlineExceeded("Deadline Exceeded") from None
 
     def _opened(self, connecting: asyncio.Future[_ClientConnection]) -> None:
         self._connecting = None
@@ -456,7 +469,7 @@ class FrameClient:
                 )
         except (OSError, TimeoutError) as exc:
             raise Unavailable(
-                f"pod {self.pod_id}: cannot connect to {self.address}: {exc or 'timed out'}"
+                f"pod {self.pod_id}: cannot connect to {self.address}: {str(exc) or 'timed out'}"
             ) from None
         if self._closed:
             connection.close()

@@ -241,6 +241,37 @@ async def test_a_pod_that_is_not_there_is_unavailable(kind: str) -> None:
         await client.aclose()
 
 
+@pytest.mark.parametrize("kind", ["grpc", "frames"])
+async def test_a_pod_that_takes_no_connection_is_deadline_exceeded_at_the_callers_deadline(
+    kind: str,
+) -> None:
+    # A listener whose accept queue is full: the kernel drops further connects unanswered
+    # (as a pod's host does when it is gone or a firewall drops the port).
+    with socket.socket() as full:
+        full.bind(("127.0.0.1", 0))
+        full.listen(0)
+        address = f"127.0.0.1:{full.getsockname()[1]}"
+        fillers = [socket.socket() for _ in range(3)]
+        for filler in fillers:
+            filler.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                filler.connect(full.getsockname())
+        client: PodTransport = (
+            FramePodClient("silent", address, LIMIT, address)
+            if kind == "frames"
+            else PodClient("silent", address, LIMIT)
+        )
+        try:
+            # Not Unavailable once a connect timeout of its own has passed: the caller's
+            # deadline bounds the connect as it bounds the call.
+            with pytest.raises(errors.DeadlineExceeded):
+                await client.infer(b"", "m", 0.5)
+        finally:
+            await client.aclose()
+            for filler in fillers:
+                filler.close()
+
+
 # -- which transport the pool gives a pod ----------------------------------------------------
 
 
