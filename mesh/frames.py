@@ -212,10 +212,13 @@ class FrameServer:
     async def aclose(self, grace: float = 0.0) -> None:
         """Take no new connection, answer new requests UNAVAILABLE (the router retries them on
         another copy), let the calls in flight end (up to `grace` seconds), then close every
-        connection (calls still running are cancelled)."""
+        connection (calls still running are cancelled; one whose answers are not read by the
+        end of the grace is cut)."""
         if self._server is None:
             return
         server, self._server = self._server, None
+        loop = asyncio.get_running_loop()
+        end = loop.time() + grace
         server.close()
         for connection in self._connections:
             connection.stop_reading()
@@ -225,6 +228,14 @@ class FrameServer:
         for connection in list(self._connections):
             if connection.transport is not None:
                 connection.transport.close()
+        # close() waits for the answers written to go out; a peer that reads none would keep
+        # its connection, and the calls it still runs, for ever: past the grace it is cut.
+        closing = [c.closed for c in self._connections]
+        if closing:
+            await asyncio.wait(closing, timeout=max(0.0, end - loop.time()))
+        for connection in list(self._connections):
+            if connection.transport is not None:
+                connection.transport.abort()
         await server.wait_closed()
 
 
@@ -237,6 +248,7 @@ class _ServerConnection(_Frames):
         self.calls: dict[int, asyncio.Task[None]] = {}
         self._paused_writing = False
         self._stopped = False
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -246,6 +258,8 @@ class _ServerConnection(_Frames):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._server._connections.discard(self)
+        if not self.closed.done():
+            self.closed.set_result(None)
         for call in self.calls.values():
             call.cancel()  # nobody is left to answer: the client went away
 

@@ -414,6 +414,28 @@ async def test_a_stopping_listener_lets_calls_in_flight_finish(
     await client.aclose()
 
 
+async def test_a_peer_that_reads_no_answers_does_not_keep_a_stopped_listeners_calls_running() -> (
+    None
+):
+    pod = TestPod()
+    huge = 32 * 2**20  # more than the kernel's buffers take for a peer that reads nothing
+
+    async def infer(data: bytes, model_id: str) -> bytes:
+        return b"x" * huge if model_id == "huge" else await pod.infer(data, model_id)
+
+    server = FrameServer(infer, 2 * huge)
+    port = await server.start("127.0.0.1", 0)
+    with socket.socket() as peer:
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        peer.connect(("127.0.0.1", port))
+        peer.sendall(_request(1, "huge", b"") + _request(2, "hang", b""))
+        await asyncio.wait_for(pod.entered.wait(), 10)
+        await server.aclose(grace=0.2)
+        # Past the grace the stuck connection is dropped and its call stopped, as a gRPC
+        # server's stop cancels what is left; not left running on a stopped pod.
+        await asyncio.wait_for(pod.cancelled.wait(), 10)
+
+
 # -- TLS ---------------------------------------------------------------------------------------
 
 
