@@ -420,6 +420,8 @@ class FrameClient:
             # left of it goes to the pod.
             started = loop.time()
             connection = await self._connect(timeout)
+            if connection.lost:  # it closed before this caller's turn came: written, it is lost
+                raise Unavailable(f"pod {self.pod_id}: its connection closed as it opened")
             if timeout:
                 timeout -= loop.time() - started
                 if timeout <= 0:

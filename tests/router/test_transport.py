@@ -394,6 +394,35 @@ async def test_a_connection_that_closes_cancels_the_calls_it_started(
     await asyncio.wait_for(pod.cancelled.wait(), 10)
 
 
+class _ResumedLate(FrameClient):
+    """A router whose loop is busy between a connect's end and its caller's turn: whatever the
+    pod did meanwhile (here: dropped the connection) has been seen first."""
+
+    async def _open(self) -> Any:
+        connection = await super()._open()
+        async with asyncio.timeout(10):
+            while not connection.lost:
+                await asyncio.sleep(0.01)
+        return connection
+
+
+async def test_a_connection_the_pod_drops_right_after_its_connect_is_unavailable() -> None:
+    async def drop(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.transport.abort()
+
+    pod = await asyncio.start_server(drop, "127.0.0.1", 0)
+    client = _ResumedLate("p", f"127.0.0.1:{pod.sockets[0].getsockname()[1]}", LIMIT)
+    try:
+        # Not a request written into a closed connection, waiting for an answer until its
+        # deadline (DEADLINE_EXCEEDED, not retried) or for ever (no deadline).
+        for timeout in (5.0, None):
+            with pytest.raises(errors.Unavailable):
+                await asyncio.wait_for(client.infer(b"", "m", timeout), 10)
+    finally:
+        await client.aclose()
+        pod.close()
+
+
 async def test_a_stopping_listener_lets_calls_in_flight_finish(
     listener: tuple[TestPod, FrameServer, int],
 ) -> None:
