@@ -19,7 +19,8 @@ How it fails, and what each side keeps of gRPC's behaviour:
   message, and the client raises the class of that status with the message unchanged, as the
   gRPC transport does; anything unexpected on the pod is INTERNAL naming it.
 - Deadlines: the pod runs the call under the request's timeout (DEADLINE_EXCEEDED past it) and
-  the client stops waiting at the same deadline, telling the pod to stop (a cancel frame).
+  the client stops waiting at the same deadline, connect included, telling the pod to stop (a
+  cancel frame).
 - Cancellation: a caller cancelled while waiting sends a cancel frame; a connection that closes
   cancels every call the pod is running for it.
 - A pod that goes away: every call waiting on its connection fails `Unavailable` (which the
@@ -211,10 +212,13 @@ class FrameServer:
     async def aclose(self, grace: float = 0.0) -> None:
         """Take no new connection, answer new requests UNAVAILABLE (the router retries them on
         another copy), let the calls in flight end (up to `grace` seconds), then close every
-        connection (calls still running are cancelled)."""
+        connection (calls still running are cancelled; one whose answers are not read by the
+        end of the grace is cut)."""
         if self._server is None:
             return
         server, self._server = self._server, None
+        loop = asyncio.get_running_loop()
+        end = loop.time() + grace
         server.close()
         for connection in self._connections:
             connection.stop_reading()
@@ -224,6 +228,14 @@ class FrameServer:
         for connection in list(self._connections):
             if connection.transport is not None:
                 connection.transport.close()
+        # close() waits for the answers written to go out; a peer that reads none would keep
+        # its connection, and the calls it still runs, for ever: past the grace it is cut.
+        closing = [c.closed for c in self._connections]
+        if closing:
+            await asyncio.wait(closing, timeout=max(0.0, end - loop.time()))
+        for connection in list(self._connections):
+            if connection.transport is not None:
+                connection.transport.abort()
         await server.wait_closed()
 
 
@@ -236,6 +248,7 @@ class _ServerConnection(_Frames):
         self.calls: dict[int, asyncio.Task[None]] = {}
         self._paused_writing = False
         self._stopped = False
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -245,6 +258,8 @@ class _ServerConnection(_Frames):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._server._connections.discard(self)
+        if not self.closed.done():
+            self.closed.set_result(None)
         for call in self.calls.values():
             call.cancel()  # nobody is left to answer: the client went away
 
@@ -398,11 +413,20 @@ class FrameClient:
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"the request of {len(data)} bytes exceeds the limit of {self._max_message_bytes}",
             )
+        loop = asyncio.get_running_loop()
         connection = self._connection
         if connection is None or connection.lost:
+            # The caller's deadline bounds the connect too (as a gRPC call's does): what is
+            # left of it goes to the pod.
+            started = loop.time()
             connection = await self._connect(timeout)
+            if connection.lost:  # it closed before this caller's turn came: written, it is lost
+                raise Unavailable(f"pod {self.pod_id}: its connection closed as it opened")
+            if timeout:
+                timeout -= loop.time() - started
+                if timeout <= 0:
+                    raise DeadlineExceeded("Deadline Exceeded")
         call_id = next(self._ids) & 0xFFFFFFFF
-        loop = asyncio.get_running_loop()
         answer: asyncio.Future[bytes] = loop.create_future()
         connection.waiting[call_id] = answer
         model = model_id.encode()
@@ -435,8 +459,13 @@ class FrameClient:
         if self._connecting is None:
             self._connecting = asyncio.ensure_future(self._open())
             self._connecting.add_done_callback(self._opened)
-        # A caller that gives up does not cancel the connect the others share.
-        return await asyncio.shield(self._connecting)
+        # A caller that gives up (or whose deadline passes) does not cancel the connect the
+        # others share.
+        try:
+            async with asyncio.timeout(timeout or None):
+                return await asyncio.shield(self._connecting)
+        except TimeoutError:  # _open's own failures are Unavailable
+            raise DeadlineExceeded("Deadline Exceeded") from None
 
     def _opened(self, connecting: asyncio.Future[_ClientConnection]) -> None:
         self._connecting = None
@@ -456,7 +485,7 @@ class FrameClient:
                 )
         except (OSError, TimeoutError) as exc:
             raise Unavailable(
-                f"pod {self.pod_id}: cannot connect to {self.address}: {exc or 'timed out'}"
+                f"pod {self.pod_id}: cannot connect to {self.address}: {str(exc) or 'timed out'}"
             ) from None
         if self._closed:
             connection.close()

@@ -241,6 +241,37 @@ async def test_a_pod_that_is_not_there_is_unavailable(kind: str) -> None:
         await client.aclose()
 
 
+@pytest.mark.parametrize("kind", ["grpc", "frames"])
+async def test_a_pod_that_takes_no_connection_is_deadline_exceeded_at_the_callers_deadline(
+    kind: str,
+) -> None:
+    # A listener whose accept queue is full: the kernel drops further connects unanswered
+    # (as a pod's host does when it is gone or a firewall drops the port).
+    with socket.socket() as full:
+        full.bind(("127.0.0.1", 0))
+        full.listen(0)
+        address = f"127.0.0.1:{full.getsockname()[1]}"
+        fillers = [socket.socket() for _ in range(3)]
+        for filler in fillers:
+            filler.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                filler.connect(full.getsockname())
+        client: PodTransport = (
+            FramePodClient("silent", address, LIMIT, address)
+            if kind == "frames"
+            else PodClient("silent", address, LIMIT)
+        )
+        try:
+            # Not Unavailable once a connect timeout of its own has passed: the caller's
+            # deadline bounds the connect as it bounds the call.
+            with pytest.raises(errors.DeadlineExceeded):
+                await client.infer(b"", "m", 0.5)
+        finally:
+            await client.aclose()
+            for filler in fillers:
+                filler.close()
+
+
 # -- which transport the pool gives a pod ----------------------------------------------------
 
 
@@ -363,6 +394,35 @@ async def test_a_connection_that_closes_cancels_the_calls_it_started(
     await asyncio.wait_for(pod.cancelled.wait(), 10)
 
 
+class _ResumedLate(FrameClient):
+    """A router whose loop is busy between a connect's end and its caller's turn: whatever the
+    pod did meanwhile (here: dropped the connection) has been seen first."""
+
+    async def _open(self) -> Any:
+        connection = await super()._open()
+        async with asyncio.timeout(10):
+            while not connection.lost:
+                await asyncio.sleep(0.01)
+        return connection
+
+
+async def test_a_connection_the_pod_drops_right_after_its_connect_is_unavailable() -> None:
+    async def drop(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.transport.abort()
+
+    pod = await asyncio.start_server(drop, "127.0.0.1", 0)
+    client = _ResumedLate("p", f"127.0.0.1:{pod.sockets[0].getsockname()[1]}", LIMIT)
+    try:
+        # Not a request written into a closed connection, waiting for an answer until its
+        # deadline (DEADLINE_EXCEEDED, not retried) or for ever (no deadline).
+        for timeout in (5.0, None):
+            with pytest.raises(errors.Unavailable):
+                await asyncio.wait_for(client.infer(b"", "m", timeout), 10)
+    finally:
+        await client.aclose()
+        pod.close()
+
+
 async def test_a_stopping_listener_lets_calls_in_flight_finish(
     listener: tuple[TestPod, FrameServer, int],
 ) -> None:
@@ -381,6 +441,28 @@ async def test_a_stopping_listener_lets_calls_in_flight_finish(
     with pytest.raises(errors.Unavailable):  # nothing listens now: retried elsewhere
         await client.infer(b"", "m", 5.0)
     await client.aclose()
+
+
+async def test_a_peer_that_reads_no_answers_does_not_keep_a_stopped_listeners_calls_running() -> (
+    None
+):
+    pod = TestPod()
+    huge = 32 * 2**20  # more than the kernel's buffers take for a peer that reads nothing
+
+    async def infer(data: bytes, model_id: str) -> bytes:
+        return b"x" * huge if model_id == "huge" else await pod.infer(data, model_id)
+
+    server = FrameServer(infer, 2 * huge)
+    port = await server.start("127.0.0.1", 0)
+    with socket.socket() as peer:
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        peer.connect(("127.0.0.1", port))
+        peer.sendall(_request(1, "huge", b"") + _request(2, "hang", b""))
+        await asyncio.wait_for(pod.entered.wait(), 10)
+        await server.aclose(grace=0.2)
+        # Past the grace the stuck connection is dropped and its call stopped, as a gRPC
+        # server's stop cancels what is left; not left running on a stopped pod.
+        await asyncio.wait_for(pod.cancelled.wait(), 10)
 
 
 # -- TLS ---------------------------------------------------------------------------------------
