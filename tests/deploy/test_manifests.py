@@ -661,6 +661,12 @@ def test_serving_pod_and_puller_share_the_cache() -> None:
     declared = {c["name"]: {p["containerPort"] for p in c["ports"]} for c in (pod, puller)}
     assert pod_settings.server.metrics_port in declared["pod"]
     assert pod_settings.server.port in declared["pod"]
+    # Routers' inference goes to the data port: fixed and declared, so a policy can admit it.
+    assert pod_settings.data_port in declared["pod"]
+    assert pod_settings.data_port not in (
+        pod_settings.server.port,
+        pod_settings.server.metrics_port,
+    )
     assert puller_settings.metrics.metrics_port in declared["puller"]
     assert pod_settings.server.metrics_port != puller_settings.metrics.metrics_port
     # SIGTERM: the hand-off, then requests in flight, then unloading, within the grace period.
