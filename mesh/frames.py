@@ -374,6 +374,11 @@ class _ServerConnection(_Frames):
 # -- the router's side -----------------------------------------------------------------------
 
 
+class ConnectFailed(Unavailable):
+    """The listener could not be reached at all (refused, unreachable, or the connect timed
+    out), as against a connection lost under a call: no request of it was sent."""
+
+
 class FrameClient:
     """One pod's frame listener, as the router calls it: `await client.infer(data, model_id,
     timeout)` answers the pod's response bytes or raises its mesh error. One connection, opened
@@ -406,6 +411,9 @@ class FrameClient:
         self._connecting: asyncio.Future[_ClientConnection] | None = None
         self._ids = itertools.count(1)
         self._closed = False
+        # The loop's time of the last connect that failed (ConnectFailed), None since one
+        # succeeded.
+        self.connect_failed_at: float | None = None
 
     async def infer(self, data: bytes, model_id: str, timeout: float | None) -> bytes:
         if len(data) > self._max_message_bytes:
@@ -469,8 +477,15 @@ class FrameClient:
 
     def _opened(self, connecting: asyncio.Future[_ClientConnection]) -> None:
         self._connecting = None
-        if not connecting.cancelled() and connecting.exception() is None:
+        if connecting.cancelled():
+            return
+        if connecting.exception() is None:
             self._connection = connecting.result()
+            self.connect_failed_at = None
+        elif isinstance(connecting.exception(), ConnectFailed):
+            # Seen even when every caller gave up first (their deadlines shorter than the
+            # connect's): the transport's user may then go another way for a while.
+            self.connect_failed_at = asyncio.get_running_loop().time()
 
     async def _open(self) -> _ClientConnection:
         loop = asyncio.get_running_loop()
@@ -484,7 +499,7 @@ class FrameClient:
                     server_hostname=self._server_hostname if self._ssl else None,
                 )
         except (OSError, TimeoutError) as exc:
-            raise Unavailable(
+            raise ConnectFailed(
                 f"pod {self.pod_id}: cannot connect to {self.address}: {str(exc) or 'timed out'}"
             ) from None
         if self._closed:

@@ -25,7 +25,7 @@ import grpc
 from grpc import aio
 
 from mesh.errors import DeadlineExceeded, MeshError, Unavailable
-from mesh.frames import FrameClient
+from mesh.frames import ConnectFailed, FrameClient
 from mesh.gen import grpc_predict_v2_pb2 as pb
 from mesh.gen import runtime_pb2 as rpb
 from mesh.grpcstatus import error_class_named, error_from_status
@@ -192,10 +192,20 @@ class PodClient:
         await self.channel.close()
 
 
+# After a pod's data port could not be reached, its inference goes over gRPC this long before
+# the frames are tried again: a pod whose data port a network policy blocks (or a firewall
+# drops) keeps serving over its gRPC port, one failed connect per period, instead of failing
+# every request.
+FRAMES_RETRY_AFTER = 30.0
+
+
 class FramePodClient(PodClient):
     """A pod with a frame listener: unary inference over it (mesh.frames), the rest over gRPC.
     The frame client raises the same mesh errors as the gRPC call would: the pod's status with
-    its message, Unavailable when the connection fails or closes under the call."""
+    its message, Unavailable when the connection fails or closes under the call. When the
+    listener cannot be reached at all, inference falls back to the pod's gRPC port for
+    FRAMES_RETRY_AFTER seconds (a lost connection is not that: the pod may have died, and the
+    router retries elsewhere)."""
 
     def __init__(
         self, pod_id: str, address: str, max_message_bytes: int, data_address: str
@@ -204,7 +214,23 @@ class FramePodClient(PodClient):
         self._frames = FrameClient(pod_id, data_address, max_message_bytes)
 
     async def infer(self, data: bytes, model_id: str, timeout: float | None) -> bytes:
-        return await self._frames.infer(data, model_id, timeout)
+        loop = asyncio.get_running_loop()
+        failed_at = self._frames.connect_failed_at
+        if failed_at is not None and loop.time() - failed_at < FRAMES_RETRY_AFTER:
+            return await super().infer(data, model_id, timeout)
+        started = loop.time()
+        try:
+            return await self._frames.infer(data, model_id, timeout)
+        except ConnectFailed as exc:
+            log.warning(
+                "%s; inference goes to pod %s over gRPC (%s) for %.0f s",
+                exc, self.pod_id, self.address, FRAMES_RETRY_AFTER,
+            )  # fmt: skip
+            if timeout:
+                timeout -= loop.time() - started
+                if timeout <= 0:
+                    raise DeadlineExceeded("Deadline Exceeded") from None
+            return await super().infer(data, model_id, timeout)
 
     async def aclose(self) -> None:
         await self._frames.aclose()

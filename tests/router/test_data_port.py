@@ -86,3 +86,40 @@ def test_with_pod_frames_off_the_router_uses_grpc_to_a_pod_with_a_data_port(
         assert instance.data_address  # advertised, and not used
         pod_client = router.server.pool.client("pod-0", instance.address, instance.data_address)
         assert type(pod_client) is PodClient
+
+
+def test_a_pod_whose_data_port_cannot_be_reached_keeps_serving_over_grpc(
+    etcd: EtcdServer, prefix: str, model_dir: Path
+) -> None:
+    # A network policy that admits the gRPC port and not the data port, or a data listener
+    # gone: the pod is healthy, and its inference must not fail for the transport's sake.
+    with (
+        running_pod(
+            artifacts=DirectoryArtifacts(model_dir),
+            etcd=etcd.url,
+            etcd_prefix=prefix,
+            pod_id="pod-0",
+            lease_ttl=5,
+        ) as pod,
+        running_router(etcd=etcd.url, etcd_prefix=prefix) as router,
+    ):
+        router.management.RegisterModel(
+            mpb.RegisterModelRequest(model_id="mlp", format="onnx", storage_path="mlp")
+        )
+        client = triton.InferenceServerClient(router.address)
+        x = np.random.default_rng(1).standard_normal((1, 64)).astype(np.float32)
+        expected = ort.InferenceSession(str(model_dir / "mlp" / "model.onnx")).run(
+            None, {"input": x}
+        )[0]
+        inp = triton.InferInput("input", [1, 64], "FP32")
+        inp.set_data_from_numpy(x)
+        np.testing.assert_array_equal(client.infer("mlp", [inp]).as_numpy("output"), expected)
+        instance = router.server.mirror.instances["pod-0"]
+        pod_client = router.server.pool.client("pod-0", instance.address, instance.data_address)
+        assert isinstance(pod_client, FramePodClient)
+
+        pod.run(pod.server._frames.aclose())  # connections cut, connects refused from now on
+        for _ in range(3):
+            got = client.infer("mlp", [inp], client_timeout=10).as_numpy("output")
+            np.testing.assert_array_equal(got, expected)
+        assert pod_client._frames.connect_failed_at is not None  # frames were tried, and failed
