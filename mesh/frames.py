@@ -378,6 +378,10 @@ class ConnectFailed(Unavailable):
     """The listener could not be reached at all (refused, unreachable, or the connect timed
     out), as against a connection lost under a call: no request of it was sent."""
 
+    # True when nothing answered (a dropped SYN: a firewall, or a partition), False when the
+    # connect was refused or the host unreachable at once.
+    timed_out = False
+
 
 class FrameClient:
     """One pod's frame listener, as the router calls it: `await client.infer(data, model_id,
@@ -499,9 +503,11 @@ class FrameClient:
                     server_hostname=self._server_hostname if self._ssl else None,
                 )
         except (OSError, TimeoutError) as exc:
-            raise ConnectFailed(
+            failed = ConnectFailed(
                 f"pod {self.pod_id}: cannot connect to {self.address}: {str(exc) or 'timed out'}"
-            ) from None
+            )
+            failed.timed_out = isinstance(exc, TimeoutError)
+            raise failed from None
         if self._closed:
             connection.close()
             raise Unavailable(f"pod {self.pod_id} left the mesh (its connection is closed)")

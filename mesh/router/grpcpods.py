@@ -204,8 +204,9 @@ class FramePodClient(PodClient):
     The frame client raises the same mesh errors as the gRPC call would: the pod's status with
     its message, Unavailable when the connection fails or closes under the call. When the
     listener cannot be reached at all, inference falls back to the pod's gRPC port for
-    FRAMES_RETRY_AFTER seconds (a lost connection is not that: the pod may have died, and the
-    router retries elsewhere)."""
+    FRAMES_RETRY_AFTER seconds: at once when the connect was refused, from the next call when
+    it timed out (that call is retried elsewhere, as a lost connection is: the pod may be
+    partitioned or dead)."""
 
     def __init__(
         self, pod_id: str, address: str, max_message_bytes: int, data_address: str
@@ -226,6 +227,10 @@ class FramePodClient(PodClient):
                 "%s; inference goes to pod %s over gRPC (%s) for %.0f s",
                 exc, self.pod_id, self.address, FRAMES_RETRY_AFTER,
             )  # fmt: skip
+            if exc.timed_out:
+                # Nothing answered: a partition as likely as a firewall. This call is retried
+                # on another copy (as before), the next ones try the gRPC port.
+                raise
             if timeout:
                 timeout -= loop.time() - started
                 if timeout <= 0:
