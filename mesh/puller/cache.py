@@ -62,10 +62,16 @@ class ArtifactKey:
     unpack: str
     # For people: s3://bucket/path.
     source: str = field(default="", compare=False)
+    # The object's hex digest the pull asked for ("": none). Part of the key: an artifact
+    # fetched unchecked, or checked against another digest, never answers a pull that names
+    # one; only a download verified against this digest does.
+    sha256: str = ""
 
     def digest(self) -> str:
-        blob = json.dumps([self.storage_key, self.identity, self.path, self.unpack])
-        return hashlib.sha256(blob.encode()).hexdigest()[:40]
+        fields = [self.storage_key, self.identity, self.path, self.unpack]
+        if self.sha256:  # keys without one keep the digests (directories) they always had
+            fields.append(self.sha256)
+        return hashlib.sha256(json.dumps(fields).encode()).hexdigest()[:40]
 
 
 @dataclass(slots=True)
@@ -187,7 +193,12 @@ class DiskCache:
             if meta.get("version") != _META_VERSION or path.name != meta["digest"]:
                 return None
             key = ArtifactKey(
-                meta["storage_key"], meta["identity"], meta["path"], meta["unpack"], meta["source"]
+                meta["storage_key"],
+                meta["identity"],
+                meta["path"],
+                meta["unpack"],
+                meta["source"],
+                meta.get("sha256", ""),
             )
             content = path / safe_relative(meta["content"], "content")
             if key.digest() != path.name or not content.exists():
@@ -357,6 +368,7 @@ class DiskCache:
             "path": key.path,
             "unpack": key.unpack,
             "source": key.source,
+            "sha256": key.sha256,
             "content": content.as_posix(),
             "size": size,
             "created": time.time(),

@@ -113,6 +113,7 @@ class Puller:
                 path=key + ("/" if prefix_only else ""),
                 unpack=opts.unpack.value,
                 source=f"{fetcher.location}/{key}",
+                sha256=opts.sha256,
             )
             digest = artifact_key.digest()
             self.cache.pin(digest)

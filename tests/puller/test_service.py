@@ -156,6 +156,30 @@ async def test_the_old_and_the_new_shape_of_a_pull_name_one_artifact(
     assert not prefix.cache_hit and (prefix.local_path / "model.onnx").exists()
 
 
+async def test_a_pull_that_names_a_digest_is_never_answered_by_an_unchecked_copy(
+    store: dict[str, Any], serve_puller: Callable[..., Any]
+) -> None:
+    # Another model pulled the same object unchecked; the object then changed in storage (or
+    # was never the one this model was built for): a pull naming the digest must not get it.
+    served: Served = await serve_puller(store)
+    path = Path(store["default"]["root"]) / "mlp" / "model.onnx"
+    unchecked = await served.client.fetch("unchecked", StorageRef("", "mlp/model.onnx"))
+    wanted = os.urandom(20 * KB)
+    path.write_bytes(wanted)
+    with pytest.raises(errors.ArtifactCorrupt, match="SHA-256"):  # what the cache holds: no
+        await served.client.fetch("other", StorageRef("", "mlp/model.onnx", sha256=_sha(b"x")))
+    checked = await served.client.fetch(
+        "checked", StorageRef("", "mlp/model.onnx", sha256=_sha(wanted))
+    )
+    assert not checked.cache_hit
+    assert checked.local_path.read_bytes() == wanted
+    assert unchecked.local_path.read_bytes() != wanted  # the unchecked copy is still its own
+    again = await served.client.fetch(
+        "checked-2", StorageRef("", "mlp/model.onnx", sha256=_sha(wanted))
+    )
+    assert again.cache_hit and again.local_path == checked.local_path
+
+
 @pytest.mark.parametrize(
     ("fields", "names"),
     [
