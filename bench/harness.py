@@ -183,7 +183,7 @@ class Server:
         """User + system CPU of the server and its live descendants."""
         total = 0.0
         tick = os.sysconf("SC_CLK_TCK")
-        for pid in _tree(self.pid):
+        for pid in process_tree(self.pid):
             try:
                 fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
             except OSError:
@@ -214,7 +214,8 @@ def one_pod_mesh(work: Path, port: int) -> Server:
     return Server("mesh up", argv, work / "mesh.log", grpc_ready(port))
 
 
-def _tree(root: int) -> list[int]:
+def process_tree(root: int) -> list[int]:
+    """`root` and its live descendants."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():

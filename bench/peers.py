@@ -47,9 +47,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import (
     INFER_PATH,
     Server,
+    child_env,
     closed_loop,
     free_port,
     grpc_ready,
+    process_tree,
     table,
 )
 
@@ -123,9 +125,21 @@ def start_serve(work: Path, logs: Path) -> tuple[Server, int]:
     port = free_port()
     argv = mesh_argv(
         "serve", "--models", str(work / "mesh"), "--host", "127.0.0.1", "--port", str(port),
-        "--rest-port", str(free_port()), "--capacity", "1Gi",
+        "--rest-port", str(free_port()), "--metrics-port", str(free_port()), "--capacity", "1Gi",
     )  # fmt: skip
     return Server("mesh serve", argv, logs / "serve.log", grpc_ready(port)), port
+
+
+def start_serve_from(tree: Path) -> Callable[[Path, Path], tuple[Server, int]]:
+    """`mesh serve` from another source tree (--baseline): a before/after in one run."""
+
+    def start(work: Path, logs: Path) -> tuple[Server, int]:
+        server, port = start_serve(work, logs)
+        server.env = {**child_env(), "PYTHONPATH": str(tree)}
+        server.log = logs / "serve-baseline.log"
+        return server, port
+
+    return start
 
 
 def start_router(work: Path, logs: Path) -> tuple[Server, int]:
@@ -292,6 +306,13 @@ def report(targets: list[Target], concurrencies: list[int], meta: dict[str, Any]
         for t in targets
     ]  # fmt: skip
     out += [table(headers, rows), ""]
+    cpu_headers = ["target", *[f"c={c} server CPU ms/req" for c in concurrencies]]
+    cpu_rows = [[t.name, *[f"{cell(t.name, c, 'cpu_ms'):.3f}" for c in concurrencies]]
+                for t in targets if all("cpu_ms" in r for r in t.rows)]  # fmt: skip
+    if cpu_rows:
+        out += ["CPU seconds of the target's processes (all of them) per request, median over "
+                "repeats (less moved by other load on the machine than req/s):\n",
+                table(cpu_headers, cpu_rows), ""]  # fmt: skip
 
     peers = [p for p in ("KServe", "MLServer", "MLServer w0") if p in by]
     mesh_names = [t.name for t in targets if t.name not in peers]
@@ -377,6 +398,11 @@ def main(argv: list[str] | None = None) -> int:
                         / "mesh-bench" / "peers")  # fmt: skip
     parser.add_argument("--json", type=Path, help="write the rows here")
     parser.add_argument(
+        "--baseline", type=Path,
+        help="also run `mesh serve` from this source tree (another worktree or checkout), "
+        "interleaved with the rest, as \"mesh serve (baseline)\"",
+    )  # fmt: skip
+    parser.add_argument(
         "--models", type=int, default=1,
         help="serve this many copies of the booster under their own names and spread the "
         "requests over them by Zipf(1.0) (200 with --concurrency 8 for the many-models cell)",
@@ -399,6 +425,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.only:
         keep = {n.strip() for n in args.only.split(",")}
         targets = [t for t in targets if t.name in keep]
+    if args.baseline is not None:
+        targets.append(Target("mesh serve (baseline)", start_serve_from(args.baseline.resolve())))
     args.cache.mkdir(parents=True, exist_ok=True)
     names = {t.name for t in targets}
     for peer_names, peer in (({"KServe"}, KSERVE), ({"MLServer", "MLServer w0"}, MLSERVER)):
@@ -423,13 +451,21 @@ def main(argv: list[str] | None = None) -> int:
                     check_answer(target.name, port, body, want)
                     for other in bodies[1:]:  # every model loaded before anything is timed
                         check_answer(target.name, port, other, want)
+                    # Every process of the target (mesh up's pods and etcd, MLServer's
+                    # workers): their CPU per request moves less with the machine's load
+                    # than req/s does.
+                    tree = {str(pid): pid for pid in process_tree(server.pid)}
                     for c in concurrencies:
-                        row = closed_loop(port, bodies, c, args.warmup, args.duration, sequence)
+                        row = closed_loop(
+                            port, bodies, c, args.warmup, args.duration, sequence, watch=tree
+                        )
+                        server_cpu = sum(v for k, v in row["cpu_s"].items() if k != "client")
+                        row["cpu_ms"] = 1e3 * server_cpu / max(row["requests"], 1)
                         row.update(target=target.name, concurrency=c, repeat=repeat)
                         target.rows.append(row)
                         print(f"  r{repeat} {target.name:10s} c={c:<3d} {row['rps']:8,.0f} req/s"
-                              f"  p50 {row['p50_ms']:6.2f} ms  p99 {row['p99_ms']:6.2f} ms",
-                              flush=True)  # fmt: skip
+                              f"  p50 {row['p50_ms']:6.2f} ms  p99 {row['p99_ms']:6.2f} ms"
+                              f"  CPU {row['cpu_ms']:5.3f} ms/req", flush=True)  # fmt: skip
 
     import time
 

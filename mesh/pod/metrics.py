@@ -270,10 +270,17 @@ class PodMetrics:
                 registry=registry,
             )
         self._statuses: dict[str, set[str]] = collections.defaultdict(set)
+        # labels() takes a lock and builds a key per call: the request path keeps the children
+        # it has used, dropped with their series (_forget_model).
+        self._top_requests: dict[tuple[str, str], Any] = {}
+        self._top_latency: dict[str, Any] = {}
+        self._totals: dict[str, Any] = {}
 
     def _forget_model(self, model: str) -> None:
         for status in self._statuses.pop(model, ()):
+            self._top_requests.pop((model, status), None)
             self.model_requests.remove(model, status)
+        self._top_latency.pop(model, None)
         with contextlib.suppress(KeyError):  # no successful request yet: no latency series
             self.model_latency.remove(model)
         if not self.per_model:
@@ -311,16 +318,26 @@ class PodMetrics:
     def observe_request(self, model: str, status: str, seconds: float | None) -> None:
         if self.top.k:
             label = self.top.label(model)
-            if label != OTHER:
-                self._statuses[label].add(status)
-            self.model_requests.labels(label, status).inc()
+            counter = self._top_requests.get((label, status))
+            if counter is None:
+                if label != OTHER:
+                    self._statuses[label].add(status)
+                counter = self.model_requests.labels(label, status)
+                self._top_requests[(label, status)] = counter
+            counter.inc()
             if seconds is not None:
-                self.model_latency.labels(label).observe(seconds)
+                histogram = self._top_latency.get(label)
+                if histogram is None:
+                    histogram = self._top_latency[label] = self.model_latency.labels(label)
+                histogram.observe(seconds)
         if self.per_model:
             self.requests.labels(model, status).inc()
             if seconds is not None:
                 self.latency.labels(model).observe(seconds)
         else:
-            self.requests.labels(status).inc()
+            total = self._totals.get(status)
+            if total is None:
+                total = self._totals[status] = self.requests.labels(status)
+            total.inc()
             if seconds is not None:
                 self.latency.observe(seconds)

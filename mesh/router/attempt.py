@@ -106,27 +106,75 @@ class Liveness:
         return alive
 
 
+class _Watch:
+    """One forward's watch on its pod, armed on the forward's own task: every `every` seconds
+    without an answer, a probe; a pod found silent cancels the task, which `watched` turns into
+    PodSilent. A timer per forward rather than a task of its own: the call that answers within
+    `every` (nearly all of them) costs one timer set and cancelled, not a task and a wait."""
+
+    __slots__ = ("_every", "_liveness", "_loop", "_pod", "_probe", "_task", "_timer", "silent")
+
+    def __init__(
+        self, task: asyncio.Task[object], pod: Probed, liveness: Liveness, every: float
+    ) -> None:
+        self._task = task
+        self._pod = pod
+        self._liveness = liveness
+        self._every = every
+        self._loop = asyncio.get_running_loop()
+        self._probe: asyncio.Future[bool] | None = None
+        self.silent = False
+        self._timer: asyncio.TimerHandle | None = self._loop.call_later(every, self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        probe = self._probe = asyncio.ensure_future(self._liveness.answers(self._pod))
+        probe.add_done_callback(self._probed)
+
+    def _probed(self, probe: asyncio.Future[bool]) -> None:
+        if probe is not self._probe:  # closed: the call ended first
+            return
+        self._probe = None
+        if probe.cancelled():
+            return
+        error = probe.exception()
+        if error is not None:  # not a transport's answer (those are mesh errors): wait on
+            log.warning("probing pod %s failed: %r", self._pod.pod_id, error)
+        elif not probe.result():
+            self.silent = True
+            self._task.cancel()
+            return
+        self._timer = self._loop.call_later(self._every, self._fire)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        probe, self._probe = self._probe, None
+        if probe is not None:
+            probe.cancel()  # this wait's share only: the probe itself is shielded
+
+
 async def watched(call: Awaitable[T], pod: Probed, *, every: float, liveness: Liveness) -> T:
     """`call`'s result; PodSilent once it has waited `every` seconds and the pod then does not
-    answer a probe. `every` <= 0: just the call. Cancelled, the call is cancelled with it."""
+    answer a probe. `every` <= 0: just the call. Cancelled, the call is cancelled with it (it
+    runs on the caller's task)."""
     if every <= 0:
         return await call
-    task = asyncio.ensure_future(call)
+    task = asyncio.current_task()
+    assert task is not None  # a coroutine of the router's handlers
     started = time.monotonic()
-    probe: asyncio.Future[bool] | None = None
+    watch = _Watch(task, pod, liveness, every)
     try:
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=every)
-            if done:
-                return task.result()
-            probe = asyncio.ensure_future(liveness.answers(pod))
-            await asyncio.wait({task, probe}, return_when=asyncio.FIRST_COMPLETED)
-            if task.done():  # the answer came while the pod was probed
-                return task.result()
-            if not probe.result():
-                raise PodSilent(pod.pod_id, time.monotonic() - started)
+        return await call
+    except asyncio.CancelledError:
+        # The watch's own cancel (and no one else's) is the pod found silent.
+        if watch.silent:
+            watch.silent = False
+            if task.uncancel() == 0:
+                raise PodSilent(pod.pod_id, time.monotonic() - started) from None
+        raise
     finally:
-        if not task.done():
-            task.cancel()
-        if probe is not None and not probe.done():
-            probe.cancel()  # this wait's share only: the probe itself is shielded
+        watch.close()
+        if watch.silent:  # the call swallowed the watch's cancel: take it back
+            task.uncancel()

@@ -126,6 +126,17 @@ async def test_a_pod_in_this_process_is_called_not_dialled() -> None:
     with pytest.raises(DeadlineExceeded) as dead:
         await client.infer(b"req", "slow", 0.05)
     assert status_of(dead.value) is grpc.StatusCode.DEADLINE_EXCEEDED
+    # The deadline's cancel was taken back: the caller goes on to answer its client.
+    task = asyncio.current_task()
+    assert task is not None and task.cancelling() == 0
+    await asyncio.sleep(0)
+    # A caller giving up is cancelled, not told that a deadline passed.
+    waiting = asyncio.create_task(client.infer(b"req", "slow", 60))
+    while len(seen) < 4:  # the call has reached the plane
+        await asyncio.sleep(0)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
     # Any other pod is still dialled.
     assert type(pool.client("there", "127.0.0.1:1")).__name__ == "PodClient"
     await pool.aclose()
