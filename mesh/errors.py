@@ -17,7 +17,8 @@
     ├── Unavailable                the server is draining, or a dependency is down
     │   ├── StoreUnavailable       the cluster store (etcd) cannot be reached
     │   ├── StorageUnavailable     object storage failed, and kept failing on retry
-    │   └── ArtifactChanged        the object changed during every download attempt
+    │   ├── ArtifactChanged        the object changed during every download attempt
+    │   └── ConnectFailed          a peer's port could not be reached at all (no call sent)
     ├── Unimplemented              the server does not offer what was asked for
     ├── RuntimeFailure             the framework raised during inference
     ├── StoreError                 the cluster store refused an operation
@@ -192,6 +193,15 @@ class StorageUnavailable(Unavailable):
 
 class ArtifactChanged(Unavailable):
     """The object was replaced while it downloaded, on every attempt."""
+
+
+class ConnectFailed(Unavailable):
+    """A peer's listener could not be reached at all (refused, unreachable, or the connect
+    timed out), as against a connection lost under a call: nothing of the call was sent."""
+
+    # True when nothing answered (a dropped SYN: a firewall, or a partition), False when the
+    # connect was refused or the host unreachable at once.
+    timed_out = False
 
 
 class StorageConfigError(MeshError):

@@ -47,7 +47,7 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 
-from mesh.errors import DeadlineExceeded, MeshError, Unavailable
+from mesh.errors import ConnectFailed, DeadlineExceeded, MeshError, Unavailable
 from mesh.grpcstatus import error_from_status, status_of
 
 log = logging.getLogger(__name__)
@@ -372,15 +372,6 @@ class _ServerConnection(_Frames):
 
 
 # -- the router's side -----------------------------------------------------------------------
-
-
-class ConnectFailed(Unavailable):
-    """The listener could not be reached at all (refused, unreachable, or the connect timed
-    out), as against a connection lost under a call: no request of it was sent."""
-
-    # True when nothing answered (a dropped SYN: a firewall, or a partition), False when the
-    # connect was refused or the host unreachable at once.
-    timed_out = False
 
 
 class FrameClient:

@@ -24,8 +24,8 @@ from typing import Any
 import grpc
 from grpc import aio
 
-from mesh.errors import DeadlineExceeded, MeshError, Unavailable
-from mesh.frames import ConnectFailed, FrameClient
+from mesh.errors import ConnectFailed, DeadlineExceeded, MeshError, Unavailable
+from mesh.frames import FrameClient
 from mesh.gen import grpc_predict_v2_pb2 as pb
 from mesh.gen import runtime_pb2 as rpb
 from mesh.grpcstatus import error_class_named, error_from_status
