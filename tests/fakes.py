@@ -228,18 +228,18 @@ class ScratchModel:
 
 class ScratchRuntime:
     """A runtime whose loads cost real RSS, as a deserialiser's do: each load makes `scratch`
-    bytes of temporaries in 64 KiB pieces, each followed by a small block it keeps, and frees
-    the temporaries before it returns (freed among kept blocks, glibc keeps them resident); the
-    model keeps `keep` bytes (torch's load from bytes copies the file's bytes once per tensor
-    record, then frees the copies)."""
+    bytes of temporaries in pieces of `piece` bytes (64 KiB), each followed by a small block it
+    keeps, and frees the temporaries before it returns (freed among kept blocks, or at the top
+    of a thread's heap, glibc keeps them resident); the model keeps `keep` bytes. Torch's load
+    from bytes copies the file's bytes once per tensor record, then frees the copies."""
 
     name: ClassVar[str] = "scratch"
     suffixes: ClassVar[tuple[str, ...]] = (".scratch",)
-    option_keys: ClassVar[frozenset[str]] = frozenset({"scratch", "keep"})
+    option_keys: ClassVar[frozenset[str]] = frozenset({"scratch", "piece", "keep"})
     size_factor: ClassVar[float] = 1.0
 
     def load(self, request: LoadRequest) -> ScratchModel:
-        piece = 64 * 1024
+        piece = int(request.options.get("piece", 64 * 1024))
         temporaries, kept = [], []
         for _ in range(int(request.options.get("scratch", 0)) // piece):
             temporaries.append(bytearray(piece))

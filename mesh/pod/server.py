@@ -44,7 +44,7 @@ from mesh.pod.dataplane import ArtifactSource, DataPlane
 from mesh.pod.devices import DeviceMemory, HostMemory, device_memory_for, used_meter
 from mesh.pod.hosttier import HostTier
 from mesh.pod.membership import join, not_yet_elsewhere, pod_id_of
-from mesh.pod.memory import rss_bytes
+from mesh.pod.memory import pin_malloc_thresholds, rss_bytes
 from mesh.pod.metrics import PodMetrics
 from mesh.pod.recycle import UnloadAudit, UnloadCheck
 from mesh.pod.repository import ModelRepository
@@ -120,6 +120,7 @@ class PodServer(Service):
         # the collection after each unload walks only what models left behind.
         gc.collect()
         gc.freeze()
+        pin_malloc_thresholds()  # so that a load's RSS delta is what it kept (mesh.pod.memory)
         device = choose_device(s.device, s.device_index, runtimes.names)
         memory = self._device_memory or device_memory_for(device)
         on_device = memory.tier == "device"
