@@ -311,22 +311,25 @@ class Management:
         active = current.active if current is not None else ""
         if not active or active == target:
             record = VModelRecord(vmodel_id, target)
-            await self._store.put(self._keys.vmodel(vmodel_id), encode(record))
         else:
             # Load before switch: clients keep the old model until the new one is loaded.
             record = VModelRecord(vmodel_id, target, previous=active)
-            await self._store.put(self._keys.vmodel(vmodel_id), encode(record))
             old = self._transitions.pop(vmodel_id, None)
             if old is not None:
-                old.cancel()
+                old.cancel()  # before the write: it must not write its own target over it
+        revision = await self._store.put(self._keys.vmodel(vmodel_id), encode(record))
+        # The view holds this write before the transition reads the vmodel back from it: with
+        # the target loaded already, the transition found the old record and ended, leaving the
+        # vmodel in transition for good.
+        await self._mirror.caught_up(
+            lambda m: m.revision >= revision, f"vmodel {vmodel_id!r} set to {target!r}"
+        )
+        if record.previous:
             self._transition_errors.pop(vmodel_id, None)
             task = asyncio.create_task(self._transition(vmodel_id, target))
             self._transitions[vmodel_id] = task
             if request.wait:
                 await asyncio.shield(task)
-        await self._mirror.caught_up(
-            lambda m: m.vmodels.get(vmodel_id) is not None, f"vmodel {vmodel_id!r}"
-        )
         return self._vmodel_status(vmodel_id)
 
     async def _transition(self, vmodel_id: str, target: str) -> None:
