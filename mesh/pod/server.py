@@ -257,7 +257,10 @@ class PodServer(Service):
         self.health.not_serving()  # readiness fails at once
         self.plane.drain()
         if self.registration is not None:
-            self.registration.notify()  # the mesh learns at once that this pod drains
+            self.registration.notify()
+            # Written before anything else: a drain with no hand-off reaches the lease's
+            # revocation within moments, and routers then saw the pod vanish, never drain.
+            await self.registration.publish_now()
         if self.registration is not None and self._store is not None:
             await self._hand_off(self._store, self.settings.handoff_timeout)
         # Refuses new calls at once and waits for those in flight, up to the grace period.
