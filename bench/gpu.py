@@ -49,7 +49,7 @@ from mesh.pod.devices import (  # noqa: E402
     used_meter,
 )
 from mesh.pod.hosttier import HostTier  # noqa: E402
-from mesh.pod.memory import rss_bytes  # noqa: E402
+from mesh.pod.memory import pin_malloc_thresholds, rss_bytes  # noqa: E402
 from mesh.pod.recycle import UnloadAudit  # noqa: E402
 from mesh.pod.repository import source_for  # noqa: E402
 from mesh.runtimes.base import Device  # noqa: E402
@@ -354,6 +354,7 @@ def main() -> int:
     facts = preflight(registry.names) if args.device == "cuda" else {}
     for name in registry.names:
         registry.warm_up(name)
+    pin_malloc_thresholds()  # as the pod does after its warm-up (mesh.pod.server)
     work = Path(tempfile.mkdtemp(prefix="mesh-bench-gpu-", dir="/tmp"))
     started = time.perf_counter()
     try:

@@ -206,6 +206,50 @@ def device_source(tmp: Path, model_id: str, size: int, **options: Any) -> ModelS
     return ModelSource(model_id, "fakegpu", file, options=opts)
 
 
+class ScratchModel:
+    """What a ScratchRuntime's load kept: `keep` bytes of real process memory."""
+
+    platform = "fake"
+    signature = FakeModel.signature
+
+    def __init__(self, kept: list[bytearray]) -> None:
+        self._kept: list[bytearray] | None = kept
+
+    def predict(
+        self, inputs: Mapping[str, np.ndarray[Any, Any]], outputs: Sequence[str]
+    ) -> Mapping[str, np.ndarray[Any, Any]]:
+        return {"y": inputs["x"] * 2}
+
+    def size_hint(self) -> int | None:
+        return None
+
+    def close(self) -> None:
+        self._kept = None
+
+
+class ScratchRuntime:
+    """A runtime whose loads cost real RSS, as a deserialiser's do: each load makes `scratch`
+    bytes of temporaries in pieces of `piece` bytes (64 KiB), each followed by a small block it
+    keeps, and frees the temporaries before it returns (freed among kept blocks, or at the top
+    of a thread's heap, glibc keeps them resident); the model keeps `keep` bytes. Torch's load
+    from bytes copies the file's bytes once per tensor record, then frees the copies."""
+
+    name: ClassVar[str] = "scratch"
+    suffixes: ClassVar[tuple[str, ...]] = (".scratch",)
+    option_keys: ClassVar[frozenset[str]] = frozenset({"scratch", "piece", "keep"})
+    size_factor: ClassVar[float] = 1.0
+
+    def load(self, request: LoadRequest) -> ScratchModel:
+        piece = int(request.options.get("piece", 64 * 1024))
+        temporaries, kept = [], []
+        for _ in range(int(request.options.get("scratch", 0)) // piece):
+            temporaries.append(bytearray(piece))
+            kept.append(bytearray(600))  # above pymalloc's 512 bytes: from glibc's heap
+        del temporaries
+        kept.append(bytearray(int(request.options.get("keep", 0))))
+        return ScratchModel(kept)
+
+
 class CountingPuller:
     """A puller for one pod: each pull copies the model from `store` into its own disk cache
     (counted), and a release deletes that copy, as a puller evicting it would."""

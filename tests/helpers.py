@@ -90,7 +90,9 @@ def running_pod(
         artifacts=artifacts,
         device_memory=device_memory,
     )
-    asyncio.run_coroutine_threadsafe(server.start(), loop).result(30)
+    # A bound for a hang, not a wait: a pod's start warms every runtime it serves (torch and
+    # transformers alone took 14 s at a load of 7 here, past 30 s on a busier machine).
+    asyncio.run_coroutine_threadsafe(server.start(), loop).result(180)
     pod = RunningPod(server, loop)
     try:
         yield pod

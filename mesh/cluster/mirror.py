@@ -24,7 +24,7 @@ from typing import Any
 from mesh.cluster.codec import Keys, decode
 from mesh.cluster.records import InstanceRecord, ModelRecord, PlacementRecord, VModelRecord
 from mesh.cluster.store import Entry, Event, EventType, KeyValueStore
-from mesh.errors import MeshError, StoreError
+from mesh.errors import MeshError, StoreError, Unavailable
 from mesh.lifecycle import stop_task
 from mesh.retry import Backoff
 
@@ -80,6 +80,19 @@ class Mirror:
         """Wait until `predicate(mirror)` holds (checked after each change)."""
         async with asyncio.timeout(timeout), self._changed:
             await self._changed.wait_for(lambda: predicate(self))
+
+    async def caught_up(
+        self, predicate: Callable[[Mirror], bool], what: str, timeout: float = 10
+    ) -> None:
+        """`wait_for`, for a caller that answers a client: a view that does not show `what` in
+        time is Unavailable (etcd or its watch is behind), not an internal error."""
+        try:
+            await self.wait_for(predicate, timeout)
+        except TimeoutError:
+            raise Unavailable(
+                f"waited {timeout:g} s for this process's view of the cluster to show {what}: "
+                "etcd or its watch is behind (what was written stays written); try again"
+            ) from None
 
     async def aclose(self) -> None:
         await stop_task(self._task, "the mirror's watch")

@@ -96,6 +96,7 @@ class PodRegistration:
         self._registered = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._publishing = asyncio.Lock()  # the loop's publish and publish_now, one at a time
         self.incarnation = uuid.uuid4().hex
         self._ever_registered = False
         self._taken_since: float | None = None
@@ -115,6 +116,16 @@ class PodRegistration:
     def notify(self) -> None:
         """Something the mesh should know changed: publish soon."""
         self._wake.set()
+
+    async def publish_now(self, timeout: float = 5) -> None:
+        """Publish the pod's state at once, not at the loop's next turn (a drain's `draining`
+        flag, which routers must see before the lease goes); failures are logged."""
+        if not self.lease:
+            return
+        try:
+            await asyncio.wait_for(self._publish(), timeout)
+        except (MeshError, TimeoutError) as exc:
+            log.warning("could not publish the pod's state: %s", exc)
 
     async def aclose(self, revoke: bool = True) -> None:
         """Stop publishing; with `revoke`, the pod's records disappear at once."""
@@ -246,6 +257,10 @@ class PodRegistration:
             self._keeper = None
 
     async def _publish(self) -> None:
+        async with self._publishing:
+            await self._publish_state()
+
+    async def _publish_state(self) -> None:
         state = self._state()
         now = time.time()
         ops: list[Operation] = []

@@ -75,6 +75,34 @@ def trim_heap() -> None:
         libc.malloc_trim(0)
 
 
+# glibc's mallopt parameters, and the values the pod pins them to.
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD = 4 * 2**20  # blocks this large get pages of their own, unmapped when freed
+TRIM_THRESHOLD = 8 * 2**20  # a heap's free top larger than this goes back when freed
+
+
+def pin_malloc_thresholds() -> bool:
+    """Pin glibc's mmap and trim thresholds (glibc only; elsewhere a no-op); whether it could.
+
+    glibc raises its mmap threshold whenever a large mapped block is freed (up to 32 MiB), and
+    its trim threshold with it (to 64 MiB). A load's large temporaries (torch's copies of a
+    file's bytes) then come from a heap, and freed at the top of a worker thread's arena they
+    stay resident, where malloc_trim does not reach (it trims the main arena's top only): the
+    RSS delta charged them to the model, and a 17 MB TorchScript promoted from bytes measured
+    50 MB. Pinned, a tensor or temporary of 4 MiB or more is mapped alone and unmapped when
+    freed, so a load is measured at what it kept and an unload's bytes go back at once; the
+    price is a page fault per page of each such block (requests' large buffers too).
+    """
+    libc = _libc()
+    if libc is None or not hasattr(libc, "mallopt"):
+        return False
+    return bool(
+        libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+        and libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+    )
+
+
 class MemoryReleaser:
     """After each unload: collect garbage; once enough bytes were freed, trim the heap.
 
@@ -96,8 +124,9 @@ class MemoryReleaser:
         """Trim whatever was freed since the last trim, so that a load's RSS delta is its own.
 
         Without it a load reuses freed heap and measures a few KiB: under churn the pod then
-        charged a quarter of what models really cost and overfilled its capacity. The price is
-        the page faults of a cold heap on loads that follow unloads.
+        charged a quarter of what models really cost and overfilled its capacity; and the trim
+        after the load (`after_load`) would give back, against the load's delta, what others
+        freed before it. The price is the page faults of a cold heap on the next load.
         """
         self.trim_pending()
 
@@ -109,10 +138,16 @@ class MemoryReleaser:
         0.1 ms of a 1 ms load here). A load that comes first trims for itself.
         """
         with self._lock:
-            if self._pending == 0:
-                return
             self._pending = 0
             self._trim()
+
+    def after_load(self) -> None:
+        """Trim what the load itself freed, before its RSS is read again: a deserialiser's
+        temporaries (torch's copies of a file's bytes, one per tensor record) stay resident in
+        glibc's heap after they are freed, and the model would be charged them too. Which heap
+        they land in depends on the threads' arenas, so on a busy machine a 34 MB TorchScript
+        promoted from bytes measured 67 MB, more than a 64 MB pod, and its promotion failed."""
+        trim_heap()
 
     def release(self, freed_bytes: int) -> None:
         gc.collect()

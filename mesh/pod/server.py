@@ -45,7 +45,7 @@ from mesh.pod.dataplane import ArtifactSource, DataPlane
 from mesh.pod.devices import DeviceMemory, HostMemory, device_memory_for, used_meter
 from mesh.pod.hosttier import HostTier
 from mesh.pod.membership import join, not_yet_elsewhere, pod_id_of
-from mesh.pod.memory import rss_bytes
+from mesh.pod.memory import pin_malloc_thresholds, rss_bytes
 from mesh.pod.metrics import PodMetrics
 from mesh.pod.recycle import UnloadAudit, UnloadCheck
 from mesh.pod.repository import ModelRepository
@@ -127,6 +127,7 @@ class PodServer(Service):
         # the collection after each unload walks only what models left behind.
         gc.collect()
         gc.freeze()
+        pin_malloc_thresholds()  # so that a load's RSS delta is what it kept (mesh.pod.memory)
         device = choose_device(s.device, s.device_index, runtimes.names)
         memory = self._device_memory or device_memory_for(device)
         on_device = memory.tier == "device"
@@ -269,7 +270,10 @@ class PodServer(Service):
         self.health.not_serving()  # readiness fails at once
         self.plane.drain()
         if self.registration is not None:
-            self.registration.notify()  # the mesh learns at once that this pod drains
+            self.registration.notify()
+            # Written before anything else: a drain with no hand-off reaches the lease's
+            # revocation within moments, and routers then saw the pod vanish, never drain.
+            await self.registration.publish_now()
         if self.registration is not None and self._store is not None:
             await self._hand_off(self._store, self.settings.handoff_timeout)
         # Refuses new calls at once and waits for those in flight, up to the grace period.

@@ -117,6 +117,7 @@ def measure_load(
         host_before = host_meter() if host_meter is not None else None
         before = meter()
         model = load(request)
+        releaser.after_load()
         after = meter()
         host_after = host_meter() if host_meter is not None else None
     if not activity.exclusive:

@@ -110,7 +110,10 @@ class Management:
         record = self._record(request, {})
         put = record_put(self._keys, record)
         await self._store.put(put.key, put.value)
-        await self._mirror.wait_for(lambda m: m.models.get(record.model_id) == record)
+        await self._mirror.caught_up(
+            lambda m: m.models.get(record.model_id) == record,
+            f"model {record.model_id!r} registered",
+        )
         if request.load_now:
             await self._router.ensure_loaded(record.model_id)
         return self._status(record.model_id)
@@ -157,7 +160,11 @@ class Management:
         revision = max((r for r in written.values() if isinstance(r, int)), default=0)
         if revision:
             # Every record written is readable here when the call returns, as with one.
-            await self._mirror.wait_for(lambda m: m.revision >= revision, timeout=60)
+            await self._mirror.caught_up(
+                lambda m: m.revision >= revision,
+                f"the batch's models registered (revision {revision})",
+                timeout=60,
+            )
         loads = [
             item.model_id
             for item in request.models
@@ -345,20 +352,25 @@ class Management:
         active = current.active if current is not None else ""
         if not active or active == target:
             record = VModelRecord(vmodel_id, target)
-            await self._store.put(self._keys.vmodel(vmodel_id), encode(record))
         else:
             # Load before switch: clients keep the old model until the new one is loaded.
             record = VModelRecord(vmodel_id, target, previous=active)
-            await self._store.put(self._keys.vmodel(vmodel_id), encode(record))
             old = self._transitions.pop(vmodel_id, None)
             if old is not None:
-                old.cancel()
+                old.cancel()  # before the write: it must not write its own target over it
+        revision = await self._store.put(self._keys.vmodel(vmodel_id), encode(record))
+        # The view holds this write before the transition reads the vmodel back from it: with
+        # the target loaded already, the transition found the old record and ended, leaving the
+        # vmodel in transition for good.
+        await self._mirror.caught_up(
+            lambda m: m.revision >= revision, f"vmodel {vmodel_id!r} set to {target!r}"
+        )
+        if record.previous:
             self._transition_errors.pop(vmodel_id, None)
             task = asyncio.create_task(self._transition(vmodel_id, target))
             self._transitions[vmodel_id] = task
             if request.wait:
                 await asyncio.shield(task)
-        await self._mirror.wait_for(lambda m: m.vmodels.get(vmodel_id) is not None)
         return self._vmodel_status(vmodel_id)
 
     async def _transition(self, vmodel_id: str, target: str) -> None:
@@ -369,8 +381,9 @@ class Management:
                 await self._store.put(
                     self._keys.vmodel(vmodel_id), encode(VModelRecord(vmodel_id, target))
                 )
-                await self._mirror.wait_for(
-                    lambda m: (v := m.vmodels.get(vmodel_id)) is not None and not v.previous
+                await self._mirror.caught_up(
+                    lambda m: (v := m.vmodels.get(vmodel_id)) is not None and not v.previous,
+                    f"vmodel {vmodel_id!r} switched to {target!r}",
                 )
         except MeshError as exc:
             self._transition_errors[vmodel_id] = str(exc)

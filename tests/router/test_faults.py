@@ -222,3 +222,20 @@ def test_a_vmodel_switch_under_load_fails_no_request(
             infer_request("fraud", input__0=np.ones((1, 64), np.float32))
         )
         assert response.model_name == "fraud-b"
+
+
+@pytest.mark.slow
+def test_a_registration_the_routers_view_never_shows_is_unavailable_and_says_what_it_waited_for(
+    etcd: EtcdServer, prefix: str
+) -> None:
+    """RegisterModel writes the record, then waits for the router's mirror to show it: a watch
+    that is behind is a dependency down (UNAVAILABLE, retry), not an internal error."""
+    with running_router(etcd=etcd.url, etcd_prefix=prefix) as router:
+        register = router.management.RegisterModel
+        register(mpb.RegisterModelRequest(model_id="seen", format="onnx", storage_path="mlp"))
+        router.run(router.server.mirror.aclose())  # its watch stops: the view falls behind
+        with pytest.raises(grpc.RpcError) as err:
+            register(mpb.RegisterModelRequest(model_id="unseen", format="onnx", storage_path="mlp"))
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value
+        assert "model 'unseen' registered" in err.value.details()
+        assert "etcd or its watch is behind" in err.value.details()

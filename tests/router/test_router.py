@@ -136,6 +136,25 @@ def test_vmodel_switches_only_once_the_target_is_loaded(
         assert with_header.model_name == "xgb-b"
 
 
+def test_a_vmodel_switch_to_a_model_already_loaded_completes(
+    etcd: EtcdServer, prefix: str, pods: list[RunningPod]
+) -> None:
+    """The transition reads the vmodel back from the router's view once its target is loaded:
+    with the target loaded already, it read the view before the view held the switch, found the
+    old target, and left the vmodel in transition for good, the old model serving."""
+    with running_router(etcd=etcd.url, etcd_prefix=prefix) as router:
+        _register(router, "xgb-a", "xgboost", "xgb")
+        _register(router, "xgb-b", "xgboost", "xgb-json", load_now=True)
+        set_vmodel = router.management.SetVModel
+        set_vmodel(mpb.SetVModelRequest(vmodel_id="fraud", target_model_id="xgb-a", wait=True))
+        status = set_vmodel(
+            mpb.SetVModelRequest(vmodel_id="fraud", target_model_id="xgb-b", wait=True)
+        )
+        assert (status.active_model_id, status.transition) == ("xgb-b", "UP_TO_DATE")
+        request = infer_request("fraud", input__0=np.ones((2, 64), np.float32))
+        assert router.v2.ModelInfer(request).model_name == "xgb-b"
+
+
 def test_unregister_unloads_everywhere(
     etcd: EtcdServer, prefix: str, pods: list[RunningPod]
 ) -> None:
