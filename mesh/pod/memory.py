@@ -131,11 +131,11 @@ class MemoryReleaser:
         self.trim_pending()
 
     def trim_pending(self) -> None:
-        """Trim whatever was freed since the last trim, if anything was.
+        """Trim the heap now (and forget what `release` counted).
 
-        The pod calls it in its unload thread once an unload has answered, so that a load
-        coming later finds nothing left to trim: the trim then costs that load nothing (it was
-        0.1 ms of a 1 ms load here). A load that comes first trims for itself.
+        The pod calls it in its unload thread once an unload has answered, so that what the
+        unload freed goes back to the system without waiting for a load; a load trims again
+        before it measures (`before_load`), since requests and other threads free memory too.
         """
         with self._lock:
             self._pending = 0
