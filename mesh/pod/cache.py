@@ -614,8 +614,14 @@ class ModelCache:
         once the unload's caller has its answer, rather than in the next load (which would
         otherwise trim it before measuring, mesh.pod.memory)."""
         try:
-            self._unload_pool.submit(self._releaser.trim_pending)
+            self._unload_pool.submit(self._trim_pending)
         except RuntimeError:  # the pool is shutting down: nothing is loaded any more
+            self._releaser.trim_pending()
+
+    def _trim_pending(self) -> None:
+        # An activity like the close before it: a load measured while the trim gives memory
+        # back would be charged less than it took, so such a load is not measured.
+        with self._activity():
             self._releaser.trim_pending()
 
     def _demoted(self, model: LoadedModel, entry: CachedModel) -> tuple[HostCopy | None, bool]:
