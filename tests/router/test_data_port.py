@@ -3,7 +3,10 @@ inference (mesh.frames), and gRPC for a pod without one."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -15,13 +18,14 @@ from mesh.gen import management_pb2 as mpb
 from mesh.pod.artifacts import DirectoryArtifacts
 from mesh.router.grpcpods import FramePodClient, PodClient
 from tests.cluster.etcd_server import EtcdServer
-from tests.helpers import running_pod, running_router
+from tests.helpers import RunningPod, running_pod, running_router
 
 
-@pytest.mark.parametrize("data_port", [0, None], ids=["data-port", "no-data-port"])
-def test_the_router_reaches_a_pod_by_its_data_port_or_by_grpc_without_one(
-    etcd: EtcdServer, prefix: str, model_dir: Path, data_port: int | None
-) -> None:
+@contextlib.contextmanager
+def _mesh(
+    etcd: EtcdServer, prefix: str, model_dir: Path, pod: dict[str, Any], router: dict[str, Any]
+) -> Iterator[tuple[RunningPod, Any]]:
+    """One pod (with `pod`'s settings) and one router (with `router`'s), "mlp" registered."""
     with (
         running_pod(
             artifacts=DirectoryArtifacts(model_dir),
@@ -29,13 +33,21 @@ def test_the_router_reaches_a_pod_by_its_data_port_or_by_grpc_without_one(
             etcd_prefix=prefix,
             pod_id="pod-0",
             lease_ttl=5,
-            data_port=data_port,
-        ) as pod,
-        running_router(etcd=etcd.url, etcd_prefix=prefix) as router,
+            **pod,
+        ) as running,
+        running_router(etcd=etcd.url, etcd_prefix=prefix, **router) as routing,
     ):
-        router.management.RegisterModel(
+        routing.management.RegisterModel(
             mpb.RegisterModelRequest(model_id="mlp", format="onnx", storage_path="mlp")
         )
+        yield running, routing
+
+
+@pytest.mark.parametrize("data_port", [0, None], ids=["data-port", "no-data-port"])
+def test_the_router_reaches_a_pod_by_its_data_port_or_by_grpc_without_one(
+    etcd: EtcdServer, prefix: str, model_dir: Path, data_port: int | None
+) -> None:
+    with _mesh(etcd, prefix, model_dir, {"data_port": data_port}, {}) as (pod, router):
         client = triton.InferenceServerClient(router.address)
         x = np.random.default_rng(0).standard_normal((2, 64)).astype(np.float32)
         session = ort.InferenceSession(str(model_dir / "mlp" / "model.onnx"))
@@ -65,19 +77,7 @@ def test_the_router_reaches_a_pod_by_its_data_port_or_by_grpc_without_one(
 def test_with_pod_frames_off_the_router_uses_grpc_to_a_pod_with_a_data_port(
     etcd: EtcdServer, prefix: str, model_dir: Path
 ) -> None:
-    with (
-        running_pod(
-            artifacts=DirectoryArtifacts(model_dir),
-            etcd=etcd.url,
-            etcd_prefix=prefix,
-            pod_id="pod-0",
-            lease_ttl=5,
-        ),
-        running_router(etcd=etcd.url, etcd_prefix=prefix, pod_frames=False) as router,
-    ):
-        router.management.RegisterModel(
-            mpb.RegisterModelRequest(model_id="mlp", format="onnx", storage_path="mlp")
-        )
+    with _mesh(etcd, prefix, model_dir, {}, {"pod_frames": False}) as (_, router):
         client = triton.InferenceServerClient(router.address)
         inp = triton.InferInput("input", [1, 64], "FP32")
         inp.set_data_from_numpy(np.zeros((1, 64), np.float32))
@@ -93,19 +93,7 @@ def test_a_pod_whose_data_port_cannot_be_reached_keeps_serving_over_grpc(
 ) -> None:
     # A network policy that admits the gRPC port and not the data port, or a data listener
     # gone: the pod is healthy, and its inference must not fail for the transport's sake.
-    with (
-        running_pod(
-            artifacts=DirectoryArtifacts(model_dir),
-            etcd=etcd.url,
-            etcd_prefix=prefix,
-            pod_id="pod-0",
-            lease_ttl=5,
-        ) as pod,
-        running_router(etcd=etcd.url, etcd_prefix=prefix) as router,
-    ):
-        router.management.RegisterModel(
-            mpb.RegisterModelRequest(model_id="mlp", format="onnx", storage_path="mlp")
-        )
+    with _mesh(etcd, prefix, model_dir, {}, {}) as (pod, router):
         client = triton.InferenceServerClient(router.address)
         x = np.random.default_rng(1).standard_normal((1, 64)).astype(np.float32)
         expected = ort.InferenceSession(str(model_dir / "mlp" / "model.onnx")).run(
