@@ -14,6 +14,12 @@ runs an elastic pool instead (mesh.pool): a controller sizes it with the pool-si
 (mesh.placement.pool) from the mesh's own signals, starting pods as they are needed (a request
 for a pool with none is held by the router while one starts) and draining them one at a time
 when idle, down to --min-pods (0: none). A pod that recycles (exit status 75) is replaced.
+
+    mesh up --storage ./models --host 0.0.0.0 --internal-tls
+
+serves the pods' ports (gRPC with the control API, and the data port) over mutual TLS with a
+CA made for this run by openssl (LocalTLS): only the router, with its certificate, gets an
+answer from them. Without the flag they are plaintext, the default for local development.
 """
 
 from __future__ import annotations
