@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -70,7 +71,7 @@ def _router_tls(ca: Path, client: Path | None) -> dict[str, Any]:
 @pytest.fixture
 def tls_pod(model_dir: Path, certs: Path) -> Any:
     """A standalone TLS pod serving `model_dir`: any request that reached it would be answered."""
-    with running_pod(models=model_dir, runtimes=ONNX(), **_pod_tls(certs)) as pod:
+    with running_pod(models=model_dir, runtimes=ONNX(), rest_port=0, **_pod_tls(certs)) as pod:
         yield pod
 
 
@@ -180,6 +181,18 @@ def _frame_answer(pod: RunningPod, context: ssl.SSLContext | None) -> str:
     return asyncio.run(call())
 
 
+def _rest_answer(pod: RunningPod, context: ssl.SSLContext | None) -> str:
+    """What the pod's REST port answers an inference: "OK", its status, or "refused"."""
+    scheme = "https" if context is not None else "http"
+    url = f"{scheme}://127.0.0.1:{pod.server.rest_port}/v2/models/mlp/infer"
+    body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": [0.0] * 64}]}
+    try:
+        answer = httpx.post(url, json=body, verify=context or False, timeout=10)
+    except httpx.HTTPError:
+        return "refused"
+    return "OK" if answer.status_code == 200 else str(answer.status_code)
+
+
 def test_a_client_without_a_certificate_gets_nothing_from_either_port(
     tls_pod: RunningPod, certs: Path, model_dir: Path
 ) -> None:
@@ -192,6 +205,9 @@ def test_a_client_without_a_certificate_gets_nothing_from_either_port(
         assert _grpc_answers(pod, channel, model_dir) == ["UNAVAILABLE", "UNAVAILABLE"]
     assert _frame_answer(pod, _client_context(certs, None)) == "Unavailable"
     assert _frame_answer(pod, None) == "Unavailable"
+    # A standalone pod's REST port takes the same rule.
+    assert _rest_answer(pod, _client_context(certs, None)) == "refused"
+    assert _rest_answer(pod, None) == "refused"
     # Nothing reached the data plane: no inference loaded mlp, no LoadModel loaded identity.
     assert pod.plane.cache.loaded_ids() == []
 
@@ -199,6 +215,7 @@ def test_a_client_without_a_certificate_gets_nothing_from_either_port(
     with grpc.secure_channel(pod.address, _grpc_credentials(certs, certs)) as channel:
         assert _grpc_answers(pod, channel, model_dir) == ["OK", "OK"]
     assert _frame_answer(pod, _client_context(certs, certs)) == "OK"
+    assert _rest_answer(pod, _client_context(certs, certs)) == "OK"
     assert sorted(pod.plane.cache.loaded_ids()) == ["identity", "mlp"]
 
 
