@@ -2,6 +2,7 @@
 
     python bench/pod_transport.py                  # 3 s per cell, c=1 and c=32
     python bench/pod_transport.py --seconds 5 --rounds 3
+    python bench/pod_transport.py --tls            # and both over mutual TLS
 
 A child process serves an instant answer (the pod's gRPC server shape: a generic grpc.aio
 handler, and mesh.frames.FrameServer, both returning fixed bytes) so that the pod costs nearly
@@ -13,7 +14,11 @@ calls/s, closed loop at concurrency 1 and 32. Variants, each in alternating orde
 - grpc-tuned: the same client with retries off (`grpc.enable_retries` 0), no per-call
   metadata, and `grpc.so_reuseport` 0;
 - grpc-4ch: four channels per pod, calls spread round robin;
-- frames: `FramePodClient` (mesh.frames over one TCP connection).
+- frames: `FramePodClient` (mesh.frames over one TCP connection);
+- with --tls, grpc-tls and frames-tls: `PodClient` and `FramePodClient` over mutual TLS
+  (mesh.tls, the router's --pod-tls-* and the pod's --tls-*), to listeners of the same child
+  with a certificate made for the run (mesh.up.LocalTLS, openssl); the connection's handshake
+  happens before the measured calls, so what they show is the per-call cost of the encryption.
 
 CPU per call is what this process spent: the client leg of the router's hop. The child's CPU
 is reported too (the pod's side of the transport).
@@ -28,6 +33,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -44,8 +50,28 @@ RESPONSE = b"\x0a\x05model" + b"\x01" * 100
 LIMIT = 64 * 2**20
 
 
-async def _serve() -> None:
-    """The child: a gRPC server and a frame listener, both answering RESPONSE at once."""
+def _credentials(tls_dir: Path) -> tuple[Any, Any]:
+    """(the pod's ServerCredentials, the router's ClientCredentials) from LocalTLS's files."""
+    from mesh.settings import ClientTLS, ServerTLS
+    from mesh.tls import ClientCredentials, ServerCredentials
+    from mesh.up import TLS_SERVER_NAME
+
+    server = ServerCredentials.load(
+        ServerTLS(cert=tls_dir / "pod.crt", key=tls_dir / "pod.key", ca=tls_dir / "ca.crt")
+    )
+    client = ClientCredentials.load(
+        ClientTLS(
+            ca=tls_dir / "ca.crt", cert=tls_dir / "router.crt", key=tls_dir / "router.key",
+            server_name=TLS_SERVER_NAME,
+        ),
+        "--pod-tls",
+    )  # fmt: skip
+    return server, client
+
+
+async def _serve(tls_dir: Path | None) -> None:
+    """The child: a gRPC server and a frame listener, both answering RESPONSE at once; with
+    `tls_dir`, a second pair over mutual TLS."""
     import grpc
 
     from mesh.frames import FrameServer
@@ -66,10 +92,17 @@ async def _serve() -> None:
         ]
     )
     port = server.add_insecure_port("127.0.0.1:0")
+    ports = [port]
+    tls = _credentials(tls_dir)[0] if tls_dir is not None else None
+    if tls is not None:
+        ports.append(server.add_secure_port("127.0.0.1:0", tls.grpc))
     await server.start()
     frames = FrameServer(framed, LIMIT)
-    data_port = await frames.start("127.0.0.1", 0)
-    print(f"{port} {data_port}", flush=True)
+    ports.insert(1, await frames.start("127.0.0.1", 0))
+    if tls is not None:
+        tls_frames = FrameServer(framed, LIMIT, ssl_context=tls.context)
+        ports.append(await tls_frames.start("127.0.0.1", 0))
+    print(" ".join(map(str, ports)), flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
 
 
@@ -119,16 +152,23 @@ def _cpu_of(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def _main(child: subprocess.Popen[bytes], seconds: float, rounds: int) -> None:
+async def _main(
+    child: subprocess.Popen[bytes], seconds: float, rounds: int, tls_dir: Path | None
+) -> None:
     assert child.stdout is not None
-    port, data_port = child.stdout.readline().split()
-    address, data_address = f"127.0.0.1:{int(port)}", f"127.0.0.1:{int(data_port)}"
-    variants = {
+    ports = [f"127.0.0.1:{int(p)}" for p in child.stdout.readline().split()]
+    address, data_address = ports[0], ports[1]
+    variants: dict[str, Any] = {
         "grpc": lambda: PodClient("p", address, LIMIT),
         "grpc-tuned": lambda: Tuned(address),
         "grpc-4ch": lambda: Tuned(address, channels=4, tuned=False),
         "frames": lambda: FramePodClient("p", address, LIMIT, data_address),
     }
+    if tls_dir is not None:
+        tls = _credentials(tls_dir)[1]
+        tls_address, tls_data = ports[2], ports[3]
+        variants["grpc-tls"] = lambda: PodClient("p", tls_address, LIMIT, tls=tls)
+        variants["frames-tls"] = lambda: FramePodClient("p", tls_address, LIMIT, tls_data, tls=tls)
     print(
         f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
         f"{seconds:g} s per cell, {rounds} rounds in alternating order"
@@ -161,22 +201,33 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=3.0, help="seconds per cell and round")
     parser.add_argument("--rounds", type=int, default=2, help="rounds per cell")
+    parser.add_argument(
+        "--tls", action="store_true", help="also grpc-tls and frames-tls (mutual TLS; openssl)"
+    )
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--tls-dir", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        asyncio.run(_serve())
+        asyncio.run(_serve(args.tls_dir))
         return
-    child = subprocess.Popen(
-        [sys.executable, __file__, "--serve"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
-    try:
-        asyncio.run(_main(child, args.seconds, args.rounds))
-    finally:
-        child.kill()
-        child.wait()
+    with tempfile.TemporaryDirectory(prefix="bench-tls-") as tmp:
+        tls_dir = None
+        if args.tls:
+            from mesh.up import LocalTLS
+
+            tls_dir = LocalTLS.make(Path(tmp) / "tls").directory
+        child = subprocess.Popen(
+            [sys.executable, __file__, "--serve",
+             *(["--tls-dir", str(tls_dir)] if tls_dir is not None else [])],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )  # fmt: skip
+        try:
+            asyncio.run(_main(child, args.seconds, args.rounds, tls_dir))
+        finally:
+            child.kill()
+            child.wait()
 
 
 if __name__ == "__main__":

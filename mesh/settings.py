@@ -47,6 +47,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 __all__ = [
+    "ClientTLS",
     "CommandSettings",
     "EtcdSettings",
     "Flag",
@@ -137,6 +138,32 @@ class ServerTLS(Group):
     ca: Path | None = Field(
         None, description="CA that client certificates must chain to (mutual TLS)"
     )
+
+
+class ClientTLS(Group):
+    """TLS from a client to mesh servers: the CA their certificates chain to (set: TLS on),
+    this client's certificate and key (mutual TLS), and the name each server's certificate
+    must carry when it is not the address dialled (servers reached by IP that share one
+    certificate)."""
+
+    ca: Path | None = Field(
+        None, description="CA the servers' certificates chain to (unset: plaintext)"
+    )
+    cert: Path | None = Field(None, description="this client's certificate, for mutual TLS")
+    key: Path | None = Field(None, description="the client certificate's private key")
+    server_name: str | None = Field(
+        None,
+        description="name every server's certificate must carry (unset: the host dialled)",
+    )
+
+    @model_validator(mode="after")
+    def _whole(self) -> Self:
+        # Half a TLS setting must not leave the connections plaintext.
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("a client certificate and its key come together")
+        if self.ca is None and (self.cert is not None or self.server_name is not None):
+            raise ValueError("a client certificate or server name needs the CA (TLS is on with it)")
+        return self
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,12 @@ runs an elastic pool instead (mesh.pool): a controller sizes it with the pool-si
 (mesh.placement.pool) from the mesh's own signals, starting pods as they are needed (a request
 for a pool with none is held by the router while one starts) and draining them one at a time
 when idle, down to --min-pods (0: none). A pod that recycles (exit status 75) is replaced.
+
+    mesh up --storage ./models --host 0.0.0.0 --internal-tls
+
+serves the pods' ports (gRPC with the control API, and the data port) over mutual TLS with a
+CA made for this run by openssl (LocalTLS): only the router, with its certificate, gets an
+answer from them. Without the flag they are plaintext, the default for local development.
 """
 
 from __future__ import annotations
@@ -68,6 +74,12 @@ class UpSettings(CommandSettings, env_prefix="MESH_UP_"):
     host: str = Field("127.0.0.1", description="address the router and the pods listen on")
     data_dir: Path | None = Field(None, description="etcd's data (unset: a temporary directory)")
     prefix: str = Field("/mesh/", description="root key prefix in etcd")
+    internal_tls: bool = Field(
+        False,
+        description="mutual TLS between the router and the pods (their gRPC and data ports), "
+        "with a CA made for this run by openssl from PATH; its keys live in the run's "
+        "temporary directory and go with it",
+    )
     pool: Annotated[PoolSettings, Nested(prefix="", section="elastic pool")] = PoolSettings()
 
 
@@ -77,17 +89,91 @@ def add_parser(sub: Any) -> None:
     add_flags(p, UpSettings)
 
 
-def wait_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout: float = 60) -> None:
+def wait_port(
+    port: int,
+    proc: subprocess.Popen[bytes],
+    what: str,
+    timeout: float = 60,
+    tls: LocalTLS | None = None,
+) -> None:
     deadline = time.monotonic() + timeout
+    target = f"127.0.0.1:{port}"
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise SystemExit(f"mesh up: {what} exited with status {proc.returncode}")
+        channel = grpc.insecure_channel(target) if tls is None else tls.channel(target)
         try:
-            grpc.channel_ready_future(grpc.insecure_channel(f"127.0.0.1:{port}")).result(0.5)
+            grpc.channel_ready_future(channel).result(0.5)
             return
         except grpc.FutureTimeoutError:
             continue
+        finally:
+            channel.close()
     raise SystemExit(f"mesh up: {what} did not start within {timeout:.0f}s")
+
+
+# The name in the pods' certificate that the router checks, whatever address it dials.
+TLS_SERVER_NAME = "localhost"
+
+
+@dataclass(frozen=True)
+class LocalTLS:
+    """`--internal-tls`: a CA made for this run, a certificate for every pod (they share it)
+    and one for the router, as PEM files in `directory`."""
+
+    directory: Path
+
+    @classmethod
+    def make(cls, directory: Path) -> LocalTLS:
+        """Make the CA and both certificates with openssl (P-256 keys, valid for 30 days).
+        SystemExit with one line when openssl is missing or fails."""
+        openssl = shutil.which("openssl")
+        if openssl is None:
+            raise SystemExit("mesh up: --internal-tls needs openssl on PATH")
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+        days = ["-days", "30"]
+        (directory / "pod.ext").write_text(f"subjectAltName=DNS:{TLS_SERVER_NAME},IP:127.0.0.1\n")
+        steps = [
+            ["req", "-x509", *key, "-keyout", "ca.key", "-out", "ca.crt", *days,
+             "-subj", "/CN=mesh up CA"],
+            *(step for name in ("pod", "router") for step in (
+                ["req", *key, "-keyout", f"{name}.key", "-out", f"{name}.csr",
+                 "-subj", f"/CN=mesh-{name}"],
+                ["x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+                 "-CAcreateserial", "-out", f"{name}.crt", *days,
+                 *(["-extfile", "pod.ext"] if name == "pod" else [])],
+            )),
+        ]  # fmt: skip
+        for step in steps:
+            done = subprocess.run(
+                [openssl, *step], cwd=directory, capture_output=True, text=True, check=False
+            )
+            if done.returncode != 0:
+                why = (done.stderr.strip().splitlines() or ["no message"])[-1]
+                raise SystemExit(f"mesh up: --internal-tls: openssl {step[0]} failed: {why}")
+        return cls(directory)
+
+    def pod_args(self) -> tuple[str, ...]:
+        d = self.directory
+        return ("--tls-cert", str(d / "pod.crt"), "--tls-key", str(d / "pod.key"),
+                "--tls-ca", str(d / "ca.crt"))  # fmt: skip
+
+    def router_args(self) -> list[str]:
+        d = self.directory
+        return ["--pod-tls-ca", str(d / "ca.crt"), "--pod-tls-cert", str(d / "router.crt"),
+                "--pod-tls-key", str(d / "router.key"),
+                "--pod-tls-server-name", TLS_SERVER_NAME]  # fmt: skip
+
+    def channel(self, target: str) -> grpc.Channel:
+        """A channel to a pod with the router's certificate (mesh up's own checks)."""
+        d = self.directory
+        credentials = grpc.ssl_channel_credentials(
+            (d / "ca.crt").read_bytes(), (d / "router.key").read_bytes(),
+            (d / "router.crt").read_bytes(),
+        )  # fmt: skip
+        options = [("grpc.ssl_target_name_override", TLS_SERVER_NAME)]
+        return grpc.secure_channel(target, credentials, options=options)
 
 
 def die_with_parent() -> list[str]:
@@ -195,6 +281,8 @@ class LocalMesh:
     # The elastic pool's settings and its running controller; None: a fixed set of pods.
     pool: PoolSettings | None = None
     controller: RunningPool | None = None
+    # --internal-tls: the run's CA and certificates; None: the pods' ports are plaintext.
+    tls: LocalTLS | None = None
     _views: dict[str, PodProcess] = field(default_factory=dict, repr=False)
 
     @property
@@ -221,10 +309,11 @@ class LocalMesh:
             f"  router     gRPC {r.address}   metrics http://{r.metrics}/metrics   pid {r.pid}",
             f"  router     REST http://{r.rest}   capacity page http://{r.rest}/dashboard",
         ]
+        grpc_of_pods = "gRPC+mTLS" if self.tls is not None else "gRPC"
         for pod in self.pods:
             lines.append(
-                f"  {pod.name:<10} gRPC {pod.address}   metrics http://{pod.metrics}/metrics"
-                f"   pid {pod.pid}"
+                f"  {pod.name:<10} {grpc_of_pods} {pod.address}   "
+                f"metrics http://{pod.metrics}/metrics   pid {pod.pid}"
             )
         for puller in self.pullers:
             cache = puller.cache_bytes / 2**30
@@ -314,6 +403,7 @@ def local_mesh(settings: UpSettings) -> Iterator[LocalMesh]:
             entry = {"type": "file", "root": str(settings.storage.resolve())}
             storage_config.write_text(json.dumps({"default": entry}))
             pool = settings.pool if settings.pool.enabled else None
+            tls = LocalTLS.make(Path(tmp) / "tls") if settings.internal_tls else None
             spec = LocalPodSpec(
                 mesh=mesh, etcd=url, prefix=settings.prefix, host=host,
                 capacity=settings.capacity, cache_bytes=cache, storage_config=storage_config,
@@ -321,7 +411,7 @@ def local_mesh(settings: UpSettings) -> Iterator[LocalMesh]:
                 # A fixed set of pods stops all at once: nowhere to hand models off to. A pool
                 # drains one pod at a time, onto the pods that stay.
                 handoff_timeout=pool.pool_handoff_timeout if pool is not None else 0.0,
-                spawn=spawn,
+                spawn=spawn, pod_args=tls.pod_args() if tls is not None else (),
             )  # fmt: skip
             local = LocalPods(spec)
             if pool is None:
@@ -332,12 +422,13 @@ def local_mesh(settings: UpSettings) -> Iterator[LocalMesh]:
             for _ in range(initial):
                 local.start_pod()
             for pod in local.pods():
-                wait_port(pod.port, pod.pod, pod.pod_id)
+                wait_port(pod.port, pod.pod, pod.pod_id, tls=tls)
             router_metrics = free_port()
             proc = subprocess.Popen(
                 [*mesh, "router", "--etcd", url, "--etcd-prefix", settings.prefix,
                  "--host", host, "--port", str(router_port), "--rest-port", str(rest_port),
-                 "--metrics-port", str(router_metrics)],
+                 "--metrics-port", str(router_metrics),
+                 *(tls.router_args() if tls is not None else [])],
                 **spawn,
             )  # fmt: skip
             router = RouterProcess(
@@ -351,7 +442,7 @@ def local_mesh(settings: UpSettings) -> Iterator[LocalMesh]:
                 capacity = parse_bytes(settings.capacity)
                 assert isinstance(capacity, int)
                 controller = start_pool(pool, local, url, settings.prefix, host, capacity)
-            yield LocalMesh(etcd_child, router, local, pool, controller)
+            yield LocalMesh(etcd_child, router, local, pool, controller, tls=tls)
         finally:
             # The controller first (it must start no pod while the rest stop), then everything.
             if controller is not None:

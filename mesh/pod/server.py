@@ -56,6 +56,7 @@ from mesh.pod.wire import wire_infer
 from mesh.puller.client import PullerClient
 from mesh.runtimes.base import Device
 from mesh.runtimes.registry import RuntimeRegistry
+from mesh.tls import ServerCredentials
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +116,8 @@ class PodServer(Service):
             check_port_free(s.server.host, s.server.rest_port, "the REST port; --rest-port")
         if s.data_port:
             check_port_free(s.server.host, s.data_port, "the data port; --data-port")
+        # The certificate's files are read and checked before anything listens.
+        tls = ServerCredentials.load(s.tls)
         runtimes = self._runtimes or RuntimeRegistry.discover(s.runtimes)
         if not runtimes.names:
             raise InvalidRequest(
@@ -195,20 +198,30 @@ class PodServer(Service):
                 self.health.handler(),
             )
         )
-        self.port = server.add_insecure_port(f"{s.server.host}:{s.server.port}")
+        address = f"{s.server.host}:{s.server.port}"
+        if tls is not None:
+            self.port = server.add_secure_port(address, tls.grpc)
+        else:
+            self.port = server.add_insecure_port(address)
         if self.port == 0:
             raise InvalidRequest(f"cannot listen on {s.server.host}:{s.server.port}")
         await server.start()
         self._server = server
         if s.data_port is not None:
             # Unary inference for routers, cheaper than a gRPC call (mesh.frames).
-            self._frames = FrameServer(wire_infer(self.plane), s.max_message_bytes)
+            self._frames = FrameServer(
+                wire_infer(self.plane),
+                s.max_message_bytes,
+                ssl_context=tls.context if tls is not None else None,
+            )
             self.data_port = await self._frames.start(s.server.host, s.data_port)
         if s.server.rest_port is not None:
             self._http = HttpApp(s.max_message_bytes)
             self._http.mount_v2(V2Endpoints(PodBackend(self.plane)))
             openai_routes.mount(self._http, TextBackend(self.plane))
-            self.rest_port = await self._http.start(s.server.host, s.server.rest_port)
+            self.rest_port = await self._http.start(
+                s.server.host, s.server.rest_port, tls.context if tls is not None else None
+            )
         if s.server.metrics_port is not None:
             self.metrics_port = self._metrics.start(
                 s.server.metrics_port, s.server.host, self.registry
@@ -223,10 +236,11 @@ class PodServer(Service):
         self.plane.mark_ready()
         self.health.serving()
         log.info(
-            "pod listening on %s:%d (metrics %s), device %s (memory from %s), capacity %d bytes,"
-            " host tier %d bytes, runtimes %s%s",
+            "pod listening on %s:%d (%s, metrics %s), device %s (memory from %s), capacity %d "
+            "bytes, host tier %d bytes, runtimes %s%s",
             s.server.host,
             self.port,
+            "mutual TLS" if tls is not None else "plaintext",
             self.metrics_port,
             device,
             memory.name,

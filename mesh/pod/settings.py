@@ -4,12 +4,12 @@ validated at start."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Self
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from mesh.ids import RULE, is_valid_id
-from mesh.settings import CommandSettings, EtcdSettings, Flag, Nested, ServerSettings
+from mesh.settings import CommandSettings, EtcdSettings, Flag, Nested, ServerSettings, ServerTLS
 from mesh.units import ByteSize, parse_bytes
 
 __all__ = ["ByteSize", "PodSettings", "parse_bytes"]
@@ -25,6 +25,36 @@ class PodEtcd(EtcdSettings):
         description="etcd endpoints, e.g. http://etcd-0:2379,http://etcd-1:2379 "
         "(unset: the pod runs standalone)",
     )
+
+
+class PodTLS(ServerTLS):
+    """TLS on the pod's ports (gRPC, data and REST; metrics stay plaintext), always mutual:
+    its gRPC port is also the control API (LoadModel, UnloadModel), so a certificate without a
+    CA to check clients by does not validate, nor does a certificate without its key."""
+
+    cert: Path | None = Field(
+        None, description="certificate of the pod's gRPC, data and REST ports (unset: plaintext)"
+    )
+    key: Path | None = Field(None, description="the certificate's private key")
+    ca: Path | None = Field(
+        None,
+        description="CA that the certificates of the pod's clients (routers) must chain to; "
+        "required with --tls-cert",
+    )
+
+    @model_validator(mode="after")
+    def _whole_and_mutual(self) -> Self:
+        # Half a TLS setting must not leave the ports plaintext.
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("--tls-cert and --tls-key come together")
+        if self.ca is not None and self.cert is None:
+            raise ValueError("--tls-ca needs --tls-cert and --tls-key")
+        if self.cert is not None and self.ca is None:
+            raise ValueError(
+                "--tls-cert needs --tls-ca: the pod takes only clients with a certificate "
+                "(mutual TLS), since its gRPC port loads and unloads models"
+            )
+        return self
 
 
 class PodSettings(CommandSettings, env_prefix="MESH_POD_"):
@@ -73,6 +103,8 @@ class PodSettings(CommandSettings, env_prefix="MESH_POD_"):
         description="port of the data transport routers use for unary inference instead of "
         "gRPC (0 picks a free one; unset: none, routers use the gRPC port)",
     )
+    # mesh.tls: the routers present a certificate (--pod-tls-cert on theirs).
+    tls: Annotated[PodTLS, Nested(section="TLS")] = PodTLS()
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where models run")
     device_index: int = Field(0, ge=0, description="GPU index")
     workers: int = Field(4, ge=1, description="inference threads; requests beyond them queue")

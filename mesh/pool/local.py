@@ -46,6 +46,8 @@ class LocalPodSpec:
     # Seconds a draining pod waits for its models to be loaded elsewhere (0: none).
     handoff_timeout: float = 0.0
     spawn: dict[str, Any] = field(default_factory=dict)
+    # Flags every pod gets besides these (`mesh up --internal-tls`: its certificate's).
+    pod_args: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -98,7 +100,8 @@ class LocalPods:
                 [*s.mesh, "pod", "--etcd", s.etcd, "--etcd-prefix", s.prefix,
                  "--pod-id", pod_id, "--host", s.host, "--port", str(port),
                  "--metrics-port", str(metrics), "--capacity", s.capacity,
-                 "--puller", socket_path, "--handoff-timeout", str(s.handoff_timeout)],
+                 "--puller", socket_path, "--handoff-timeout", str(s.handoff_timeout),
+                 *s.pod_args],
                 **s.spawn,
             )  # fmt: skip
             self._pods[pod_id] = LocalPod(pod_id, port, metrics, socket_path, pod, puller)

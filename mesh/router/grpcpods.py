@@ -6,6 +6,9 @@ pod leaves the mirror. Inference and metadata go as the client's bytes, untouche
 advertises a frame listener (InstanceRecord.data_address) gets its unary inference over that
 instead (`FramePodClient`, mesh.frames: a frame costs the router a fraction of a grpc.aio
 call's CPU), and everything else over its channel; a pod that advertises none gets gRPC alone.
+With the router's --pod-tls-* settings (mesh.tls) both go over TLS with the router's client
+certificate; a pod that refuses it (or whose certificate the router's CA does not sign) fails
+the handshake, and its calls fail `Unavailable`.
 
 A pod's status becomes the mesh error of mesh.grpcstatus's table with the pod's message, so the
 router passes it on unchanged. Closing a channel (its pod left the mirror) ends the calls in
@@ -31,6 +34,7 @@ from mesh.gen import runtime_pb2 as rpb
 from mesh.grpcstatus import error_class_named, error_from_status
 from mesh.router.transport import Loaded, LoadRequest, LocalInfer, PodTransport
 from mesh.storagewire import to_message
+from mesh.tls import ClientCredentials
 
 log = logging.getLogger(__name__)
 
@@ -85,20 +89,29 @@ class GrpcPodStream:
 
 
 class PodClient:
-    """A pod over gRPC (mesh.router.transport.PodTransport)."""
+    """A pod over gRPC (mesh.router.transport.PodTransport); over TLS with `tls`."""
 
     def __init__(
-        self, pod_id: str, address: str, max_message_bytes: int, data_address: str = ""
+        self,
+        pod_id: str,
+        address: str,
+        max_message_bytes: int,
+        data_address: str = "",
+        *,
+        tls: ClientCredentials | None = None,
     ) -> None:
         self.pod_id = pod_id
         self.address = address
         self.data_address = data_address
-        options = [
+        options: list[tuple[str, Any]] = [
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.keepalive_time_ms", 20_000),
         ]
-        self.channel = aio.insecure_channel(address, options=options)
+        if tls is None:
+            self.channel = aio.insecure_channel(address, options=options)
+        else:
+            self.channel = aio.secure_channel(address, tls.grpc, options=options + tls.options())
         # Bytes in, bytes out: the router never decodes a tensor.
         self._infer: Any = self.channel.unary_unary(INFER)
         self._stream: Any = self.channel.stream_stream(STREAM)
@@ -209,10 +222,22 @@ class FramePodClient(PodClient):
     partitioned or dead)."""
 
     def __init__(
-        self, pod_id: str, address: str, max_message_bytes: int, data_address: str
+        self,
+        pod_id: str,
+        address: str,
+        max_message_bytes: int,
+        data_address: str,
+        *,
+        tls: ClientCredentials | None = None,
     ) -> None:
-        super().__init__(pod_id, address, max_message_bytes, data_address)
-        self._frames = FrameClient(pod_id, data_address, max_message_bytes)
+        super().__init__(pod_id, address, max_message_bytes, data_address, tls=tls)
+        self._frames = FrameClient(
+            pod_id,
+            data_address,
+            max_message_bytes,
+            ssl_context=tls.context if tls is not None else None,
+            server_hostname=tls.server_name if tls is not None else None,
+        )
 
     async def infer(self, data: bytes, model_id: str, timeout: float | None) -> bytes:
         loop = asyncio.get_running_loop()
@@ -258,8 +283,10 @@ class InProcessPodClient(PodClient):
         max_message_bytes: int,
         local: LocalInfer,
         data_address: str = "",
+        *,
+        tls: ClientCredentials | None = None,
     ) -> None:
-        super().__init__(pod_id, address, max_message_bytes, data_address)
+        super().__init__(pod_id, address, max_message_bytes, data_address, tls=tls)
         self._local = local
 
     async def infer(self, data: bytes, model_id: str, timeout: float | None) -> bytes:
@@ -318,18 +345,27 @@ class _Deadline:
 class GrpcPods:
     """The pool's `connect` (mesh.router.transport.Connect): gRPC channels of at most
     `max_message_bytes` per message, with inference over the pod's frame listener where it
-    advertises one (`frames=False`: gRPC alone), or the pod in this process."""
+    advertises one (`frames=False`: gRPC alone), or the pod in this process. With `tls`, both
+    of a pod's ports are dialled over TLS with those credentials (every pod: a router speaks
+    TLS to all its pods or to none)."""
 
-    def __init__(self, max_message_bytes: int, *, frames: bool = True) -> None:
+    def __init__(
+        self, max_message_bytes: int, *, frames: bool = True, tls: ClientCredentials | None = None
+    ) -> None:
         self.max_message_bytes = max_message_bytes
         self.frames = frames
+        self.tls = tls
 
     def __call__(
         self, pod_id: str, address: str, local: LocalInfer | None, data_address: str = ""
     ) -> PodTransport:
         if local is not None:
-            return InProcessPodClient(pod_id, address, self.max_message_bytes, local, data_address)
+            return InProcessPodClient(
+                pod_id, address, self.max_message_bytes, local, data_address, tls=self.tls
+            )
         if data_address and self.frames:
-            return FramePodClient(pod_id, address, self.max_message_bytes, data_address)
+            return FramePodClient(
+                pod_id, address, self.max_message_bytes, data_address, tls=self.tls
+            )
         # Keeps the data address it was made for, so that the pool reuses it.
-        return PodClient(pod_id, address, self.max_message_bytes, data_address)
+        return PodClient(pod_id, address, self.max_message_bytes, data_address, tls=self.tls)

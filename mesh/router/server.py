@@ -46,6 +46,7 @@ from mesh.router.policy import RouterPolicy
 from mesh.router.rest import RouterBackend
 from mesh.router.service import ManagementService, RouterInference
 from mesh.router.settings import RouterSettings
+from mesh.tls import ClientCredentials
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +130,8 @@ class RouterServer(Service):
             )
         if s.server.rest_port is not None:
             check_port_free(s.server.host, s.server.rest_port, "the REST port; --rest-port")
+        # The pods' CA and this router's certificate, read and checked before anything starts.
+        pod_tls = ClientCredentials.load(s.pod_tls, "--pod-tls")
         self.store: KeyValueStore = self._given_store or EtcdStore(
             EtcdConfig.parse(s.etcd.endpoints, s.etcd.ca, s.etcd.cert, s.etcd.key)
         )
@@ -137,7 +140,7 @@ class RouterServer(Service):
         await self.mirror.start(timeout=60)
         self.lease = RouterLease(self.store, s.lease_ttl)
         await self.lease.start()
-        self.pool = PodPool(GrpcPods(s.max_message_bytes, frames=s.pod_frames))
+        self.pool = PodPool(GrpcPods(s.max_message_bytes, frames=s.pod_frames, tls=pod_tls))
         metrics = RouterMetrics(self.registry)
         router_id = s.router_id or f"{socket.gethostname()}-{id(self):x}"
         self.held = (
@@ -222,8 +225,9 @@ class RouterServer(Service):
         inference.ready = True
         self.health.serving()
         log.info(
-            "router listening on %s:%d (REST %s), etcd %s prefix %s",
+            "router listening on %s:%d (REST %s), etcd %s prefix %s, pods over %s",
             s.server.host, self.port, self.rest_port or "off", s.etcd.endpoints, s.etcd.prefix,
+            "TLS" if pod_tls is not None else "plaintext",
         )  # fmt: skip
 
     def _mount_http(self, app: HttpApp) -> None:

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 from pydantic import Field
 
-from mesh.settings import CommandSettings, EtcdSettings, Flag, Nested, ServerSettings, ServerTLS
+from mesh.settings import (
+    ClientTLS,
+    CommandSettings,
+    EtcdSettings,
+    Flag,
+    Nested,
+    ServerSettings,
+    ServerTLS,
+)
 from mesh.units import ByteSize
 
 
@@ -19,6 +28,23 @@ class RouterEtcd(EtcdSettings):
     )
 
 
+class PodClientTLS(ClientTLS):
+    """How the router reaches pods that serve TLS (`mesh pod --tls-cert`)."""
+
+    ca: Path | None = Field(
+        None, description="CA the pods' certificates chain to (set: TLS to every pod)"
+    )
+    cert: Path | None = Field(
+        None, description="the router's certificate for the pods (they require one)"
+    )
+    key: Path | None = Field(None, description="the router's certificate's private key")
+    server_name: str | None = Field(
+        None,
+        description="name every pod's certificate must carry, for pods dialled by IP that share "
+        "one certificate (unset: the pod's advertised host)",
+    )
+
+
 class RouterSettings(CommandSettings, env_prefix="MESH_ROUTER_"):
     """Every knob of `mesh router`; durations in seconds, sizes in bytes ("64Mi" works)."""
 
@@ -26,6 +52,8 @@ class RouterSettings(CommandSettings, env_prefix="MESH_ROUTER_"):
     etcd: Annotated[RouterEtcd, Nested(section="cluster store")] = RouterEtcd()
     # TLS on the client-facing ports (gRPC and REST).
     tls: Annotated[ServerTLS, Nested(section="TLS")] = ServerTLS()
+    # TLS to the pods' gRPC and data ports (mesh.tls); pods with --tls-cert require it.
+    pod_tls: Annotated[PodClientTLS, Nested(section="TLS to pods")] = PodClientTLS()
     router_id: str | None = Field(
         None, description="this router's name (unset: host name and a suffix)"
     )

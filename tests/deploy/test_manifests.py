@@ -489,7 +489,7 @@ def render(overlay: str) -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all(result.stdout) if d]
 
 
-@pytest.mark.parametrize("overlay", ["cpu", "gpu"])
+@pytest.mark.parametrize("overlay", ["cpu", "gpu", "internal-tls"])
 def test_overlays_render_into_valid_objects(overlay: str) -> None:
     docs = render(overlay)
     version = KUBERNETES_VERSIONS[-1]
@@ -523,6 +523,39 @@ def test_overlays_render_into_valid_objects(overlay: str) -> None:
     else:
         assert not any(a.startswith("--device") for a in pod["args"])
         assert "nvidia.com/gpu" not in pod["resources"]["limits"]
+
+
+def test_the_internal_tls_overlay_gives_pods_and_routers_their_certificates() -> None:
+    docs = render("internal-tls")
+    pod_spec = find(docs, "Deployment", "mesh-pod")["spec"]["template"]["spec"]
+    router_spec = find(docs, "Deployment", "mesh-router")["spec"]["template"]["spec"]
+    secrets = {}
+    for spec in (pod_spec, router_spec):
+        c = spec["containers"][0]
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        (mount,) = [m for m in c["volumeMounts"] if m["name"] == "pod-tls"]
+        assert mount["readOnly"]
+        secrets[c["name"]] = (volumes["pod-tls"]["secret"]["secretName"], mount["mountPath"])
+    assert secrets == {
+        "pod": ("mesh-pod-tls", "/tls"),
+        "router": ("mesh-router-pod-tls", "/pod-tls"),
+    }
+    # The settings each process would serve with: mutual TLS on the pod, TLS to pods on the
+    # router, both from the mounted files, and the name the pods' shared certificate carries.
+    pod_container = pod_spec["containers"][0]
+    pod = run_mesh(pod_container)
+    assert (pod.tls.cert, pod.tls.key, pod.tls.ca) == (
+        Path("/tls/tls.crt"), Path("/tls/tls.key"), Path("/tls/ca.crt"),
+    )  # fmt: skip
+    router = run_mesh(router_spec["containers"][0])
+    assert (router.pod_tls.ca, router.pod_tls.cert, router.pod_tls.key) == (
+        Path("/pod-tls/ca.crt"), Path("/pod-tls/tls.crt"), Path("/pod-tls/tls.key"),
+    )  # fmt: skip
+    assert router.pod_tls.server_name == "mesh-pod"
+    # The kubelet's gRPC probe cannot speak TLS: TCP probes on the gRPC port instead.
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert pod_container[probe].keys() & {"grpc", "tcpSocket"} == {"tcpSocket"}, probe
+        assert pod_container[probe]["tcpSocket"]["port"] == 8085
 
 
 # -- selectors, ports, resources, probes -----------------------------------------------------
