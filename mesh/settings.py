@@ -139,6 +139,16 @@ class ServerTLS(Group):
         None, description="CA that client certificates must chain to (mutual TLS)"
     )
 
+    @model_validator(mode="after")
+    def _whole(self) -> Self:
+        # Half a TLS setting must not leave the ports plaintext: a certificate without its
+        # key, or a CA for clients with no certificate to serve, was once read as "no TLS".
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("--tls-cert and --tls-key come together")
+        if self.ca is not None and self.cert is None:
+            raise ValueError("--tls-ca needs --tls-cert and --tls-key")
+        return self
+
 
 class ClientTLS(Group):
     """TLS from a client to mesh servers: the CA their certificates chain to (set: TLS on),

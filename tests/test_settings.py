@@ -74,7 +74,7 @@ def test_every_setting_has_a_flag_its_variable_and_its_default_in_help(command: 
          "http://mesh-etcd:2379"),
         ("router", "MESH_ROUTER_ETCD_PREFIX", "/other/", ("etcd", "prefix"), "/other/"),
         ("router", "MESH_ROUTER_VANISHED_POD_GRACE", "3", ("vanished_pod_grace",), 3.0),
-        ("router", "MESH_ROUTER_TLS_CERT", "/tls/crt", ("tls", "cert"), Path("/tls/crt")),
+        ("router", "MESH_ROUTER_POD_TLS_CA", "/tls/ca", ("pod_tls", "ca"), Path("/tls/ca")),
         ("router", "MESH_ROUTER_PORT", "9000", ("server", "port"), 9000),
         ("pod", "MESH_POD_ETCD", "http://e:2379", ("etcd", "endpoints"), "http://e:2379"),
         ("pod", "MESH_POD_MEMORY_LIMIT", "4Gi", ("memory_limit",), 4 * 2**30),
@@ -115,9 +115,13 @@ def test_flags_beat_variables_beat_defaults(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_flat_and_nested_keywords_build_the_same_settings() -> None:
-    flat = RouterSettings(port=0, etcd="http://e:2379", etcd_prefix="/a/", tls_ca="/ca")
+    flat = RouterSettings(
+        port=0, etcd="http://e:2379", etcd_prefix="/a/", tls_ca="/ca", tls_cert="/c", tls_key="/k"
+    )
     nested = RouterSettings(
-        server={"port": 0}, etcd={"endpoints": "http://e:2379", "prefix": "/a/"}, tls={"ca": "/ca"}
+        server={"port": 0},
+        etcd={"endpoints": "http://e:2379", "prefix": "/a/"},
+        tls={"ca": "/ca", "cert": "/c", "key": "/k"},
     )
     assert flat == nested
     assert flat.server.rest_port == 8008  # the router's default, not the group class's

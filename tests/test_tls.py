@@ -45,6 +45,25 @@ def test_a_pod_takes_its_certificate_key_and_ca_together(
     assert PodSettings(tls_cert="/c", tls_key="/k", tls_ca="/ca").tls.ca == Path("/ca")
 
 
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ({"tls_cert": "/c"}, "--tls-cert and --tls-key come together"),
+        ({"tls_key": "/k", "tls_ca": "/ca"}, "--tls-cert and --tls-key come together"),
+        ({"tls_ca": "/ca"}, "--tls-ca needs --tls-cert"),
+    ],
+)
+def test_the_router_refuses_half_a_tls_setting(
+    given: dict[str, str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A certificate without its key once started the client-facing ports in plaintext.
+    with pytest.raises(ValidationError, match=message):
+        RouterSettings(**given)
+    assert main(["router", *(f"--{k.replace('_', '-')}={v}" for k, v in given.items())]) == 2
+    assert message in capsys.readouterr().err
+    assert RouterSettings(tls_cert="/c", tls_key="/k").tls.ca is None  # TLS, any client
+
+
 def test_the_pods_flags_and_variables(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -43,12 +43,8 @@ class PodTLS(ServerTLS):
     )
 
     @model_validator(mode="after")
-    def _whole_and_mutual(self) -> Self:
-        # Half a TLS setting must not leave the ports plaintext.
-        if (self.cert is None) != (self.key is None):
-            raise ValueError("--tls-cert and --tls-key come together")
-        if self.ca is not None and self.cert is None:
-            raise ValueError("--tls-ca needs --tls-cert and --tls-key")
+    def _mutual(self) -> Self:
+        # ServerTLS refuses half a setting; the pod also refuses TLS that takes any client.
         if self.cert is not None and self.ca is None:
             raise ValueError(
                 "--tls-cert needs --tls-ca: the pod takes only clients with a certificate "
