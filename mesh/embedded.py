@@ -98,6 +98,7 @@ async def serve(
     overrides: dict[str, Any] = {"capacity": capacity} if capacity else {}
     pod_settings = PodSettings(
         server=ServerSettings(host="127.0.0.1", port=0, metrics_port=None),
+        data_port=None,  # the router calls the data plane in process: no port to open
         pod_id="embedded",
         **overrides,
     )
