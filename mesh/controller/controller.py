@@ -161,6 +161,7 @@ class Controller:
         self.queue = WorkQueue()
         self._stop = threading.Event()
         self.synced = threading.Event()
+        self.tried = threading.Event()  # set once a first list has been tried
         self._leading = threading.Event()
         if lock is None:
             self._leading.set()  # a single replica leads without a Lease
@@ -226,8 +227,16 @@ class Controller:
         while not self._stop.is_set():
             try:
                 if not resource_version:
-                    items, resource_version = self._api.list_all()
+                    try:
+                        items, resource_version = self._api.list_all()
+                    except KubeError:
+                        # Could not list (no such CRD here, no right to read it, its API
+                        # failing): a rival's reconciles wait for a first try and no longer,
+                        # and take this cache (empty, or as last listed) as what there is.
+                        self.tried.set()
+                        raise
                     self._replace_cache(items)
+                    self.tried.set()
                     self.synced.set()
                     failures = 0
                 opened = time.monotonic()
@@ -374,7 +383,7 @@ class Controller:
             return None  # gone for good: the finalizer has done its work
         metadata = obj["metadata"]
         finalizers = list(metadata.get("finalizers") or [])
-        if any(not r.synced.is_set() for r in self._rivals):
+        if any(not r.tried.is_set() for r in self._rivals):
             return self.policy.poll  # who holds the name is not known before they have listed
         holder = self._holder(name, obj)
         if holder is not None:

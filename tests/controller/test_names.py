@@ -129,6 +129,33 @@ def test_the_second_of_two_kinds_with_one_name_is_refused_and_takes_over_when_th
     assert isvc is not None and FINALIZER in isvc["metadata"]["finalizers"]
 
 
+@pytest.mark.slow  # real etcd, router and pods
+def test_without_the_inference_service_crd_predictors_are_served_all_the_same(
+    router: RunningRouter,
+) -> None:
+    # A cluster without KServe has no InferenceService CRD: its controller cannot list (404),
+    # and a Predictor must not wait on it to know who holds its name.
+    with FakeKubeAPI(DEFAULT_RESOURCES) as kube:
+        settings = ControllerSettings(
+            router=router.address, namespace=NAMESPACE, leader_election=False,
+            inference_services=True, pools=False, resync=1.0, poll=0.2, watch_timeout=30,
+        )  # fmt: skip
+        client = kube.client()
+        running, mesh = build(settings, client)
+        for controller in running:
+            controller.start()
+        try:
+            kube.create("predictors", predictor("fraud", "onnx", "mlp"))
+            wait_until(lambda: status(kube, "predictors").get("activeModelState") == "Loaded",
+                       what="the Predictor served")  # fmt: skip
+            assert storage_served(router, "fraud") == "mlp"
+        finally:
+            for controller in running:
+                controller.stop()
+            mesh.close()
+            client.close()
+
+
 def test_who_holds_a_name_the_finalizer_then_the_age_then_the_predictor() -> None:
     def obj(created: str, *finalizers: str) -> dict[str, Any]:
         meta = {"name": "fraud", "creationTimestamp": created, "finalizers": list(finalizers)}
