@@ -1,6 +1,7 @@
 """`mesh router` and the commands that manage a mesh through a router's management API.
 
 mesh register fraud-v3 --format xgboost --storage-path fraud/v3 [--storage-key s3]
+    [--bucket B] [--unpack auto|true|false] [--sha256 HEX]   (the StorageRef's options)
 mesh register --file models.jsonl       (many models, RegisterModels calls: mesh/bulk.py)
 mesh list | mesh status | mesh status fraud-v3 -o json | mesh load fraud-v3
 mesh unregister fraud-v3
@@ -26,7 +27,7 @@ from pydantic import Field, ValidationError
 from pydantic_settings import SettingsConfigDict
 
 from mesh import logs
-from mesh.errors import MeshError
+from mesh.errors import InvalidRequest, MeshError
 from mesh.gen import management_pb2 as mpb
 from mesh.present import (
     OUTPUTS,
@@ -39,7 +40,7 @@ from mesh.present import (
     vmodel_detail,
 )
 from mesh.settings import CommandSettings, add_flags
-from mesh.storageref import StorageRef
+from mesh.storageref import StorageRef, Unpack, check_storage
 from mesh.storagewire import to_message
 
 COMMANDS = ("register", "unregister", "status", "list", "vmodel", "load")
@@ -125,6 +126,19 @@ def add_admin_parsers(sub: Any) -> None:
         "RegisterModelRequest objects) in batches",
     )  # fmt: skip
     p.add_argument("--storage-key", default="", help="storage entry (default: default)")
+    p.add_argument(
+        "--bucket", default="",
+        help="another bucket (or Azure container) than the storage entry's",
+    )  # fmt: skip
+    p.add_argument(
+        "--unpack", choices=[u.value for u in Unpack], default=Unpack.AUTO.value,
+        help="auto (default: .tar, .tar.gz, .tgz and .zip objects are unpacked), true (the "
+        "object must be an archive) or false (kept as it is)",
+    )  # fmt: skip
+    p.add_argument(
+        "--sha256", default="", metavar="HEX",
+        help="the digest (64 hex digits) the object must have; checked at every download",
+    )  # fmt: skip
     p.add_argument("--min-copies", type=int, default=0, help="copies kept loaded when idle")
     p.add_argument("--max-copies", type=int, default=0, help="most copies (0: no bound)")
     p.add_argument("--load-now", action="store_true", help="return once a copy is loaded")
@@ -200,8 +214,7 @@ def _call(stub: Any, args: argparse.Namespace, settings: AdminSettings) -> Any:
         options = mpb.ModelOptions(min_copies=args.min_copies, max_copies=args.max_copies)
         return stub.RegisterModel(
             mpb.RegisterModelRequest(
-                model_id=args.model_id, format=args.format,
-                storage=to_message(StorageRef(args.storage_key, args.storage_path)),
+                model_id=args.model_id, format=args.format, storage=to_message(_storage(args)),
                 options=options, load_now=args.load_now, base=args.base,
             ),
             **kw,
@@ -246,6 +259,18 @@ def _call(stub: Any, args: argparse.Namespace, settings: AdminSettings) -> Any:
 
 class _Usage(Exception):
     pass
+
+
+def _storage(args: argparse.Namespace) -> StorageRef:
+    """The registration's StorageRef from the flags, checked as the router will check it, so
+    that a bad value is refused here naming its flag (the option `sha256` is `--sha256`)."""
+    ref = StorageRef(
+        args.storage_key, args.storage_path, args.bucket, Unpack(args.unpack), args.sha256
+    )
+    try:
+        return check_storage(ref, "mesh register")
+    except InvalidRequest as exc:
+        raise _Usage(str(exc).replace(": option ", ": --", 1)) from None
 
 
 def _render(response: Any, args: argparse.Namespace) -> str:

@@ -113,15 +113,29 @@ def check_storage(ref: StorageRef, what: str = "storage") -> StorageRef:
     """The one validator: `ref` as registration accepts it, or the error that refuses it.
 
     The path follows mesh.ids.check_registered_path (relative, '/'-separated, no empty, '.'
-    or '..' segment); the options follow `check_options`. Messages start with `what`.
+    or '..' segment); the options follow `check_options`, and a prefix (a path ending in '/')
+    takes no sha256 and no unpack=true, as the puller refuses both for it. Messages start
+    with `what`.
     """
     if not ref.path:
         raise InvalidRequest(f"{what}: storage path is required")
     check_registered_path(ref.path, f"{what}: storage path")
     try:
-        return check_options(ref)
+        checked = check_options(ref)
     except InvalidRequest as exc:
         raise InvalidRequest(f"{what}: {exc}") from None
+    # The puller refuses these for a prefix at every pull: refused once, here, instead.
+    if ref.path.endswith("/") and ref.sha256:
+        raise InvalidRequest(
+            f"{what}: option sha256 applies to a single object, and storage path "
+            f"{ref.path!r} names a prefix"
+        )
+    if ref.path.endswith("/") and ref.unpack is Unpack.TRUE:
+        raise InvalidRequest(
+            f"{what}: option unpack=true needs a single object (an archive), and storage "
+            f"path {ref.path!r} names a prefix"
+        )
+    return checked
 
 
 def split_legacy_options(options: Mapping[str, str]) -> tuple[dict[str, str], dict[str, str]]:

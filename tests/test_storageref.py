@@ -44,8 +44,14 @@ def test_bad_options_are_invalid_requests(options: dict[str, str], words: str) -
 
 
 def test_the_validator_checks_path_and_options_and_lowers_the_digest() -> None:
-    ref = check_storage(StorageRef("k", "a/b/", sha256=DIGEST.upper()), "model 'm'")
-    assert ref == StorageRef("k", "a/b/", sha256=DIGEST)
+    ref = check_storage(StorageRef("k", "a/b", sha256=DIGEST.upper()), "model 'm'")
+    assert ref == StorageRef("k", "a/b", sha256=DIGEST)
+    assert check_storage(StorageRef("k", "a/b/", unpack=Unpack.FALSE)).path == "a/b/"
+    # A prefix is many objects: no one digest, and not one archive (the puller refuses both).
+    with pytest.raises(InvalidRequest, match="model 'm': option sha256 applies to a single"):
+        check_storage(StorageRef("k", "a/b/", sha256=DIGEST), "model 'm'")
+    with pytest.raises(InvalidRequest, match="option unpack=true needs a single object"):
+        check_storage(StorageRef("k", "a/b/", unpack=Unpack.TRUE))
     with pytest.raises(InvalidIdentifier, match=r"model 'm': storage path '\.\./x'"):
         check_storage(StorageRef(path="../x"), "model 'm'")
     with pytest.raises(InvalidRequest, match="model 'm': storage path is required"):

@@ -25,6 +25,12 @@ Reconciling one Predictor (only the elected leader does; the others keep their c
 4. write the status subresource from the mesh's view, only when it changed;
 5. while something is in progress, look again in `poll` seconds.
 
+A Predictor and an InferenceService of one name would be one vmodel: the controllers of the two
+kinds contend (`contend_with`), and where the other kind's object holds the name
+(mesh.controller.kinds.holds_name) this one is refused: no finalizer, nothing in the mesh, a
+status with reason NameConflict, and no clean-up of the name when it goes. A change to either
+queues the name on both, so the refused one takes the name over once the holder is gone.
+
 A failed reconcile is retried with a per-Predictor exponential backoff; a 409 on a write means
 the cached object was stale and is retried at once with the newer one.
 """
@@ -42,7 +48,7 @@ from typing import Any
 
 from mesh.controller import predictor as pr
 from mesh.controller import runtimes as rt
-from mesh.controller.kinds import PREDICTOR, ResourceKind
+from mesh.controller.kinds import PREDICTOR, ResourceKind, holds_name
 from mesh.controller.kube import (
     FINALIZER,
     Conflict,
@@ -155,6 +161,7 @@ class Controller:
         self.queue = WorkQueue()
         self._stop = threading.Event()
         self.synced = threading.Event()
+        self.tried = threading.Event()  # set once a first list has been tried
         self._leading = threading.Event()
         if lock is None:
             self._leading.set()  # a single replica leads without a Lease
@@ -162,10 +169,20 @@ class Controller:
         # Models a Predictor pointed to before its spec changed: unregistered once unused.
         self._retired: dict[str, set[str]] = {}
         self._threads: list[threading.Thread] = []
+        # The controllers of the other kinds in this namespace: one name space of vmodels.
+        self._rivals: list[Controller] = []
 
     @property
     def namespace(self) -> str:
         return self._api.namespace
+
+    def contend_with(self, other: Controller) -> None:
+        """Share the namespace's vmodel names with the controller of another kind (both ways):
+        of two objects of one name, only the one that holds it reaches the mesh."""
+        if other is self or other in self._rivals:
+            return
+        self._rivals.append(other)
+        other._rivals.append(self)
 
     @property
     def is_leader(self) -> bool:
@@ -210,8 +227,16 @@ class Controller:
         while not self._stop.is_set():
             try:
                 if not resource_version:
-                    items, resource_version = self._api.list_all()
+                    try:
+                        items, resource_version = self._api.list_all()
+                    except KubeError:
+                        # Could not list (no such CRD here, no right to read it, its API
+                        # failing): a rival's reconciles wait for a first try and no longer,
+                        # and take this cache (empty, or as last listed) as what there is.
+                        self.tried.set()
+                        raise
                     self._replace_cache(items)
+                    self.tried.set()
                     self.synced.set()
                     failures = 0
                 opened = time.monotonic()
@@ -241,7 +266,14 @@ class Controller:
             self._cache = {i["metadata"]["name"]: i for i in items}
             names = set(self._cache) | before
         for name in names:
-            self.queue.add(name)
+            self._queue_everywhere(name)
+
+    def _queue_everywhere(self, name: str) -> None:
+        """Queue `name` here and on the rivals: a change to one object of the name can change
+        which of them holds it."""
+        self.queue.add(name)
+        for rival in self._rivals:
+            rival.queue.add(name)
 
     def _observe(self, kind: str, obj: Mapping[str, Any]) -> None:
         name = obj["metadata"]["name"]
@@ -250,7 +282,7 @@ class Controller:
                 self._cache.pop(name, None)
             else:
                 self._cache[name] = dict(obj)
-        self.queue.add(name)
+        self._queue_everywhere(name)
 
     def _remember(self, obj: Mapping[str, Any]) -> None:
         """A newer object from one of our writes: keep it unless the watch brought a newer."""
@@ -351,6 +383,12 @@ class Controller:
             return None  # gone for good: the finalizer has done its work
         metadata = obj["metadata"]
         finalizers = list(metadata.get("finalizers") or [])
+        if any(not r.tried.is_set() for r in self._rivals):
+            return self.policy.poll  # who holds the name is not known before they have listed
+        holder = self._holder(name, obj)
+        if holder is not None:
+            self._refuse(obj, finalizers, holder)
+            return None  # queued again when the holder changes or goes
         if not self.kind.ours(obj):
             if FINALIZER in finalizers:  # it was ours (its annotation went): let it go
                 self._clean_up(name)
@@ -382,6 +420,67 @@ class Controller:
                 view = self._mesh.model(model_id)
                 if view is not None:
                     models[model_id] = view
+        status = self._write(obj, spec, vmodel, models)
+        busy = status.get("transitionStatus") == "InProgress" or pr.LOADING in (
+            status.get("activeModelState"),
+            status.get("targetModelState"),
+        )
+        return self.policy.poll if busy else None
+
+    def _holder(
+        self, name: str, obj: Mapping[str, Any]
+    ) -> tuple[ResourceKind, Mapping[str, Any]] | None:
+        """The other kind's object of this name, with its kind, when it holds the name (None:
+        this object holds it, or has no rival)."""
+        if not self.kind.contends(obj):
+            return None
+        for rival in self._rivals:
+            other = rival.get(name)
+            if other is None or not rival.kind.contends(other):
+                continue
+            if holds_name(other, rival.kind, obj, self.kind):
+                return rival.kind, other
+        return None
+
+    def _refuse(
+        self,
+        obj: Mapping[str, Any],
+        finalizers: list[str],
+        holder: tuple[ResourceKind, Mapping[str, Any]],
+    ) -> None:
+        """This object shares its name with the holder's: it gets nothing in the mesh and no
+        finalizer (its deletion must not delete the holder's vmodel), and, if it is ours and
+        not going, a status that says why."""
+        name = obj["metadata"]["name"]
+        if FINALIZER in finalizers:  # written before the rule, or while the name was free
+            finalizers.remove(FINALIZER)
+            with contextlib.suppress(NotFound):
+                obj = self._api.set_finalizers(obj, finalizers)
+                self._remember(obj)
+        if not self.kind.ours(obj) or obj["metadata"].get("deletionTimestamp"):
+            return
+        kind, other = holder
+        title = self.kind.title or self.kind.name
+        since = (other.get("metadata") or {}).get("creationTimestamp", "")
+        problem = pr.InvalidSpec(
+            f"the {kind.title or kind.name} {name} (created {since}) already has the name "
+            f"{name!r} in the mesh, and clients asking for {name!r} reach its model: rename "
+            f"this {title}, or delete the {kind.title or kind.name} (this one then takes the "
+            "name over)",
+            reason="NameConflict",
+        )
+        self._write(obj, problem, None, {})
+
+    def _write(
+        self,
+        obj: Mapping[str, Any],
+        spec: pr.PredictorSpec | pr.InvalidSpec,
+        vmodel: pr.VModelView | None,
+        models: Mapping[str, pr.ModelView],
+    ) -> dict[str, Any]:
+        """Write the status from the mesh's view, only when it changed, with its Events; the
+        Predictor-shaped status."""
+        name = obj["metadata"]["name"]
         written = obj.get("status") or {}
         previous = self.kind.previous(written)
         now = self._clock()
@@ -397,11 +496,7 @@ class Controller:
             if self._events is not None:
                 for event in pr.events(previous, status):
                     self._events.record(obj, event.type, event.reason, event.message)
-        busy = status.get("transitionStatus") == "InProgress" or pr.LOADING in (
-            status.get("activeModelState"),
-            status.get("targetModelState"),
-        )
-        return self.policy.poll if busy else None
+        return status
 
     def _parse(self, obj: Mapping[str, Any]) -> pr.PredictorSpec:
         """The object as the mesh registers it, on the pool its runtime chooses when the
@@ -474,6 +569,9 @@ class Controller:
             if owner in names and pr.owned_by(model_id, owner):
                 in_use.setdefault(owner, set()).add(model_id)
         for owner, model_ids in sorted(in_use.items()):
+            obj = self.get(owner)
+            if obj is not None and self._holder(owner, obj) is not None:
+                continue  # the name is another kind's: its controller sweeps it
             vmodel = self._mesh.vmodel(owner)
             if vmodel is None or vmodel.transition != "UP_TO_DATE":
                 continue

@@ -216,6 +216,17 @@ class PoolApi:
         except _ERRORS as exc:
             raise _translate(exc, f"patch deployment {name}") from exc
 
+    def write_runtime_status(self, name: str, status: Mapping[str, Any]) -> None:
+        """Replace this namespace's ServingRuntime's status subresource as a whole."""
+        patch = [{"op": "add", "path": "/status", "value": dict(status)}]
+        try:
+            self._custom.patch_namespaced_custom_object_status(
+                GROUP, VERSION, self.namespace, "servingruntimes", name, patch,
+                _content_type="application/json-patch+json", _request_timeout=30,
+            )  # fmt: skip
+        except _ERRORS as exc:
+            raise _translate(exc, f"status of servingruntimes {name}") from exc
+
     def scale(self, name: str) -> tuple[int, int, str]:
         """(spec.replicas, status.replicas, resourceVersion) of the Deployment's scale."""
         try:

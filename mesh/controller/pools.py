@@ -17,13 +17,22 @@ whose sole copies in use fit on the others) gets the lowest
 `controller.kubernetes.io/pod-deletion-cost`, so the ReplicaSet removes that one; a mesh pod
 drains on SIGTERM and hands its models off first (docs/kubernetes.md).
 
-Failure modes: a runtime whose spec or annotations do not parse gets a Warning Event and no
-change to its pool; the management API unreachable means no resize this round (the pool keeps
-its size); the API server failing means the round is retried at the next interval.
+The leader writes each namespaced ServingRuntime's status (mesh.controller.runtimes.
+runtime_status): its Deployment, the pods wanted and ready, and a Ready condition, only when it
+changed. ClusterServingRuntimes get none: one object has a pool in every namespace a controller
+runs in, and a namespace's controller may only read it. Runtimes that are not ModelMesh
+runtimes (multiModel false or unset: KServe's) are not ours and get no status.
+
+Failure modes: a runtime whose spec or annotations do not parse gets a Warning Event, a status
+saying why, and no change to its pool; the management API unreachable means no resize this
+round (the pool keeps its size, the status shows it); the API server failing means the round
+is retried at the next interval; a status that cannot be written is logged and tried again at
+the next change.
 """
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import logging
@@ -34,7 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mesh.controller import runtimes as rt
-from mesh.controller.kube import Conflict, EventRecorder, KubeError, PoolApi
+from mesh.controller.kube import Conflict, EventRecorder, KubeError, NotFound, PoolApi
 from mesh.controller.meshapi import MeshApi, PoolsView
 from mesh.controller.metrics import ControllerMetrics
 from mesh.controller.predictor import WARNING, InvalidSpec
@@ -86,6 +95,11 @@ class Pools:
         self._runtimes: list[rt.RuntimeSpec] = []
         self._states: dict[str, PoolState] = {}
         self._reported: dict[str, str] = {}  # runtime -> the last problem reported on it
+        # This namespace's ServingRuntimes as last listed, and those that did not parse (with
+        # why): what their status is written from.
+        self._listed: dict[str, Mapping[str, Any]] = {}
+        self._unparsed: dict[str, str] = {}
+        self._status_written: dict[str, dict[str, Any]] = {}  # runtime -> the last one sent
         # Set once the runtimes have been listed: before that, "no runtimes" means "not known".
         self.synced = threading.Event()
 
@@ -100,21 +114,29 @@ class Pools:
 
     def refresh(self) -> list[rt.RuntimeSpec]:
         own, cluster = self._api.list_runtimes()
-        parsed = [self._parse(o, False) for o in own] + [self._parse(o, True) for o in cluster]
+        unparsed: dict[str, str] = {}
+        parsed = [self._parse(o, False, unparsed) for o in own] + [
+            self._parse(o, True, {}) for o in cluster
+        ]
         found = rt.effective(
             [r for r in parsed if r is not None and not r.cluster],
             [r for r in parsed if r is not None and r.cluster],
         )
         with self._lock:
             self._runtimes = found
+            self._listed = {str(o["metadata"]["name"]): o for o in own}
+            self._unparsed = unparsed
         self.synced.set()
         return found
 
-    def _parse(self, obj: Mapping[str, Any], cluster: bool) -> rt.RuntimeSpec | None:
+    def _parse(
+        self, obj: Mapping[str, Any], cluster: bool, unparsed: dict[str, str]
+    ) -> rt.RuntimeSpec | None:
         try:
             return rt.parse_runtime(obj, cluster)
         except InvalidSpec as exc:
             self._report(obj, str(exc))
+            unparsed[str((obj.get("metadata") or {}).get("name", ""))] = str(exc)
             return None
 
     def _report(self, obj: Mapping[str, Any], problem: str) -> None:
@@ -138,30 +160,76 @@ class Pools:
         for runtime in runtimes:
             try:
                 if not runtime.serves:
-                    self._switch_off(runtime)
+                    ready = self._switch_off(runtime)
+                    self._write_status(runtime.name, runtime, 0, ready)
                     continue
-                self._reconcile_one(runtime, view)
+                desired, ready = self._reconcile_one(runtime, view)
+                self._write_status(runtime.name, runtime, desired, ready)
             except Conflict as exc:
                 log.info("pool %s: %s; again next round", runtime.name, exc)
             except InvalidSpec as exc:
                 self._report(_as_object(runtime, self.namespace), str(exc))
+                self._write_status(runtime.name, runtime, 0, 0, str(exc))
+        for name, problem in sorted(self._unparsed.items()):
+            self._write_status(name, None, 0, 0, problem)
 
-    def _switch_off(self, runtime: rt.RuntimeSpec) -> None:
+    def _write_status(
+        self,
+        name: str,
+        runtime: rt.RuntimeSpec | None,
+        desired: int,
+        ready: int,
+        problem: str = "",
+    ) -> None:
+        """The namespaced ServingRuntime's status, written when it changed. Not ours (a
+        ClusterServingRuntime, or not a ModelMesh runtime): none, and one we wrote before the
+        runtime stopped being ours is removed."""
+        obj = self._listed.get(name)
+        if obj is None or (runtime is not None and runtime.cluster):
+            return  # a cluster runtime's (or one deleted since the list): not written
+        written = obj.get("status") or {}
+        if not bool((obj.get("spec") or {}).get("multiModel", False)):
+            wanted: dict[str, Any] = {}  # KServe's runtime: its status is not ours to write
+            if "deploymentName" not in written:
+                return
+        else:
+            stamp = datetime.datetime.fromtimestamp(self._clock(), datetime.UTC)
+            wanted = rt.runtime_status(
+                runtime, desired, ready, written, stamp.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                int((obj.get("metadata") or {}).get("generation") or 0), problem,
+            )  # fmt: skip
+        # The one sent last counts as written: an API server whose CRD has no such fields
+        # (KServe's own declares an empty status) drops them, and must not cost a write a round.
+        if wanted == written or wanted == self._status_written.get(name):
+            return
+        try:
+            self._api.write_runtime_status(name, wanted)
+        except NotFound as exc:  # deleted meanwhile, or a CRD with no status subresource
+            log.info("runtime %s: status not written (%s)", name, exc)
+        except KubeError as exc:
+            log.warning("runtime %s: status not written (%s); again next round", name, exc)
+            return
+        self._status_written[name] = wanted
+
+    def _switch_off(self, runtime: rt.RuntimeSpec) -> int:
         """A runtime that serves no more (disabled, multiModel false, no format the mesh
         loads) has no pool: the Deployment made while it served goes to zero pods (kept, so
-        that switching the runtime back on brings the pool back through the usual round)."""
+        that switching the runtime back on brings the pool back through the usual round).
+        The pods still ready (stopping)."""
         name = rt.deployment_name(runtime)
         current = self._api.deployment(name)
         labels = ((current or {}).get("metadata") or {}).get("labels") or {}
         if current is None or labels.get("app.kubernetes.io/managed-by") != rt.MANAGED_BY:
-            return
+            return 0
         replicas, _, version = self._api.scale(name)
         if replicas:
             log.info("pool %s: the runtime serves no more; 0 pods", runtime.name)
             self._api.set_scale(name, 0, version)
         self._observe(runtime.name, 0, 0)
+        return _ready(current)
 
-    def _reconcile_one(self, runtime: rt.RuntimeSpec, view: PoolsView | None) -> None:
+    def _reconcile_one(self, runtime: rt.RuntimeSpec, view: PoolsView | None) -> tuple[int, int]:
+        """Bring the runtime's Deployment in line and size it: (pods wanted, pods ready)."""
         s = self.settings
         bounds = runtime.bounds(s.min_pods, s.max_pods)
         name = rt.deployment_name(runtime)
@@ -175,13 +243,13 @@ class Pools:
             log.info("pool %s: creating deployment %s (%d pods)", runtime.name, name, floor)
             self._api.create_deployment(wanted)
             self._observe(runtime.name, floor, 0)
-            return
+            return floor, 0
         patch = _template_patch(current, wanted)
         if patch:
             log.info("pool %s: runtime changed, updating deployment %s", runtime.name, name)
             self._api.patch_deployment(name, patch)
         if view is None:
-            return
+            return int((current.get("spec") or {}).get("replicas") or 0), _ready(current)
         replicas, ready, version = self._api.scale(name)
         policy = PoolPolicy(
             min_pods=floor, max_pods=ceiling, window=s.window, headroom=s.headroom,
@@ -225,6 +293,7 @@ class Pools:
                     self._api.unmark(marked)
                 raise
         self._observe(runtime.name, desired, ready)
+        return desired, _ready(current)
 
     def _observe(self, pool: str, desired: int, actual: int) -> None:
         if self._metrics is not None:
@@ -244,6 +313,11 @@ class Pools:
             except Exception:
                 log.exception("pools: round failed")
             stop.wait(self.settings.interval)
+
+
+def _ready(deployment: Mapping[str, Any]) -> int:
+    """The Deployment's ready pods, as its status counts them."""
+    return int((deployment.get("status") or {}).get("readyReplicas") or 0)
 
 
 def _template_hash(deployment: Mapping[str, Any]) -> str:

@@ -281,6 +281,67 @@ def _fmt(name: str, version: str) -> str:
     return f"{name!r}" + (f" version {version!r}" if version else "")
 
 
+# -- the runtime's status ---------------------------------------------------------------------
+
+# The Ready condition's reasons (docs/kubernetes.md).
+PODS_READY, PODS_STARTING, SCALED_TO_ZERO = "PodsReady", "PodsStarting", "ScaledToZero"
+DISABLED, NO_SUPPORTED_FORMAT, INVALID_RUNTIME = "Disabled", "NoSupportedFormat", "InvalidRuntime"
+
+
+def runtime_status(
+    runtime: RuntimeSpec | None,
+    desired: int,
+    ready: int,
+    previous: Mapping[str, Any],
+    now: str,
+    generation: int = 0,
+    problem: str = "",
+) -> dict[str, Any]:
+    """A ServingRuntime's status: its pool's Deployment, the pods the controller wants
+    (`replicas`) and the ready ones (`readyReplicas`, as the Deployment counts them), the
+    runtime's generation they answer to, and one `Ready` condition whose reason says what the
+    pool waits for. `runtime` None, or `problem` set: the runtime does not parse (its status
+    says why). `previous` is the status the runtime has: the condition keeps its
+    lastTransitionTime while its status stays."""
+    if problem or runtime is None:
+        value, reason, message = "False", INVALID_RUNTIME, problem
+    elif runtime.disabled:
+        value, reason, message = "False", DISABLED, "spec.disabled is true: the pool has no pods"
+    elif not runtime.runtimes:
+        listed = ", ".join(f.name for f in runtime.formats) or "none"
+        value, reason = "False", NO_SUPPORTED_FORMAT
+        message = (
+            f"no format it lists ({listed}) is one the mesh loads "
+            f"({', '.join(sorted(FORMATS))}): the pool has no pods"
+        )
+    elif desired == 0:
+        value, reason = "True", SCALED_TO_ZERO
+        message = "no pods: a request for one of its models brings one up"
+    else:
+        value = "True" if ready >= desired else "False"
+        reason = PODS_READY if ready >= desired else PODS_STARTING
+        message = f"{ready} of {desired} pods ready"
+    old = next(
+        (c for c in previous.get("conditions") or [] if isinstance(c, Mapping)
+         and c.get("type") == "Ready"),
+        {},
+    )  # fmt: skip
+    since = old.get("lastTransitionTime") if old.get("status") == value else None
+    out: dict[str, Any] = {
+        "replicas": desired,
+        "readyReplicas": ready,
+        "conditions": [
+            {"type": "Ready", "status": value, "reason": reason, "message": message,
+             "lastTransitionTime": since or now},
+        ],
+    }  # fmt: skip
+    if runtime is not None:
+        out["deploymentName"] = deployment_name(runtime)
+    if generation:
+        out["observedGeneration"] = generation
+    return out
+
+
 # -- the Deployment ---------------------------------------------------------------------------
 
 

@@ -107,6 +107,9 @@ def build(
                 run_pools=False,
             )
         )
+    if len(controllers) > 1:
+        # A Predictor and an InferenceService of one name would be one vmodel: one holds it.
+        controllers[0].contend_with(controllers[1])
     return controllers, mesh
 
 

@@ -225,6 +225,8 @@ def test_pool_size_changes_go_through_the_scale_subresource_to_running_pods(
     deployment_writes = [r for r in kube.requests if r.method in ("PUT", "PATCH")
                          and r.path.endswith("/deployments/mesh-pod-onnx-rt")]  # fmt: skip
     assert not deployment_writes  # the replicas move only through /scale
+    # `kubectl get servingruntime` shows the pool as its pods run.
+    wait_until(lambda: runtime_pods(kube) == (2, 2, "True"), timeout=60, what="2 of 2 ready")
 
     kube.patch("servingruntimes", NAMESPACE, "onnx-rt", {"metadata": {"annotations": {
         "mesh.serving.kserve.io/min-pods": "1", "mesh.serving.kserve.io/max-pods": "1"}}})  # fmt: skip
@@ -233,6 +235,14 @@ def test_pool_size_changes_go_through_the_scale_subresource_to_running_pods(
     deployment = kube.get("deployments", NAMESPACE, "mesh-pod-onnx-rt")
     assert deployment is not None
     assert deployment["spec"]["replicas"] == 1
+    wait_until(lambda: runtime_pods(kube) == (1, 1, "True"), timeout=60, what="1 of 1 ready")
+
+
+def runtime_pods(kube: FakeKubeAPI, name: str = "onnx-rt") -> tuple[int, int, str]:
+    """(desired pods, ready pods, Ready) as the ServingRuntime's status shows them."""
+    status = (kube.get("servingruntimes", NAMESPACE, name) or {}).get("status") or {}
+    ready = next((c for c in status.get("conditions") or [] if c["type"] == "Ready"), {})
+    return status.get("replicas", -1), status.get("readyReplicas", -1), ready.get("status", "")
 
 
 def test_a_pool_with_min_pods_zero_comes_from_zero_for_a_held_request_and_goes_back(

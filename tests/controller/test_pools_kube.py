@@ -417,3 +417,77 @@ def test_a_pool_of_gpu_pods_takes_the_models_that_require_a_gpu(
     controller.process("fraud")
     (spec,) = mesh.models.values()
     assert spec.required_labels == {"gpu": "true", "pool": "onnx-gpu"}
+
+
+def runtime_status(kube: FakeKubeAPI, name: str = "onnx-rt") -> dict[str, Any]:
+    return dict((kube.get("servingruntimes", NS, name) or {}).get("status") or {})
+
+
+def ready_condition(kube: FakeKubeAPI, name: str = "onnx-rt") -> dict[str, Any]:
+    conditions = runtime_status(kube, name).get("conditions") or []
+    return next((c for c in conditions if c["type"] == "Ready"), {})
+
+
+def test_a_serving_runtime_shows_its_pools_pods_and_readiness(
+    kube: FakeKubeAPI, pools: Pools, mesh: FakeMesh
+) -> None:
+    # `kubectl get servingruntime` shows the pool: desired and ready pods, and a Ready
+    # condition that says what the pool waits for.
+    created = kube.create("servingruntimes", runtime("onnx-rt", "onnx"))
+    pools.reconcile()
+
+    status = runtime_status(kube)
+    assert status["deploymentName"] == "mesh-pod-onnx-rt"
+    assert (status["replicas"], status["readyReplicas"]) == (1, 0)
+    assert status["observedGeneration"] == created["metadata"]["generation"]
+    starting = ready_condition(kube)
+    assert (starting["status"], starting["reason"]) == ("False", "PodsStarting")
+    assert starting["message"] == "0 of 1 pods ready"
+
+    # The pod runs (the kubelet writes the Deployment's status): the runtime is Ready.
+    kube.patch("deployments", NS, "mesh-pod-onnx-rt", {"status": {
+        "replicas": 1, "readyReplicas": 1, "availableReplicas": 1}}, subresource="status")  # fmt: skip
+    mesh.pool_view = PoolsView({"onnx-rt": [pod("p0", GiB)]}, now=1000.0)
+    pools.reconcile()
+    status = runtime_status(kube)
+    assert (status["replicas"], status["readyReplicas"]) == (1, 1)
+    ready = ready_condition(kube)
+    assert (ready["status"], ready["reason"]) == ("True", "PodsReady")
+    assert ready["lastTransitionTime"] >= starting["lastTransitionTime"]
+
+    # Nothing changed: no write.
+    kube.reset_requests()
+    pools.reconcile()
+    assert not [r for r in kube.requests if r.method == "PATCH" and "/servingruntimes/" in r.path]
+
+    # Switched off: no pods, and the condition says why.
+    kube.patch("servingruntimes", NS, "onnx-rt", {"spec": {"disabled": True}})
+    pools.reconcile()
+    status = runtime_status(kube)
+    assert status["replicas"] == 0
+    off = ready_condition(kube)
+    assert (off["status"], off["reason"]) == ("False", "Disabled")
+
+
+def test_a_pool_at_zero_is_ready_and_runtimes_not_the_meshs_get_no_status(
+    kube: FakeKubeAPI, pools: Pools
+) -> None:
+    kube.create("servingruntimes", runtime("onnx-rt", "onnx", annotations={
+        "mesh.serving.kserve.io/min-pods": "0"}))  # fmt: skip
+    kube.create("servingruntimes", runtime("single", "onnx", multiModel=False))  # KServe's
+    kube.create("servingruntimes", runtime("sk", "sklearn"))
+    kube.create("servingruntimes", runtime("bad", "onnx", annotations={
+        "mesh.serving.kserve.io/max-pods": "lots"}))  # fmt: skip
+
+    pools.reconcile()
+
+    at_zero = ready_condition(kube)
+    assert (at_zero["status"], at_zero["reason"]) == ("True", "ScaledToZero")
+    assert runtime_status(kube)["replicas"] == 0
+    assert runtime_status(kube, "single") == {}
+    unserved = ready_condition(kube, "sk")
+    assert (unserved["status"], unserved["reason"]) == ("False", "NoSupportedFormat")
+    assert "sklearn" in unserved["message"]
+    bad = ready_condition(kube, "bad")
+    assert (bad["status"], bad["reason"]) == ("False", "InvalidRuntime")
+    assert "'lots'" in bad["message"]

@@ -1085,11 +1085,39 @@ def test_kserve_samples_validate_and_are_what_the_controller_reads() -> None:
         jsonschema.validate(broken, crd_schema("servingruntimes"))
 
 
-def test_the_two_runtime_crds_differ_only_in_scope_and_kind() -> None:
+def test_the_two_runtime_crds_differ_only_in_scope_kind_and_the_pools_status() -> None:
+    # A ServingRuntime's status shows its pool; a ClusterServingRuntime has a pool in every
+    # namespace a controller runs in, and no status of one (mesh.controller.pools).
     own = load_docs(DEPLOY / "crd" / "serving.kserve.io_servingruntimes.yaml")[0]
     cluster = load_docs(DEPLOY / "crd" / "serving.kserve.io_clusterservingruntimes.yaml")[0]
     assert (own["spec"]["scope"], cluster["spec"]["scope"]) == ("Namespaced", "Cluster")
-    assert own["spec"]["versions"] == cluster["spec"]["versions"]
+    (mine,), (theirs,) = copy.deepcopy((own["spec"]["versions"], cluster["spec"]["versions"]))
+    status = mine["schema"]["openAPIV3Schema"]["properties"].pop("status")
+    theirs_status = theirs["schema"]["openAPIV3Schema"]["properties"].pop("status")
+    pool_columns = {"Ready", "Pods", "Desired", "Reason"}
+    mine["additionalPrinterColumns"] = [
+        c for c in mine["additionalPrinterColumns"] if c["name"] not in pool_columns
+    ]
+    assert mine == theirs
+    assert theirs_status == {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+    assert set(status["properties"]) == {
+        "deploymentName", "replicas", "readyReplicas", "observedGeneration", "conditions"
+    }  # fmt: skip
+
+
+def test_the_serving_runtime_status_the_controller_writes_fits_its_crd() -> None:
+    from mesh.controller.runtimes import parse_runtime, runtime_status
+
+    runtime = load_docs(DEPLOY / "samples" / "kserve" / "servingruntime-mesh.yaml")[0]
+    status = runtime_status(parse_runtime(runtime), 2, 1, {}, "2026-12-02T10:00:00Z", 3)
+    jsonschema.validate({**runtime, "status": status}, crd_schema("servingruntimes"))
+    own = load_docs(DEPLOY / "crd" / "serving.kserve.io_servingruntimes.yaml")[0]
+    (version,) = own["spec"]["versions"]
+    nodes = dict(schema_nodes(version["schema"]["openAPIV3Schema"]))
+    for column in version["additionalPrinterColumns"]:
+        path = column["jsonPath"].replace('[?(@.type=="Ready")]', "[]")
+        if path.startswith(".status."):  # the columns name fields the status has
+            assert path in nodes, column
 
 
 def test_the_controller_may_scale_deployments_and_read_runtimes() -> None:
@@ -1097,7 +1125,8 @@ def test_the_controller_may_scale_deployments_and_read_runtimes() -> None:
     allowed = {(res, verb) for r in role["rules"] for res in r["resources"] for verb in r["verbs"]}
     for need in [("deployments/scale", "get"), ("deployments/scale", "update"),
                  ("deployments", "create"), ("deployments", "patch"),
-                 ("servingruntimes", "list"), ("inferenceservices", "watch"),
+                 ("servingruntimes", "list"), ("servingruntimes/status", "patch"),
+                 ("inferenceservices", "watch"),
                  ("inferenceservices/status", "patch"), ("inferenceservices/finalizers", "update"),
                  ("pods", "patch")]:  # fmt: skip
         assert need in allowed, need

@@ -69,13 +69,17 @@ LEASES = Resource(
 # core/v1 Events, as a controller records them (kubectl describe shows them).
 EVENTS = Resource("", "v1", "events", "Event", builtin=True)
 # modelmesh-serving's runtimes (namespaced and cluster-wide) and KServe's InferenceService.
-SERVING_RUNTIMES = Resource("serving.kserve.io", "v1alpha1", "servingruntimes", "ServingRuntime")
+# Both CRDs (deploy/crd/) declare the status subresource.
+SERVING_RUNTIMES = Resource(
+    "serving.kserve.io", "v1alpha1", "servingruntimes", "ServingRuntime", has_status=True
+)
 CLUSTER_SERVING_RUNTIMES = Resource(
     "serving.kserve.io",
     "v1alpha1",
     "clusterservingruntimes",
     "ClusterServingRuntime",
     namespaced=False,
+    has_status=True,
 )
 INFERENCE_SERVICES = Resource(
     "serving.kserve.io", "v1beta1", "inferenceservices", "InferenceService", has_status=True

@@ -218,3 +218,69 @@ def test_mesh_register_and_status_show_the_storage_with_its_options(
     assert shown["storage"] == {
         "key": "s3", "path": "xgb", "bucket": "b", "unpack": "UNPACK_FALSE", "sha256": ""
     }  # fmt: skip
+
+
+def test_mesh_register_takes_the_puller_options_to_the_puller(
+    etcd: EtcdServer, prefix: str, router: RunningRouter, puller: FakePuller,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    r = ("--router", router.address)
+    code = main([
+        "register", "m", "--format", "xgboost", "--storage-key", "s3", "--storage-path", "xgb",
+        "--bucket", "models-b", "--unpack", "false", "--sha256", DIGEST.upper(), "--load-now",
+        *r,
+    ])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0
+    assert f"Storage:      s3:xgb (bucket=models-b, sha256={DIGEST}, unpack=false)\n" in out, out
+    assert puller.refs == [
+        StorageRef("s3", "xgb", bucket="models-b", unpack=Unpack.FALSE, sha256=DIGEST)
+    ]
+    assert _stored(etcd, prefix, "m")["storage"] == {
+        "key": "s3", "path": "xgb", "bucket": "models-b", "unpack": "false", "sha256": DIGEST
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("flags", "words"),
+    [
+        (["--sha256", "xyz"], "--sha256 must be 64 hex digits"),
+        (["--sha256", "ab" * 31 + "zz"], "--sha256 must be 64 hex digits"),
+        (["--bucket", "a/b"], "--bucket='a/b' is not a bucket name"),
+        (["--unpack", "maybe"], "--unpack: invalid choice: 'maybe'"),
+        (["--storage-path", "xgb/", "--sha256", DIGEST], "--sha256 applies to a single object"),
+        (["--storage-path", "xgb/", "--unpack", "true"], "--unpack=true needs a single object"),
+    ],
+    ids=["sha256-short", "sha256-not-hex", "bucket", "unpack", "sha256-prefix", "unpack-prefix"],
+)
+def test_mesh_register_refuses_bad_puller_options_naming_the_flag(
+    router: RunningRouter, puller: FakePuller, capsys: pytest.CaptureFixture[str],
+    flags: list[str], words: str,
+) -> None:  # fmt: skip
+    argv = ["register", "m", "--format", "xgboost", "--storage-path", "xgb", *flags,
+            "--router", router.address]  # fmt: skip
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse's own refusal (a choice not offered)
+        code = exc.code  # type: ignore[assignment]
+    err = capsys.readouterr().err
+    assert code == 2
+    assert words in err and "mesh register" in err and "Traceback" not in err, err
+    assert "m" not in router.server.mirror.models
+    assert puller.refs == []
+
+
+def test_a_prefix_with_a_digest_is_refused_at_registration(
+    router: RunningRouter, puller: FakePuller
+) -> None:
+    # The puller refuses a digest (or unpack=true) for a prefix at every pull: registration
+    # says so once, instead of a model that can never load.
+    for storage in (spb.StorageRef(path="xgb/", sha256=DIGEST),
+                    spb.StorageRef(path="xgb/", unpack=spb.UNPACK_TRUE)):  # fmt: skip
+        with pytest.raises(grpc.RpcError) as raised:
+            router.management.RegisterModel(
+                mpb.RegisterModelRequest(model_id="m", format="xgboost", storage=storage)
+            )
+        assert raised.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert "prefix" in raised.value.details(), raised.value.details()
+    assert "m" not in router.server.mirror.models
