@@ -626,7 +626,12 @@ class ModelCache:
 
     def _trim_pending(self) -> None:
         # An activity like the close before it: a load measured while the trim gives memory
-        # back would be charged less than it took, so such a load is not measured.
+        # back would be charged less than it took, so such a load is not measured. A device
+        # pod's meter reads the device, which a trim of the host's heap does not move: there
+        # the trim leaves the next load (and so its unload's audit) measured.
+        if self._on_device:
+            self._releaser.trim_pending()
+            return
         with self._activity():
             self._releaser.trim_pending()
 

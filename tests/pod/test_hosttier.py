@@ -7,6 +7,7 @@ a FakeDevice (the device contract's fake, tests/pod/test_devices.py).
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ import pytest
 from mesh.pod.cache import ModelCache
 from mesh.pod.devices import FakeDevice, used_meter
 from mesh.pod.hosttier import Demoted, HostTier, SerializedCopy
+from mesh.pod.memory import MemoryReleaser
 from mesh.pod.recycle import UnloadAudit
 from mesh.runtimes.registry import RuntimeRegistry
 from tests.fakes import DeviceRuntime, FakeRuntime, device_source, fake_source
@@ -292,6 +294,51 @@ async def test_a_runtime_that_keeps_device_memory_is_recycled_once_past_the_boun
     await cache.load(leaky)
     await cache.unload("leaky")
     assert len(recycled) == 1  # once
+
+
+class TrimDuringNextLoad(MemoryReleaser):
+    """A releaser whose first trim in the unload thread (the one after an unload) lasts until
+    the next load has begun: the trim and that load overlap, every time."""
+
+    def __init__(self) -> None:
+        super().__init__(trim=self._trim_heap)
+        self._load_began = threading.Event()
+        self._held = False
+
+    def before_load(self) -> None:
+        self._load_began.set()
+        super().before_load()
+
+    def release(self, freed_bytes: int) -> None:
+        self._load_began.clear()
+        super().release(freed_bytes)
+
+    def _trim_heap(self) -> None:
+        if threading.current_thread().name.startswith("mesh-unload") and not self._held:
+            self._held = True
+            assert self._load_began.wait(timeout=10)
+
+
+async def test_a_host_trim_beside_the_next_load_leaves_that_load_audited_on_a_device(
+    device: FakeDevice, tmp_path: Path
+) -> None:
+    # The host heap's trim after an unload cannot move the device's meter: the load it overlaps
+    # is still measured there, and so its unload is still judged (CI once saw 2 MB instead of 4).
+    audit = audit_for(device, [])
+    cache = ModelCache(
+        capacity=30 * MB,
+        runtimes=RuntimeRegistry([DeviceRuntime(device)]),
+        meter=used_meter(device),
+        clock=Clock(),
+        releaser=TrimDuringNextLoad(),
+        audit=audit,
+        on_device=True,
+    )
+    leaky = device_source(tmp_path, "leaky", 10 * MB, leak=2 * MB)
+    for _ in range(2):
+        await cache.load(leaky)
+        await cache.unload("leaky")
+    assert audit.unreturned == {"fakegpu": 4 * MB}
 
 
 async def test_models_that_give_their_memory_back_never_recycle_and_late_returns_count(
