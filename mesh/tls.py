@@ -38,6 +38,16 @@ def _read(path: Path, flag: str) -> bytes:
         raise InvalidRequest(f"{flag} {path}: {exc.strerror or exc}") from None
 
 
+def _context(protocol: int) -> ssl.SSLContext:
+    """A context that trusts nothing until given the mesh's CA: `ssl.create_default_context`
+    also trusts the system's CAs, so a pod would take a client certificate any public CA
+    issued, and the router a pod certificate, where gRPC's credentials trust the CA alone.
+    (PROTOCOL_TLS_CLIENT checks the server's name and certificate by default.)"""
+    context = ssl.SSLContext(protocol)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
 def _load_chain(context: ssl.SSLContext, cert: Path, key: Path, flag: str) -> None:
     try:
         context.load_cert_chain(str(cert), str(key))
@@ -67,7 +77,7 @@ class ServerCredentials:
     def load(cls, tls: ServerTLS, flag: str = "--tls") -> ServerCredentials | None:
         if tls.cert is None or tls.key is None:
             return None
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context = _context(ssl.PROTOCOL_TLS_SERVER)
         _load_chain(context, tls.cert, tls.key, flag)  # checks the files before gRPC takes them
         ca = None
         if tls.ca is not None:
@@ -94,7 +104,7 @@ class ClientCredentials:
     def load(cls, tls: ClientTLS, flag: str) -> ClientCredentials | None:
         if tls.ca is None:
             return None
-        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+        context = _context(ssl.PROTOCOL_TLS_CLIENT)
         _load_ca(context, tls.ca, flag)
         key = cert = None
         if tls.cert is not None and tls.key is not None:

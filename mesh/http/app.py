@@ -194,7 +194,10 @@ class HttpApp:
 def server_tls(cert: Any, key: Any, ca: Any = None) -> ssl.SSLContext:
     """A TLS context for the HTTP port from the same files as the gRPC port's; with `ca`,
     clients must present a certificate signed by it."""
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    # Not create_default_context: with `ca` it would also take client certificates that the
+    # system's CAs signed (mesh.tls._context).
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(str(cert), str(key))
     if ca is not None:
         context.load_verify_locations(str(ca))

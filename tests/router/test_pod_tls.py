@@ -281,3 +281,33 @@ def _router_transport_answers(pod: RunningPod, tls: ClientTLS) -> dict[str, str]
         return answers
 
     return asyncio.run(calls())
+
+
+def test_a_ca_the_system_trusts_is_not_the_mesh_ca_on_either_side(
+    model_dir: Path, certs: Path, other: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # OpenSSL's default trust store is SSL_CERT_FILE: here it holds the other CA, as a public
+    # CA would be. A pod given --tls-ca, and a router given --pod-tls-ca, trust that CA alone:
+    # both once took the system's CAs as well, on the data and REST ports (not on gRPC).
+    monkeypatch.setenv("SSL_CERT_FILE", str(other / "ca.crt"))
+    with running_pod(models=model_dir, runtimes=ONNX(), rest_port=0, **_pod_tls(certs)) as pod:
+        # A client certificate the system's CA signed is refused by the pod.
+        stranger = ClientTLS(
+            ca=certs / "ca.crt", cert=other / "client.crt", key=other / "client.key"
+        )
+        assert _router_transport_answers(pod, stranger) == {
+            "grpc": "Unavailable",
+            "frames": "Unavailable",
+        }
+        assert _rest_answer(pod, _client_context(certs, other)) == "refused"
+        assert pod.plane.cache.loaded_ids() == []
+    # A pod certificate the system's CA signed is refused by the router.
+    with running_pod(models=model_dir, runtimes=ONNX(), **_pod_tls(other)) as pod:
+        router_side = ClientTLS(
+            ca=certs / "ca.crt", cert=other / "client.crt", key=other / "client.key"
+        )
+        assert _router_transport_answers(pod, router_side) == {
+            "grpc": "Unavailable",
+            "frames": "Unavailable",
+        }
+        assert pod.plane.cache.loaded_ids() == []
