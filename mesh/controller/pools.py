@@ -194,8 +194,11 @@ class Pools:
                 return
         else:
             stamp = datetime.datetime.fromtimestamp(self._clock(), datetime.UTC)
+            # Where the API server dropped the condition (a CRD that declares no such field),
+            # the one sent last carries its lastTransitionTime: else it is new every round.
+            previous = written if "conditions" in written else self._status_written.get(name, {})
             wanted = rt.runtime_status(
-                runtime, desired, ready, written, stamp.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                runtime, desired, ready, previous, stamp.strftime("%Y-%m-%dT%H:%M:%SZ"),
                 int((obj.get("metadata") or {}).get("generation") or 0), problem,
             )  # fmt: skip
         # The one sent last counts as written: an API server whose CRD has no such fields

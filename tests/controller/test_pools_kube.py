@@ -7,6 +7,7 @@ end-to-end path with real pods is tests/controller/test_pools.py.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,7 +20,7 @@ from mesh.controller.runtimes import PodTemplate
 from mesh.placement.snapshot import HeldModel, PodView
 from tests.controller.fakemesh import FakeMesh
 from tests.kube.apiserver import FakeKubeAPI
-from tests.kube.resources import POOL_RESOURCES
+from tests.kube.resources import POOL_RESOURCES, SERVING_RUNTIMES
 
 NS = "ml"  # the namespace of tests.controller.conftest
 GiB = 2**30
@@ -491,3 +492,33 @@ def test_a_pool_at_zero_is_ready_and_runtimes_not_the_meshs_get_no_status(
     bad = ready_condition(kube, "bad")
     assert (bad["status"], bad["reason"]) == ("False", "InvalidRuntime")
     assert "'lots'" in bad["message"]
+
+
+def test_a_status_the_crd_prunes_is_written_once_not_every_round(mesh: FakeMesh) -> None:
+    # KServe's own ServingRuntime CRD declares an empty status: the API server prunes every
+    # field the controller writes. The condition's lastTransitionTime, found nowhere in what
+    # was stored, was stamped anew each round, and the status written every --pool-interval.
+    kserves = dataclasses.replace(SERVING_RUNTIMES, status_fields=frozenset())
+    resources = tuple(kserves if r == SERVING_RUNTIMES else r for r in POOL_RESOURCES)
+    now = [1000.0]
+
+    def clock() -> float:
+        now[0] += 60.0  # every round a minute later
+        return now[0]
+
+    with FakeKubeAPI(resources) as kube:
+        client = kube.client()
+        settings = PoolSettings(min_pods=1, max_pods=4, template=PodTemplate(image="mesh:test"))
+        pools = Pools(PoolApi(client, NS), mesh, settings, clock=clock)  # type: ignore[arg-type]
+        kube.create("servingruntimes", runtime("onnx-rt", "onnx"))
+        writes = []
+        for _ in range(4):
+            pools.reconcile()
+            stored = kube.get("servingruntimes", NS, "onnx-rt")
+            assert stored is not None and "conditions" not in (stored.get("status") or {})
+            writes.append(sum(
+                r.method == "PATCH" and r.path.endswith("/servingruntimes/onnx-rt/status")
+                for r in kube.requests
+            ))  # fmt: skip
+        client.close()
+    assert writes == [1, 1, 1, 1]  # sent in the first round, then never again

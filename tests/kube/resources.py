@@ -34,6 +34,10 @@ class Resource:
     scalable: bool = False
     # A built-in type that keeps metadata.generation all the same (Deployments do).
     keeps_generation: bool = False
+    # The status fields a custom resource's structural schema declares; others are pruned from
+    # what is written, as the API server does (None: all kept). KServe's own ServingRuntime CRD
+    # declares an empty status object.
+    status_fields: frozenset[str] | None = None
 
     @property
     def api_version(self) -> str:

@@ -249,6 +249,9 @@ class Store:
             new = copy.deepcopy(current)
             if "status" in body:
                 new["status"] = body["status"]
+                if res.status_fields is not None and isinstance(new["status"], dict):
+                    kept = res.status_fields
+                    new["status"] = {k: v for k, v in new["status"].items() if k in kept}
             else:
                 new.pop("status", None)
         else:
