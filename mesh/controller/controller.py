@@ -570,8 +570,11 @@ class Controller:
                 in_use.setdefault(owner, set()).add(model_id)
         for owner, model_ids in sorted(in_use.items()):
             obj = self.get(owner)
-            if obj is not None and self._holder(owner, obj) is not None:
-                continue  # the name is another kind's: its controller sweeps it
+            if obj is None or not self.kind.contends(obj) or self._holder(owner, obj):
+                # Not ours (KServe's own InferenceService of a Predictor's name), or the name
+                # is another kind's: that kind's controller sweeps it, in the thread that
+                # registers its models (a model registered and not yet pointed at is no orphan).
+                continue
             vmodel = self._mesh.vmodel(owner)
             if vmodel is None or vmodel.transition != "UP_TO_DATE":
                 continue

@@ -129,6 +129,36 @@ def test_the_second_of_two_kinds_with_one_name_is_refused_and_takes_over_when_th
     assert isvc is not None and FINALIZER in isvc["metadata"]["finalizers"]
 
 
+def test_an_inference_service_not_in_modelmesh_mode_sweeps_none_of_a_predictors_models(
+    kube: FakeKubeAPI, router: RunningRouter, controllers: list[Controller]
+) -> None:
+    # KServe serves an InferenceService without the ModelMesh annotation itself; its name may
+    # be a Predictor's. The InferenceService controller's sweep of orphaned models once took
+    # such a name for its own and unregistered the Predictor's model between its registration
+    # and the vmodel pointing at it (a spec change under way, in the Predictor's thread).
+    kube.create("predictors", predictor("fraud", "onnx", "mlp"))
+    wait_until(lambda: status(kube, "predictors").get("activeModelState") == "Loaded")
+    serverless = inference_service("fraud", "identity")
+    del serverless["metadata"]["annotations"]
+    kube.create("inferenceservices", serverless)
+    by_kind = {c.kind: c for c in controllers}
+    isvcs = by_kind[INFERENCE_SERVICE]
+    wait_until(lambda: isvcs.get("fraud") is not None, what="the InferenceService seen")
+    # The Predictor's next model, registered and not yet the vmodel's target: its controller
+    # is stopped here, so that only the other kind's sweep could take it away.
+    by_kind[PREDICTOR].stop()
+    rollout = "fraud-0123456789"
+    router.management.RegisterModel(
+        mpb.RegisterModelRequest(model_id=rollout, format="onnx", storage_path="identity")
+    )
+
+    isvcs.sweep()
+
+    models = router.management.ListModels(mpb.ListModelsRequest()).models
+    assert rollout in [m.model_id for m in models]
+    assert "status" not in (kube.get("inferenceservices", NAMESPACE, "fraud") or {})
+
+
 @pytest.mark.slow  # real etcd, router and pods
 def test_without_the_inference_service_crd_predictors_are_served_all_the_same(
     router: RunningRouter,
