@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Annotated, Any
 
+from prometheus_client import CollectorRegistry
 from pydantic import Field
 
 from mesh.cluster.codec import Keys, encode
@@ -102,12 +103,17 @@ async def serve(
         pod_id="embedded",
         **overrides,
     )
-    pod = PodServer(pod_settings, artifacts=DirectoryArtifacts(models), store=store)
+    # One registry: the metrics port shows the pod's metrics (loads, evictions, memory) beside
+    # the router's, as `mesh pod` and `mesh router` would on ports of their own.
+    registry = CollectorRegistry()
+    pod = PodServer(
+        pod_settings, artifacts=DirectoryArtifacts(models), store=store, registry=registry
+    )
     await pod.start()
     router_settings = RouterSettings(
         server=ServerSettings(host=host, port=port, rest_port=rest_port, metrics_port=metrics_port)
     )
-    router = RouterServer(router_settings, store=store)
+    router = RouterServer(router_settings, store=store, registry=registry)
     try:
         await router.start()
     except BaseException:

@@ -19,10 +19,10 @@ from tests.helpers import free_port
 
 @pytest.mark.slow
 def test_mesh_serve_answers_every_model_in_the_directory(model_dir: Path) -> None:
-    port, rest_port = free_port(), free_port()
+    port, rest_port, metrics_port = free_port(), free_port(), free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "mesh", "serve", "--models", str(model_dir), "--port", str(port),
-         "--rest-port", str(rest_port), "--capacity", "1Gi"],
+         "--rest-port", str(rest_port), "--metrics-port", str(metrics_port), "--capacity", "1Gi"],
         stderr=subprocess.PIPE,
     )  # fmt: skip
     try:
@@ -62,6 +62,11 @@ def test_mesh_serve_answers_every_model_in_the_directory(model_dir: Path) -> Non
         assert answer["outputs"][0]["shape"] == [2]
         index = httpx.post(f"{rest}/v2/repository/index", json={"ready": True}).json()
         assert {m["name"] for m in index} == {"mlp", "xgb"}
+        # One metrics port shows the router's requests and what its pod holds.
+        metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text
+        assert "mesh_pod_models_loaded 2.0" in metrics
+        assert "mesh_pod_load_seconds_count 2.0" in metrics
+        assert 'model="xgb"' in metrics and "mesh_router_requests_total" in metrics
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
     finally:
