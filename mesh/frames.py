@@ -65,6 +65,10 @@ _RESPONSE = struct.Struct(">IBIB")  # length, kind, id, status
 _REQUEST_OVERHEAD = _REQUEST.size - 4 + 0xFFFF
 _RESPONSE_OVERHEAD = _RESPONSE.size - 4
 MAX_IN_FLIGHT = 256
+# A TLS connection that has not finished its handshake by then is closed (asyncio's default is
+# 60 s: a peer that connects and says nothing would hold a socket that long). The router's
+# handshake on loopback or in a cluster network takes milliseconds.
+HANDSHAKE_TIMEOUT = 10.0
 # Answers beyond this many bytes waiting in the socket's buffer pause the pod's reading.
 _WRITE_HIGH = 4 * 2**20
 
@@ -191,10 +195,12 @@ class FrameServer:
         *,
         ssl_context: ssl.SSLContext | None = None,
         max_in_flight: int = MAX_IN_FLIGHT,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
     ) -> None:
         self._infer = infer
         self._max_message_bytes = max_message_bytes
         self._ssl = ssl_context
+        self._handshake_timeout = handshake_timeout
         self._max_in_flight = max_in_flight
         self._server: asyncio.Server | None = None
         self._connections: set[_ServerConnection] = set()
@@ -202,7 +208,13 @@ class FrameServer:
     async def start(self, host: str, port: int) -> int:
         """Listen; the bound port."""
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(self._connection, host, port, ssl=self._ssl)
+        if self._ssl is None:
+            self._server = await loop.create_server(self._connection, host, port)
+        else:
+            self._server = await loop.create_server(
+                self._connection, host, port, ssl=self._ssl,
+                ssl_handshake_timeout=self._handshake_timeout,
+            )  # fmt: skip
         bound: int = self._server.sockets[0].getsockname()[1]
         return bound
 

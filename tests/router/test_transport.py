@@ -500,3 +500,17 @@ async def test_frames_over_mutual_tls_serve_a_client_with_a_certificate_only(
             with contextlib.suppress(errors.MeshError):
                 await client.aclose()
         await server.aclose()
+
+
+async def test_a_tls_peer_that_never_handshakes_is_closed_by_the_pod(tmp_path: Path) -> None:
+    # A connection to the TLS data port that sends nothing holds a socket of the pod's until
+    # the handshake's timeout (asyncio's default: 60 s); the pod's is its own, and short here.
+    server_ctx, _, _ = _contexts(make_certs(tmp_path))
+    server = FrameServer(TestPod().infer, LIMIT, ssl_context=server_ctx, handshake_timeout=0.5)
+    port = await server.start("127.0.0.1", 0)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        assert await asyncio.wait_for(reader.read(), timeout=30) == b""  # closed by the pod
+    finally:
+        writer.close()
+        await server.aclose()
