@@ -306,12 +306,23 @@ def report(targets: list[Target], concurrencies: list[int], meta: dict[str, Any]
         for t in targets
     ]  # fmt: skip
     out += [table(headers, rows), ""]
-    cpu_headers = ["target", *[f"c={c} server CPU ms/req" for c in concurrencies]]
-    cpu_rows = [[t.name, *[f"{cell(t.name, c, 'cpu_ms'):.3f}" for c in concurrencies]]
+    cpu_headers = [
+        "target",
+        *[
+            f"c={c} {k}"
+            for c in concurrencies
+            for k in ("server CPU ms/req", "client CPU ms/req", "cores busy")
+        ],
+    ]
+    cpu_rows = [[t.name, *[f"{cell(t.name, c, k):.{2 if k == 'busy_cores' else 3}f}"
+                           for c in concurrencies
+                           for k in ("cpu_ms", "client_cpu_ms", "busy_cores")]]
                 for t in targets if all("cpu_ms" in r for r in t.rows)]  # fmt: skip
     if cpu_rows:
-        out += ["CPU seconds of the target's processes (all of them) per request, median over "
-                "repeats (less moved by other load on the machine than req/s):\n",
+        out += ["CPU seconds per request of the target's processes (all of them) and of the "
+                "client, and the machine's cores busy during the cell (all processes), median "
+                "over repeats. Where the cores are all busy, req/s is bounded by the cores over "
+                "server and client CPU per request, whatever the server does:\n",
                 table(cpu_headers, cpu_rows), ""]  # fmt: skip
 
     peers = [p for p in ("KServe", "MLServer", "MLServer w0") if p in by]
@@ -461,6 +472,9 @@ def main(argv: list[str] | None = None) -> int:
                         )
                         server_cpu = sum(v for k, v in row["cpu_s"].items() if k != "client")
                         row["cpu_ms"] = 1e3 * server_cpu / max(row["requests"], 1)
+                        client_cpu = row["cpu_s"].get("client", float("nan"))
+                        row["client_cpu_ms"] = 1e3 * client_cpu / max(row["requests"], 1)
+                        row["busy_cores"] = row["machine_s"]["busy"] / row["elapsed_s"]
                         row.update(target=target.name, concurrency=c, repeat=repeat)
                         target.rows.append(row)
                         print(f"  r{repeat} {target.name:10s} c={c:<3d} {row['rps']:8,.0f} req/s"
