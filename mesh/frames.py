@@ -47,6 +47,7 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 
+from mesh.addresses import parse_address
 from mesh.errors import ConnectFailed, DeadlineExceeded, MeshError, Unavailable
 from mesh.grpcstatus import error_from_status, status_of
 
@@ -377,7 +378,8 @@ class _ServerConnection(_Frames):
 class FrameClient:
     """One pod's frame listener, as the router calls it: `await client.infer(data, model_id,
     timeout)` answers the pod's response bytes or raises its mesh error. One connection, opened
-    on first use and again after it closes.
+    on first use and again after it closes. An `address` that is not host:port raises
+    mesh.addresses.BadAddress here, before any call.
 
         client = FrameClient("pod-0", "10.0.0.5:8086", max_message_bytes=64 * 2**20)
         response = await client.infer(request_bytes, "my-model", timeout=10.0)
@@ -396,8 +398,7 @@ class FrameClient:
     ) -> None:
         self.pod_id = pod_id
         self.address = address
-        host, _, port = address.rpartition(":")
-        self._host, self._port = host.strip("[]"), int(port)
+        self._where = parse_address(address)  # BadAddress for one that cannot be dialled
         self._max_message_bytes = max_message_bytes
         self._ssl = ssl_context
         self._server_hostname = server_hostname
@@ -488,8 +489,8 @@ class FrameClient:
             async with asyncio.timeout(self._connect_timeout):
                 _, connection = await loop.create_connection(
                     lambda: _ClientConnection(self.pod_id, self._max_message_bytes),
-                    self._host,
-                    self._port,
+                    self._where.host,
+                    self._where.port,
                     ssl=self._ssl,
                     server_hostname=self._server_hostname if self._ssl else None,
                 )
