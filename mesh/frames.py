@@ -22,7 +22,8 @@ How it fails, and what each side keeps of gRPC's behaviour:
   the client stops waiting at the same deadline, connect included, telling the pod to stop (a
   cancel frame).
 - Cancellation: a caller cancelled while waiting sends a cancel frame; a connection that closes
-  cancels every call the pod is running for it.
+  cancels every call the pod is running for it. Work cancelled under a call that is not
+  (a future it awaited cancelled) is answered UNAVAILABLE.
 - A pod that goes away: every call waiting on its connection fails `Unavailable` (which the
   router retries on another copy), and so does a connect that fails; the next call reconnects.
 - Memory: a frame longer than `max_message_bytes` (plus its header) is never held: its call
@@ -325,7 +326,12 @@ class _ServerConnection(_Frames):
             else:
                 status = _OK
         except asyncio.CancelledError:
-            return  # the client cancelled the call or went away: nobody waits for an answer
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                return  # the client cancelled the call or went away: nobody waits for an answer
+            # The work under the call was cancelled, not the call: unanswered, the client
+            # would wait out its deadline.
+            status, response = _UNAVAILABLE, b"the pod's work for the call was cancelled"
         except TimeoutError:
             status, response = _DEADLINE, b"Deadline Exceeded"
         except MeshError as exc:
