@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import grpc
@@ -19,6 +19,7 @@ from mesh.frames import FrameClient, FrameServer
 from mesh.gen import grpc_predict_v2_pb2 as pb
 from mesh.grpcstatus import status_of
 from mesh.grpcutil import ErrorInterceptor, service_handler
+from mesh.pod.service import InferenceService
 from mesh.runtimes.registry import RuntimeRegistry
 from tests.fakes import FakeRuntime
 from tests.helpers import RunningPod, infer_request, running_pod
@@ -148,3 +149,36 @@ def test_work_cancelled_under_a_grpc_call_is_answered_unavailable() -> None:
         grpc.StatusCode.UNAVAILABLE,
         "/inference.GRPCInferenceService/ServerLive: its work was cancelled",
     )
+
+
+class _CancelledStreams:
+    """The part of a DataPlane ModelStreamInfer calls, whose every request's work is cancelled."""
+
+    async def stream_infer(self, request: object, name: str | None = None) -> AsyncIterator[bytes]:
+        await _cancelled_work()
+        yield b""
+
+
+def test_work_cancelled_under_a_streamed_request_is_answered_unavailable() -> None:
+    async def scenario() -> list[pb.ModelStreamInferResponse]:
+        server = aio.server()
+        server.add_generic_rpc_handlers([InferenceService(_CancelledStreams()).handler()])  # type: ignore[arg-type]
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                call = channel.stream_stream(
+                    "/inference.GRPCInferenceService/ModelStreamInfer",
+                    request_serializer=pb.ModelInferRequest.SerializeToString,
+                    response_deserializer=pb.ModelStreamInferResponse.FromString,
+                )
+                request = pb.ModelInferRequest(model_name="m", id="r1")
+                return [r async for r in call(iter([request]), timeout=30)]
+        finally:
+            await server.stop(0)
+
+    # Unanswered, the request had no response at all, and the stream ended as if served.
+    (response,) = asyncio.run(scenario())
+    assert response.error_message == "the pod's work for the request was cancelled"
+    assert response.infer_response.id == "r1"
+    assert response.infer_response.parameters["mesh_status"].string_param == "UNAVAILABLE"
