@@ -22,7 +22,8 @@ How it fails, and what each side keeps of gRPC's behaviour:
   the client stops waiting at the same deadline, connect included, telling the pod to stop (a
   cancel frame).
 - Cancellation: a caller cancelled while waiting sends a cancel frame; a connection that closes
-  cancels every call the pod is running for it.
+  cancels every call the pod is running for it. Work cancelled under a call that is not
+  (a future it awaited cancelled) is answered UNAVAILABLE.
 - A pod that goes away: every call waiting on its connection fails `Unavailable` (which the
   router retries on another copy), and so does a connect that fails; the next call reconnects.
 - Memory: a frame longer than `max_message_bytes` (plus its header) is never held: its call
@@ -47,6 +48,7 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 
+from mesh.addresses import parse_address
 from mesh.errors import ConnectFailed, DeadlineExceeded, MeshError, Unavailable
 from mesh.grpcstatus import error_from_status, status_of
 
@@ -336,7 +338,12 @@ class _ServerConnection(_Frames):
             else:
                 status = _OK
         except asyncio.CancelledError:
-            return  # the client cancelled the call or went away: nobody waits for an answer
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                return  # the client cancelled the call or went away: nobody waits for an answer
+            # The work under the call was cancelled, not the call: unanswered, the client
+            # would wait out its deadline.
+            status, response = _UNAVAILABLE, b"the pod's work for the call was cancelled"
         except TimeoutError:
             status, response = _DEADLINE, b"Deadline Exceeded"
         except MeshError as exc:
@@ -389,7 +396,8 @@ class _ServerConnection(_Frames):
 class FrameClient:
     """One pod's frame listener, as the router calls it: `await client.infer(data, model_id,
     timeout)` answers the pod's response bytes or raises its mesh error. One connection, opened
-    on first use and again after it closes.
+    on first use and again after it closes. An `address` that is not host:port raises
+    mesh.addresses.BadAddress here, before any call.
 
         client = FrameClient("pod-0", "10.0.0.5:8086", max_message_bytes=64 * 2**20)
         response = await client.infer(request_bytes, "my-model", timeout=10.0)
@@ -408,8 +416,7 @@ class FrameClient:
     ) -> None:
         self.pod_id = pod_id
         self.address = address
-        host, _, port = address.rpartition(":")
-        self._host, self._port = host.strip("[]"), int(port)
+        self._where = parse_address(address)  # BadAddress for one that cannot be dialled
         self._max_message_bytes = max_message_bytes
         self._ssl = ssl_context
         self._server_hostname = server_hostname
@@ -500,8 +507,8 @@ class FrameClient:
             async with asyncio.timeout(self._connect_timeout):
                 _, connection = await loop.create_connection(
                     lambda: _ClientConnection(self.pod_id, self._max_message_bytes),
-                    self._host,
-                    self._port,
+                    self._where.host,
+                    self._where.port,
                     ssl=self._ssl,
                     server_hostname=self._server_hostname if self._ssl else None,
                 )

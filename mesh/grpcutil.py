@@ -74,7 +74,8 @@ def _tolerant(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], A
 
 class ErrorInterceptor(aio.ServerInterceptor):
     """Map MeshError to its gRPC status (mesh.grpcstatus's table) and anything unexpected to
-    INTERNAL, for every method; a request whose bytes do not decode is INVALID_ARGUMENT.
+    INTERNAL, for every method; a request whose bytes do not decode is INVALID_ARGUMENT, and
+    work cancelled under a call that was not is UNAVAILABLE (to retry elsewhere).
 
     Wrapped handlers are cached per method, so a call costs one dict lookup beyond the handler.
     """
@@ -112,6 +113,13 @@ def _wrap(handler: MethodHandler, method: str) -> MethodHandler:
             await context.abort(status_of(exc), str(exc))
         except aio.AbortError:
             raise
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # the call itself: its client went, or the server stops (UNAVAILABLE)
+            # Work cancelled under a call that is not: grpc would answer nothing, and the
+            # client wait out its deadline.
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"{method}: its work was cancelled")
         except Exception as exc:
             log.exception("%s failed", method)
             await context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")

@@ -780,13 +780,17 @@ class ModelCache:
         while self._reads:
             await asyncio.gather(*self._reads, return_exceptions=True)
 
+    def on_pod(self, model_id: str) -> bool:
+        """Whether the model is anywhere on the pod (either tier, loading or unloading): until
+        it is not, the on_left callbacks are not told."""
+        if model_id in self._entries or model_id in self._reading:
+            return True
+        return self._host is not None and self._host.holds(model_id)
+
     def _maybe_left(self, model_id: str) -> None:
         """Tell the on_left callbacks if the model is nowhere on the pod any more."""
-        if model_id in self._entries or model_id in self._reading:
-            return
-        if self._host is not None and self._host.holds(model_id):
-            return
-        self._left(model_id)
+        if not self.on_pod(model_id):
+            self._left(model_id)
 
     def _left(self, model_id: str) -> None:
         for callback in self._left_callbacks:

@@ -72,6 +72,22 @@ class ArtifactSource(Protocol):
         ...
 
 
+class _Pull:
+    """One model's pull from the puller, shared by the LoadModels of it that come meanwhile.
+
+    It runs as its own task, so that a LoadModel that gives up (its deadline, its client gone)
+    neither cancels it for the others nor leaves the puller's answer, and the hold it brings,
+    to nobody. `users` counts the loads using it, and the pull while it runs: the last to leave
+    gives the artifact back unless the model is on the pod (whose leaving then does).
+    """
+
+    __slots__ = ("task", "users")
+
+    def __init__(self, task: asyncio.Task[str]) -> None:
+        self.task = task
+        self.users = 1
+
+
 class ServerState(enum.Enum):
     STARTING = "starting"
     READY = "ready"
@@ -100,6 +116,8 @@ class DataPlane:
         self._pulled: dict[str, StorageRef] = {}
         # Per model: its release to the puller under way (a pull of it waits for it first).
         self._releases: dict[str, asyncio.Task[None]] = {}
+        # Per model: its pull under way, or done and still used by a load (_Pull).
+        self._pulls: dict[str, _Pull] = {}
         # The pulled files stay held while the model is anywhere on the pod: a model in the
         # host tier may be promoted and evicted again, and its copy is read from that file.
         cache.on_left(self._release)
@@ -312,18 +330,38 @@ class DataPlane:
             raise InvalidRequest(
                 f"model {model_id!r}: this pod has no puller (--puller) to fetch {storage}"
             )
+        pull = self._pulls.get(model_id)
+        if pull is None:
+            pulling = self._pull(self.artifacts, model_id, storage)
+            pull = self._pulls[model_id] = _Pull(asyncio.create_task(pulling))
+            pull.task.add_done_callback(lambda _: self._done_with(model_id, pull))
+        pull.users += 1
+        try:
+            local = await asyncio.shield(pull.task)
+            source = source_for(model_id, Path(local), self.runtimes, format, options, base)
+            return await self._load_source(source, retry_failed=True)
+        finally:
+            self._done_with(model_id, pull)
+
+    async def _pull(self, artifacts: ArtifactSource, model_id: str, storage: StorageRef) -> str:
         releasing = self._releases.get(model_id)
         if releasing is not None:  # let go just now (an unload): the release goes first
             await asyncio.shield(releasing)
-        local = await self.artifacts.pull(model_id, storage)
+        local = await artifacts.pull(model_id, storage)
         self._pulled[model_id] = storage
-        try:
-            source = source_for(model_id, Path(local), self.runtimes, format, options, base)
-            return await self._load_source(source, retry_failed=True)
-        except BaseException:
-            if self.cache.source_of(model_id) is None:
-                self._release(model_id)
-            raise
+        return local
+
+    def _done_with(self, model_id: str, pull: _Pull) -> None:
+        """A load is done with `pull` (loaded, failed, given up), or the pull itself ended."""
+        pull.users -= 1
+        if pull.users:
+            return
+        if self._pulls.get(model_id) is pull:
+            del self._pulls[model_id]
+        if not pull.task.cancelled():
+            pull.task.exception()  # its loads had it; with none left, it is not logged again
+        if not self.cache.on_pod(model_id):
+            self._release(model_id)  # nobody loaded from it: a no-op unless the pull succeeded
 
     async def _load_source(self, source: ModelSource, *, retry_failed: bool = False) -> LoadOutcome:
         """Load a model; an adapter's base first, on this pod, from this pod's repository."""
@@ -373,6 +411,10 @@ class DataPlane:
         return self.cache.view()
 
     async def aclose(self) -> None:
+        pulls = [p.task for p in self._pulls.values()]
+        for task in pulls:
+            task.cancel()
+        await asyncio.gather(*pulls, return_exceptions=True)
         for model_id in list(self._batchers):
             self._drop_batcher(model_id)
         await self.cache.aclose()

@@ -6,6 +6,7 @@ import os
 import socket
 import time
 
+from mesh.addresses import HostPort, parse_address
 from mesh.cluster.codec import Keys
 from mesh.cluster.etcd import EtcdConfig, EtcdStore
 from mesh.cluster.mirror import Mirror
@@ -79,7 +80,7 @@ def advertised_address(settings: PodSettings, port: int) -> str:
     host = settings.server.host
     if host in ("0.0.0.0", "::", ""):
         host = socket.gethostname()
-    return f"{host}:{port}"
+    return str(HostPort(host, port))  # an IPv6 host in brackets
 
 
 def pod_id_of(settings: PodSettings) -> str:
@@ -128,7 +129,7 @@ def join(
     address = advertised_address(settings, port)
     data_address = ""
     if data_port is not None:
-        data_address = f"{address.rpartition(':')[0]}:{data_port}"
+        data_address = str(HostPort(parse_address(address).host, data_port))
     labels = dict(settings.labels)
     registration = PodRegistration(
         store,

@@ -5,6 +5,7 @@ Convert, call the data plane, convert back; errors are mapped by mesh.grpcutil.E
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -146,7 +147,8 @@ class InferenceService:
         """Triton's stream: every request runs at once; responses go out as they come.
 
         A request's error is a response with `error_message` (the stream goes on), whose
-        `infer_response` names the request's id and carries the status as `mesh_status`.
+        `infer_response` names the request's id and carries the status as `mesh_status`;
+        work cancelled under a request is such an error, UNAVAILABLE.
         """
         override = _model_override(context)
 
@@ -159,6 +161,13 @@ class InferenceService:
                     await put(pb.ModelStreamInferResponse(infer_response=message_of(response)))
             except MeshError as exc:
                 await put(_stream_error(request, status_name(exc), str(exc)))
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # the stream closed: nobody reads an answer
+                # Its work was cancelled, not the request: unanswered, it would have no response.
+                message = "the pod's work for the request was cancelled"
+                await put(_stream_error(request, "UNAVAILABLE", message))
             except Exception as exc:
                 log.exception("ModelStreamInfer failed")
                 await put(_stream_error(request, "INTERNAL", f"{type(exc).__name__}: {exc}"))

@@ -8,6 +8,7 @@ from typing import Annotated, Literal, Self
 
 from pydantic import Field, field_validator, model_validator
 
+from mesh.addresses import parse_address
 from mesh.ids import RULE, is_valid_id
 from mesh.settings import CommandSettings, EtcdSettings, Flag, Nested, ServerSettings, ServerTLS
 from mesh.units import ByteSize, parse_bytes
@@ -174,6 +175,15 @@ class PodSettings(CommandSettings, env_prefix="MESH_POD_"):
     )
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR")
     log_json: bool = Field(False, description="log JSON lines")
+
+    @field_validator("advertise")
+    @classmethod
+    def _advertise_is_an_address_routers_can_use(cls, value: str | None) -> str | None:
+        # Routers dial what the pod's record says (mesh.addresses): refused here, an unusable
+        # address would leave the pod registered and unreachable.
+        if value is not None:
+            parse_address(value)  # BadAddress is a ValueError: pydantic names the setting
+        return value
 
     @field_validator("pod_id")
     @classmethod

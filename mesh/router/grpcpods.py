@@ -10,6 +10,11 @@ With the router's --pod-tls-* settings (mesh.tls) both go over TLS with the rout
 certificate; a pod that refuses it (or whose certificate the router's CA does not sign) fails
 the handshake, and its calls fail `Unavailable`.
 
+A pod's record is written by the pod, and its addresses are checked here (mesh.addresses): a
+pod whose gRPC address cannot be used gets an `UnreachablePod`, whose every call fails
+`Unavailable` naming the pod and the address (the router tries another pod); one whose data
+address cannot be used is called over gRPC. Either is logged once, when its client is made.
+
 A pod's status becomes the mesh error of mesh.grpcstatus's table with the pod's message, so the
 router passes it on unchanged. Closing a channel (its pod left the mirror) ends the calls in
 flight on it not with a gRPC status but with `asyncio.CancelledError`, and calls begun after it
@@ -27,6 +32,7 @@ from typing import Any
 import grpc
 from grpc import aio
 
+from mesh.addresses import BadAddress, parse_address
 from mesh.errors import ConnectFailed, DeadlineExceeded, MeshError, Unavailable
 from mesh.frames import FrameClient
 from mesh.gen import grpc_predict_v2_pb2 as pb
@@ -342,6 +348,60 @@ class _Deadline:
             self._task.uncancel()
 
 
+class _Unreachable:
+    """UnreachablePod's stream: it fails at its first read, as a call to a pod gone does."""
+
+    __slots__ = ("_error",)
+
+    def __init__(self, error: Unavailable) -> None:
+        self._error = error
+
+    async def read(self) -> bytes | None:
+        raise self._error
+
+    def cancel(self) -> None:
+        pass
+
+
+class UnreachablePod:
+    """A pod whose record's gRPC address cannot be used (`why`, mesh.addresses): every call
+    fails Unavailable with a message naming the pod and the address, and nothing is dialled."""
+
+    def __init__(self, pod_id: str, address: str, data_address: str, why: str) -> None:
+        self.pod_id = pod_id
+        self.address = address
+        self.data_address = data_address
+        self.outstanding = 0
+        self._message = f"pod {pod_id} cannot be reached at the address in its record: {why}"
+
+    def _error(self) -> Unavailable:
+        return Unavailable(self._message)
+
+    async def infer(self, data: bytes, model_id: str, timeout: float | None) -> bytes:
+        raise self._error()
+
+    def stream(self, data: bytes, model_id: str, timeout: float | None) -> _Unreachable:
+        return _Unreachable(self._error())
+
+    def stream_error(self, message: bytes) -> type[MeshError] | None:
+        return None
+
+    async def metadata(self, data: bytes, timeout: float | None) -> bytes:
+        raise self._error()
+
+    async def load(self, request: LoadRequest, timeout: float) -> Loaded:
+        raise Unavailable(f"UNAVAILABLE: {self._message}")  # a load's message names its status
+
+    async def unload(self, model_id: str, timeout: float) -> None:
+        raise self._error()
+
+    async def live(self, timeout: float) -> None:
+        raise self._error()
+
+    async def aclose(self) -> None:
+        pass
+
+
 class GrpcPods:
     """The pool's `connect` (mesh.router.transport.Connect): gRPC channels of at most
     `max_message_bytes` per message, with inference over the pod's frame listener where it
@@ -359,13 +419,26 @@ class GrpcPods:
     def __call__(
         self, pod_id: str, address: str, local: LocalInfer | None, data_address: str = ""
     ) -> PodTransport:
+        try:
+            parse_address(address)
+        except BadAddress as exc:
+            log.warning("pod %s cannot be reached: its calls fail UNAVAILABLE: %s", pod_id, exc)
+            return UnreachablePod(pod_id, address, data_address, str(exc))
         if local is not None:
             return InProcessPodClient(
                 pod_id, address, self.max_message_bytes, local, data_address, tls=self.tls
             )
         if data_address and self.frames:
-            return FramePodClient(
-                pod_id, address, self.max_message_bytes, data_address, tls=self.tls
-            )
+            try:
+                parse_address(data_address)
+            except BadAddress as exc:
+                log.warning(
+                    "pod %s: its data address cannot be used, inference goes over gRPC (%s): %s",
+                    pod_id, address, exc,
+                )  # fmt: skip
+            else:
+                return FramePodClient(
+                    pod_id, address, self.max_message_bytes, data_address, tls=self.tls
+                )
         # Keeps the data address it was made for, so that the pool reuses it.
         return PodClient(pod_id, address, self.max_message_bytes, data_address, tls=self.tls)

@@ -211,6 +211,7 @@ class Loader:
         if record is None:
             raise ModelNotFound(f"model {model_id!r} is not registered in this mesh")
         last_error = ""
+        reached = False  # whether a pod tried answered at all (else the miss is Unavailable)
         waited = False
         # Pods that said they hold no copy, to this request or another, are stale too.
         stale = [*stale, *(p for p in self.copies.disbelieved(model_id) if p not in stale)]
@@ -256,6 +257,8 @@ class Loader:
                     exclude[:] = [p for p in exclude if p not in appeared]
                     continue
             if isinstance(decision, NoPod):
+                if last_error and not reached:
+                    raise self._unreachable(model_id, record, last_error)
                 raise ModelLoadFailed(
                     f"model {model_id!r} ({_spec(record)}): no pod can load it: "
                     f"{decision.reason}" + (f"; last error: {last_error}" if last_error else "")
@@ -277,13 +280,25 @@ class Loader:
                 self.copies.loaded_here(model_id, pod_id)
                 self._remember_size(model_id, loaded, pod_id)
                 return pod_id
-            except ModelLoadFailed as exc:
+            except (ModelLoadFailed, Unavailable) as exc:
+                reached = reached or not isinstance(exc, Unavailable)
                 last_error = str(exc)
                 self.failures.record(model_id, pod_id, time.time(), last_error)
                 exclude.append(pod_id)
             finally:
                 await self.claims.release(model_id, pod_id, claimed)
+        if not reached:
+            raise self._unreachable(model_id, record, last_error)
         raise ModelLoadFailed(f"model {model_id!r} ({_spec(record)}) failed to load: {last_error}")
+
+    @staticmethod
+    def _unreachable(model_id: str, record: ModelRecord, last_error: str) -> Unavailable:
+        """Every pod tried was unavailable (unreachable, draining): no load failed, and the
+        client may retry."""
+        return Unavailable(
+            f"model {model_id!r} ({_spec(record)}) is not loaded: no pod could be reached to "
+            f"load it; last error: {last_error}"
+        )
 
     def _choose_pod(
         self,
@@ -434,6 +449,8 @@ class Loader:
             raise DeadlineExceeded(
                 f"model {record.model_id!r}: load on {pod_id} outlived the deadline"
             ) from None
+        except Unavailable as exc:
+            raise Unavailable(f"{pod_id}: {exc}") from None
         except MeshError as exc:
             raise ModelLoadFailed(f"{pod_id}: {exc}") from None
         finally:

@@ -1,0 +1,27 @@
+"""The addresses a pod publishes in its record (mesh.pod.membership): ones routers can dial."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from mesh.addresses import parse_address
+from mesh.pod.membership import advertised_address
+from mesh.pod.settings import PodSettings
+
+
+@pytest.mark.parametrize("advertise", ["", "nonsense", "pod-0:notaport", "10.0.0.5:99999"])
+def test_an_advertised_address_routers_cannot_use_is_refused_at_start(advertise: str) -> None:
+    with pytest.raises(ValidationError) as refused:
+        PodSettings(advertise=advertise)
+    assert f"advertise\n  Value error, {advertise!r}" in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("host", "published"),
+    [("127.0.0.1", "127.0.0.1:8085"), ("::1", "[::1]:8085"), ("fd00::5", "[fd00::5]:8085")],
+)
+def test_a_pod_publishes_its_listening_host_as_an_address(host: str, published: str) -> None:
+    settings = PodSettings(host=host, port=8085)
+    assert advertised_address(settings, 8085) == published
+    assert parse_address(published)  # what a router reads back

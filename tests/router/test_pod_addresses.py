@@ -1,0 +1,168 @@
+"""Pods whose records carry addresses that cannot be used (mesh.addresses), in a real mesh: the
+router neither breaks nor answers UNKNOWN; such a pod is reached over gRPC (a bad data address)
+or answers UNAVAILABLE naming itself (a bad gRPC address), and the others go on serving."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+
+from mesh.cluster.codec import Keys, encode
+from mesh.cluster.etcd import EtcdConfig, EtcdStore
+from mesh.cluster.records import InstanceRecord, PlacementRecord, PlacementState
+from mesh.gen import management_pb2 as mpb
+from mesh.pod.artifacts import DirectoryArtifacts
+from mesh.router.grpcpods import PodClient
+from tests.cluster.etcd_server import EtcdServer
+from tests.helpers import (
+    RunningPod,
+    RunningRouter,
+    infer_request,
+    running_pod,
+    running_router,
+    wait_until,
+)
+
+BAD = ["", "nonsense", "host:notaport", "127.0.0.1:99999"]
+
+
+def _write(etcd: EtcdServer, prefix: str, *records: InstanceRecord | PlacementRecord) -> None:
+    """Write records as a pod would (without its lease: they stay for the test)."""
+
+    async def put() -> None:
+        store = EtcdStore(EtcdConfig.parse(etcd.url))
+        keys = Keys(prefix)
+        try:
+            for r in records:
+                if isinstance(r, InstanceRecord):
+                    await store.put(keys.instance(r.pod_id), encode(r))
+                else:
+                    await store.put(keys.placement(r.model_id, r.pod_id), encode(r))
+        finally:
+            await store.aclose()
+
+    asyncio.run(put())
+
+
+def _copy_on(pod_id: str) -> PlacementRecord:
+    return PlacementRecord("mlp", pod_id, PlacementState.LOADED, time.time(), 10_000)
+
+
+@contextlib.contextmanager
+def _mesh(
+    etcd: EtcdServer, prefix: str, model_dir: Path, **pod: Any
+) -> Iterator[tuple[RunningPod, RunningRouter]]:
+    """pod-0, real, and a router; "mlp" registered, loaded nowhere yet."""
+    with (
+        running_pod(
+            artifacts=DirectoryArtifacts(model_dir),
+            etcd=etcd.url,
+            etcd_prefix=prefix,
+            pod_id="pod-0",
+            lease_ttl=5,
+            **pod,
+        ) as running,
+        running_router(etcd=etcd.url, etcd_prefix=prefix) as routing,
+    ):
+        routing.management.RegisterModel(
+            mpb.RegisterModelRequest(model_id="mlp", format="onnx", storage_path="mlp")
+        )
+        wait_until(lambda: "pod-0" in routing.server.mirror.instances, what="pod-0's record")
+        yield running, routing
+
+
+def _infer(router: RunningRouter) -> Any:
+    request = infer_request("mlp", input=np.ones((1, 64), np.float32))
+    return router.v2.ModelInfer(request, timeout=30)
+
+
+@pytest.mark.parametrize("address", BAD, ids=repr)
+def test_a_pod_with_a_bad_grpc_address_is_passed_over_for_a_good_one(
+    etcd: EtcdServer, prefix: str, model_dir: Path, address: str
+) -> None:
+    with _mesh(etcd, prefix, model_dir) as (_, router):
+        good = router.server.mirror.instances["pod-0"]
+        bad = dataclasses.replace(good, pod_id="pod-bad", address=address, data_address="")
+        # The mirror says pod-bad holds the only copy: the request goes there first.
+        _write(etcd, prefix, bad, _copy_on("pod-bad"))
+        wait_until(
+            lambda: "pod-bad" in router.server.mirror.placements.get("mlp", {}),
+            what="pod-bad's copy in the mirror",
+        )
+        for _ in range(3):
+            assert _infer(router).outputs[0].shape == [1, 10]
+        client = router.server.pool.client("pod-bad", address, "")
+        assert router.run(_failure(client.live(1.0))) == (
+            "Unavailable",
+            f"pod pod-bad cannot be reached at the address in its record: {address!r}",
+        )
+
+
+async def _failure(call: Any) -> tuple[str, str]:
+    try:
+        await call
+    except Exception as exc:
+        return type(exc).__name__, str(exc).split(": the port")[0].split(" is not")[0]
+    raise AssertionError("the call succeeded")
+
+
+@pytest.mark.parametrize("address", BAD, ids=repr)
+def test_a_miss_with_no_reachable_pod_is_unavailable_naming_the_pod(
+    etcd: EtcdServer, prefix: str, model_dir: Path, address: str
+) -> None:
+    with _mesh(etcd, prefix, model_dir) as (pod, router):
+        good = router.server.mirror.instances["pod-0"]
+        bad = dataclasses.replace(good, pod_id="pod-bad", address=address, data_address="")
+        _write(etcd, prefix, bad)
+        pod.plane.drain()  # pod-0 takes no new load: only pod-bad is left for it
+        wait_until(
+            lambda: (
+                router.server.mirror.instances["pod-0"].draining
+                and "pod-bad" in router.server.mirror.instances
+            ),
+            what="pod-0 draining and pod-bad in the mirror",
+        )
+        with pytest.raises(grpc.RpcError) as err:
+            _infer(router)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "pod-bad cannot be reached at the address in its record" in err.value.details()
+        assert repr(address) in err.value.details()
+
+
+@pytest.mark.parametrize("data_address", BAD[1:], ids=repr)
+def test_a_pod_with_a_bad_data_address_is_served_over_grpc_and_logged_once(
+    etcd: EtcdServer,
+    prefix: str,
+    model_dir: Path,
+    data_address: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # pod-x is pod-0 under another name, with a data address that cannot be used: a request
+    # sent to pod-x reaches pod-0 over gRPC, which loads mlp from its model directory.
+    with _mesh(etcd, prefix, model_dir, models=str(model_dir)) as (_, router):
+        good = router.server.mirror.instances["pod-0"]
+        alias = dataclasses.replace(good, pod_id="pod-x", data_address=data_address)
+        _write(etcd, prefix, alias, _copy_on("pod-x"))
+        wait_until(
+            lambda: "pod-x" in router.server.mirror.placements.get("mlp", {}),
+            what="pod-x's copy in the mirror",
+        )
+        with caplog.at_level(logging.WARNING, logger="mesh.router.grpcpods"):
+            for _ in range(3):
+                assert _infer(router).outputs[0].shape == [1, 10]
+            client = router.server.pool.client("pod-x", good.address, data_address)
+        assert type(client) is PodClient
+        warned = [r.getMessage() for r in caplog.records if "pod-x" in r.getMessage()]
+        assert len(warned) == 1, warned
+        assert "its data address cannot be used, inference goes over gRPC" in warned[0]
+        assert repr(data_address) in warned[0]
