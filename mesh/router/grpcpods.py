@@ -91,6 +91,8 @@ class GrpcPodStream:
 class PodClient:
     """A pod over gRPC (mesh.router.transport.PodTransport); over TLS with `tls`."""
 
+    can_fall_silent = True  # across a network
+
     def __init__(
         self,
         pod_id: str,
@@ -273,8 +275,12 @@ class InProcessPodClient(PodClient):
 
     Its errors are the data plane's own mesh errors, as a gRPC pod's answers become them, so the
     router's forward treats both pods alike; a passed deadline is DeadlineExceeded, anything
-    unexpected a MeshError (INTERNAL) naming it.
+    unexpected a MeshError (INTERNAL) naming it. Its inference cannot fall silent (a slow model
+    is slow, not gone), so no attempt timeout watches it: no timer per call, and no probe of a
+    gRPC port that inference does not use.
     """
+
+    can_fall_silent = False
 
     def __init__(
         self,

@@ -61,12 +61,16 @@ class PodStream(Protocol):
 class PodTransport(Protocol):
     """One pod, as the router calls it. `outstanding` is the router's own count of requests in
     flight to it (mesh.router.pods.PodPool.pick reads it). `address` is the pod's gRPC
-    address; `data_address` its frame listener's (mesh.frames), "" where it has none."""
+    address; `data_address` its frame listener's (mesh.frames), "" where it has none.
+    `can_fall_silent`: whether an `infer` can wait on a pod that no longer answers (its
+    packets dropped), which the attempt timeout watches for (mesh.router.attempt); not so for
+    a pod in this process, whose inference is a call on this event loop."""
 
     pod_id: str
     address: str
     data_address: str
     outstanding: int
+    can_fall_silent: bool
 
     async def infer(self, data: bytes, model_id: str, timeout: float | None) -> bytes:
         """Forward a serialized ModelInferRequest for `model_id`: the response's bytes."""
