@@ -14,16 +14,17 @@ Requests travel as the client's bytes: the router's hit path decodes no tensor. 
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from mesh.errors import MeshError
 from mesh.storageref import StorageRef
 
 # A pod's inference in this process: (serialized ModelInferRequest, model id) -> serialized
-# ModelInferResponse, raising MeshError.
-LocalInfer = Callable[[bytes, str], Awaitable[bytes]]
+# ModelInferResponse, raising MeshError. A coroutine function: the client runs its first step
+# itself (mesh.router.grpcpods.InProcessPodClient).
+LocalInfer = Callable[[bytes, str], Coroutine[Any, Any, bytes]]
 
 
 @dataclass(frozen=True, slots=True)
