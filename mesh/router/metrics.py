@@ -115,7 +115,7 @@ class LoopHistogram:
             counts = list(counts)  # one copy: buckets and sum of the same observations
             series = dict(zip(self.labelnames, labels, strict=True))
             total = 0.0
-            for bound, count in zip(bounds, counts, strict=False):
+            for bound, count in zip(bounds, counts, strict=False):  # the sum, last, is no bucket
                 total += count
                 metric.add_sample(f"{self.name}_bucket", {**series, "le": bound}, total)
             metric.add_sample(f"{self.name}_count", series, total)
