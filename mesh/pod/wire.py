@@ -9,7 +9,7 @@ the message once, as the message always took them.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any, Protocol
 
 from google.protobuf.message import DecodeError
@@ -26,7 +26,7 @@ from mesh.inference import (
 )
 
 # A router's in-process call: (the request's bytes, model id or "") -> the response's bytes.
-WireInfer = Callable[[bytes, str], Awaitable[bytes]]
+WireInfer = Callable[[bytes, str], Coroutine[Any, Any, bytes]]
 
 
 class _Plane(Protocol):

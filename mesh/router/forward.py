@@ -230,15 +230,18 @@ class Forwarder:
         try:
             # A pod's answer is raised as its mesh error, to pass on or retry (_infer); a pod
             # that left during the call is Unavailable (mesh.router.transport).
-            try:
-                # A pod that does not answer, nor a probe after --attempt-timeout, is left for
-                # another copy (mesh.router.attempt).
-                response = await watched(
-                    pod.infer(data, model_id, remaining), pod,
-                    every=self.policy.attempt_timeout, liveness=self.liveness,
-                )  # fmt: skip
-            except PodSilent as exc:
-                raise Unavailable(str(exc)) from None
+            if pod.can_fall_silent:
+                try:
+                    # A pod that does not answer, nor a probe after --attempt-timeout, is left
+                    # for another copy (mesh.router.attempt).
+                    response = await watched(
+                        pod.infer(data, model_id, remaining), pod,
+                        every=self.policy.attempt_timeout, liveness=self.liveness,
+                    )  # fmt: skip
+                except PodSilent as exc:
+                    raise Unavailable(str(exc)) from None
+            else:  # the pod in this process (mesh serve): its call is slow or answers
+                response = await pod.infer(data, model_id, remaining)
             if self._metrics is not None:
                 self._metrics.forward.observe(time.perf_counter() - started)
             return response

@@ -14,16 +14,17 @@ Requests travel as the client's bytes: the router's hit path decodes no tensor. 
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from mesh.errors import MeshError
 from mesh.storageref import StorageRef
 
 # A pod's inference in this process: (serialized ModelInferRequest, model id) -> serialized
-# ModelInferResponse, raising MeshError.
-LocalInfer = Callable[[bytes, str], Awaitable[bytes]]
+# ModelInferResponse, raising MeshError. A coroutine function: the client runs its first step
+# itself (mesh.router.grpcpods.InProcessPodClient).
+LocalInfer = Callable[[bytes, str], Coroutine[Any, Any, bytes]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,12 +62,16 @@ class PodStream(Protocol):
 class PodTransport(Protocol):
     """One pod, as the router calls it. `outstanding` is the router's own count of requests in
     flight to it (mesh.router.pods.PodPool.pick reads it). `address` is the pod's gRPC
-    address; `data_address` its frame listener's (mesh.frames), "" where it has none."""
+    address; `data_address` its frame listener's (mesh.frames), "" where it has none.
+    `can_fall_silent`: whether an `infer` can wait on a pod that no longer answers (its
+    packets dropped), which the attempt timeout watches for (mesh.router.attempt); not so for
+    a pod in this process, whose inference is a call on this event loop."""
 
     pod_id: str
     address: str
     data_address: str
     outstanding: int
+    can_fall_silent: bool
 
     async def infer(self, data: bytes, model_id: str, timeout: float | None) -> bytes:
         """Forward a serialized ModelInferRequest for `model_id`: the response's bytes."""

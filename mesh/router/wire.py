@@ -30,6 +30,18 @@ def _varint(data: bytes, pos: int) -> tuple[int, int]:
 
 def model_name_of(data: bytes) -> str:
     """The `model_name` of a serialized ModelInferRequest ("" when absent)."""
+    # Nearly every request: field 1 first (tag 0x0A), a name under 128 bytes (a one-byte
+    # length). The scan below answers the same, at three times the cost on the hit path.
+    if len(data) >= 2 and data[0] == 0x0A and data[1] < 0x80 and data[1] + 2 <= len(data):
+        try:
+            return data[2 : data[1] + 2].decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidRequest("malformed request: model_name is not UTF-8") from None
+    return _scan(data)
+
+
+def _scan(data: bytes) -> str:
+    """model_name_of for any request: the top-level fields walked until field 1."""
     pos = 0
     end = len(data)
     while pos < end:

@@ -140,3 +140,46 @@ async def test_a_pod_in_this_process_is_called_not_dialled() -> None:
     # Any other pod is still dialled.
     assert type(pool.client("there", "127.0.0.1:1")).__name__ == "PodClient"
     await pool.aclose()
+
+
+async def test_a_pod_in_this_process_keeps_its_deadline_across_every_wait_of_a_call() -> None:
+    """The in-process client runs a call's first step itself and arms the deadline only once
+    the call waits: a call that waits several times answers, or is cut at its deadline (its
+    work cancelled) at whichever wait it is in, and a caller's cancel reaches it there."""
+    stopped: list[str] = []
+
+    async def plane(data: bytes, model_id: str) -> bytes:
+        try:
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+            if model_id == "slow":
+                await asyncio.Future()  # never answers
+            return b"answer:" + data
+        except asyncio.CancelledError:
+            stopped.append(model_id)
+            raise
+
+    pool = PodPool(GrpcPods(2**20))
+    pool.serve_in_process("here", plane)
+    client = pool.client("here", "127.0.0.1:1")
+    assert await client.infer(b"req", "m", 5) == b"answer:req"
+    assert await client.infer(b"req", "m", None) == b"answer:req"
+    with pytest.raises(DeadlineExceeded):
+        await client.infer(b"req", "slow", 0.05)
+    assert stopped == ["slow"]
+    task = asyncio.current_task()
+    assert task is not None and task.cancelling() == 0
+    waiting = asyncio.create_task(client.infer(b"req", "slow", 60))
+    for _ in range(5):  # past the call's first waits
+        await asyncio.sleep(0)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert stopped == ["slow", "slow"]
+    at_first_wait = asyncio.create_task(client.infer(b"req", "slow", 60))
+    await asyncio.sleep(0)  # the call has taken its first step
+    at_first_wait.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await at_first_wait
+    assert stopped == ["slow", "slow", "slow"]
+    await pool.aclose()

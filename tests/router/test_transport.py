@@ -13,6 +13,7 @@ import contextlib
 import socket
 import ssl
 import struct
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,12 +24,19 @@ import pytest
 from grpc import aio
 
 from mesh import errors
+from mesh.cluster.codec import Keys, encode
+from mesh.cluster.memory import MemoryStore
+from mesh.cluster.mirror import Mirror
+from mesh.cluster.records import InstanceRecord, ModelRecord, PlacementRecord, PlacementState
 from mesh.frames import FrameClient, FrameServer
 from mesh.grpcstatus import status_of
 from mesh.grpcutil import ErrorInterceptor
+from mesh.router.core import Router
 from mesh.router.grpcpods import FramePodClient, GrpcPods, PodClient
 from mesh.router.pods import PodPool
+from mesh.router.policy import RouterPolicy
 from mesh.router.transport import PodTransport
+from mesh.storageref import StorageRef
 from tests.certs import make_certs
 
 LIMIT = 64 * 1024
@@ -308,6 +316,32 @@ async def test_a_pod_in_process_keeps_its_client_whatever_it_advertises() -> Non
     assert await client.infer(b"", "m", 5.0) == b"local"
     assert pool.client("e", "127.0.0.1:1", "127.0.0.1:2") is client
     await pool.aclose()
+
+
+async def test_a_slow_model_in_process_is_waited_on_past_the_attempt_timeout() -> None:
+    # The pod's gRPC port (here nothing listens on it) answers no probe: a watch on the call
+    # would find the pod silent and give the request up as UNAVAILABLE.
+    store, keys = MemoryStore(), Keys("/t/")
+    await store.put(keys.model("m"), encode(ModelRecord("m", "onnx", storage=StorageRef(path="m"))))
+    await store.put(keys.instance("e"), encode(InstanceRecord("e", "127.0.0.1:1", 2**30)))
+    placement = PlacementRecord("m", "e", PlacementState.LOADED, time.time(), 1000)
+    await store.put(keys.placement("m", "e"), encode(placement))
+    mirror = Mirror(store, keys)
+    await mirror.start()
+    pool = PodPool(GrpcPods(LIMIT))
+
+    async def slow_model(data: bytes, model_id: str) -> bytes:
+        await asyncio.sleep(0.5)  # ten attempt timeouts
+        return b"answer"
+
+    pool.serve_in_process("e", slow_model)
+    policy = RouterPolicy(attempt_timeout=0.05, probe_timeout=0.05)
+    router = Router(store, mirror, keys, pool, router_id="r", lease=None, policy=policy)
+    try:
+        assert await router.infer(b"", "m", 10.0) == b"answer"
+    finally:
+        await mirror.aclose()
+        await pool.aclose()
 
 
 # -- the frame listener against peers that break the rules -----------------------------------
