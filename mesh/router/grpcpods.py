@@ -409,6 +409,8 @@ class UnreachablePod:
     """A pod whose record's gRPC address cannot be used (`why`, mesh.addresses): every call
     fails Unavailable with a message naming the pod and the address, and nothing is dialled."""
 
+    can_fall_silent = False  # it answers every call at once
+
     def __init__(self, pod_id: str, address: str, data_address: str, why: str) -> None:
         self.pod_id = pod_id
         self.address = address
