@@ -61,3 +61,17 @@ def _is_ipv6(host: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def advertised(value: str, port: int) -> HostPort:
+    """What a pod's `--advertise` names: `host:port` or `[ipv6]:port`, or a host alone (a name,
+    an IPv4 address, an IPv6 address with or without brackets) to be reached on `port`. A host
+    alone is how a manifest gives the pod IP on any cluster (`$(POD_IP)`): no brackets can be
+    put around an IPv6 one there. An IPv6 address is always a host: its port goes after it in
+    brackets. BadAddress otherwise."""
+    bare = value[1:-1] if value.startswith("[") and value.endswith("]") else value
+    if _is_ipv6(bare):
+        return HostPort(str(ipaddress.IPv6Address(bare)), port)
+    if ":" not in value and _HOST_NAME.fullmatch(value):
+        return HostPort(value, port)
+    return parse_address(value)

@@ -6,7 +6,7 @@ import os
 import socket
 import time
 
-from mesh.addresses import HostPort, parse_address
+from mesh.addresses import HostPort, advertised, parse_address
 from mesh.cluster.codec import Keys
 from mesh.cluster.etcd import EtcdConfig, EtcdStore
 from mesh.cluster.mirror import Mirror
@@ -76,7 +76,7 @@ def pod_state(
 
 def advertised_address(settings: PodSettings, port: int) -> str:
     if settings.advertise:
-        return settings.advertise
+        return str(advertised(settings.advertise, port))
     host = settings.server.host
     if host in ("0.0.0.0", "::", ""):
         host = socket.gethostname()

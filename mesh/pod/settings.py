@@ -8,7 +8,7 @@ from typing import Annotated, Literal, Self
 
 from pydantic import Field, field_validator, model_validator
 
-from mesh.addresses import parse_address
+from mesh.addresses import advertised
 from mesh.ids import RULE, is_valid_id
 from mesh.settings import CommandSettings, EtcdSettings, Flag, Nested, ServerSettings, ServerTLS
 from mesh.units import ByteSize, parse_bytes
@@ -152,7 +152,9 @@ class PodSettings(CommandSettings, env_prefix="MESH_POD_"):
         None, description="this pod's name in the mesh (unset: host name-pid)"
     )
     advertise: Annotated[str | None, Flag(section=_MEMBERSHIP)] = Field(
-        None, description="host:port routers use to reach this pod (unset: host name and port)"
+        None,
+        description="host:port routers use to reach this pod, or a host alone to be reached on "
+        "--port (unset: host name and port)",
     )
     lease_ttl: Annotated[int, Flag(section=_MEMBERSHIP)] = Field(
         10, ge=2, le=300, description="seconds a dead pod stays visible"
@@ -182,7 +184,7 @@ class PodSettings(CommandSettings, env_prefix="MESH_POD_"):
         # Routers dial what the pod's record says (mesh.addresses): refused here, an unusable
         # address would leave the pod registered and unreachable.
         if value is not None:
-            parse_address(value)  # BadAddress is a ValueError: pydantic names the setting
+            advertised(value, 1)  # BadAddress is a ValueError: pydantic names the setting
         return value
 
     @field_validator("pod_id")

@@ -43,6 +43,7 @@ import yaml
 from kubernetes_validate.utils import all_versions
 
 from mesh import cli
+from mesh.pod.membership import advertised_address
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -707,7 +708,9 @@ def test_serving_pod_and_puller_share_the_cache() -> None:
     assert spec["terminationGracePeriodSeconds"] >= drain + 10
     # The pod registers its own name and its pod IP with the port it serves on.
     assert pod_settings.pod_id == FIELD_VALUES["metadata.name"]
-    assert pod_settings.advertise == f"{FIELD_VALUES['status.podIP']}:{pod_settings.server.port}"
+    # The pod IP alone: the pod adds its port (an IPv6 IP in brackets).
+    assert pod_settings.advertise == FIELD_VALUES["status.podIP"]
+    assert advertised_address(pod_settings, pod_settings.server.port) == "10.1.2.3:8085"
     assert pod_settings.etcd.endpoints == "http://mesh-etcd:2379"
 
 

@@ -10,7 +10,9 @@ from mesh.pod.membership import advertised_address
 from mesh.pod.settings import PodSettings
 
 
-@pytest.mark.parametrize("advertise", ["", "nonsense", "pod-0:notaport", "10.0.0.5:99999"])
+@pytest.mark.parametrize(
+    "advertise", ["", "-pod", "pod 0", "pod-0:notaport", "10.0.0.5:99999", "fd00::5]:8085"]
+)
 def test_an_advertised_address_routers_cannot_use_is_refused_at_start(advertise: str) -> None:
     with pytest.raises(ValidationError) as refused:
         PodSettings(advertise=advertise)
@@ -25,3 +27,24 @@ def test_a_pod_publishes_its_listening_host_as_an_address(host: str, published: 
     settings = PodSettings(host=host, port=8085)
     assert advertised_address(settings, 8085) == published
     assert parse_address(published)  # what a router reads back
+
+
+@pytest.mark.parametrize(
+    ("advertise", "published"),
+    [
+        ("10.0.0.5", "10.0.0.5:9000"),
+        ("pod-0.mesh", "pod-0.mesh:9000"),
+        ("fd00::5", "[fd00::5]:9000"),  # $(POD_IP) on an IPv6 cluster: no brackets there
+        ("[fd00::5]", "[fd00::5]:9000"),
+        ("10.0.0.5:8085", "10.0.0.5:8085"),
+        ("[fd00::5]:8085", "[fd00::5]:8085"),
+    ],
+)
+def test_an_advertised_host_alone_is_reached_on_the_pods_port(
+    advertise: str, published: str
+) -> None:
+    # deploy/ gives MESH_POD_ADVERTISE=$(POD_IP): with ":8085" after it an IPv6 pod IP made an
+    # address no router could dial, and the pod refused to start.
+    settings = PodSettings(advertise=advertise, port=9000)
+    assert advertised_address(settings, 9000) == published
+    assert parse_address(published)
