@@ -892,6 +892,9 @@ def exported_metrics() -> frozenset[str]:
         "Histogram": ("_bucket", "_sum", "_count"),
         "Summary": ("", "_sum", "_count"),
     }
+    # The router's request metrics, kept by its event loop (mesh.router.metrics), export as
+    # prometheus_client's kinds do.
+    suffixes |= {"LoopCounter": suffixes["Counter"], "LoopHistogram": suffixes["Histogram"]}
     names: set[str] = set()
     for path in (ROOT / "mesh").rglob("*.py"):
         if "gen" in path.relative_to(ROOT / "mesh").parts:
@@ -904,7 +907,7 @@ def exported_metrics() -> frozenset[str]:
             first = node.args[0]
             if kind in suffixes and isinstance(first, ast.Constant):
                 name = str(first.value)
-                if kind == "Counter":
+                if kind in ("Counter", "LoopCounter"):
                     name = name.removesuffix("_total")
                 names |= {name + s for s in suffixes[kind]}
     return frozenset(names)
