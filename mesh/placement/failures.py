@@ -5,6 +5,10 @@ minutes by default), placement avoids that pod for that model; once a model has 
 `max_attempts` times within that window, on whatever pods, placement stops trying it at all
 until the oldest record expires, and says why (the errors, and when a retry is allowed).
 
+A load that reached no pod (unreachable, draining: `unreachable=True`) says nothing about the
+model: it is remembered for `unreachable_ttl` seconds only, so that the misses meanwhile do not
+each try that pod again, and it counts toward no attempt (`attempts`, `exhausted`, `pods`).
+
 `FailureLog` is a small mutable store whose every method takes `now` (it reads no clock);
 `for_model` hands placement a frozen `ModelFailures`, so a decision stays a pure function of
 what it is given. Nothing here raises.
@@ -31,6 +35,8 @@ class FailurePolicy:
     ttl: float = 900.0
     # Failed attempts per model within `ttl`, across all pods, after which placement gives up.
     max_attempts: int = 3
+    # Seconds a pod that could not be reached for a load is passed over for that model.
+    unreachable_ttl: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +45,7 @@ class LoadFailure:
     pod_id: str
     at: float
     error: str = ""
+    unreachable: bool = False  # the pod was not reached: the model is not at fault
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,13 +53,19 @@ class ModelFailures:
     """A model's unexpired failures, oldest first, as placement reads them."""
 
     model_id: str
-    failures: tuple[LoadFailure, ...]
+    failures: tuple[LoadFailure, ...]  # the loads that failed on a pod reached, oldest first
     policy: FailurePolicy
+    missed: tuple[LoadFailure, ...] = ()  # the pods not reached, within `unreachable_ttl`
 
     @property
     def pods(self) -> frozenset[str]:
         """Pods where the model failed within the window: placement avoids them."""
         return frozenset(f.pod_id for f in self.failures)
+
+    @property
+    def unreachable(self) -> frozenset[str]:
+        """Pods a load of the model could not reach just now: passed over for a while."""
+        return frozenset(f.pod_id for f in self.missed)
 
     @property
     def attempts(self) -> int:
@@ -103,10 +116,12 @@ class FailureLog:
     def __len__(self) -> int:
         return sum(len(v) for v in self._by_model.values())
 
-    def record(self, model_id: str, pod_id: str, now: float, error: str = "") -> None:
+    def record(
+        self, model_id: str, pod_id: str, now: float, error: str = "", unreachable: bool = False
+    ) -> None:
         records = self._by_model.setdefault(model_id, [])
         # Records arrive out of order only from a replayed mirror; keep them sorted regardless.
-        records.append(LoadFailure(model_id, pod_id, now, error))
+        records.append(LoadFailure(model_id, pod_id, now, error, unreachable))
         if len(records) > 1 and records[-2].at > now:
             records.sort(key=lambda f: f.at)
 
@@ -122,7 +137,9 @@ class FailureLog:
         self._drop_expired(model_id, records, now)
         if not records:
             return None
-        return ModelFailures(model_id, tuple(records), self.policy)
+        failed = tuple(f for f in records if not f.unreachable)
+        missed = tuple(f for f in records if f.unreachable)
+        return ModelFailures(model_id, failed, self.policy, missed)
 
     def expire(self, now: float) -> int:
         """Drop every expired record; returns how many went. Lookups also expire lazily."""
@@ -138,6 +155,9 @@ class FailureLog:
             keep += 1
         if keep:
             del records[:keep]
+        missed_cutoff = now - self.policy.unreachable_ttl
+        if any(f.unreachable and f.at <= missed_cutoff for f in records):
+            records[:] = [f for f in records if not (f.unreachable and f.at <= missed_cutoff)]
         if not records:
             del self._by_model[model_id]
 

@@ -234,20 +234,26 @@ class Loader:
             if not record.size_estimate and measured:
                 # What a copy measured on a pod beats the default guess.
                 requirements = dataclasses.replace(requirements, size=measured)
+            failures = self.failures.for_model(model_id, now)
+            # Pods a load of this model could not reach just now are passed over, as the pods
+            # this request tried are.
+            missed = failures.missed if failures is not None else ()
+            passed_over = [*exclude, *(f.pod_id for f in missed if f.pod_id not in exclude)]
             decision = self._choose_pod(
-                snapshot, requirements, now, exclude, stale,
-                self.failures.for_model(model_id, now),
+                snapshot, requirements, now, passed_over, stale, failures
             )  # fmt: skip
             if (
                 isinstance(decision, NoPod)
                 and not (record.size_estimate or record.measured_size or measured)
-                and not (failures := self.failures.for_model(model_id, now))
+                and not (failures is not None and failures.failures)
             ):
                 # The size is a guess (nothing of the model measured, nothing given): a pod too
                 # small or too full for the guess may well take the model, evicting what it
                 # must by its own estimate (file size times its learned factor). Let it judge.
                 requirements = dataclasses.replace(requirements, size=1)
-                decision = self._choose_pod(snapshot, requirements, now, exclude, stale, failures)
+                decision = self._choose_pod(
+                    snapshot, requirements, now, passed_over, stale, failures
+                )
             if isinstance(decision, NoPod) and not waited and not self.mirror.instances:
                 # No pod at all (their leases expired while etcd was away, or the mesh is
                 # starting): wait for one to register rather than fail at once.
@@ -257,8 +263,9 @@ class Loader:
                     exclude[:] = [p for p in exclude if p not in appeared]
                     continue
             if isinstance(decision, NoPod):
-                if last_error and not reached:
-                    raise self._unreachable(model_id, record, last_error)
+                if not reached and (last_error or missed):
+                    # The pods that could take it were not reached, now or just before.
+                    raise self._unreachable(model_id, record, last_error or missed[-1].error)
                 raise ModelLoadFailed(
                     f"model {model_id!r} ({_spec(record)}): no pod can load it: "
                     f"{decision.reason}" + (f"; last error: {last_error}" if last_error else "")
@@ -283,7 +290,10 @@ class Loader:
             except (ModelLoadFailed, Unavailable) as exc:
                 reached = reached or not isinstance(exc, Unavailable)
                 last_error = str(exc)
-                self.failures.record(model_id, pod_id, time.time(), last_error)
+                self.failures.record(
+                    model_id, pod_id, time.time(), last_error,
+                    unreachable=isinstance(exc, Unavailable),
+                )  # fmt: skip
                 exclude.append(pod_id)
             finally:
                 await self.claims.release(model_id, pod_id, claimed)

@@ -269,7 +269,7 @@ def model_view(
             last_failure = f"{pod_id}: {p.error}"
     if not last_failure and failures is not None:
         logged = failures.for_model(model_id, now)
-        if logged is not None:
+        if logged is not None and logged.failures:  # not a pod merely unreachable
             last_failure = logged.describe(now)
     if PlacementState.LOADED in states:
         state = "LOADED"

@@ -109,3 +109,17 @@ def test_failures_from_records_keep_the_policy_given() -> None:
     failures = log.for_model("m", 55.0)
     assert failures is not None and failures.exhausted  # one attempt is the cap here
     assert log.for_model("m", 61.0) is None  # and 10 s is the window
+
+
+def test_a_pod_not_reached_is_passed_over_briefly_and_counts_no_attempt() -> None:
+    log = FailureLog(FailurePolicy(ttl=900.0, max_attempts=2, unreachable_ttl=10.0))
+    for at in (100.0, 101.0, 102.0):
+        log.record("m", "pod-a", now=at, error="connection refused", unreachable=True)
+    failures = log.for_model("m", now=105.0)
+    assert failures is not None
+    assert failures.unreachable == {"pod-a"} and failures.pods == frozenset()
+    assert failures.attempts == 0 and not failures.exhausted
+    log.record("m", "pod-b", now=106.0, error="bad weights")
+    later = log.for_model("m", now=115.0)  # pod-a's records expired, pod-b's stands
+    assert later is not None and later.unreachable == frozenset()
+    assert later.pods == {"pod-b"} and later.attempts == 1

@@ -166,3 +166,34 @@ def test_a_pod_with_a_bad_data_address_is_served_over_grpc_and_logged_once(
         assert len(warned) == 1, warned
         assert "its data address cannot be used, inference goes over gRPC" in warned[0]
         assert repr(data_address) in warned[0]
+
+
+def test_misses_that_reached_no_pod_do_not_hold_the_model_back_once_a_pod_can_load_it(
+    etcd: EtcdServer, prefix: str, model_dir: Path
+) -> None:
+    # A pod that cannot be reached says nothing about the model: those misses are UNAVAILABLE,
+    # and they neither use up the model's failed-load attempts (3 within 15 minutes) nor keep
+    # it from the next pod. They once did: the fourth such miss was FAILED_PRECONDITION, and
+    # the model stayed unservable for 15 minutes whatever pods came.
+    with _mesh(etcd, prefix, model_dir) as (pod, router):
+        good = router.server.mirror.instances["pod-0"]
+        bad = dataclasses.replace(good, pod_id="pod-bad", address="nonsense", data_address="")
+        _write(etcd, prefix, bad)
+        pod.plane.drain()
+        wait_until(
+            lambda: (
+                router.server.mirror.instances["pod-0"].draining
+                and "pod-bad" in router.server.mirror.instances
+            ),
+            what="pod-0 draining and pod-bad in the mirror",
+        )
+        for _ in range(5):
+            with pytest.raises(grpc.RpcError) as err:
+                _infer(router)
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value.details()
+        with running_pod(
+            artifacts=DirectoryArtifacts(model_dir), etcd=etcd.url, etcd_prefix=prefix,
+            pod_id="pod-1", lease_ttl=5,
+        ):  # fmt: skip
+            wait_until(lambda: "pod-1" in router.server.mirror.instances, what="pod-1's record")
+            assert _infer(router).outputs[0].shape == [1, 10]
