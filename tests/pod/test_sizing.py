@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 from mesh.pod.cache import ModelCache
@@ -38,6 +39,9 @@ async def test_a_model_is_charged_what_its_load_kept_not_the_temporaries_it_free
     than its 64 MB pod, and its promotion failed (bench/gpu.py --device host --quick)."""
     file = tmp_path / "m.scratch"
     file.write_bytes(b"x" * 1000)
+    # Garbage that earlier tests in this process left would be collected during the load, its
+    # pages given back against the load's delta (the whole suite once read 0 for this 4 MB).
+    gc.collect()
     cache = ModelCache(capacity=1 << 30, runtimes=RuntimeRegistry([ScratchRuntime()]))
     options = {"scratch": str(32 * MB), "keep": str(4 * MB)}
     outcome = await cache.load(ModelSource("m", "scratch", file, options=options))
