@@ -195,6 +195,12 @@ class ArtifactChanged(Unavailable):
     """The object was replaced while it downloaded, on every attempt."""
 
 
+class PodUnreachable(Unavailable):
+    """No answer came from a pod: it could not be dialled, its connection failed or was lost,
+    or it left the mesh. Nothing is known of the model (a load's failure says nothing of it),
+    as against an UNAVAILABLE the pod answered (its storage unreachable, say)."""
+
+
 class ConnectFailed(Unavailable):
     """A peer's listener could not be reached at all (refused, unreachable, or the connect
     timed out), as against a connection lost under a call: nothing of the call was sent."""

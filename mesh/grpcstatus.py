@@ -41,6 +41,7 @@ STATUS_TABLE: tuple[tuple[type[e.MeshError], grpc.StatusCode], ...] = (
     (e.StorageUnavailable, Code.UNAVAILABLE),
     (e.ArtifactChanged, Code.UNAVAILABLE),
     (e.ConnectFailed, Code.UNAVAILABLE),
+    (e.PodUnreachable, Code.UNAVAILABLE),
     (e.CapacityExhausted, Code.RESOURCE_EXHAUSTED),
     (e.CacheFull, Code.RESOURCE_EXHAUSTED),
     (e.ArchiveTooLarge, Code.RESOURCE_EXHAUSTED),

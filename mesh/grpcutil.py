@@ -72,6 +72,17 @@ def _tolerant(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], A
     return tolerant
 
 
+# Trailing metadata on every status a mesh server answers itself, so that a client can tell it
+# from one its gRPC library made (a connection refused, lost, or a server stopping): an
+# UNAVAILABLE without it never reached the server's code (mesh.router.grpcpods).
+ANSWERED: tuple[tuple[str, str], ...] = (("mesh-answered", "1"),)
+
+
+def answered(exc: aio.AioRpcError) -> bool:
+    """Whether a mesh server's own code answered the call that raised `exc`."""
+    return any(key == "mesh-answered" for key, _ in exc.trailing_metadata() or ())
+
+
 class ErrorInterceptor(aio.ServerInterceptor):
     """Map MeshError to its gRPC status (mesh.grpcstatus's table) and anything unexpected to
     INTERNAL, for every method; a request whose bytes do not decode is INVALID_ARGUMENT, and
@@ -106,11 +117,11 @@ def _wrap(handler: MethodHandler, method: str) -> MethodHandler:
 
     async def mapped(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
         if isinstance(request, Undecodable):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message, ANSWERED)
         try:
             return await behavior(request, context)
         except MeshError as exc:
-            await context.abort(status_of(exc), str(exc))
+            await context.abort(status_of(exc), str(exc), ANSWERED)
         except aio.AbortError:
             raise
         except asyncio.CancelledError:
@@ -119,10 +130,12 @@ def _wrap(handler: MethodHandler, method: str) -> MethodHandler:
                 raise  # the call itself: its client went, or the server stops (UNAVAILABLE)
             # Work cancelled under a call that is not: grpc would answer nothing, and the
             # client wait out its deadline.
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"{method}: its work was cancelled")
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE, f"{method}: its work was cancelled", ANSWERED
+            )
         except Exception as exc:
             log.exception("%s failed", method)
-            await context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+            await context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}", ANSWERED)
 
     return grpc.unary_unary_rpc_method_handler(
         mapped,

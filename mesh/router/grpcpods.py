@@ -35,11 +35,12 @@ import grpc
 from grpc import aio
 
 from mesh.addresses import BadAddress, parse_address
-from mesh.errors import ConnectFailed, DeadlineExceeded, MeshError, Unavailable
+from mesh.errors import ConnectFailed, DeadlineExceeded, MeshError, PodUnreachable, Unavailable
 from mesh.frames import FrameClient
 from mesh.gen import grpc_predict_v2_pb2 as pb
 from mesh.gen import runtime_pb2 as rpb
 from mesh.grpcstatus import error_class_named, error_from_status
+from mesh.grpcutil import answered
 from mesh.router.transport import Loaded, LoadRequest, LocalInfer, PodTransport
 from mesh.storagewire import to_message
 from mesh.tls import ClientCredentials
@@ -67,7 +68,7 @@ def pod_left(pod_id: str) -> Unavailable | None:
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         return None
-    return Unavailable(f"pod {pod_id} left the mesh during the call (its channel closed)")
+    return PodUnreachable(f"pod {pod_id} left the mesh during the call (its channel closed)")
 
 
 class GrpcPodStream:
@@ -188,12 +189,15 @@ class PodClient:
         except aio.AioRpcError as exc:
             if exc.code() is grpc.StatusCode.DEADLINE_EXCEEDED:
                 raise DeadlineExceeded(exc.details() or "") from None
-            raise error_from_status(exc.code(), f"{exc.code().name}: {exc.details()}") from None
+            text = f"{exc.code().name}: {exc.details()}"
+            if exc.code() is grpc.StatusCode.UNAVAILABLE and not answered(exc):
+                raise PodUnreachable(text) from None  # gRPC's own: the pod said nothing
+            raise error_from_status(exc.code(), text) from None
         except (asyncio.CancelledError, aio.UsageError):
             left = pod_left(self.pod_id)
             if left is None:
                 raise
-            raise Unavailable(f"UNAVAILABLE: {left}") from None
+            raise PodUnreachable(f"UNAVAILABLE: {left}") from None
         return Loaded(int(response.size_bytes), int(response.artifact_bytes))
 
     async def unload(self, model_id: str, timeout: float) -> None:
@@ -419,7 +423,7 @@ class UnreachablePod:
         self._message = f"pod {pod_id} cannot be reached at the address in its record: {why}"
 
     def _error(self) -> Unavailable:
-        return Unavailable(self._message)
+        return PodUnreachable(self._message)
 
     async def infer(self, data: bytes, model_id: str, timeout: float | None) -> bytes:
         raise self._error()
@@ -434,7 +438,7 @@ class UnreachablePod:
         raise self._error()
 
     async def load(self, request: LoadRequest, timeout: float) -> Loaded:
-        raise Unavailable(f"UNAVAILABLE: {self._message}")  # a load's message names its status
+        raise PodUnreachable(f"UNAVAILABLE: {self._message}")  # a load's message names its status
 
     async def unload(self, model_id: str, timeout: float) -> None:
         raise self._error()

@@ -35,10 +35,11 @@ from mesh.errors import (
     MeshError,
     ModelLoadFailed,
     ModelNotFound,
+    PodUnreachable,
     StoreUnavailable,
     Unavailable,
 )
-from mesh.placement.choose import Decision, NoPod, choose_pod
+from mesh.placement.choose import Decision, NoPod, Placement, choose_pod
 from mesh.placement.failures import FailureLog, ModelFailures
 from mesh.placement.snapshot import ModelRequirements, Snapshot, TypicalSizes
 from mesh.router.copies import CopyView
@@ -263,9 +264,18 @@ class Loader:
                     exclude[:] = [p for p in exclude if p not in appeared]
                     continue
             if isinstance(decision, NoPod):
-                if not reached and (last_error or missed):
-                    # The pods that could take it were not reached, now or just before.
-                    raise self._unreachable(model_id, record, last_error or missed[-1].error)
+                if not reached and last_error:
+                    raise self._unreachable(model_id, record, last_error)  # none answered
+                if (
+                    not reached
+                    and missed
+                    and isinstance(
+                        self._choose_pod(snapshot, requirements, now, exclude, stale, failures),
+                        Placement,
+                    )
+                ):
+                    # Only the pods passed over, not reached just before, could take it.
+                    raise self._unreachable(model_id, record, missed[-1].error)
                 raise ModelLoadFailed(
                     f"model {model_id!r} ({_spec(record)}): no pod can load it: "
                     f"{decision.reason}" + (f"; last error: {last_error}" if last_error else "")
@@ -288,15 +298,22 @@ class Loader:
                 self._remember_size(model_id, loaded, pod_id)
                 return pod_id
             except (ModelLoadFailed, Unavailable) as exc:
+                # Any UNAVAILABLE leaves the client's retry to it (its storage may be back by
+                # then), but only a pod that said nothing is no failure of the model.
                 reached = reached or not isinstance(exc, Unavailable)
                 last_error = str(exc)
                 self.failures.record(
                     model_id, pod_id, time.time(), last_error,
-                    unreachable=isinstance(exc, Unavailable),
+                    unreachable=isinstance(exc, PodUnreachable),
                 )  # fmt: skip
                 exclude.append(pod_id)
             finally:
                 await self.claims.release(model_id, pod_id, claimed)
+        if not last_error:  # every round found another router's load of it, which did not end
+            raise Unavailable(
+                f"model {model_id!r} ({_spec(record)}) is not loaded: another router's load of "
+                "it did not finish; try again"
+            )
         if not reached:
             raise self._unreachable(model_id, record, last_error)
         raise ModelLoadFailed(f"model {model_id!r} ({_spec(record)}) failed to load: {last_error}")
@@ -441,7 +458,7 @@ class Loader:
     async def _tell_pod_to_load(self, pod_id: str, record: Any, deadline: float) -> Loaded:
         instance = self.mirror.instances.get(pod_id)
         if instance is None:
-            raise ModelLoadFailed(f"pod {pod_id} left the mesh")
+            raise PodUnreachable(f"pod {pod_id} left the mesh")
         pod = self._pool.client(pod_id, instance.address, instance.data_address)
         request = LoadRequest(
             model_id=record.model_id,
@@ -459,6 +476,8 @@ class Loader:
             raise DeadlineExceeded(
                 f"model {record.model_id!r}: load on {pod_id} outlived the deadline"
             ) from None
+        except PodUnreachable as exc:
+            raise PodUnreachable(f"{pod_id}: {exc}") from None
         except Unavailable as exc:
             raise Unavailable(f"{pod_id}: {exc}") from None
         except MeshError as exc:

@@ -5,9 +5,11 @@ or answers UNAVAILABLE naming itself (a bad gRPC address), and the others go on 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import dataclasses
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,11 +18,15 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
+from grpc import aio
 
 from mesh.cluster.codec import Keys, encode
 from mesh.cluster.etcd import EtcdConfig, EtcdStore
 from mesh.cluster.records import InstanceRecord, PlacementRecord, PlacementState
+from mesh.errors import StorageUnavailable
 from mesh.gen import management_pb2 as mpb
+from mesh.gen import runtime_pb2_grpc
+from mesh.grpcutil import ErrorInterceptor
 from mesh.pod.artifacts import DirectoryArtifacts
 from mesh.router.grpcpods import PodClient
 from tests.cluster.etcd_server import EtcdServer
@@ -103,7 +109,7 @@ def test_a_pod_with_a_bad_grpc_address_is_passed_over_for_a_good_one(
             assert _infer(router).outputs[0].shape == [1, 10]
         client = router.server.pool.client("pod-bad", address, "")
         assert router.run(_failure(client.live(1.0))) == (
-            "Unavailable",
+            "PodUnreachable",
             f"pod pod-bad cannot be reached at the address in its record: {address!r}",
         )
 
@@ -197,3 +203,69 @@ def test_misses_that_reached_no_pod_do_not_hold_the_model_back_once_a_pod_can_lo
         ):  # fmt: skip
             wait_until(lambda: "pod-1" in router.server.mirror.instances, what="pod-1's record")
             assert _infer(router).outputs[0].shape == [1, 10]
+
+
+class _StorageDown(runtime_pb2_grpc.RuntimeServicer):
+    """A pod's control API whose every load finds the model's storage unreachable: the pod
+    answers UNAVAILABLE itself, through the interceptor every mesh server has."""
+
+    async def LoadModel(self, request: Any, context: Any) -> Any:
+        raise StorageUnavailable(f"{request.model_id}: the bucket did not answer (503)")
+
+
+@contextlib.contextmanager
+def _storage_down_pod() -> Iterator[str]:
+    """That control API on a loopback port, served from a thread of its own: its address."""
+    started: concurrent.futures.Future[str] = concurrent.futures.Future()
+    loop = asyncio.new_event_loop()
+    stop = asyncio.Event()
+
+    async def serve() -> None:
+        server = aio.server(interceptors=[ErrorInterceptor()])
+        runtime_pb2_grpc.add_RuntimeServicer_to_server(_StorageDown(), server)  # type: ignore[no-untyped-call]
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        started.set_result(f"127.0.0.1:{port}")
+        await stop.wait()
+        await server.stop(None)
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
+    thread.start()
+    try:
+        yield started.result(timeout=30)
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(30)
+        loop.close()
+
+
+def test_a_pod_that_answers_unavailable_for_a_load_counts_against_the_model(
+    etcd: EtcdServer, prefix: str, model_dir: Path
+) -> None:
+    # Unlike a pod not reached, a pod that answered UNAVAILABLE (the model's storage is down)
+    # says something of the model: the load counts as failed there, and the model's status
+    # shows why. Counted as unreachable, misses were sent back to it every 10 s, answered
+    # UNAVAILABLE for ever, with no failure shown and no attempt used up.
+    with _storage_down_pod() as address, _mesh(etcd, prefix, model_dir) as (pod, router):
+        good = router.server.mirror.instances["pod-0"]
+        down = dataclasses.replace(good, pod_id="pod-s", address=address, data_address="")
+        _write(etcd, prefix, down)
+        pod.plane.drain()
+        wait_until(
+            lambda: (
+                router.server.mirror.instances["pod-0"].draining
+                and "pod-s" in router.server.mirror.instances
+            ),
+            what="pod-0 draining and pod-s in the mirror",
+        )
+        codes = []
+        for _ in range(2):
+            with pytest.raises(grpc.RpcError) as err:
+                _infer(router)
+            codes.append(err.value.code())
+        # Its one pod failed to load it: that pod is passed over for the model, as any pod
+        # where a load failed, and the miss says so.
+        assert codes == [grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.FAILED_PRECONDITION]
+        assert "failed to load it recently (pod-s)" in err.value.details()
+        status = router.management.GetModelStatus(mpb.GetModelStatusRequest(model_id="mlp"))
+        assert "the bucket did not answer" in status.last_failure
