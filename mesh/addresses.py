@@ -19,8 +19,9 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
-# A host name or an IPv4 address: what DNS (and Kubernetes' service names) allow, and '_'.
-_HOST_NAME = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_])?")
+# A host name or an IPv4 address: what DNS (and Kubernetes' service names) allow, and '_'; a
+# fully qualified name may end in its root's dot.
+_HOST_NAME = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_])?\.?")
 
 
 class BadAddress(ValueError):
@@ -65,13 +66,13 @@ def _is_ipv6(host: str) -> bool:
 
 def advertised(value: str, port: int) -> HostPort:
     """What a pod's `--advertise` names: `host:port` or `[ipv6]:port`, or a host alone (a name,
-    an IPv4 address, an IPv6 address with or without brackets) to be reached on `port`. A host
-    alone is how a manifest gives the pod IP on any cluster (`$(POD_IP)`): no brackets can be
-    put around an IPv6 one there. An IPv6 address is always a host: its port goes after it in
-    brackets. BadAddress otherwise."""
-    bare = value[1:-1] if value.startswith("[") and value.endswith("]") else value
-    if _is_ipv6(bare):
-        return HostPort(str(ipaddress.IPv6Address(bare)), port)
+    an IPv4 address, `[ipv6]`) to be reached on `port`. An IPv6 address goes in brackets, with
+    a port or without: "fd00::5:8085" could be the host fd00::5 on 8085 or the host
+    fd00::5:8085, so it is refused rather than guessed. BadAddress otherwise."""
+    if value.startswith("[") and value.endswith("]"):
+        if not _is_ipv6(value[1:-1]):
+            raise BadAddress(f"{value!r}: {value[1:-1]!r} is not an IPv6 address")
+        return HostPort(str(ipaddress.IPv6Address(value[1:-1])), port)
     if ":" not in value and _HOST_NAME.fullmatch(value):
         return HostPort(value, port)
     return parse_address(value)

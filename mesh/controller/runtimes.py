@@ -428,7 +428,7 @@ def deployment(
     env = [
         {"name": "MESH_POD_POD_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
-        {"name": "MESH_POD_ADVERTISE", "value": "$(POD_IP)"},  # the pod adds its --port
+        {"name": "MESH_POD_ADVERTISE", "value": "$(POD_IP):8085"},
         {
             "name": "MESH_POD_MEMORY_LIMIT",
             "valueFrom": {

@@ -182,7 +182,10 @@ class PodSettings(CommandSettings, env_prefix="MESH_POD_"):
     @classmethod
     def _advertise_is_an_address_routers_can_use(cls, value: str | None) -> str | None:
         # Routers dial what the pod's record says (mesh.addresses): refused here, an unusable
-        # address would leave the pod registered and unreachable.
+        # address would leave the pod registered and unreachable. Empty is unset (a template's
+        # optional value), as it always was.
+        if value == "":
+            return None
         if value is not None:
             advertised(value, 1)  # BadAddress is a ValueError: pydantic names the setting
         return value

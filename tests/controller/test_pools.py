@@ -71,7 +71,7 @@ def kubelet(
 ) -> Iterator[Kubelet]:
     def launch(args: list[str], env: dict[str, str], name: str) -> tuple[list[str], dict[str, str]]:
         kept = [a for a in args if not a.startswith(_CLUSTER_FLAGS)]
-        env.pop("MESH_POD_ADVERTISE", None)  # $(POD_IP), which no kubelet expands here
+        env.pop("MESH_POD_ADVERTISE", None)  # $(POD_IP):8085; here the port is the kernel's
         return [
             sys.executable, "-m", "mesh", *kept,
             f"--etcd={etcd.url}", f"--etcd-prefix={prefix}", "--host=127.0.0.1", "--port=0",

@@ -708,8 +708,7 @@ def test_serving_pod_and_puller_share_the_cache() -> None:
     assert spec["terminationGracePeriodSeconds"] >= drain + 10
     # The pod registers its own name and its pod IP with the port it serves on.
     assert pod_settings.pod_id == FIELD_VALUES["metadata.name"]
-    # The pod IP alone: the pod adds its port (an IPv6 IP in brackets).
-    assert pod_settings.advertise == FIELD_VALUES["status.podIP"]
+    assert pod_settings.advertise == f"{FIELD_VALUES['status.podIP']}:{pod_settings.server.port}"
     assert advertised_address(pod_settings, pod_settings.server.port) == "10.1.2.3:8085"
     assert pod_settings.etcd.endpoints == "http://mesh-etcd:2379"
 

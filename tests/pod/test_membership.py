@@ -11,7 +11,8 @@ from mesh.pod.settings import PodSettings
 
 
 @pytest.mark.parametrize(
-    "advertise", ["", "-pod", "pod 0", "pod-0:notaport", "10.0.0.5:99999", "fd00::5]:8085"]
+    "advertise",
+    ["-pod", "pod 0", "pod-0:notaport", "10.0.0.5:99999", "fd00::5]:8085", "fd00::5", "[pod]"],
 )
 def test_an_advertised_address_routers_cannot_use_is_refused_at_start(advertise: str) -> None:
     with pytest.raises(ValidationError) as refused:
@@ -34,8 +35,8 @@ def test_a_pod_publishes_its_listening_host_as_an_address(host: str, published: 
     [
         ("10.0.0.5", "10.0.0.5:9000"),
         ("pod-0.mesh", "pod-0.mesh:9000"),
-        ("fd00::5", "[fd00::5]:9000"),  # $(POD_IP) on an IPv6 cluster: no brackets there
-        ("[fd00::5]", "[fd00::5]:9000"),
+        ("[fd00::5]", "[fd00::5]:9000"),  # [$(POD_IP)] on an IPv6 cluster
+        ("pod-0.pods.ml.svc.cluster.local.", "pod-0.pods.ml.svc.cluster.local.:9000"),
         ("10.0.0.5:8085", "10.0.0.5:8085"),
         ("[fd00::5]:8085", "[fd00::5]:8085"),
     ],
@@ -43,8 +44,13 @@ def test_a_pod_publishes_its_listening_host_as_an_address(host: str, published: 
 def test_an_advertised_host_alone_is_reached_on_the_pods_port(
     advertise: str, published: str
 ) -> None:
-    # deploy/ gives MESH_POD_ADVERTISE=$(POD_IP): with ":8085" after it an IPv6 pod IP made an
-    # address no router could dial, and the pod refused to start.
+    # A manifest can give the pod IP alone ($(POD_IP), [$(POD_IP)] on an IPv6 cluster) and
+    # leave the port to the pod; a fully qualified name may end in its dot.
     settings = PodSettings(advertise=advertise, port=9000)
     assert advertised_address(settings, 9000) == published
     assert parse_address(published)
+
+
+def test_an_empty_advertise_is_unset() -> None:
+    # A template's optional value left empty: the pod publishes its host name, as it always did.
+    assert PodSettings(advertise="").advertise is None
