@@ -81,10 +81,11 @@ class _Pull:
     gives the artifact back unless the model is on the pod (whose leaving then does).
     """
 
-    __slots__ = ("task", "users")
+    __slots__ = ("storage", "task", "users")
 
-    def __init__(self, task: asyncio.Task[str]) -> None:
+    def __init__(self, task: asyncio.Task[str], storage: StorageRef) -> None:
         self.task = task
+        self.storage = storage  # a load of other storage (registered anew) pulls its own
         self.users = 1
 
 
@@ -331,9 +332,16 @@ class DataPlane:
                 f"model {model_id!r}: this pod has no puller (--puller) to fetch {storage}"
             )
         pull = self._pulls.get(model_id)
+        if pull is not None and pull.storage != storage:
+            # The model registered anew meanwhile: its old pull ends first (the puller keeps
+            # one artifact per model), then this load pulls what it was given.
+            await asyncio.wait([pull.task])
+            pull = self._pulls.get(model_id)
+            if pull is not None and pull.storage != storage:
+                pull = None
         if pull is None:
             pulling = self._pull(self.artifacts, model_id, storage)
-            pull = self._pulls[model_id] = _Pull(asyncio.create_task(pulling))
+            pull = self._pulls[model_id] = _Pull(asyncio.create_task(pulling), storage)
             pull.task.add_done_callback(lambda _: self._done_with(model_id, pull))
         pull.users += 1
         try:
@@ -356,11 +364,13 @@ class DataPlane:
         pull.users -= 1
         if pull.users:
             return
-        if self._pulls.get(model_id) is pull:
+        newer = self._pulls.get(model_id)
+        if newer is pull:
             del self._pulls[model_id]
+            newer = None
         if not pull.task.cancelled():
             pull.task.exception()  # its loads had it; with none left, it is not logged again
-        if not self.cache.on_pod(model_id):
+        if newer is None and not self.cache.on_pod(model_id):  # else the newer pull's to give
             self._release(model_id)  # nobody loaded from it: a no-op unless the pull succeeded
 
     async def _load_source(self, source: ModelSource, *, retry_failed: bool = False) -> LoadOutcome:

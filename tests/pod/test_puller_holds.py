@@ -136,3 +136,23 @@ def test_loads_of_one_model_at_once_share_one_pull_and_one_that_gives_up_keeps_n
         assert _holders(pod, puller) == {"m.fake": ("m",)}  # held by the loaded copy
         pod.control.UnloadModel(rpb.UnloadModelRequest(model_id="m"))
         wait_until(lambda: _holders(pod, puller) == {"m.fake": ()}, what="the unload's release")
+
+
+def test_a_load_of_the_model_registered_anew_pulls_its_own_storage(
+    tmp_path: Path, storage: FaultServer
+) -> None:
+    # Re-registered with fixed files while its old pull runs: the new load must not be handed
+    # the old artifact's path by joining that pull (one pull per model was keyed by id alone).
+    storage.put("models/m2.fake", b"\1" * 1000)
+    gate = Gate(storage)
+    with _pod_with_puller(tmp_path, storage) as (pod, served, puller):
+        old = pod.control.LoadModel.future(_load("m"), timeout=60)
+        assert gate.asked.wait(30)
+        anew = rpb.LoadModelRequest(model_id="m", storage=to_message(StorageRef("web", "m2.fake")))
+        new = pod.control.LoadModel.future(anew, timeout=60)
+        gate.open.set()
+        assert old.result(30).model_id == "m"
+        assert new.result(30).model_id == "m"
+        wait_until(lambda: _settled(pod), what="the pulls done with")
+        assert _pulls_answered(served) == 2
+        assert "m2.fake" in _holders(pod, puller)
