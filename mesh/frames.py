@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import socket
@@ -304,6 +305,9 @@ class _ServerConnection(_Frames):
                 self._call(call_id, frame[start:], model_id, timeout)
             )
             self.calls[call_id] = task
+            # A CANCEL read in the same batch cancels the task before its first step, and then
+            # none of `_call` runs, its `finally` neither: the place is given back here too.
+            task.add_done_callback(functools.partial(self._ended, call_id))
             self._flow()
         elif kind == CANCEL and len(frame) == _CANCEL.size:
             _, _, call_id = _CANCEL.unpack(frame)
@@ -355,6 +359,11 @@ class _ServerConnection(_Frames):
             del self.calls[call_id]
             self._flow()
         self._answer(call_id, status, response)
+
+    def _ended(self, call_id: int, task: asyncio.Task[None]) -> None:
+        if self.calls.get(call_id) is task:
+            del self.calls[call_id]
+            self._flow()
 
     def _answer(self, call_id: int, status: int, body: bytes) -> None:
         transport = self.transport

@@ -23,7 +23,7 @@ import grpc
 import pytest
 from grpc import aio
 
-from mesh import errors
+from mesh import errors, frames
 from mesh.cluster.codec import Keys, encode
 from mesh.cluster.memory import MemoryStore
 from mesh.cluster.mirror import Mirror
@@ -545,6 +545,49 @@ async def test_a_tls_peer_that_never_handshakes_is_closed_by_the_pod(tmp_path: P
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         assert await asyncio.wait_for(reader.read(), timeout=30) == b""  # closed by the pod
+    finally:
+        writer.close()
+        await server.aclose()
+
+
+def _request_frame(call_id: int, model_id: str, data: bytes) -> bytes:
+    model = model_id.encode()
+    head = frames._REQUEST.pack(
+        len(data) + len(model) + frames._REQUEST.size - 4, frames.REQUEST, call_id, 10.0, len(model)
+    )
+    return head + model + data
+
+
+async def test_calls_cancelled_in_the_frames_that_asked_for_them_free_their_places() -> None:
+    # A CANCEL read in the same batch as its REQUEST cancels the call's task before its first
+    # step: its code never runs, and the call kept its place among max_in_flight for ever, so
+    # the connection ran fewer calls at once, down to one.
+    pod = TestPod()
+    server = FrameServer(pod.infer, LIMIT, max_in_flight=3)
+    port = await server.start("127.0.0.1", 0)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        cancel = frames._CANCEL
+        writer.write(
+            b"".join(
+                _request_frame(i, "m", b"x") + cancel.pack(cancel.size - 4, frames.CANCEL, i)
+                for i in (1, 2)
+            )
+        )
+        writer.write(_request_frame(20, "hang", b"") + _request_frame(21, "hang", b""))
+        async with asyncio.timeout(10):  # both run at once: the two cancelled keep no place
+            while pod.running < 2:
+                await asyncio.sleep(0.01)
+        pod.release.set()
+        answered = set()
+        async with asyncio.timeout(10):
+            while answered != {20, 21}:
+                head = await reader.readexactly(frames._RESPONSE.size)
+                length, _, call_id, status = frames._RESPONSE.unpack(head)
+                await reader.readexactly(length + 4 - frames._RESPONSE.size)
+                if call_id in (20, 21):
+                    assert status == 0
+                    answered.add(call_id)
     finally:
         writer.close()
         await server.aclose()
