@@ -87,6 +87,23 @@ def _mesh(
         yield running, routing
 
 
+def _only_pod(
+    etcd: EtcdServer, prefix: str, pod: RunningPod, router: RunningRouter, pod_id: str, address: str
+) -> None:
+    """pod-0 drained, and a record of `pod_id` at `address` beside it: the only pod a miss may
+    choose, once the router's mirror shows both."""
+    good = router.server.mirror.instances["pod-0"]
+    _write(etcd, prefix, dataclasses.replace(good, pod_id=pod_id, address=address, data_address=""))
+    pod.plane.drain()  # pod-0 takes no new load
+    wait_until(
+        lambda: (
+            router.server.mirror.instances["pod-0"].draining
+            and pod_id in router.server.mirror.instances
+        ),
+        what=f"pod-0 draining and {pod_id} in the mirror",
+    )
+
+
 def _infer(router: RunningRouter) -> Any:
     request = infer_request("mlp", input=np.ones((1, 64), np.float32))
     return router.v2.ModelInfer(request, timeout=30)
@@ -127,17 +144,7 @@ def test_a_miss_with_no_reachable_pod_is_unavailable_naming_the_pod(
     etcd: EtcdServer, prefix: str, model_dir: Path, address: str
 ) -> None:
     with _mesh(etcd, prefix, model_dir) as (pod, router):
-        good = router.server.mirror.instances["pod-0"]
-        bad = dataclasses.replace(good, pod_id="pod-bad", address=address, data_address="")
-        _write(etcd, prefix, bad)
-        pod.plane.drain()  # pod-0 takes no new load: only pod-bad is left for it
-        wait_until(
-            lambda: (
-                router.server.mirror.instances["pod-0"].draining
-                and "pod-bad" in router.server.mirror.instances
-            ),
-            what="pod-0 draining and pod-bad in the mirror",
-        )
+        _only_pod(etcd, prefix, pod, router, "pod-bad", address)
         with pytest.raises(grpc.RpcError) as err:
             _infer(router)
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
@@ -182,17 +189,7 @@ def test_misses_that_reached_no_pod_do_not_hold_the_model_back_once_a_pod_can_lo
     # it from the next pod. They once did: the fourth such miss was FAILED_PRECONDITION, and
     # the model stayed unservable for 15 minutes whatever pods came.
     with _mesh(etcd, prefix, model_dir) as (pod, router):
-        good = router.server.mirror.instances["pod-0"]
-        bad = dataclasses.replace(good, pod_id="pod-bad", address="nonsense", data_address="")
-        _write(etcd, prefix, bad)
-        pod.plane.drain()
-        wait_until(
-            lambda: (
-                router.server.mirror.instances["pod-0"].draining
-                and "pod-bad" in router.server.mirror.instances
-            ),
-            what="pod-0 draining and pod-bad in the mirror",
-        )
+        _only_pod(etcd, prefix, pod, router, "pod-bad", "nonsense")
         for _ in range(5):
             with pytest.raises(grpc.RpcError) as err:
                 _infer(router)
@@ -247,17 +244,7 @@ def test_a_pod_that_answers_unavailable_for_a_load_counts_against_the_model(
     # shows why. Counted as unreachable, misses were sent back to it every 10 s, answered
     # UNAVAILABLE for ever, with no failure shown and no attempt used up.
     with _storage_down_pod() as address, _mesh(etcd, prefix, model_dir) as (pod, router):
-        good = router.server.mirror.instances["pod-0"]
-        down = dataclasses.replace(good, pod_id="pod-s", address=address, data_address="")
-        _write(etcd, prefix, down)
-        pod.plane.drain()
-        wait_until(
-            lambda: (
-                router.server.mirror.instances["pod-0"].draining
-                and "pod-s" in router.server.mirror.instances
-            ),
-            what="pod-0 draining and pod-s in the mirror",
-        )
+        _only_pod(etcd, prefix, pod, router, "pod-s", address)
         codes = []
         for _ in range(2):
             with pytest.raises(grpc.RpcError) as err:
